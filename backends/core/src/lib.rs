@@ -1,0 +1,96 @@
+//! The keyturn backend contract.
+//!
+//! A backend holds private keys and signs with them; the daemon never sees a private key.
+//! It also stores each key set's lifecycle document with check-and-set, so that several
+//! daemons sharing a backend agree on one history.
+//!
+//! This crate holds the [`KeyBackend`] trait, the shared key types ([`Algorithm`],
+//! [`KeyType`], [`PublicKey`], [`Jwk`]), the in-process signer used by the file and memory
+//! backends ([`software`]), an in-memory backend (feature `memory`) and the conformance
+//! suite every backend must pass (feature `conformance`).
+
+#![warn(missing_docs)]
+
+mod algorithm;
+mod error;
+mod public_key;
+pub mod software;
+
+#[cfg(feature = "memory")]
+pub mod memory;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use algorithm::{Algorithm, KeyType};
+pub use error::BackendError;
+pub use public_key::{Jwk, PublicKey};
+
+use async_trait::async_trait;
+
+/// A stored lifecycle document and the backend's version of it, for check-and-set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateBlob {
+    /// The document as the daemon wrote it (JSON).
+    pub data: Vec<u8>,
+    /// The backend's version; pass it back to [`KeyBackend::store_state`].
+    pub version: u64,
+}
+
+/// Where keys live and where signatures are made.
+///
+/// Key names are chosen by the daemon (`[a-z0-9_-]`, at most 100 characters) so that
+/// every call is idempotent: a create interrupted by a crash is finished by calling it again.
+#[async_trait]
+pub trait KeyBackend: Send + Sync + 'static {
+    /// Short name for logs and metrics: "file", "vault", "kms", ...
+    fn kind(&self) -> &'static str;
+
+    /// Whether this backend can create keys for and sign with `alg`.
+    fn supports(&self, alg: Algorithm) -> bool;
+
+    /// True when several daemons may share this backend's keys and state.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Creates the key `name` of type `key_type`, or returns the public key of the existing
+    /// key of that name and type (idempotent). A type mismatch is [`BackendError::Rejected`].
+    async fn create_key(&self, name: &str, key_type: KeyType) -> Result<PublicKey, BackendError>;
+
+    /// The public key of `name`; [`BackendError::NotFound`] if there is none.
+    async fn public_key(&self, name: &str) -> Result<PublicKey, BackendError>;
+
+    /// Signs `message` (the JWS signing input) with key `name`, returning the signature in
+    /// JOSE form (ECDSA as fixed-length r||s, RFC 7518 section 3.4).
+    async fn sign(
+        &self,
+        name: &str,
+        alg: Algorithm,
+        message: &[u8],
+    ) -> Result<Vec<u8>, BackendError>;
+
+    /// Destroys the key `name` (or schedules its deletion, where the backend's policy says
+    /// so). Destroying a key that does not exist succeeds.
+    async fn destroy(&self, name: &str) -> Result<(), BackendError>;
+
+    /// Names of the keys this backend holds whose name starts with `prefix`.
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, BackendError>;
+
+    /// The lifecycle document of `keyset`, if one was ever stored.
+    async fn load_state(&self, keyset: &str) -> Result<Option<StateBlob>, BackendError>;
+
+    /// Stores the lifecycle document of `keyset` if the stored version is still `expected`
+    /// (`None`: no document yet). Returns the new version, or [`BackendError::Conflict`].
+    async fn store_state(
+        &self,
+        keyset: &str,
+        data: &[u8],
+        expected: Option<u64>,
+    ) -> Result<u64, BackendError>;
+
+    /// A cheap call that succeeds when the backend is reachable and usable.
+    async fn health(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,121 @@
+//! Durable, private file operations.
+
+use keyturn_backend::BackendError;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> BackendError {
+    move |e| BackendError::storage(format!("{what}: {e}"), e)
+}
+
+/// Creates `dir` with mode 0700 if missing, and refuses it if group or other have access.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), BackendError> {
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err(format!("cannot create {}", dir.display())))?;
+    }
+    check_private_dir(dir)
+}
+
+/// Refuses a directory that group or other can access.
+pub fn check_private_dir(dir: &Path) -> Result<(), BackendError> {
+    let meta = std::fs::metadata(dir).map_err(io_err(format!("cannot stat {}", dir.display())))?;
+    if !meta.is_dir() {
+        return Err(BackendError::Rejected(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(BackendError::Rejected(format!(
+            "refusing to use {}: its mode is {mode:04o}, group or other have access; run `chmod 700 {}`",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a secret file that group or other can read.
+pub fn check_private_file(path: &Path) -> Result<(), BackendError> {
+    let meta =
+        std::fs::metadata(path).map_err(io_err(format!("cannot stat {}", path.display())))?;
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(BackendError::Rejected(format!(
+            "refusing to use {}: its mode is {mode:04o}, group or other have access; run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically and durably: a 0600 temp file beside it, fsync,
+/// rename over `path`, fsync of the directory. A crash leaves the old or the new file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BackendError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path.file_name().and_then(|f| f.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(format!("cannot create {}", tmp.display())))?;
+        file.write_all(bytes)
+            .map_err(io_err(format!("cannot write {}", tmp.display())))?;
+        file.sync_all()
+            .map_err(io_err(format!("cannot fsync {}", tmp.display())))?;
+        std::fs::rename(&tmp, path)
+            .map_err(io_err(format!("cannot rename into {}", path.display())))?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Removes `path` (if present) and fsyncs its directory.
+pub fn remove_durable(path: &Path) -> Result<(), BackendError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(format!("cannot remove {}", path.display()))(e)),
+    }
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), BackendError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(format!("cannot fsync {}", dir.display())))
+}
+
+/// Takes an exclusive lock on `<dir>/.lock` for as long as the returned file lives.
+pub fn lock_dir(dir: &Path) -> Result<File, BackendError> {
+    let path = dir.join(".lock");
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err(format!("cannot open {}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(_) => Err(BackendError::Rejected(format!(
+            "{} is in use by another keyturn process (the file backend serves one daemon per directory)",
+            dir.display()
+        ))),
+    }
+}
