@@ -22,6 +22,9 @@ pub mod memory;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+#[cfg(feature = "testserver")]
+pub mod testserver;
+
 pub use algorithm::{Algorithm, KeyType};
 pub use error::BackendError;
 pub use public_key::{Jwk, PublicKey};

@@ -1,0 +1,1 @@
+//! keyturn kms backend (in progress).

@@ -1,0 +1,1 @@
+//! keyturn vault backend (in progress).
