@@ -53,12 +53,15 @@ where
         status.unwrap_or_default(),
         detail.map(|m| format!(": {m}")).unwrap_or_default()
     );
-    tracing::debug!(error = %source, "AWS call failed");
+    if is_transient(&code) || status.is_some_and(|s| s >= 500 || s == 429) {
+        tracing::debug!(error = %source, "AWS call failed");
+        return BackendError::unavailable(format!("AWS {op} failed: {code}"), source);
+    }
+    // Rejected carries no source: log what AWS said (for AccessDenied, the principal and
+    // the missing action) so that the operator can fix it.
+    tracing::warn!(error = %source, "AWS refused a call");
     if is_access_error(&code) {
         return BackendError::Rejected(format!("AWS refused {op} ({code}): {POLICY_HINT}"));
-    }
-    if is_transient(&code) || status.is_some_and(|s| s >= 500 || s == 429) {
-        return BackendError::unavailable(format!("AWS {op} failed: {code}"), source);
     }
     BackendError::Rejected(format!("AWS {op} failed: {code}"))
 }
@@ -94,4 +97,79 @@ fn is_transient(code: &str) -> bool {
             | "ServiceUnavailable"
             | "ServiceUnavailableException"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_kms::error::{ConnectorError, ErrorMetadata};
+    use aws_sdk_kms::operation::sign::SignError;
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+
+    fn service(
+        status: u16,
+        code: Option<&str>,
+        message: &str,
+    ) -> SdkError<SignError, HttpResponse> {
+        let mut meta = ErrorMetadata::builder().message(message);
+        if let Some(code) = code {
+            meta = meta.code(code);
+        }
+        let raw = HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::empty());
+        SdkError::service_error(SignError::generic(meta.build()), raw)
+    }
+
+    #[test]
+    fn transient_failures_are_retryable() {
+        for err in [
+            service(400, Some("ThrottlingException"), "slow down"),
+            service(500, Some("KMSInternalException"), "oops"),
+            service(503, None, ""),
+            service(429, Some("SomethingNew"), ""),
+            SdkError::timeout_error("attempt timed out"),
+            SdkError::dispatch_failure(ConnectorError::io("connection refused".into())),
+        ] {
+            let mapped = map("Sign", err);
+            assert!(
+                matches!(mapped, BackendError::Unavailable { .. }) && mapped.is_retryable(),
+                "{mapped:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn access_errors_name_the_policy_and_hide_aws_details() {
+        for err in [
+            service(
+                400,
+                Some("AccessDeniedException"),
+                "User: arn:x is not authorized",
+            ),
+            service(
+                400,
+                Some("InvalidSignatureException"),
+                "string-to-sign AKIAEXAMPLE",
+            ),
+            service(403, None, "<xml/>"),
+        ] {
+            let mapped = map("Sign", err);
+            let text = format!("{mapped} {mapped:?}");
+            assert!(matches!(mapped, BackendError::Rejected(_)), "{text}");
+            assert!(text.contains("config/kms-iam-policy.json"), "{text}");
+            assert!(
+                !text.contains("AKIAEXAMPLE") && !text.contains("arn:x"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_client_errors_are_rejected() {
+        let mapped = map("Sign", service(400, Some("ValidationException"), "bad"));
+        assert!(
+            matches!(mapped, BackendError::Rejected(ref m) if m.contains("ValidationException"))
+        );
+        assert!(!mapped.is_retryable());
+    }
 }

@@ -67,6 +67,16 @@
 //! Credentials and (unless configured) the region come from the standard AWS chain:
 //! environment, shared config and credentials files, web identity (EKS), ECS and EC2
 //! instance roles. SSO and `credential_process` profiles are not compiled in.
+//!
+//! # Testing against moto
+//!
+//! `tests/moto.rs` runs everything against a real moto server (KMS and DynamoDB). Moto
+//! 5.2.5 differs from KMS in three ways the tests work around, each noted where it
+//! matters: it signs RSASSA-PSS with the maximum salt length instead of the hash length
+//! (KMS and RFC 7518 use the hash length; strict verifiers, ours included, refuse moto's),
+//! so the conformance run there leaves PS256/384/512 out; it hashes `DIGEST` messages
+//! again; and it signs with disabled keys. The verify-after-sign check turns the first
+//! two into errors rather than bad tokens, which a canary test pins down.
 
 #![warn(missing_docs)]
 
@@ -184,6 +194,9 @@ struct KmsKey {
 }
 
 /// Keys in AWS KMS, lifecycle documents in DynamoDB.
+///
+/// Any number of daemons (and backends in one daemon) may share one account, region and
+/// state table: key names and key set names are their only shared namespace.
 pub struct KmsBackend {
     kms: aws_sdk_kms::Client,
     state: StateTable,
