@@ -61,10 +61,17 @@ pub(crate) fn classify(what: &str, e: ClientError) -> BackendError {
             VaultFailure(detail),
         ),
         Some(code) => BackendError::Rejected(format!("Vault refused {what} ({code}): {detail}")),
-        None if is_transport(&e) => BackendError::unavailable(
-            format!("cannot reach Vault for {what}"),
-            VaultFailure(detail),
-        ),
+        None if is_transport(&e) => {
+            let hint = if detail.contains("certificate") {
+                " (TLS verification failed: does ca_file hold the CA of Vault's certificate?)"
+            } else {
+                ""
+            };
+            BackendError::unavailable(
+                format!("cannot reach Vault for {what}{hint}"),
+                VaultFailure(detail),
+            )
+        }
         None => BackendError::Rejected(format!("unexpected answer from Vault to {what}: {detail}")),
     }
 }

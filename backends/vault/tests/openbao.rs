@@ -311,3 +311,34 @@ async fn a_persistent_server_keeps_keys_and_state_across_a_restart() {
     let sig = backend.sign("k1", Algorithm::PS256, b"m").await.unwrap();
     assert!(public.jwk().verify(Algorithm::PS256, b"m", &sig));
 }
+
+#[tokio::test]
+async fn tls_with_a_custom_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let Some(bao) = OpenBao::start_tls(&certs) else {
+        return;
+    };
+    let mut config = token_config(&bao, secret_file(dir.path(), "token", "root", 0o600));
+    assert!(config.address.starts_with("https://"));
+
+    // Not signed by a system root: refused without the CA file.
+    let err = VaultBackend::connect(&config).await.err().unwrap();
+    assert!(matches!(err, BackendError::Unavailable { .. }), "{err}");
+    assert!(err.to_string().contains("ca_file"), "{err}");
+
+    config.ca_file = Some(certs.join("vault-ca.pem"));
+    let backend = VaultBackend::connect(&config).await.unwrap();
+    backend.health().await.unwrap();
+    let version = backend.store_state("tls", b"{}", None).await.unwrap();
+    assert_eq!(
+        backend.load_state("tls").await.unwrap().unwrap().version,
+        version
+    );
+
+    let mut plain = config.clone();
+    plain.address = plain.address.replace("https://", "http://");
+    let err = VaultBackend::connect(&plain).await.err().unwrap();
+    assert!(err.to_string().contains("ca_file"), "{err}");
+}

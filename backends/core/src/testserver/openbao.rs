@@ -27,7 +27,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running OpenBao server, killed when dropped.
 pub struct OpenBao {
-    /// The server process; `process.address` is `http://127.0.0.1:<port>`.
+    /// The server process; `process.address` is the server's address.
     pub process: ServerProcess,
     /// A root token.
     pub root_token: String,
@@ -47,6 +47,18 @@ impl OpenBao {
     /// Starts a dev server (in memory) on a free loopback port. `None` when the binary is
     /// missing outside CI (after a loud notice); a panic under CI.
     pub fn start() -> Option<OpenBao> {
+        Self::start_dev(None)
+    }
+
+    /// Starts a dev server speaking TLS, with a CA, certificate (for 127.0.0.1) and key
+    /// written to `cert_dir` (`vault-ca.pem` is the CA to trust). The address is
+    /// `https://127.0.0.1:<port>`. The helpers of this type speak plain HTTP and do not work
+    /// with this server; it is for testing TLS clients (KV v2 is at `secret/`).
+    pub fn start_tls(cert_dir: &Path) -> Option<OpenBao> {
+        Self::start_dev(Some(cert_dir))
+    }
+
+    fn start_dev(tls_dir: Option<&Path>) -> Option<OpenBao> {
         let bin = find_binary("KEYTURN_BAO_BIN", "OpenBao")?;
         // A dev server also listens on port+1 (cluster traffic), which a parallel test may
         // grab between our check and its bind: try a few ports before giving up.
@@ -54,29 +66,37 @@ impl OpenBao {
         for _ in 0..5 {
             let port = free_port_pair();
             let log = std::env::temp_dir().join(format!("keyturn-openbao-{port}.log"));
-            let child = Command::new(&bin)
-                .args([
-                    "server",
-                    "-dev",
-                    "-dev-no-store-token",
-                    &format!("-dev-listen-address=127.0.0.1:{port}"),
-                ])
+            let mut command = Command::new(&bin);
+            command.args([
+                "server",
+                "-dev",
+                "-dev-no-store-token",
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+            ]);
+            if let Some(dir) = tls_dir {
+                command.args(["-dev-tls", &format!("-dev-tls-cert-dir={}", dir.display())]);
+            }
+            let child = command
                 .env("BAO_DEV_ROOT_TOKEN_ID", "root")
                 .stdin(Stdio::null())
                 .stdout(log_file(&log))
                 .stderr(log_file(&log))
                 .spawn()
                 .expect("cannot run the OpenBao binary");
+            let scheme = if tls_dir.is_some() { "https" } else { "http" };
             let mut bao = OpenBao {
                 process: ServerProcess {
                     child,
-                    address: format!("http://127.0.0.1:{port}"),
+                    address: format!("{scheme}://127.0.0.1:{port}"),
                     port,
                 },
                 root_token: "root".to_owned(),
                 log,
             };
-            if bao.wait_until(|status| status == 200) {
+            // Over TLS our plain HTTP probe gets a 400 ("HTTP request to an HTTPS server")
+            // once the listener is up.
+            let up = if tls_dir.is_some() { 400 } else { 200 };
+            if bao.wait_until(|status| status == up) {
                 return Some(bao);
             }
             last_log = bao.log_tail();
@@ -162,7 +182,8 @@ impl OpenBao {
         Some(bao)
     }
 
-    /// `http://127.0.0.1:<port>`, the address to give a Vault client.
+    /// `http://127.0.0.1:<port>` (`https` for [`OpenBao::start_tls`]), the address to give
+    /// a Vault client.
     pub fn address(&self) -> &str {
         &self.process.address
     }
