@@ -64,6 +64,12 @@
 //! the exact IAM policy keyturn needs. AWS error messages that could echo request
 //! details are kept out of errors and logs; credentials are never part of either.
 //!
+//! `config/kms-iam-policy.json` scopes every key operation to keys tagged
+//! `keyturn:managed-by=keyturn` and aliases under `alias/keyturn/`. Tagging a key while
+//! creating it needs `kms:TagResource` on `*` (restricted to keyturn's two tag keys), so the
+//! role could also tag some other key in the account as keyturn's: give keyturn an account
+//! of its own, or deny `kms:TagResource` in the key policies of other signing keys.
+//!
 //! Credentials and (unless configured) the region come from the standard AWS chain:
 //! environment, shared config and credentials files, web identity (EKS), ECS and EC2
 //! instance roles. SSO and `credential_process` profiles are not compiled in.
