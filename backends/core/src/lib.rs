@@ -13,6 +13,7 @@
 
 mod algorithm;
 mod error;
+pub mod fsutil;
 mod public_key;
 pub mod software;
 

@@ -3,9 +3,9 @@
 //! Layout under `dir` (0700, checked at open):
 //!
 //! ```text
-//! keys/<name>.key      AES-256-GCM(PKCS#8), AAD = name and key type   (0600)
-//! state/<keyset>.json  lifecycle document and its version              (0600)
-//! .lock                held exclusively while the backend is open
+//! <name>.key       AES-256-GCM(PKCS#8), AAD = name and key type   (0600)
+//! <keyset>.state   lifecycle document and its version              (0600)
+//! .lock            held exclusively while the backend is open
 //! ```
 //!
 //! The key-encryption key (KEK) is 32 random bytes in a file of its own, created on
@@ -14,8 +14,6 @@
 //! is refused, as the file backend is for a single host.
 
 #![warn(missing_docs)]
-
-mod fsutil;
 
 use async_trait::async_trait;
 use aws_lc_rs::aead::{Aad, RandomizedNonceKey, AES_256_GCM, NONCE_LEN};
@@ -31,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use zeroize::Zeroizing;
 
-pub use fsutil::check_private_dir;
+use keyturn_backend::fsutil;
 
 /// Where the key-encryption key comes from.
 #[derive(Debug, Clone)]
@@ -111,9 +109,6 @@ impl FileBackend {
     pub fn open(config: &FileBackendConfig) -> Result<Self, BackendError> {
         let dir = config.dir.clone();
         fsutil::ensure_private_dir(&dir)?;
-        for sub in ["keys", "state"] {
-            fsutil::ensure_private_dir(&dir.join(sub))?;
-        }
         let lock = fsutil::lock_dir(&dir)?;
         let kek_bytes = load_kek(&config.kek)?;
         let kek = RandomizedNonceKey::new(&AES_256_GCM, &kek_bytes).map_err(|_| {
@@ -129,11 +124,11 @@ impl FileBackend {
     }
 
     fn key_path(&self, name: &str) -> PathBuf {
-        self.dir.join("keys").join(format!("{name}.key"))
+        self.dir.join(format!("{name}.key"))
     }
 
     fn state_path(&self, keyset: &str) -> PathBuf {
-        self.dir.join("state").join(format!("{keyset}.json"))
+        self.dir.join(format!("{keyset}.state"))
     }
 
     fn seal(&self, name: &str, key: &SoftwareKey) -> Result<Vec<u8>, BackendError> {
@@ -309,9 +304,9 @@ impl KeyBackend for FileBackend {
     }
 
     async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
-        let dir = self.dir.join("keys");
+        let dir = &self.dir;
         let mut names = Vec::new();
-        let entries = std::fs::read_dir(&dir)
+        let entries = std::fs::read_dir(dir)
             .map_err(|e| BackendError::storage(format!("cannot list {}", dir.display()), e))?;
         for entry in entries {
             let entry = entry.map_err(|e| BackendError::storage("cannot list keys", e))?;
@@ -418,13 +413,13 @@ mod tests {
         assert_eq!(backend.public_key("k1").await.unwrap(), public);
         assert_eq!(backend.load_state("ks").await.unwrap().unwrap().version, 1);
         // The PKCS#8 body of the key is not on disk in the clear.
-        let on_disk = std::fs::read(dir.path().join("keys/keys/k1.key")).unwrap();
+        let on_disk = std::fs::read(dir.path().join("keys/k1.key")).unwrap();
         let key = backend.key("k1").await.unwrap();
         let pkcs8 = key.to_pkcs8().unwrap();
         assert!(!on_disk
             .windows(32)
             .any(|w| pkcs8.windows(32).any(|p| p == w)));
-        let mode = std::fs::metadata(dir.path().join("keys/keys/k1.key"))
+        let mode = std::fs::metadata(dir.path().join("keys/k1.key"))
             .unwrap()
             .permissions()
             .mode();

@@ -1,6 +1,6 @@
-//! Durable, private file operations.
+//! Durable, private file operations, for backends and the daemon's data directory.
 
-use keyturn_backend::BackendError;
+use crate::BackendError;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};

@@ -1,0 +1,337 @@
+//! The daemon: builds backends and key sets from a validated config, binds the listeners,
+//! runs until SIGTERM/SIGINT, reloads on SIGHUP, and drains on the way out.
+
+use crate::audit::Audit;
+use crate::backends::Factory;
+use crate::clock::Clock;
+use crate::config::{ClientConfig, Config};
+use crate::http::serve::{serve_tcp, serve_unix, Limits};
+use crate::keyset::KeySet;
+use crate::metrics::Metrics;
+use anyhow::{bail, Context};
+use arc_swap::ArcSwap;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// The key sets being served, in config order.
+#[derive(Default)]
+pub struct KeySets {
+    list: Vec<Arc<KeySet>>,
+    default: Option<usize>,
+}
+
+impl KeySets {
+    /// A set in `list` order; the default is `default`, else the first.
+    pub fn new(list: Vec<Arc<KeySet>>) -> Self {
+        let default = list
+            .iter()
+            .position(|k| k.name() == "default")
+            .or((!list.is_empty()).then_some(0));
+        KeySets { list, default }
+    }
+
+    /// By name.
+    pub fn get(&self, name: &str) -> Option<&Arc<KeySet>> {
+        self.list.iter().find(|k| k.name() == name)
+    }
+
+    /// The one served at `/.well-known/jwks.json`.
+    pub fn default(&self) -> Option<&Arc<KeySet>> {
+        self.default.and_then(|i| self.list.get(i))
+    }
+
+    /// All of them.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<KeySet>> {
+        self.list.iter()
+    }
+}
+
+/// What every request handler shares. Key sets and clients are swapped whole on reload;
+/// readers never wait.
+pub struct AppState {
+    /// Key sets.
+    pub keysets: ArcSwap<KeySets>,
+    /// Signing-API clients.
+    pub clients: ArcSwap<Vec<ClientConfig>>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// The audit log.
+    pub audit: Audit,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// Where the daemon listens, once bound.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    /// JWKS listener.
+    pub jwks: SocketAddr,
+    /// API listener (TCP).
+    pub api: Option<SocketAddr>,
+}
+
+/// Opens every key set and brings it in order (bootstrap included), retrying a backend
+/// that is not reachable yet until `shutdown`.
+async fn open_keysets(
+    config: &Config,
+    factory: &mut Factory,
+    clock: &Arc<dyn Clock>,
+    audit: &Audit,
+    reuse: Option<&KeySets>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<Arc<KeySet>>> {
+    let mut list = Vec::new();
+    for ks in &config.keysets {
+        // A reload keeps a key set whose settings did not change (and its task).
+        if let Some(existing) = reuse
+            .and_then(|r| r.get(&ks.name))
+            .filter(|e| e.config == *ks)
+        {
+            list.push(existing.clone());
+            continue;
+        }
+        let backend = factory
+            .get(&ks.backend, &config.server)
+            .await
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("key set {:?}: backend", ks.name))?;
+        if !backend.supports(ks.algorithm) {
+            bail!(
+                "key set {:?}: the {} backend cannot sign {}; pick another algorithm or backend",
+                ks.name,
+                backend.kind(),
+                ks.algorithm
+            );
+        }
+        let mut delay = Duration::from_millis(250);
+        let keyset = loop {
+            let attempt = async {
+                let keyset = KeySet::open(ks.clone(), backend.clone()).await?;
+                let events = keyset.tick(clock.now()).await?;
+                Ok::<_, crate::lifecycle::LifecycleError>((keyset, events))
+            }
+            .await;
+            match attempt {
+                Ok((keyset, events)) => {
+                    for e in &events {
+                        audit.lifecycle(&ks.name, e);
+                    }
+                    break keyset;
+                }
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(keyset = %ks.name, error = %e, retry_in_ms = delay.as_millis() as u64, "backend not ready");
+                    tokio::select! {
+                        () = shutdown.cancelled() => bail!("stopped while waiting for the backend of {:?}", ks.name),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!("key set {:?}", ks.name)))
+                }
+            }
+        };
+        list.push(keyset);
+    }
+    Ok(list)
+}
+
+fn bind_unix(path: &PathBuf) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    // A socket left by a previous run: remove it (only if it is a socket).
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if meta.file_type().is_socket() {
+            let _ = std::fs::remove_file(path);
+        } else {
+            bail!(
+                "{} exists and is not a socket; remove it or choose another api_socket",
+                path.display()
+            );
+        }
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
+    // Owner and group may connect; every request is still checked against [[client]] uid/gid.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+/// Runs the daemon with `config` until a stop signal. `config_path` is re-read on SIGHUP.
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<()> {
+    let signals = crate::signals::Signals::install()?;
+    let shutdown = signals.stop_token();
+
+    keyturn_backend::fsutil::ensure_private_dir(&config.server.data_dir)?;
+    let (audit, audit_writer) =
+        Audit::open(&config.server.audit_log).map_err(anyhow::Error::msg)?;
+    let mut factory = Factory::default();
+
+    let list = open_keysets(&config, &mut factory, &clock, &audit, None, &shutdown).await?;
+
+    let state = Arc::new(AppState {
+        keysets: ArcSwap::from_pointee(KeySets::new(list)),
+        clients: ArcSwap::from_pointee(config.clients.clone()),
+        clock: clock.clone(),
+        audit: audit.clone(),
+        metrics: Metrics::default(),
+    });
+
+    let mut tasks = JoinSet::new();
+    let limits = Limits::default();
+    let jwks_listener = TcpListener::bind(config.server.jwks_listen)
+        .await
+        .with_context(|| format!("cannot bind jwks_listen {}", config.server.jwks_listen))?;
+    let jwks_addr = jwks_listener.local_addr()?;
+    tasks.spawn(serve_tcp(
+        jwks_listener,
+        None,
+        crate::http::public::router(state.clone()),
+        limits,
+        shutdown.clone(),
+        "jwks",
+    ));
+
+    let mut api_addr = None;
+    if let Some(addr) = config.server.api_listen {
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(crate::tls::acceptor)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind api_listen {addr}"))?;
+        api_addr = Some(listener.local_addr()?);
+        tasks.spawn(serve_tcp(
+            listener,
+            tls,
+            crate::http::api::router(state.clone()),
+            limits,
+            shutdown.clone(),
+            "api",
+        ));
+    }
+    if let Some(path) = &config.server.api_socket {
+        let listener = bind_unix(path)?;
+        tasks.spawn(serve_unix(
+            listener,
+            crate::http::api::router(state.clone()),
+            limits,
+            shutdown.clone(),
+            "api-socket",
+        ));
+    }
+
+    let keyset_shutdown = shutdown.child_token();
+    let mut maintenance = JoinSet::new();
+    for keyset in state.keysets.load().iter() {
+        maintenance.spawn(keyset.clone().run(
+            clock.clone(),
+            audit.clone(),
+            keyset_shutdown.clone(),
+        ));
+    }
+
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(
+        jwks = %jwks_addr,
+        api = %api_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+        api_socket = %config.server.api_socket.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "-".into()),
+        data_dir = %config.server.data_dir.display(),
+        "keyturn ready: JWKS at http://{jwks_addr}/.well-known/jwks.json, signing API at {}",
+        api_addr.map(|a| format!("{scheme}://{a}/v1/keysets/{{name}}/sign")).unwrap_or_else(|| "the API socket".into()),
+    );
+    crate::notify::ready();
+    let watchdog = crate::notify::spawn_watchdog(state.clone(), shutdown.clone());
+
+    let mut current = config;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = signals.reload() => {
+                crate::notify::reloading();
+                match reload(&state, &mut current, config_path.as_deref(), &mut factory, &clock, &audit, &keyset_shutdown, &mut maintenance).await {
+                    Ok(()) => tracing::info!("configuration reloaded"),
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "reload refused; the running configuration stays"),
+                }
+                crate::notify::ready();
+            }
+        }
+    }
+    tracing::info!("stopping: draining in-flight requests");
+    crate::notify::stopping();
+    watchdog.abort();
+    while tasks.join_next().await.is_some() {}
+    while maintenance.join_next().await.is_some() {}
+    // The audit writer stops once the last handle is gone; every request handler is done.
+    drop(state);
+    drop(audit);
+    tokio::task::spawn_blocking(move || audit_writer.finish())
+        .await
+        .ok();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Re-reads the config; on success swaps clients and key sets (unchanged key sets keep
+/// running untouched). Listener changes need a restart and are refused here.
+#[allow(clippy::too_many_arguments)]
+async fn reload(
+    state: &Arc<AppState>,
+    current: &mut Config,
+    path: Option<&std::path::Path>,
+    factory: &mut Factory,
+    clock: &Arc<dyn Clock>,
+    audit: &Audit,
+    keyset_shutdown: &CancellationToken,
+    maintenance: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
+    let Some(path) = path else {
+        bail!("running the embedded default config; nothing to reload")
+    };
+    let new = Config::load(path)?;
+    if new.server != current.server {
+        bail!("[server] settings changed; they take effect on restart only (systemctl restart keyturn)");
+    }
+    let old = state.keysets.load_full();
+    let list = open_keysets(&new, factory, clock, audit, Some(&old), keyset_shutdown).await?;
+    for keyset in &list {
+        if !old.iter().any(|o| Arc::ptr_eq(o, keyset)) {
+            maintenance.spawn(keyset.clone().run(
+                clock.clone(),
+                audit.clone(),
+                keyset_shutdown.clone(),
+            ));
+        }
+    }
+    state.clients.store(Arc::new(new.clients.clone()));
+    state.keysets.store(Arc::new(KeySets::new(list.clone())));
+    for gone in old
+        .iter()
+        .filter(|o| !list.iter().any(|k| Arc::ptr_eq(o, k)))
+    {
+        gone.stop();
+    }
+    *current = new;
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! The audit log: one JSON line per signature and per lifecycle event, append-only and
+//! hash-chained.
+//!
+//! Each line carries `prev`, the SHA-256 (hex) of the previous line's bytes (64 zeros on
+//! the first line), so editing or removing any line breaks the chain at the next one;
+//! `keyturn audit verify FILE` finds the first break. Tokens are never logged: only caller,
+//! key set, kid, jti, sub, aud and exp.
+//!
+//! Lines go through a bounded channel to one writer thread, which appends them in batches
+//! and calls fdatasync once per batch; signing waits only when the channel is full.
+
+use crate::lifecycle::Event;
+use aws_lc_rs::digest;
+use serde::Serialize;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use tokio::sync::mpsc;
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One audit record, before chaining.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Record {
+    /// Unix seconds.
+    pub ts: i64,
+    /// "sign", or a lifecycle event ("published", "activated", "removed", "revoked", ...).
+    pub event: String,
+    /// The client, for signatures and admin actions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+    /// The key set.
+    pub keyset: String,
+    /// The key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    /// Token id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// Token subject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// Token audience.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aud: Option<serde_json::Value>,
+    /// Token expiry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct Chained<'a> {
+    #[serde(flatten)]
+    record: &'a Record,
+    prev: &'a str,
+}
+
+/// A handle to the audit log; cheap to clone.
+#[derive(Clone)]
+pub struct Audit {
+    tx: Option<mpsc::Sender<Record>>,
+}
+
+/// Waits for the writer thread to flush everything and stop.
+pub struct AuditWriter(Option<std::thread::JoinHandle<()>>);
+
+impl AuditWriter {
+    /// Blocks until every record sent before all [`Audit`] handles were dropped is on disk.
+    pub fn finish(mut self) {
+        if let Some(handle) = self.0.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Audit {
+    /// Opens (creating, 0600) `path` for appending and starts the writer thread.
+    pub fn open(path: &Path) -> Result<(Audit, AuditWriter), String> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| format!("cannot open audit log {}: {e}", path.display()))?;
+        let mut prev = last_line_hash(&mut file)
+            .map_err(|e| format!("cannot read audit log {}: {e}", path.display()))?;
+        let (tx, mut rx) = mpsc::channel::<Record>(16_384);
+        let shown = path.display().to_string();
+        let handle = std::thread::Builder::new()
+            .name("keyturn-audit".into())
+            .spawn(move || {
+                let mut buf = Vec::with_capacity(64 * 1024);
+                while let Some(first) = rx.blocking_recv() {
+                    buf.clear();
+                    let mut next = Some(first);
+                    while let Some(record) = next {
+                        append(&mut buf, &record, &mut prev);
+                        next = if buf.len() < 1 << 20 {
+                            rx.try_recv().ok()
+                        } else {
+                            None
+                        };
+                    }
+                    if let Err(e) = file.write_all(&buf).and_then(|()| file.sync_data()) {
+                        tracing::error!(path = %shown, error = %e, "cannot write the audit log");
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the audit writer: {e}"))?;
+        Ok((Audit { tx: Some(tx) }, AuditWriter(Some(handle))))
+    }
+
+    /// A handle that records nothing (for tests and tools that have no log).
+    pub fn disabled() -> Audit {
+        Audit { tx: None }
+    }
+
+    /// Records `record`, waiting only if the writer is far behind. Fails when the writer
+    /// has stopped: the caller must then refuse to sign.
+    pub async fn record(&self, record: Record) -> Result<(), ()> {
+        match &self.tx {
+            Some(tx) => tx.send(record).await.map_err(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a lifecycle event without waiting (from maintenance tasks).
+    pub fn lifecycle(&self, keyset: &str, event: &Event) {
+        let record = Record {
+            ts: event.at,
+            event: event.kind.to_owned(),
+            caller: None,
+            keyset: keyset.to_owned(),
+            kid: Some(event.kid.clone()),
+            jti: None,
+            sub: None,
+            aud: None,
+            exp: None,
+        };
+        if let Some(tx) = &self.tx {
+            if tx.try_send(record).is_err() {
+                tracing::error!(
+                    keyset,
+                    "audit log is full or stopped; lifecycle event not recorded"
+                );
+            }
+        }
+    }
+}
+
+fn append(buf: &mut Vec<u8>, record: &Record, prev: &mut String) {
+    let start = buf.len();
+    let chained = Chained {
+        record,
+        prev: prev.as_str(),
+    };
+    if serde_json::to_writer(&mut *buf, &chained).is_err() {
+        buf.truncate(start);
+        return;
+    }
+    *prev = hex_sha256(&buf[start..]);
+    buf.push(b'\n');
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    crate::auth::to_hex(digest::digest(&digest::SHA256, bytes).as_ref())
+}
+
+/// The hash of the file's last line (the genesis value for an empty file).
+fn last_line_hash(file: &mut File) -> std::io::Result<String> {
+    let len = file.seek(SeekFrom::End(0))?;
+    if len == 0 {
+        return Ok(GENESIS.to_owned());
+    }
+    // Lines are short; the last one is inside the final 64 KiB.
+    let start = len.saturating_sub(64 * 1024);
+    file.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
+    let line = body.rsplit(|b| *b == b'\n').next().unwrap_or(body);
+    Ok(hex_sha256(line))
+}
+
+/// Checks the chain of an audit log. Returns the number of lines, or the first broken line.
+pub fn verify(path: &Path) -> Result<u64, String> {
+    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut prev = GENESIS.to_owned();
+    let mut n = 0u64;
+    for line in BufReader::new(file).split(b'\n') {
+        let line = line.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        n += 1;
+        let value: serde_json::Value = serde_json::from_slice(&line)
+            .map_err(|_| format!("line {n} is not JSON: the log was edited or truncated"))?;
+        let claimed = value
+            .get("prev")
+            .and_then(|p| p.as_str())
+            .unwrap_or_default();
+        if claimed != prev {
+            return Err(format!(
+                "chain broken at line {n}: it does not follow line {} (a line was removed, \
+                 inserted or edited before it)",
+                n - 1
+            ));
+        }
+        prev = hex_sha256(&line);
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(i: i64) -> Record {
+        Record {
+            ts: i,
+            event: "sign".into(),
+            caller: Some("svc".into()),
+            keyset: "default".into(),
+            kid: Some("kid".into()),
+            jti: Some(format!("jti{i}")),
+            sub: Some("alice".into()),
+            aud: Some(serde_json::json!("api")),
+            exp: Some(i + 60),
+        }
+    }
+
+    async fn write(path: &Path, range: std::ops::Range<i64>) {
+        let (audit, writer) = Audit::open(path).unwrap();
+        for i in range {
+            audit.record(record(i)).await.unwrap();
+        }
+        drop(audit);
+        writer.finish();
+    }
+
+    #[tokio::test]
+    async fn chain_verifies_across_reopen_and_detects_edits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        write(&path, 0..5).await;
+        write(&path, 5..10).await;
+        assert_eq!(verify(&path), Ok(10));
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+
+        let mut removed = lines.clone();
+        removed.remove(3);
+        std::fs::write(&path, removed.join("\n") + "\n").unwrap();
+        assert!(verify(&path).unwrap_err().contains("line 4"));
+
+        let mut edited = lines.clone();
+        let changed = edited[6].replace("alice", "mallory");
+        edited[6] = &changed;
+        std::fs::write(&path, edited.join("\n") + "\n").unwrap();
+        assert!(verify(&path).unwrap_err().contains("line 8"));
+    }
+
+    #[tokio::test]
+    async fn lines_hold_no_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        write(&path, 0..1).await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        let keys: Vec<_> = line.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(
+            keys,
+            ["aud", "caller", "event", "exp", "jti", "keyset", "kid", "prev", "sub", "ts"]
+        );
+    }
+}

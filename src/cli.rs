@@ -1,0 +1,377 @@
+//! Command-line interface: `serve` runs the daemon; the client subcommands talk to a
+//! running daemon over its API (TCP or Unix socket); `verify`, `audit verify`,
+//! `check-config` and `client-token` work offline.
+
+use crate::client::{request, Endpoint};
+use crate::config::{Config, LogFormat};
+use clap::{Parser, Subcommand};
+use http::Method;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// keyturn: signing keys for JWT issuers, rotated on schedule, served as a JWKS.
+#[derive(Debug, Parser)]
+#[command(name = "keyturn", version, about)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+    /// How to reach a running daemon (client subcommands).
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+/// How client subcommands reach the daemon.
+#[derive(Debug, clap::Args)]
+pub struct Connection {
+    /// The daemon's API URL.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYTURN_API",
+        default_value = "http://127.0.0.1:8391"
+    )]
+    pub api: String,
+    /// The daemon's API Unix socket (instead of --api).
+    #[arg(long, global = true, env = "KEYTURN_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// A file holding the client's bearer token.
+    #[arg(long, global = true, env = "KEYTURN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (with no --config: the embedded default in ./keyturn-data).
+    Serve {
+        /// The config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Log format (default: text; `json` for log shippers).
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
+    /// Validate a config file and print the derived timing of each key set.
+    CheckConfig {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// Key sets and their keys, with states and timestamps (admin client).
+    Status {
+        /// One key set (default: all).
+        keyset: Option<String>,
+    },
+    /// The coming activations and removals per key set (admin client; a dry run).
+    Plan {
+        /// One key set (default: all).
+        keyset: Option<String>,
+    },
+    /// Rotate now: the pending key becomes active as soon as it is safe (admin client).
+    Rotate {
+        /// The key set.
+        keyset: String,
+    },
+    /// Revoke a key: out of the JWKS at once, a new key active at once (admin client).
+    Revoke {
+        /// The key set.
+        keyset: String,
+        /// The key's kid.
+        kid: String,
+    },
+    /// Ask the daemon to sign a token.
+    Sign {
+        /// The key set.
+        keyset: String,
+        /// The claims, a JSON object.
+        #[arg(long)]
+        claims: String,
+        /// Lifetime, e.g. 5m.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// The typ header, e.g. at+jwt.
+        #[arg(long)]
+        typ: Option<String>,
+    },
+    /// Verify a token against a JWKS URL.
+    Verify {
+        /// The compact JWS.
+        token: String,
+        /// Where the JWKS is.
+        #[arg(long)]
+        jwks: String,
+        /// Required iss.
+        #[arg(long)]
+        issuer: Option<String>,
+        /// Required aud value.
+        #[arg(long)]
+        audience: Option<String>,
+        /// Required typ (default JWT).
+        #[arg(long, default_value = "JWT")]
+        typ: String,
+        /// Tolerated clock skew.
+        #[arg(long, default_value = "60s")]
+        leeway: humantime::Duration,
+    },
+    /// Print a key set's JWKS from the daemon's public listener.
+    Jwks {
+        /// The key set.
+        keyset: String,
+        /// The JWKS listener.
+        #[arg(
+            long,
+            env = "KEYTURN_JWKS_URL",
+            default_value = "http://127.0.0.1:8390"
+        )]
+        jwks_url: String,
+    },
+    /// Audit log tools.
+    Audit {
+        /// What to do.
+        #[command(subcommand)]
+        action: AuditCommand,
+    },
+    /// Create a client token and print it with the [[client]] lines for the config.
+    ClientToken {
+        /// The client's name.
+        name: String,
+        /// Key sets it may sign with.
+        #[arg(long = "keyset")]
+        keysets: Vec<String>,
+        /// Write the token to this file (0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// `keyturn audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain of an audit log.
+    Verify {
+        /// The audit log.
+        file: PathBuf,
+    },
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("keyturn: {msg}");
+    ExitCode::FAILURE
+}
+
+fn token(conn: &Connection) -> Result<Option<String>, String> {
+    match &conn.token_file {
+        None => Ok(None),
+        Some(path) => crate::secret::read_secret_file(path).map(|t| Some(t.trim().to_owned())),
+    }
+}
+
+async fn call(
+    conn: &Connection,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value, String> {
+    let endpoint = match &conn.socket {
+        Some(p) => Endpoint::Socket(p.clone()),
+        None => Endpoint::Url(conn.api.clone()),
+    };
+    let token = token(conn)?;
+    let resp = request(&endpoint, method, path, token.as_deref(), body).await?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&resp.body).unwrap_or(serde_json::Value::Null);
+    if resp.status.is_success() {
+        Ok(value)
+    } else {
+        let msg = value["error"]["message"]
+            .as_str()
+            .unwrap_or("request failed");
+        let code = value["error"]["code"].as_str().unwrap_or("");
+        Err(format!("{} {code}: {msg}", resp.status.as_u16()))
+    }
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn when(now: i64, t: i64) -> String {
+    let at = chrono::DateTime::from_timestamp(t, 0)
+        .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default();
+    if t >= now {
+        format!("{at} (in {})", crate::config::human(t - now))
+    } else {
+        format!("{at} ({} ago)", crate::config::human(now - t))
+    }
+}
+
+fn print_plan(view: &serde_json::Value) {
+    let now = view["now"].as_i64().unwrap_or(0);
+    println!(
+        "key set {} ({}, {} backend)",
+        view["name"].as_str().unwrap_or("?"),
+        view["algorithm"].as_str().unwrap_or("?"),
+        view["backend"].as_str().unwrap_or("?")
+    );
+    let mut events: Vec<(i64, String)> = Vec::new();
+    for k in view["keys"].as_array().into_iter().flatten() {
+        let kid = k["kid"].as_str().unwrap_or("(creating)");
+        if let Some(t) = k["activate_at"].as_i64().filter(|t| *t > now) {
+            events.push((t, format!("{kid} becomes active")));
+        }
+        if let Some(t) = k["remove_at"].as_i64().filter(|t| *t > now) {
+            events.push((t, format!("{kid} leaves the JWKS")));
+        }
+    }
+    events.sort();
+    if events.is_empty() {
+        println!("  nothing scheduled");
+    }
+    for (t, what) in events {
+        println!("  {}  {what}", when(now, t));
+    }
+    println!(
+        "  publish lead {}, retention {}, JWKS max-age {}",
+        crate::config::human(view["publish_lead"].as_i64().unwrap_or(0)),
+        crate::config::human(view["retention"].as_i64().unwrap_or(0)),
+        crate::config::human(view["jwks_max_age"].as_i64().unwrap_or(0)),
+    );
+}
+
+/// Runs a client or offline subcommand (everything but `serve`).
+pub async fn run_client(cli: Cli) -> ExitCode {
+    let conn = &cli.conn;
+    let result: Result<(), String> = async {
+        match cli.command {
+            Command::Serve { .. } => Err("serve is not a client command".into()),
+            Command::CheckConfig { file } => {
+                let config = Config::load(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+                println!("{}: OK", file.display());
+                for ks in &config.keysets {
+                    let t = &ks.timing;
+                    println!(
+                        "  key set {:?}: {} on {}; publish lead {}, retention {}, at most {} keys in the JWKS",
+                        ks.name,
+                        ks.algorithm,
+                        match ks.backend { crate::config::BackendConfig::File { .. } => "file", crate::config::BackendConfig::Vault { .. } => "vault", crate::config::BackendConfig::Kms { .. } => "kms" },
+                        crate::config::human(t.publish_lead()),
+                        crate::config::human(t.retention()),
+                        t.max_published(crate::timing::min_period(&ks.schedule).unwrap_or(1)),
+                    );
+                }
+                println!("  {} client(s)", config.clients.len());
+                Ok(())
+            }
+            Command::Status { keyset } => {
+                let path = keyset.map_or("/v1/keysets".to_owned(), |k| format!("/v1/keysets/{k}"));
+                print_json(&call(conn, Method::GET, &path, None).await?);
+                Ok(())
+            }
+            Command::Plan { keyset } => {
+                let views = match keyset {
+                    Some(k) => vec![call(conn, Method::GET, &format!("/v1/keysets/{k}"), None).await?],
+                    None => call(conn, Method::GET, "/v1/keysets", None).await?["keysets"].as_array().cloned().unwrap_or_default(),
+                };
+                views.iter().for_each(print_plan);
+                Ok(())
+            }
+            Command::Rotate { keyset } => {
+                print_json(&call(conn, Method::POST, &format!("/v1/keysets/{keyset}/rotate"), None).await?);
+                Ok(())
+            }
+            Command::Revoke { keyset, kid } => {
+                print_json(&call(conn, Method::POST, &format!("/v1/keysets/{keyset}/keys/{kid}/revoke"), None).await?);
+                Ok(())
+            }
+            Command::Sign { keyset, claims, ttl, typ } => {
+                let claims: serde_json::Value = serde_json::from_str(&claims).map_err(|e| format!("--claims is not JSON: {e}"))?;
+                let mut body = serde_json::json!({"claims": claims});
+                if let Some(ttl) = ttl { body["ttl"] = ttl.into(); }
+                if let Some(typ) = typ { body["typ"] = typ.into(); }
+                let out = call(conn, Method::POST, &format!("/v1/keysets/{keyset}/sign"), Some(body)).await?;
+                println!("{}", out["token"].as_str().unwrap_or_default());
+                Ok(())
+            }
+            Command::Verify { token, jwks, issuer, audience, typ, leeway } => {
+                let resp = crate::client::get_url(&jwks).await?;
+                if !resp.status.is_success() {
+                    return Err(format!("GET {jwks}: {}", resp.status));
+                }
+                let keys = crate::verify::parse_jwks(&resp.body).map_err(|e| e.to_string())?;
+                let expect = crate::verify::Expect {
+                    issuer,
+                    audience,
+                    typ: Some(typ),
+                    leeway: i64::try_from(leeway.as_secs()).unwrap_or(i64::MAX),
+                };
+                let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+                let claims = crate::verify::verify(token.trim(), &keys, &expect, now).map_err(|e| format!("invalid token: {e}"))?;
+                print_json(&serde_json::Value::Object(claims));
+                Ok(())
+            }
+            Command::Jwks { keyset, jwks_url } => {
+                let url = format!("{}/keysets/{keyset}/jwks.json", jwks_url.trim_end_matches('/'));
+                let resp = crate::client::get_url(&url).await?;
+                if !resp.status.is_success() {
+                    return Err(format!("GET {url}: {}", resp.status));
+                }
+                print_json(&serde_json::from_slice(&resp.body).unwrap_or_default());
+                Ok(())
+            }
+            Command::Audit { action: AuditCommand::Verify { file } } => {
+                let n = crate::audit::verify(&file)?;
+                println!("{}: {n} lines, hash chain intact", file.display());
+                Ok(())
+            }
+            Command::ClientToken { name, keysets, out } => client_token(&name, &keysets, out),
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn client_token(name: &str, keysets: &[String], out: Option<PathBuf>) -> Result<(), String> {
+    use aws_lc_rs::rand::SecureRandom;
+    use base64::Engine as _;
+    if !crate::config::valid_name(name) {
+        return Err(format!(
+            "client name {name:?} is invalid: use lowercase letters, digits, '-' and '_'"
+        ));
+    }
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| "no randomness")?;
+    let token = format!(
+        "kt_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    let hash = crate::auth::to_hex(&crate::auth::hash_token(&token));
+    let keysets = if keysets.is_empty() {
+        vec!["default".to_owned()]
+    } else {
+        keysets.to_vec()
+    };
+    let list = keysets
+        .iter()
+        .map(|k| format!("{k:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match out {
+        Some(path) => {
+            keyturn_backend::fsutil::write_atomic(&path, format!("{token}\n").as_bytes())
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "token written to {} (0600); give it to the client",
+                path.display()
+            );
+        }
+        None => eprintln!("token (shown once; give it to the client): {token}"),
+    }
+    println!("[[client]]\nname = {name:?}\ntoken_sha256 = \"{hash}\"\nkeysets = [{list}]\n# audiences = [\"...\"]\n# max_ttl = \"10m\"");
+    Ok(())
+}

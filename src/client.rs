@@ -1,0 +1,171 @@
+//! A small HTTP client for the CLI: the daemon's API over TCP or its Unix socket, and JWKS
+//! URLs over http or https.
+
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Where the daemon's API is.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// `http://host:port` or `https://host:port`.
+    Url(String),
+    /// A Unix socket path.
+    Socket(PathBuf),
+}
+
+/// A response: status and body.
+#[derive(Debug)]
+pub struct Response {
+    /// Status.
+    pub status: StatusCode,
+    /// Body.
+    pub body: Bytes,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn exchange<IO>(io: IO, req: Request<Full<Bytes>>) -> Result<Response, String>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+    tokio::spawn(conn);
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading the response failed: {e}"))?
+        .to_bytes();
+    Ok(Response { status, body })
+}
+
+fn tls_connector() -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+    match config {
+        Ok(c) => tokio_rustls::TlsConnector::from(Arc::new(c)),
+        Err(_) => tokio_rustls::TlsConnector::from(Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        )),
+    }
+}
+
+/// Sends one request and reads the whole response.
+pub async fn request(
+    endpoint: &Endpoint,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> Result<Response, String> {
+    let fut = async {
+        let (authority, base_path, tls, socket) = match endpoint {
+            Endpoint::Socket(p) => (
+                "localhost".to_owned(),
+                String::new(),
+                false,
+                Some(p.clone()),
+            ),
+            Endpoint::Url(url) => {
+                let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+                let tls = match uri.scheme_str() {
+                    Some("http") => false,
+                    Some("https") => true,
+                    _ => return Err(format!("{url:?}: use http:// or https://")),
+                };
+                let authority = uri
+                    .authority()
+                    .ok_or_else(|| format!("{url:?} has no host"))?
+                    .to_string();
+                (
+                    authority,
+                    uri.path().trim_end_matches('/').to_owned(),
+                    tls,
+                    None,
+                )
+            }
+        };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{base_path}{path}"))
+            .header(header::HOST, &authority)
+            .header(
+                header::USER_AGENT,
+                concat!("keyturn/", env!("CARGO_PKG_VERSION")),
+            );
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(v) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Bytes::from(serde_json::to_vec(&v).map_err(|e| e.to_string())?)
+            }
+            None => Bytes::new(),
+        };
+        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+        if let Some(path) = socket {
+            let io = tokio::net::UnixStream::connect(&path)
+                .await
+                .map_err(|e| format!("cannot connect to {}: {e}", path.display()))?;
+            return exchange(io, req).await;
+        }
+        let addr = if authority.contains(':') {
+            authority.clone()
+        } else {
+            format!("{authority}:{}", if tls { 443 } else { 80 })
+        };
+        let tcp = tokio::net::TcpStream::connect(&addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        if tls {
+            let host = authority
+                .rsplit_once(':')
+                .map_or(authority.as_str(), |(h, _)| h)
+                .to_owned();
+            let name = rustls::pki_types::ServerName::try_from(host)
+                .map_err(|e| format!("bad host name: {e}"))?;
+            let stream = tls_connector()
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS to {addr} failed: {e}"))?;
+            exchange(stream, req).await
+        } else {
+            exchange(tcp, req).await
+        }
+    };
+    tokio::time::timeout(TIMEOUT, fut)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}
+
+/// Fetches a URL with GET.
+pub async fn get_url(url: &str) -> Result<Response, String> {
+    let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+    let origin = format!(
+        "{}://{}",
+        uri.scheme_str().unwrap_or("http"),
+        uri.authority().map(|a| a.as_str()).unwrap_or("")
+    );
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    request(&Endpoint::Url(origin), Method::GET, path, None, None).await
+}

@@ -1,0 +1,836 @@
+//! Configuration: TOML parsed into a raw form, then validated into [`Config`].
+//!
+//! `keyturn check-config` runs exactly [`Config::load`]. Every rule that keeps tokens
+//! verifiable is checked here, with a message that names the fix. The environment is read
+//! only in this module (`$STATE_DIRECTORY`, `$CREDENTIALS_DIRECTORY`).
+
+use crate::timing::Timing;
+use keyturn_backend::{Algorithm, KeyType};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration error, with the fix in the message.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has unknown keys.
+    #[error("{0}")]
+    Parse(String),
+    /// A value is invalid or the values do not fit together.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw form: what the TOML says.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default, rename = "keyset")]
+    keysets: Vec<RawKeySet>,
+    #[serde(default, rename = "client")]
+    clients: Vec<RawClient>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    jwks_listen: Option<SocketAddr>,
+    api_listen: Option<SocketAddr>,
+    api_socket: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    tls: Option<RawTls>,
+    audit_log: Option<PathBuf>,
+    k8s_signer_socket: Option<String>,
+    k8s_signer_keyset: Option<String>,
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeySet {
+    name: String,
+    issuer: String,
+    algorithm: Algorithm,
+    rsa_bits: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    rotate_every: Option<Duration>,
+    rotate_cron: Option<String>,
+    #[serde(with = "humantime_serde")]
+    max_token_ttl: Duration,
+    #[serde(default = "default_jwks_max_age", with = "humantime_serde")]
+    jwks_max_age: Duration,
+    #[serde(default = "default_clock_skew", with = "humantime_serde")]
+    clock_skew: Duration,
+    #[serde(default = "default_stale_if_error", with = "humantime_serde")]
+    stale_if_error: Duration,
+    jwks_uri: Option<String>,
+    #[serde(default)]
+    backend: BackendConfig,
+}
+
+/// Verifiers refetch within five minutes: short enough for revocations to spread, long
+/// enough that a busy verifier fleet does not hammer the daemon.
+fn default_jwks_max_age() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// One minute covers NTP-synchronized hosts with room to spare.
+fn default_clock_skew() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Verifiers may keep using a cached key set for a day if keyturn is unreachable.
+fn default_stale_if_error() -> Duration {
+    Duration::from_secs(86_400)
+}
+
+/// The backend of a key set, as configured. Exactly one, by construction.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum BackendConfig {
+    /// Keys in local encrypted files.
+    File {
+        /// Key directory; default `<data_dir>/keys`.
+        dir: Option<PathBuf>,
+        /// Key-encryption key file; default `$CREDENTIALS_DIRECTORY/keyturn-kek`, else
+        /// `<data_dir>/kek` (created on first start).
+        kek_file: Option<PathBuf>,
+    },
+    /// Keys in Vault/OpenBao transit.
+    Vault {
+        /// `https://vault.example.com:8200`.
+        address: String,
+        /// File holding a Vault token.
+        token_file: Option<PathBuf>,
+        /// AppRole role id (with `approle_secret_id_file`).
+        approle_role_id: Option<String>,
+        /// File holding the AppRole secret id.
+        approle_secret_id_file: Option<PathBuf>,
+        /// Transit mount; default `transit`.
+        transit_mount: Option<String>,
+        /// KV v2 mount for lifecycle state; default `secret`.
+        kv_mount: Option<String>,
+        /// CA bundle (PEM) for TLS to Vault.
+        ca_file: Option<PathBuf>,
+    },
+    /// Keys in AWS KMS.
+    Kms {
+        /// AWS region; default from the AWS chain.
+        region: Option<String>,
+        /// Endpoint override (VPC endpoints, tests).
+        endpoint: Option<String>,
+        /// DynamoDB table for lifecycle state; default `keyturn-state`.
+        state_table: Option<String>,
+        /// Days before a removed key is deleted (7 to 30); default 30.
+        deletion_window_days: Option<u32>,
+    },
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig::File {
+            dir: None,
+            kek_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: String,
+    token_file: Option<PathBuf>,
+    token_sha256: Option<String>,
+    unix_uid: Option<u32>,
+    unix_gid: Option<u32>,
+    tls_subject: Option<String>,
+    #[serde(default)]
+    keysets: Vec<String>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    subject_pattern: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    max_ttl: Option<Duration>,
+    #[serde(default)]
+    allowed_claims: Vec<String>,
+    #[serde(default)]
+    forbidden_claims: Vec<String>,
+    #[serde(default)]
+    allowed_typ: Vec<String>,
+    #[serde(default)]
+    admin: bool,
+}
+
+// ---------------------------------------------------------------------------------------
+// Validated form.
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable text; no timestamps under journald, which adds its own.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listeners and paths.
+    pub server: ServerConfig,
+    /// Key sets, in file order; the first is the default unless one is named `default`.
+    pub keysets: Vec<KeySetConfig>,
+    /// Signing-API clients.
+    pub clients: Vec<ClientConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Public listener: JWKS, discovery, health, metrics.
+    pub jwks_listen: SocketAddr,
+    /// Signing and admin API over TCP.
+    pub api_listen: Option<SocketAddr>,
+    /// Signing and admin API over a Unix socket.
+    pub api_socket: Option<PathBuf>,
+    /// State directory.
+    pub data_dir: PathBuf,
+    /// TLS for the API listener.
+    pub tls: Option<TlsConfig>,
+    /// The audit log file.
+    pub audit_log: PathBuf,
+    /// Kubernetes ExternalJWTSigner socket and the key set it signs with.
+    pub k8s_signer: Option<(String, String)>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Where systemd put credentials, if anywhere.
+    pub credentials_dir: Option<PathBuf>,
+    /// Whether stderr goes to the journal (`$JOURNAL_STREAM`): logs then omit timestamps.
+    pub under_journald: bool,
+}
+
+/// TLS on the API listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM.
+    pub cert_file: PathBuf,
+    /// Private key, PEM (0600).
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// How often a key set rotates.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    /// A fixed period, in seconds.
+    Every(i64),
+    /// A cron expression (cron crate syntax, with seconds), evaluated in UTC.
+    Cron(Box<cron::Schedule>),
+}
+
+impl PartialEq for Schedule {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Schedule::Every(a), Schedule::Every(b)) => a == b,
+            (Schedule::Cron(a), Schedule::Cron(b)) => a.to_string() == b.to_string(),
+            _ => false,
+        }
+    }
+}
+
+impl Schedule {
+    /// The first rotation time strictly after `t` (unix seconds).
+    pub fn next_after(&self, t: i64) -> Option<i64> {
+        match self {
+            Schedule::Every(p) => t.checked_add(*p),
+            Schedule::Cron(s) => {
+                let at = chrono::DateTime::from_timestamp(t, 0)?;
+                s.after(&at).next().map(|d| d.timestamp())
+            }
+        }
+    }
+}
+
+/// One `[[keyset]]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeySetConfig {
+    /// Name: `[a-z0-9][a-z0-9_-]*`, at most 63 characters.
+    pub name: String,
+    /// The `iss` of every token.
+    pub issuer: String,
+    /// The signing algorithm.
+    pub algorithm: Algorithm,
+    /// The key type generated for it.
+    pub key_type: KeyType,
+    /// Rotation schedule.
+    pub schedule: Schedule,
+    /// Timing limits and what follows from them.
+    pub timing: Timing,
+    /// `stale-if-error` served with the JWKS, seconds.
+    pub stale_if_error: i64,
+    /// `jwks_uri` in the discovery document.
+    pub jwks_uri: String,
+    /// The backend.
+    pub backend: BackendConfig,
+}
+
+/// How a client authenticates.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientAuth {
+    /// A bearer token, stored as its SHA-256.
+    Token([u8; 32]),
+    /// Unix peer credentials on the API socket.
+    Unix {
+        /// Required uid, if any.
+        uid: Option<u32>,
+        /// Required gid, if any.
+        gid: Option<u32>,
+    },
+    /// A TLS client certificate whose subject common name is this.
+    Tls(String),
+}
+
+/// One `[[client]]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientConfig {
+    /// Name, as in audit lines.
+    pub name: String,
+    /// How it proves who it is.
+    pub auth: ClientAuth,
+    /// Key sets it may sign with (empty: none).
+    pub keysets: Vec<String>,
+    /// Allowed `aud` values (empty: tokens without `aud` only).
+    pub audiences: Vec<String>,
+    /// A glob (`*` matches any run of characters) that `sub` must match, if set.
+    pub subject_pattern: Option<String>,
+    /// Longest TTL, seconds (never above the key set's `max_token_ttl`).
+    pub max_ttl: Option<i64>,
+    /// Extra claims it may set (empty: any not forbidden).
+    pub allowed_claims: Vec<String>,
+    /// Extra claims it may never set.
+    pub forbidden_claims: Vec<String>,
+    /// Allowed `typ` header values (empty: `JWT` only).
+    pub allowed_typ: Vec<String>,
+    /// May rotate and revoke.
+    pub admin: bool,
+}
+
+/// Rounds a duration up to whole seconds.
+fn secs(d: Duration) -> i64 {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    i64::try_from(s).unwrap_or(i64::MAX)
+}
+
+/// Formats seconds the way the config writes durations.
+pub fn human(s: i64) -> String {
+    humantime::format_duration(Duration::from_secs(s.max(0).unsigned_abs())).to_string()
+}
+
+/// A key set or client name: safe in paths, URLs, Vault and KMS names.
+pub fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, Env::from_process())
+    }
+
+    /// The embedded default: one ES256 key set on the file backend in `./keyturn-data`,
+    /// listeners on loopback.
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        let text = r#"
+            [server]
+            data_dir = "keyturn-data"
+
+            [[keyset]]
+            name = "default"
+            issuer = "http://127.0.0.1:8390"
+            algorithm = "ES256"
+            rotate_every = "24h"
+            max_token_ttl = "15m"
+        "#;
+        Self::parse(text, Env::from_process())
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str, env: Env) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        raw.validate(env)
+    }
+
+    /// The key set served at `/.well-known/jwks.json`: `default`, else the first.
+    pub fn default_keyset(&self) -> Option<&KeySetConfig> {
+        self.keysets
+            .iter()
+            .find(|k| k.name == "default")
+            .or_else(|| self.keysets.first())
+    }
+}
+
+/// What the loader takes from the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    /// `$STATE_DIRECTORY` (systemd `StateDirectory=`).
+    pub state_directory: Option<PathBuf>,
+    /// `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`).
+    pub credentials_directory: Option<PathBuf>,
+    /// `$JOURNAL_STREAM` is set.
+    pub journald: bool,
+}
+
+impl Env {
+    /// Reads the process environment. The only place keyturn does.
+    pub fn from_process() -> Env {
+        Env {
+            state_directory: std::env::var_os("STATE_DIRECTORY")
+                .map(PathBuf::from)
+                // systemd may pass several colon-separated directories; ours is the first.
+                .and_then(|p| {
+                    p.to_str()
+                        .and_then(|s| s.split(':').next())
+                        .map(PathBuf::from)
+                }),
+            credentials_directory: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+            journald: std::env::var_os("JOURNAL_STREAM").is_some(),
+        }
+    }
+}
+
+impl RawConfig {
+    fn validate(self, env: Env) -> Result<Config, ConfigError> {
+        let s = self.server;
+        let data_dir = s
+            .data_dir
+            .or(env.state_directory.clone())
+            .unwrap_or_else(|| PathBuf::from("/var/lib/keyturn"));
+        let k8s_signer = match (s.k8s_signer_socket, s.k8s_signer_keyset) {
+            (Some(sock), Some(ks)) => Some((sock, ks)),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "server.k8s_signer_socket and server.k8s_signer_keyset go together: set both or neither",
+                ))
+            }
+        };
+        let server = ServerConfig {
+            jwks_listen: s
+                .jwks_listen
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8390))),
+            api_listen: s
+                .api_listen
+                .or(Some(SocketAddr::from(([127, 0, 0, 1], 8391)))),
+            api_socket: s.api_socket,
+            audit_log: s.audit_log.unwrap_or_else(|| data_dir.join("audit.log")),
+            data_dir,
+            tls: s.tls.map(|t| TlsConfig {
+                cert_file: t.cert_file,
+                key_file: t.key_file,
+                client_ca_file: t.client_ca_file,
+            }),
+            k8s_signer,
+            log_format: s.log_format.unwrap_or_default(),
+            credentials_dir: env.credentials_directory.clone(),
+            under_journald: env.journald,
+        };
+        if self.keysets.is_empty() {
+            return Err(invalid("no [[keyset]]: add at least one key set"));
+        }
+        let mut names = HashSet::new();
+        let mut keysets = Vec::new();
+        for raw in self.keysets {
+            if !names.insert(raw.name.clone()) {
+                return Err(invalid(format!("key set {:?} is defined twice", raw.name)));
+            }
+            keysets.push(raw.validate()?);
+        }
+        if let Some((_, ks)) = &server.k8s_signer {
+            let Some(keyset) = keysets.iter().find(|k| &k.name == ks) else {
+                return Err(invalid(format!(
+                    "server.k8s_signer_keyset {ks:?} is not a [[keyset]]"
+                )));
+            };
+            if !matches!(
+                keyset.algorithm,
+                Algorithm::RS256 | Algorithm::ES256 | Algorithm::ES384 | Algorithm::ES512
+            ) {
+                return Err(invalid(format!(
+                    "key set {ks:?} signs {} but kube-apiserver accepts only RS256, ES256, ES384 \
+                     and ES512 from an external signer; change its algorithm",
+                    keyset.algorithm
+                )));
+            }
+            if keyset.timing.max_token_ttl < 600 {
+                return Err(invalid(format!(
+                    "key set {ks:?} has max_token_ttl {}, but kube-apiserver needs an external \
+                     signer to allow at least 10m; raise max_token_ttl",
+                    human(keyset.timing.max_token_ttl)
+                )));
+            }
+        }
+        let mut clients = Vec::new();
+        let mut client_names = HashSet::new();
+        for raw in self.clients {
+            if !client_names.insert(raw.name.clone()) {
+                return Err(invalid(format!("client {:?} is defined twice", raw.name)));
+            }
+            clients.push(raw.validate(&keysets, &env)?);
+        }
+        Ok(Config {
+            server,
+            keysets,
+            clients,
+        })
+    }
+}
+
+impl RawKeySet {
+    fn validate(self) -> Result<KeySetConfig, ConfigError> {
+        let name = self.name;
+        if !valid_name(&name) {
+            return Err(invalid(format!(
+                "key set name {name:?} is invalid: use lowercase letters, digits, '-' and '_', \
+                 starting with a letter or digit, at most 63 characters"
+            )));
+        }
+        let ctx = format!("key set {name:?}");
+        let issuer = self.issuer;
+        let uri: http::Uri = issuer
+            .parse()
+            .map_err(|_| invalid(format!("{ctx}: issuer {issuer:?} is not a URL")))?;
+        if !matches!(uri.scheme_str(), Some("https" | "http")) || uri.host().is_none() {
+            return Err(invalid(format!(
+                "{ctx}: issuer {issuer:?} must be an https:// (or http:// for local tests) URL"
+            )));
+        }
+        let key_type = match (self.algorithm.is_rsa(), self.rsa_bits) {
+            (true, bits) => self
+                .algorithm
+                .key_type(bits.unwrap_or(2048))
+                .ok_or_else(|| invalid(format!("{ctx}: rsa_bits must be 2048, 3072 or 4096")))?,
+            (false, Some(_)) => {
+                return Err(invalid(format!(
+                    "{ctx}: rsa_bits only applies to RS* and PS* algorithms; remove it"
+                )))
+            }
+            (false, None) => self
+                .algorithm
+                .key_type(0)
+                .ok_or_else(|| invalid("unreachable"))?,
+        };
+        let schedule = match (self.rotate_every, self.rotate_cron) {
+            (Some(every), None) => Schedule::Every(secs(every)),
+            (None, Some(expr)) => Schedule::Cron(Box::new(expr.parse().map_err(|e| {
+                invalid(format!(
+                    "{ctx}: rotate_cron {expr:?} does not parse ({e}); the format has seconds \
+                     first, e.g. \"0 0 3 * * *\" for 03:00 UTC daily"
+                ))
+            })?)),
+            (Some(_), Some(_)) => {
+                return Err(invalid(format!(
+                    "{ctx}: set rotate_every or rotate_cron, not both"
+                )))
+            }
+            (None, None) => {
+                return Err(invalid(format!(
+                    "{ctx}: no rotation schedule; set rotate_every (e.g. \"24h\") or rotate_cron"
+                )))
+            }
+        };
+        // Replicas sharing a Vault or KMS backend learn of each other's writes by polling;
+        // the poll interval is added to the publish lead and the retention.
+        let shared = !matches!(self.backend, BackendConfig::File { .. });
+        let timing = Timing::new(
+            secs(self.max_token_ttl),
+            secs(self.jwks_max_age),
+            secs(self.clock_skew),
+            shared,
+        );
+        timing
+            .check(&schedule)
+            .map_err(|e| invalid(format!("{ctx}: {e}")))?;
+        let jwks_uri = self.jwks_uri.unwrap_or_else(|| {
+            let base = issuer.trim_end_matches('/');
+            format!("{base}/keysets/{name}/jwks.json")
+        });
+        Ok(KeySetConfig {
+            name,
+            issuer,
+            algorithm: self.algorithm,
+            key_type,
+            schedule,
+            timing,
+            stale_if_error: secs(self.stale_if_error),
+            jwks_uri,
+            backend: self.backend,
+        })
+    }
+}
+
+impl RawClient {
+    fn validate(self, keysets: &[KeySetConfig], env: &Env) -> Result<ClientConfig, ConfigError> {
+        let name = self.name;
+        if !valid_name(&name) {
+            return Err(invalid(format!(
+                "client name {name:?} is invalid: use lowercase letters, digits, '-' and '_'"
+            )));
+        }
+        let ctx = format!("client {name:?}");
+        let unix = self.unix_uid.is_some() || self.unix_gid.is_some();
+        let sources = [
+            self.token_file.is_some(),
+            self.token_sha256.is_some(),
+            unix,
+            self.tls_subject.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return Err(invalid(format!(
+                "{ctx}: set exactly one of token_file, token_sha256, unix_uid/unix_gid, tls_subject"
+            )));
+        }
+        let auth = if let Some(file) = self.token_file {
+            let file = resolve_credential(&file, env);
+            let token = crate::secret::read_secret_file(&file)
+                .map_err(|e| invalid(format!("{ctx}: {e}")))?;
+            ClientAuth::Token(crate::auth::hash_token(token.trim()))
+        } else if let Some(hex) = self.token_sha256 {
+            ClientAuth::Token(crate::auth::parse_sha256_hex(&hex).ok_or_else(|| {
+                invalid(format!(
+                    "{ctx}: token_sha256 must be 64 hex digits (see `keyturn client-token`)"
+                ))
+            })?)
+        } else if unix {
+            ClientAuth::Unix {
+                uid: self.unix_uid,
+                gid: self.unix_gid,
+            }
+        } else {
+            ClientAuth::Tls(self.tls_subject.unwrap_or_default())
+        };
+        for ks in &self.keysets {
+            if !keysets.iter().any(|k| &k.name == ks) {
+                return Err(invalid(format!(
+                    "{ctx}: key set {ks:?} is not a [[keyset]]"
+                )));
+            }
+        }
+        let max_ttl = self.max_ttl.map(secs);
+        if max_ttl == Some(0) {
+            return Err(invalid(format!("{ctx}: max_ttl must be above zero")));
+        }
+        for claim in &self.allowed_claims {
+            if crate::policy::RESERVED_CLAIMS.contains(&claim.as_str()) {
+                return Err(invalid(format!(
+                    "{ctx}: allowed_claims lists {claim:?}, which keyturn always sets itself; remove it"
+                )));
+            }
+        }
+        Ok(ClientConfig {
+            name,
+            auth,
+            keysets: self.keysets,
+            audiences: self.audiences,
+            subject_pattern: self.subject_pattern,
+            max_ttl,
+            allowed_claims: self.allowed_claims,
+            forbidden_claims: self.forbidden_claims,
+            allowed_typ: self.allowed_typ,
+            admin: self.admin,
+        })
+    }
+}
+
+/// A relative secret path names a systemd credential when one by that name exists.
+pub fn resolve_credential(path: &Path, env: &Env) -> PathBuf {
+    if path.is_relative() {
+        if let Some(dir) = &env.credentials_directory {
+            let candidate = dir.join(path);
+            if candidate.exists() {
+                return candidate;
+            }
+        }
+    }
+    path.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Env::default())
+    }
+
+    const MINIMAL: &str = r#"
+        [[keyset]]
+        name = "default"
+        issuer = "https://auth.example.com"
+        algorithm = "ES256"
+        rotate_every = "24h"
+        max_token_ttl = "15m"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.server.jwks_listen.to_string(), "127.0.0.1:8390");
+        assert_eq!(c.server.api_listen.unwrap().to_string(), "127.0.0.1:8391");
+        let ks = &c.keysets[0];
+        assert_eq!(ks.timing.jwks_max_age, 300);
+        assert_eq!(ks.timing.clock_skew, 60);
+        assert_eq!(ks.key_type, KeyType::EcP256);
+        assert_eq!(
+            ks.jwks_uri,
+            "https://auth.example.com/keysets/default/jwks.json"
+        );
+        assert_eq!(ks.backend, BackendConfig::default());
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded_default().unwrap();
+        assert_eq!(c.keysets[0].algorithm, Algorithm::ES256);
+        assert!(c.server.jwks_listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = parse(&format!("{MINIMAL}\nrotate_evry = \"1h\"")).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        let err = parse(&MINIMAL.replace(
+            "max_token_ttl = \"15m\"",
+            "max_token_ttl = \"15m\"\nbackend = { type = \"file\", dri = \"x\" }",
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        let err = parse(&MINIMAL.replace(
+            "max_token_ttl = \"15m\"",
+            "max_token_ttl = \"15m\"\nbackend = { type = \"floppy\" }",
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown variant"), "{err}");
+    }
+
+    #[test]
+    fn unsafe_timing_is_rejected_with_the_fix() {
+        let err = parse(&MINIMAL.replace("\"24h\"", "\"2m\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rotate_every") && err.contains("at least"),
+            "{err}"
+        );
+        let err =
+            parse(&MINIMAL.replace("rotate_every = \"24h\"", "rotate_cron = \"0 * * * * *\""))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("rotate_cron") && err.contains("apart"),
+            "{err}"
+        );
+        let err = parse(&MINIMAL.replace("\"15m\"", "\"3000h\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("keys at once"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        for (from, to, needle) in [
+            ("\"default\"", "\"../etc\"", "name"),
+            ("\"https://auth.example.com\"", "\"not a url\"", "issuer"),
+            ("\"ES256\"", "\"HS256\"", "unknown variant"),
+            ("rotate_every = \"24h\"", "", "no rotation schedule"),
+            (
+                "rotate_every = \"24h\"",
+                "rotate_every = \"24h\"\nrotate_cron = \"0 0 3 * * *\"",
+                "not both",
+            ),
+            ("\"ES256\"", "\"ES256\"\nrsa_bits = 2048", "rsa_bits"),
+            ("\"ES256\"", "\"RS256\"\nrsa_bits = 1024", "rsa_bits"),
+        ] {
+            let err = parse(&MINIMAL.replace(from, to)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{to}: {err}");
+        }
+        let err = parse(&format!("{MINIMAL}{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("twice"), "{err}");
+        assert!(parse("").unwrap_err().to_string().contains("no [[keyset]]"));
+    }
+
+    #[test]
+    fn cron_schedule_parses() {
+        let c = parse(&MINIMAL.replace("rotate_every = \"24h\"", "rotate_cron = \"0 0 3 * * *\""))
+            .unwrap();
+        let next = c.keysets[0].schedule.next_after(0).unwrap();
+        assert_eq!(next, 3 * 3600);
+    }
+
+    #[test]
+    fn clients_need_exactly_one_credential_and_known_keysets() {
+        let client = |extra: &str| {
+            parse(&format!(
+                "{MINIMAL}\n[[client]]\nname = \"svc\"\nkeysets = [\"default\"]\n{extra}"
+            ))
+        };
+        let hex = "a".repeat(64);
+        assert!(client(&format!("token_sha256 = \"{hex}\"")).is_ok());
+        assert!(client("unix_uid = 1000").is_ok());
+        let err = client("").unwrap_err().to_string();
+        assert!(err.contains("exactly one"), "{err}");
+        let err = client(&format!("token_sha256 = \"{hex}\"\nunix_uid = 1")).unwrap_err();
+        assert!(err.to_string().contains("exactly one"));
+        let err = client("token_sha256 = \"xyz\"").unwrap_err().to_string();
+        assert!(err.contains("64 hex"), "{err}");
+        let err = parse(&format!(
+            "{MINIMAL}\n[[client]]\nname = \"svc\"\nunix_uid = 1\nkeysets = [\"nope\"]"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not a [[keyset]]"), "{err}");
+        let err = client("unix_uid = 1\nallowed_claims = [\"exp\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("always sets"), "{err}");
+    }
+}

@@ -1,0 +1,514 @@
+//! The API listener: signing for issuers, and admin routes for admin clients.
+//!
+//! Every caller is a named client: a bearer token (TCP, optionally TLS), a TLS client
+//! certificate, or Unix peer credentials (API socket). Nobody anonymous signs.
+
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::audit::Record;
+use crate::auth::{identify, Peer};
+use crate::config::ClientConfig;
+use crate::keyset::KeySet;
+use crate::lifecycle::LifecycleError;
+use crate::policy::{compact, new_jti, prepare, SignRequest};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use http::{header, HeaderMap, StatusCode};
+use keyturn_backend::BackendError;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Largest request body.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Most tokens in one batch request.
+pub const MAX_BATCH: usize = 256;
+/// Time to send the request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The API router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/keysets/{name}/sign", post(sign))
+        .route("/v1/keysets/{name}/sign-batch", post(sign_batch))
+        .route("/v1/keysets", get(list_keysets))
+        .route("/v1/keysets/{name}", get(show_keyset))
+        .route("/v1/keysets/{name}/rotate", post(rotate))
+        .route("/v1/keysets/{name}/keys/{kid}/revoke", post(revoke))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such path on the API listener",
+    )
+}
+
+/// The caller, or 401.
+fn caller(
+    state: &AppState,
+    peer: &Peer,
+    headers: &HeaderMap,
+) -> Result<Arc<ClientConfig>, ApiError> {
+    let bearer = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => {
+            let v = v
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            Some(v.filter(|t| !t.is_empty()).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "bad_authorization",
+                    "use `Authorization: Bearer <token>`",
+                )
+            })?)
+        }
+    };
+    let clients = state.clients.load();
+    identify(&clients, peer, bearer).cloned().map(Arc::new).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "unknown caller: send a client's bearer token (or connect with its certificate or over the API socket as its uid)",
+        )
+    })
+}
+
+fn keyset(state: &AppState, name: &str) -> Result<Arc<KeySet>, ApiError> {
+    state
+        .keysets
+        .load()
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ApiError::unknown_keyset(name))
+}
+
+fn require_admin(client: &ClientConfig) -> Result<(), ApiError> {
+    if client.admin {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "admin_only",
+            format!(
+                "client {:?} is not an admin client (set admin = true)",
+                client.name
+            ),
+        ))
+    }
+}
+
+/// Reads a JSON body: content type, size limit, read timeout, UTF-8, syntax, shape.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the request as Content-Type: application/json",
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body may be at most {MAX_BODY} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let bytes: Bytes =
+        match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the request body arrived too slowly",
+                ))
+            }
+            Ok(Err(e)) => {
+                let limit = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                return Err(if limit {
+                    too_large()
+                } else {
+                    ApiError::bad_request("bad_body", "the request body could not be read")
+                });
+            }
+            Ok(Ok(b)) => b,
+        };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("the JSON does not have the expected shape: {e}"),
+            ),
+            _ => ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")),
+        }
+    })
+}
+
+/// The sign response.
+#[derive(Debug, Serialize)]
+pub struct Signed {
+    /// The compact JWS.
+    pub token: String,
+    /// Its key.
+    pub kid: String,
+    /// Its id.
+    pub jti: String,
+    /// Its expiry.
+    pub exp: i64,
+}
+
+fn backend_error(keyset: &KeySet, e: &BackendError) -> ApiError {
+    if e.is_retryable() {
+        keyset.note_backend(false);
+        ApiError::unavailable(5)
+    } else {
+        tracing::error!(keyset = %keyset.name(), error = %e, "signing failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "signing_failed",
+            "the backend could not sign; see the daemon's log",
+        )
+    }
+}
+
+/// Signs one request: policy, backend signature, audit line. The audit line is queued
+/// before the token is returned; if the audit log is gone, no token leaves.
+async fn sign_one(
+    state: &AppState,
+    client: &ClientConfig,
+    keyset: &KeySet,
+    req: &SignRequest,
+) -> Result<Signed, ApiError> {
+    let started = Instant::now();
+    let now = state.clock.now();
+    let published = keyset.published();
+    let signer = published.signer(now).ok_or_else(|| ApiError {
+        retry_after: Some(1),
+        ..ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_active_key",
+            "the key set has no active key yet; retry shortly",
+        )
+    })?;
+    let prepared = prepare(req, client, &keyset.config, now, &signer.kid, new_jti()?)?;
+    let result = keyset
+        .backend
+        .sign(
+            &signer.name,
+            published.alg,
+            prepared.signing_input.as_bytes(),
+        )
+        .await;
+    state.metrics.observe_sign(
+        keyset.name(),
+        published.alg,
+        result.is_ok(),
+        started.elapsed(),
+    );
+    let sig = result.map_err(|e| backend_error(keyset, &e))?;
+    keyset.note_backend(true);
+    state
+        .audit
+        .record(Record {
+            ts: now,
+            event: "sign".into(),
+            caller: Some(client.name.clone()),
+            keyset: keyset.name().to_owned(),
+            kid: Some(signer.kid.clone()),
+            jti: Some(prepared.jti.clone()),
+            sub: prepared.sub,
+            aud: prepared.aud,
+            exp: Some(prepared.exp),
+        })
+        .await
+        .map_err(|()| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the audit log is not writable; no token was issued",
+            )
+        })?;
+    Ok(Signed {
+        token: compact(&prepared.signing_input, &sig),
+        kid: signer.kid.clone(),
+        jti: prepared.jti,
+        exp: prepared.exp,
+    })
+}
+
+fn signing_client(
+    state: &AppState,
+    peer: &Peer,
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<(Arc<ClientConfig>, Arc<KeySet>), ApiError> {
+    let client = caller(state, peer, headers)?;
+    let keyset = keyset(state, name)?;
+    if !client.keysets.iter().any(|k| k == name) {
+        return Err(ApiError::forbidden(
+            "keyset_not_allowed",
+            format!(
+                "client {:?} may not sign with key set {name:?}; add it to the client's keysets",
+                client.name
+            ),
+        ));
+    }
+    Ok((client, keyset))
+}
+
+async fn sign(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Signed>, ApiError> {
+    let (client, keyset) = signing_client(&state, &peer, &headers, &name)?;
+    let req: SignRequest = json_body(&headers, body).await?;
+    sign_one(&state, &client, &keyset, &req).await.map(Json)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    requests: Vec<SignRequest>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BatchItem {
+    Ok(Signed),
+    Err { error: serde_json::Value },
+}
+
+/// Many tokens in one request; each goes through the same policy. One item's refusal does
+/// not fail the others; a backend outage fails the whole batch with 503.
+async fn sign_batch(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (client, keyset) = signing_client(&state, &peer, &headers, &name)?;
+    let batch: BatchRequest = json_body(&headers, body).await?;
+    if batch.requests.is_empty() || batch.requests.len() > MAX_BATCH {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "batch_size",
+            format!("\"requests\" must hold 1 to {MAX_BATCH} items"),
+        ));
+    }
+    let mut results = Vec::with_capacity(batch.requests.len());
+    for req in &batch.requests {
+        match sign_one(&state, &client, &keyset, req).await {
+            Ok(signed) => results.push(BatchItem::Ok(signed)),
+            Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => return Err(e),
+            Err(e) => results.push(BatchItem::Err {
+                error: serde_json::json!({"code": e.code, "message": e.message}),
+            }),
+        }
+    }
+    Ok(Json(serde_json::json!({"results": results})).into_response())
+}
+
+/// A key as admin routes show it.
+#[derive(Serialize)]
+struct KeyView {
+    kid: Option<String>,
+    state: crate::lifecycle::KeyState,
+    created_at: i64,
+    published_at: Option<i64>,
+    activate_at: Option<i64>,
+    retired_at: Option<i64>,
+    remove_at: Option<i64>,
+    removed_at: Option<i64>,
+    revoked_at: Option<i64>,
+}
+
+fn keyset_view(keyset: &KeySet, now: i64) -> serde_json::Value {
+    let published = keyset.published();
+    let doc = &published.doc;
+    let timing = &keyset.config.timing;
+    let keys: Vec<KeyView> = (0..doc.keys.len())
+        .map(|i| {
+            let k = &doc.keys[i];
+            KeyView {
+                kid: k.kid.clone(),
+                state: doc.state(i, now),
+                created_at: k.created_at,
+                published_at: k.published_at,
+                activate_at: k.activate_at,
+                retired_at: doc.retired_at(i, now),
+                remove_at: if k.is_published() {
+                    doc.remove_at(i, now, timing)
+                } else {
+                    None
+                },
+                removed_at: k.removed_at,
+                revoked_at: k.revoked_at,
+            }
+        })
+        .collect();
+    let active = published.signer(now).map(|s| s.kid.clone());
+    let next_activation = doc.pending(now).and_then(|i| doc.keys[i].activate_at);
+    serde_json::json!({
+        "name": keyset.name(),
+        "issuer": keyset.config.issuer,
+        "algorithm": keyset.config.algorithm.as_str(),
+        "backend": keyset.backend.kind(),
+        "backend_ok": keyset.backend_ok(),
+        "now": now,
+        "active_kid": active,
+        "next_activation": next_activation,
+        "next_event": doc.next_event(now, timing),
+        "jwks_version": doc.jwks_version,
+        "publish_lead": timing.publish_lead(),
+        "retention": timing.retention(),
+        "jwks_max_age": timing.jwks_max_age,
+        "max_token_ttl": timing.max_token_ttl,
+        "keys": keys,
+    })
+}
+
+async fn list_keysets(
+    State(state): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let client = caller(&state, &peer, &headers)?;
+    require_admin(&client)?;
+    let now = state.clock.now();
+    let keysets: Vec<_> = state
+        .keysets
+        .load()
+        .iter()
+        .map(|k| keyset_view(k, now))
+        .collect();
+    Ok(Json(serde_json::json!({"keysets": keysets})))
+}
+
+async fn show_keyset(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let client = caller(&state, &peer, &headers)?;
+    require_admin(&client)?;
+    let keyset = keyset(&state, &name)?;
+    Ok(Json(keyset_view(&keyset, state.clock.now())))
+}
+
+fn lifecycle_error(keyset: &KeySet, e: LifecycleError) -> ApiError {
+    match e {
+        LifecycleError::Refused(msg) => ApiError::new(StatusCode::CONFLICT, "refused", msg),
+        e if e.is_retryable() => {
+            keyset.note_backend(false);
+            ApiError::unavailable(5)
+        }
+        e => {
+            tracing::error!(keyset = %keyset.name(), error = %e, "admin operation failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the operation failed; see the daemon's log",
+            )
+        }
+    }
+}
+
+async fn admin_audit(
+    state: &AppState,
+    client: &ClientConfig,
+    keyset: &str,
+    event: &str,
+    kid: Option<String>,
+    now: i64,
+) {
+    let record = Record {
+        ts: now,
+        event: event.into(),
+        caller: Some(client.name.clone()),
+        keyset: keyset.into(),
+        kid,
+        jti: None,
+        sub: None,
+        aud: None,
+        exp: None,
+    };
+    if state.audit.record(record).await.is_err() {
+        tracing::error!(keyset, event, "audit log unavailable for an admin action");
+    }
+}
+
+async fn rotate(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let client = caller(&state, &peer, &headers)?;
+    require_admin(&client)?;
+    let keyset = keyset(&state, &name)?;
+    let now = state.clock.now();
+    let at = keyset
+        .rotate_now(now)
+        .await
+        .map_err(|e| lifecycle_error(&keyset, e))?;
+    let published = keyset.published();
+    let kid = published
+        .keys
+        .iter()
+        .find(|k| k.activate_at == Some(at))
+        .map(|k| k.kid.clone());
+    admin_audit(&state, &client, &name, "rotate-requested", kid.clone(), now).await;
+    Ok(Json(
+        serde_json::json!({"kid": kid, "activates_at": at, "in_seconds": (at - now).max(0)}),
+    ))
+}
+
+async fn revoke(
+    State(state): State<Arc<AppState>>,
+    Path((name, kid)): Path<(String, String)>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let client = caller(&state, &peer, &headers)?;
+    require_admin(&client)?;
+    let keyset = keyset(&state, &name)?;
+    let now = state.clock.now();
+    let active = keyset
+        .revoke(&kid, now)
+        .await
+        .map_err(|e| lifecycle_error(&keyset, e))?;
+    admin_audit(&state, &client, &name, "revoked", Some(kid.clone()), now).await;
+    Ok(Json(
+        serde_json::json!({"revoked": kid, "active_kid": active}),
+    ))
+}

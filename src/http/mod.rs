@@ -1,0 +1,8 @@
+//! HTTP: the public JWKS listener and the authenticated API listener.
+
+pub mod api;
+pub mod error;
+pub mod public;
+pub mod serve;
+
+pub use error::ApiError;

@@ -1,0 +1,206 @@
+//! The public listener: JWKS, single keys, OIDC discovery, health. No authentication, no
+//! signing or admin routes. Every body is pre-serialized; no request reaches a backend.
+
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::jwks::{Published, Served};
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use std::sync::Arc;
+use tower_http::cors::{Any, CorsLayer};
+
+const JWK_SET: HeaderValue = HeaderValue::from_static("application/jwk-set+json");
+const JWK: HeaderValue = HeaderValue::from_static("application/jwk+json");
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// The public router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::HEAD])
+        .expose_headers([header::ETAG, header::LAST_MODIFIED, header::CACHE_CONTROL]);
+    Router::new()
+        .route("/.well-known/jwks.json", get(default_jwks))
+        .route("/.well-known/openid-configuration", get(default_discovery))
+        .route("/keysets/{name}/jwks.json", get(jwks))
+        .route("/keysets/{name}/jwks/{kid}", get(jwk))
+        .route(
+            "/keysets/{name}/.well-known/openid-configuration",
+            get(discovery),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(cors)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such path on the JWKS listener",
+    )
+}
+
+fn published(state: &AppState, name: Option<&str>) -> Result<Arc<Published>, ApiError> {
+    let keysets = state.keysets.load();
+    let keyset = match name {
+        Some(name) => keysets
+            .get(name)
+            .ok_or_else(|| ApiError::unknown_keyset(name))?,
+        None => keysets
+            .default()
+            .ok_or_else(|| ApiError::unknown_keyset("default"))?,
+    };
+    Ok(keyset.published())
+}
+
+/// A conditional response over pre-serialized bytes.
+fn respond(req: &HeaderMap, p: &Published, served: &Served, content_type: HeaderValue) -> Response {
+    let fresh = match req.get(header::IF_NONE_MATCH) {
+        Some(inm) => etag_matches(inm, &served.etag),
+        None => req
+            .get(header::IF_MODIFIED_SINCE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .zip(
+                p.last_modified
+                    .to_str()
+                    .ok()
+                    .and_then(|v| httpdate::parse_http_date(v).ok()),
+            )
+            .is_some_and(|(since, modified)| modified <= since),
+    };
+    let headers = [
+        (header::ETAG, served.etag.clone()),
+        (header::LAST_MODIFIED, p.last_modified.clone()),
+        (header::CACHE_CONTROL, p.cache_control.clone()),
+    ];
+    if fresh {
+        (StatusCode::NOT_MODIFIED, headers).into_response()
+    } else {
+        let mut response = (headers, served.body.clone()).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, content_type);
+        response
+    }
+}
+
+/// RFC 9110 section 13.1.2: `*`, or any listed tag equal to ours (weak comparison).
+fn etag_matches(header: &HeaderValue, etag: &HeaderValue) -> bool {
+    let Ok(list) = header.to_str() else {
+        return false;
+    };
+    let ours = etag.as_bytes();
+    list.split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == ours)
+}
+
+async fn default_jwks(State(s): State<Arc<AppState>>, h: HeaderMap) -> Result<Response, ApiError> {
+    let p = published(&s, None)?;
+    Ok(respond(&h, &p, &p.jwks, JWK_SET))
+}
+
+async fn default_discovery(
+    State(s): State<Arc<AppState>>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    let p = published(&s, None)?;
+    Ok(respond(&h, &p, &p.discovery, JSON))
+}
+
+async fn jwks(
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    let p = published(&s, Some(&name))?;
+    Ok(respond(&h, &p, &p.jwks, JWK_SET))
+}
+
+async fn discovery(
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    let p = published(&s, Some(&name))?;
+    Ok(respond(&h, &p, &p.discovery, JSON))
+}
+
+async fn jwk(
+    State(s): State<Arc<AppState>>,
+    Path((name, kid)): Path<(String, String)>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    let p = published(&s, Some(&name))?;
+    let served = p.by_kid.get(&kid).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_kid",
+            "no published key with that kid in this key set",
+        )
+    })?;
+    Ok(respond(&h, &p, served, JWK))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    let now = s.clock.now();
+    let keysets = s.keysets.load();
+    let not_ready: Vec<&str> = keysets
+        .iter()
+        .filter(|k| !k.ready(now))
+        .map(|k| k.name())
+        .collect();
+    if not_ready.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        let body = serde_json::json!({"ready": false, "keysets_not_ready": not_ready});
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    }
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        s.metrics.render(&s),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etag_matching() {
+        let ours = HeaderValue::from_static("\"3-abcd\"");
+        for (header, hit) in [
+            ("\"3-abcd\"", true),
+            ("W/\"3-abcd\"", true),
+            ("\"2-ffff\", \"3-abcd\"", true),
+            ("*", true),
+            ("\"3-abce\"", false),
+            ("3-abcd", false),
+        ] {
+            assert_eq!(
+                etag_matches(&HeaderValue::from_static(header), &ours),
+                hit,
+                "{header}"
+            );
+        }
+    }
+}

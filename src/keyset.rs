@@ -1,0 +1,203 @@
+//! A running key set: its engine, its published view, its backend's health, and the
+//! background task that keeps it in order.
+
+use crate::audit::Audit;
+use crate::clock::Clock;
+use crate::config::KeySetConfig;
+use crate::jwks::Published;
+use crate::lifecycle::{Engine, Event, LifecycleError};
+use arc_swap::ArcSwap;
+use keyturn_backend::KeyBackend;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// Longest wait between two ticks, even with nothing scheduled: picks up clock jumps and
+/// recovers a backend that came back.
+const MAX_IDLE: i64 = 60;
+
+/// A key set in the daemon.
+pub struct KeySet {
+    /// Its configuration.
+    pub config: KeySetConfig,
+    /// Its backend.
+    pub backend: Arc<dyn KeyBackend>,
+    published: ArcSwap<Published>,
+    engine: Mutex<Engine>,
+    /// Whether the last backend round trip succeeded.
+    backend_ok: AtomicBool,
+    wake: Notify,
+    // Cancelled when a reload replaces or drops this key set.
+    stopped: CancellationToken,
+}
+
+impl KeySet {
+    /// Loads the key set's document and builds its published view, without ticking.
+    pub async fn open(
+        config: KeySetConfig,
+        backend: Arc<dyn KeyBackend>,
+    ) -> Result<Arc<Self>, LifecycleError> {
+        let engine = Engine::load(
+            &config.name,
+            config.timing,
+            config.schedule.clone(),
+            config.key_type,
+            backend.clone(),
+        )
+        .await?;
+        if let Some(k) = engine
+            .doc()
+            .published()
+            .find(|k| k.key_type != config.key_type)
+        {
+            return Err(LifecycleError::Refused(format!(
+                "key set {:?} holds published keys of type {:?} but is configured for {} ({:?}); \
+                 restore its algorithm, or create a new key set under another name",
+                config.name, k.key_type, config.algorithm, config.key_type
+            )));
+        }
+        let published = Published::build(&config, engine.doc().clone());
+        Ok(Arc::new(KeySet {
+            config,
+            backend,
+            published: ArcSwap::from_pointee(published),
+            engine: Mutex::new(engine),
+            backend_ok: AtomicBool::new(false),
+            wake: Notify::new(),
+            stopped: CancellationToken::new(),
+        }))
+    }
+
+    /// Stops this key set's maintenance task (a reload replaced or dropped it).
+    pub fn stop(&self) {
+        self.stopped.cancel();
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The current published view. Never waits.
+    pub fn published(&self) -> Arc<Published> {
+        self.published.load_full()
+    }
+
+    /// Whether a key signs at `now` and the backend's last answer was a success.
+    pub fn ready(&self, now: i64) -> bool {
+        self.backend_ok() && self.published().signer(now).is_some()
+    }
+
+    /// Whether the last backend round trip succeeded.
+    pub fn backend_ok(&self) -> bool {
+        self.backend_ok.load(Ordering::Relaxed)
+    }
+
+    /// Records the outcome of a backend round trip (signing reports here too). A failure
+    /// wakes the maintenance task, whose tick then probes the backend with backoff.
+    pub fn note_backend(&self, ok: bool) {
+        if self.backend_ok.swap(ok, Ordering::Relaxed) && !ok {
+            self.wake.notify_one();
+        }
+    }
+
+    fn republish(&self, engine: &Engine) {
+        let current = self.published.load();
+        if current.doc != *engine.doc() {
+            self.published.store(Arc::new(Published::build(
+                &self.config,
+                engine.doc().clone(),
+            )));
+        }
+    }
+
+    /// One round: re-read shared state, bring the key set in order, publish the result.
+    pub async fn tick(&self, now: i64) -> Result<Vec<Event>, LifecycleError> {
+        let mut engine = self.engine.lock().await;
+        let result = async {
+            if self.backend.shared() {
+                engine.reload().await?;
+            }
+            engine.tick(now).await
+        }
+        .await;
+        self.republish(&engine);
+        match &result {
+            Ok(_) => self.note_backend(true),
+            Err(e) if e.is_retryable() => self.note_backend(false),
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Admin: rotate now (as soon as safe). Returns when the new key signs.
+    pub async fn rotate_now(&self, now: i64) -> Result<i64, LifecycleError> {
+        let mut engine = self.engine.lock().await;
+        let result = engine.rotate_now(now).await;
+        self.republish(&engine);
+        self.wake.notify_one();
+        result
+    }
+
+    /// Admin: revoke `kid`. Returns the kid active afterwards.
+    pub async fn revoke(&self, kid: &str, now: i64) -> Result<Option<String>, LifecycleError> {
+        let mut engine = self.engine.lock().await;
+        let result = engine.revoke(kid, now).await;
+        self.republish(&engine);
+        self.wake.notify_one();
+        result
+    }
+
+    /// The next instant the key set needs a tick.
+    async fn next_wake(&self, now: i64) -> i64 {
+        let engine = self.engine.lock().await;
+        let timing = engine.timing();
+        let mut next = now + MAX_IDLE;
+        if let Some(t) = engine.doc().next_event(now, timing) {
+            next = next.min(t);
+        }
+        if let Some(poll) = timing.poll_interval() {
+            next = next.min(now + poll);
+        }
+        next
+    }
+
+    /// Keeps the key set in order until `shutdown`: ticks at every scheduled event, retries
+    /// failures with capped exponential backoff, and logs lifecycle events to the audit log.
+    pub async fn run(
+        self: Arc<Self>,
+        clock: Arc<dyn Clock>,
+        audit: Audit,
+        shutdown: CancellationToken,
+    ) {
+        let mut backoff = 1i64;
+        loop {
+            let now = clock.now();
+            let wait = match self.tick(now).await {
+                Ok(events) => {
+                    backoff = 1;
+                    for event in events {
+                        tracing::info!(keyset = %self.name(), kid = %event.kid, event = event.kind, "key lifecycle");
+                        audit.lifecycle(self.name(), &event);
+                    }
+                    (self.next_wake(now).await - now).max(1)
+                }
+                Err(e) => {
+                    tracing::warn!(keyset = %self.name(), error = %e, retry_in_s = backoff, "key set maintenance failed");
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(MAX_IDLE);
+                    wait
+                }
+            };
+            let wait = Duration::from_secs(wait.unsigned_abs());
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.stopped.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}

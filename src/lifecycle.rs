@@ -1,0 +1,599 @@
+//! The key lifecycle: pending → active → retired → removed, plus revoked.
+//!
+//! Each key set has one document (a [`KeySetDoc`]) stored in its backend with
+//! check-and-set. Keys are scheduled ahead: a pending key carries the instant it becomes
+//! active (`activate_at`), so which key signs at any instant is a pure function of the
+//! document and the time ([`KeySetDoc::active`]). Replicas that share a backend agree
+//! without talking to each other, and no write is needed at the moment of activation.
+//!
+//! The [`Engine`] moves a key set forward with single steps, each at most one backend key
+//! call followed by one document write ([`plan`] decides the next step from the document
+//! and `now` alone). A crash between any two calls leaves a document from which the next
+//! step is again well defined, which is invariant I4:
+//!
+//! - a key is first recorded as an intent (name and type), then created in the backend
+//!   (idempotent by name), then published with its public key;
+//! - removal is recorded before the backend key is destroyed;
+//! - activation is a time written in advance, never a separate write.
+
+use crate::config::Schedule;
+use crate::timing::Timing;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use keyturn_backend::{BackendError, KeyBackend, KeyType, PublicKey};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// How many ended (removed or revoked, and destroyed) records a document keeps, for
+/// `status` and audits; older ones are dropped so the document stays bounded.
+const ENDED_HISTORY: usize = 16;
+
+/// The lifecycle document of one key set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySetDoc {
+    /// Bumped whenever the set of published keys changes: the JWKS version.
+    pub jwks_version: u64,
+    /// When the published set last changed (unix seconds): `Last-Modified`.
+    pub jwks_changed_at: i64,
+    /// Keys, oldest first.
+    pub keys: Vec<KeyRecord>,
+}
+
+/// One key's history. Times are unix seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRecord {
+    /// The backend's name for the key.
+    pub name: String,
+    /// Its type.
+    pub key_type: KeyType,
+    /// When the intent to create it was recorded.
+    pub created_at: i64,
+    /// SubjectPublicKeyInfo DER, base64; set when published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// RFC 7638 thumbprint; set when published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    /// When it entered the JWKS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_at: Option<i64>,
+    /// When it starts (or started) signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activate_at: Option<i64>,
+    /// When retention ended and it left the JWKS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at: Option<i64>,
+    /// When it was revoked (out of the JWKS at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<i64>,
+    /// When the backend key was destroyed (or scheduled for deletion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroyed_at: Option<i64>,
+}
+
+/// A key's state at an instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    /// Recorded, not yet created in the backend or not yet published.
+    Creating,
+    /// Published, not yet signing.
+    Pending,
+    /// Signing.
+    Active,
+    /// No longer signing, still published.
+    Retired,
+    /// No longer published.
+    Removed,
+    /// Revoked: out of the JWKS at once.
+    Revoked,
+}
+
+impl KeyRecord {
+    /// Published and neither removed nor revoked: in the JWKS.
+    pub fn is_published(&self) -> bool {
+        self.published_at.is_some() && self.removed_at.is_none() && self.revoked_at.is_none()
+    }
+
+    fn is_ended(&self) -> bool {
+        self.removed_at.is_some() || self.revoked_at.is_some()
+    }
+
+    /// The public key, parsed.
+    pub fn public(&self) -> Option<PublicKey> {
+        let der = B64.decode(self.public_key.as_ref()?).ok()?;
+        PublicKey::from_spki_der(&der).ok()
+    }
+}
+
+impl KeySetDoc {
+    /// Parses a stored document.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// Index of the key that signs at `now`: the published key with the latest
+    /// `activate_at` not after `now`.
+    pub fn active(&self, now: i64) -> Option<usize> {
+        self.keys
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.is_published() && k.activate_at.is_some_and(|t| t <= now))
+            .max_by_key(|(i, k)| (k.activate_at, *i))
+            .map(|(i, _)| i)
+    }
+
+    /// Index of the published key waiting to become active after `now`.
+    pub fn pending(&self, now: i64) -> Option<usize> {
+        self.keys
+            .iter()
+            .position(|k| k.is_published() && k.activate_at.is_none_or(|t| t > now))
+    }
+
+    /// When key `i` stopped signing: the first later activation up to `now`.
+    pub fn retired_at(&self, i: usize, now: i64) -> Option<i64> {
+        let since = self.keys.get(i)?.activate_at?;
+        self.keys
+            .iter()
+            .filter_map(|k| k.activate_at)
+            .filter(|t| *t > since && *t <= now)
+            .min()
+    }
+
+    /// The state of key `i` at `now`.
+    pub fn state(&self, i: usize, now: i64) -> KeyState {
+        let k = &self.keys[i];
+        if k.revoked_at.is_some() {
+            KeyState::Revoked
+        } else if k.removed_at.is_some() {
+            KeyState::Removed
+        } else if k.published_at.is_none() {
+            KeyState::Creating
+        } else if k.activate_at.is_none_or(|t| t > now) {
+            KeyState::Pending
+        } else if self.active(now) == Some(i) {
+            KeyState::Active
+        } else {
+            KeyState::Retired
+        }
+    }
+
+    /// When key `i` leaves the JWKS, if that is already determined.
+    pub fn remove_at(&self, i: usize, now: i64, timing: &Timing) -> Option<i64> {
+        self.retired_at(i, now).map(|t| t + timing.retention())
+    }
+
+    /// The published keys, in document order.
+    pub fn published(&self) -> impl Iterator<Item = &KeyRecord> {
+        self.keys.iter().filter(|k| k.is_published())
+    }
+
+    fn published_kids(&self) -> Vec<Option<String>> {
+        self.published().map(|k| k.kid.clone()).collect()
+    }
+
+    fn find(&self, name: &str) -> Option<usize> {
+        self.keys.iter().position(|k| k.name == name)
+    }
+
+    /// The next instant at which [`plan`] may have work even if nothing else happens.
+    pub fn next_event(&self, now: i64, timing: &Timing) -> Option<i64> {
+        let activations = self
+            .keys
+            .iter()
+            .filter(|k| k.is_published())
+            .filter_map(|k| k.activate_at);
+        let removals = (0..self.keys.len())
+            .filter(|i| self.keys[*i].is_published())
+            .filter_map(|i| self.remove_at(i, now, timing));
+        activations.chain(removals).filter(|t| *t > now).min()
+    }
+}
+
+/// One step forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Record the intent to create a new key (a write).
+    Intend,
+    /// Create key `name` in the backend and publish it (a backend call, then a write).
+    Publish(String),
+    /// No key signs now: make the published pending key `name` active at once (a write).
+    ActivateNow(String),
+    /// Retention of `name` ended: take it out of the JWKS (a write).
+    Remove(String),
+    /// Destroy the backend key of the ended `name` (a backend call, then a write).
+    Destroy(String),
+    /// Drop the oldest ended records beyond the history limit (a write).
+    Forget,
+}
+
+/// The next step for `doc` at `now`, or `None` when the key set is in order.
+pub fn plan(doc: &KeySetDoc, now: i64, timing: &Timing) -> Option<Step> {
+    if let Some(k) = doc
+        .keys
+        .iter()
+        .find(|k| k.published_at.is_none() && !k.is_ended())
+    {
+        return Some(Step::Publish(k.name.clone()));
+    }
+    let active = doc.active(now);
+    let pending = doc.pending(now);
+    if active.is_none() {
+        if let Some(p) = pending {
+            return Some(Step::ActivateNow(doc.keys[p].name.clone()));
+        }
+    }
+    if pending.is_none() {
+        return Some(Step::Intend);
+    }
+    for (i, k) in doc.keys.iter().enumerate() {
+        if k.is_published() && doc.remove_at(i, now, timing).is_some_and(|t| t <= now) {
+            return Some(Step::Remove(k.name.clone()));
+        }
+    }
+    if let Some(k) = doc
+        .keys
+        .iter()
+        .find(|k| k.is_ended() && k.destroyed_at.is_none())
+    {
+        return Some(Step::Destroy(k.name.clone()));
+    }
+    let ended = doc.keys.iter().filter(|k| k.is_ended()).count();
+    (ended > ENDED_HISTORY).then_some(Step::Forget)
+}
+
+/// When a newly published key should start signing.
+///
+/// With a key active: at the next scheduled rotation after it activated, but never before
+/// the key has been published for the publish lead (so after downtime there is one
+/// catch-up rotation, not a burst). With none (first start): at once.
+fn activation_time(doc: &KeySetDoc, now: i64, timing: &Timing, schedule: &Schedule) -> i64 {
+    match doc.active(now).and_then(|i| doc.keys[i].activate_at) {
+        None => now,
+        Some(since) => {
+            let due = schedule.next_after(since).unwrap_or(i64::MAX);
+            due.max(now + timing.publish_lead())
+        }
+    }
+}
+
+/// What an engine operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// A backend call failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The stored document does not parse.
+    #[error("the stored lifecycle document of key set {keyset:?} is corrupt: {message}")]
+    Corrupt {
+        /// The key set.
+        keyset: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No key with that kid, or not in a state that allows the operation.
+    #[error("{0}")]
+    Refused(String),
+    /// Replicas kept overwriting each other; try again.
+    #[error("too many concurrent writers on key set {0:?}; try again")]
+    Contention(String),
+}
+
+impl LifecycleError {
+    /// Whether retrying later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            LifecycleError::Backend(e) => e.is_retryable(),
+            LifecycleError::Contention(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// What a completed engine operation reports, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// "published", "activated", "removed", "revoked", "destroyed", "rotation-scheduled".
+    pub kind: &'static str,
+    /// The key's kid (or backend name when it has none yet).
+    pub kid: String,
+    /// When.
+    pub at: i64,
+}
+
+/// Drives one key set's document in its backend.
+pub struct Engine {
+    keyset: String,
+    timing: Timing,
+    schedule: Schedule,
+    key_type: KeyType,
+    backend: Arc<dyn KeyBackend>,
+    doc: KeySetDoc,
+    version: Option<u64>,
+}
+
+/// At most this many steps per tick: a healthy key set needs two or three.
+const MAX_STEPS: usize = 64;
+
+impl Engine {
+    /// Loads the key set's document from the backend (an empty one if there is none).
+    pub async fn load(
+        keyset: &str,
+        timing: Timing,
+        schedule: Schedule,
+        key_type: KeyType,
+        backend: Arc<dyn KeyBackend>,
+    ) -> Result<Self, LifecycleError> {
+        let mut engine = Engine {
+            keyset: keyset.to_owned(),
+            timing,
+            schedule,
+            key_type,
+            backend,
+            doc: KeySetDoc::default(),
+            version: None,
+        };
+        engine.reload().await?;
+        Ok(engine)
+    }
+
+    /// The document as last read or written.
+    pub fn doc(&self) -> &KeySetDoc {
+        &self.doc
+    }
+
+    /// The timing of this key set.
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
+    /// Re-reads the document; returns whether it changed.
+    pub async fn reload(&mut self) -> Result<bool, LifecycleError> {
+        let blob = self.backend.load_state(&self.keyset).await?;
+        let (doc, version) = match blob {
+            None => (KeySetDoc::default(), None),
+            Some(b) => (
+                KeySetDoc::from_bytes(&b.data).map_err(|e| LifecycleError::Corrupt {
+                    keyset: self.keyset.clone(),
+                    message: e.to_string(),
+                })?,
+                Some(b.version),
+            ),
+        };
+        let changed = doc != self.doc || version != self.version;
+        self.doc = doc;
+        self.version = version;
+        Ok(changed)
+    }
+
+    /// Writes `doc` with check-and-set against the version we read.
+    async fn write(&mut self, mut doc: KeySetDoc, now: i64) -> Result<(), LifecycleError> {
+        if doc.published_kids() != self.doc.published_kids() {
+            doc.jwks_version = self.doc.jwks_version + 1;
+            doc.jwks_changed_at = now;
+        }
+        let bytes = serde_json::to_vec(&doc).map_err(|e| LifecycleError::Corrupt {
+            keyset: self.keyset.clone(),
+            message: e.to_string(),
+        })?;
+        let version = self
+            .backend
+            .store_state(&self.keyset, &bytes, self.version)
+            .await?;
+        self.doc = doc;
+        self.version = Some(version);
+        Ok(())
+    }
+
+    /// Runs `op` until it succeeds, re-reading the document after each lost
+    /// check-and-set race (another replica wrote first).
+    async fn with_retry<T>(
+        &mut self,
+        now: i64,
+        mut op: impl FnMut(&KeySetDoc) -> Result<Option<(KeySetDoc, T)>, LifecycleError>,
+    ) -> Result<Option<T>, LifecycleError> {
+        for _ in 0..MAX_STEPS {
+            let Some((doc, out)) = op(&self.doc)? else {
+                return Ok(None);
+            };
+            match self.write(doc, now).await {
+                Ok(()) => return Ok(Some(out)),
+                Err(LifecycleError::Backend(BackendError::Conflict)) => {
+                    self.reload().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(LifecycleError::Contention(self.keyset.clone()))
+    }
+
+    /// Brings the key set in order at `now`: bootstrap, publishing the next key, activating
+    /// when nothing is active, removals, destruction. Returns what happened.
+    pub async fn tick(&mut self, now: i64) -> Result<Vec<Event>, LifecycleError> {
+        let mut events = Vec::new();
+        for _ in 0..MAX_STEPS {
+            let Some(step) = plan(&self.doc, now, &self.timing) else {
+                return Ok(events);
+            };
+            match self.run(step, now).await {
+                Ok(Some(event)) => events.push(event),
+                Ok(None) => {}
+                Err(LifecycleError::Backend(BackendError::Conflict)) => {
+                    self.reload().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(LifecycleError::Contention(self.keyset.clone()))
+    }
+
+    async fn run(&mut self, step: Step, now: i64) -> Result<Option<Event>, LifecycleError> {
+        let mut doc = self.doc.clone();
+        let event = match step {
+            Step::Intend => {
+                let name = new_key_name(&self.keyset)?;
+                doc.keys.push(KeyRecord {
+                    name: name.clone(),
+                    key_type: self.key_type,
+                    created_at: now,
+                    public_key: None,
+                    kid: None,
+                    published_at: None,
+                    activate_at: None,
+                    removed_at: None,
+                    revoked_at: None,
+                    destroyed_at: None,
+                });
+                None
+            }
+            Step::Publish(name) => {
+                let Some(i) = doc.find(&name) else {
+                    return Ok(None);
+                };
+                let public = self.backend.create_key(&name, doc.keys[i].key_type).await?;
+                let at = activation_time(&doc, now, &self.timing, &self.schedule);
+                let kid = public.kid();
+                let k = &mut doc.keys[i];
+                k.public_key = Some(B64.encode(public.spki_der()));
+                k.kid = Some(kid.clone());
+                k.published_at = Some(now);
+                k.activate_at = Some(at);
+                Some(Event {
+                    kind: "published",
+                    kid,
+                    at: now,
+                })
+            }
+            Step::ActivateNow(name) => {
+                let Some(i) = doc.find(&name) else {
+                    return Ok(None);
+                };
+                doc.keys[i].activate_at = Some(now);
+                Some(Event {
+                    kind: "activated",
+                    kid: doc.keys[i].kid.clone().unwrap_or(name),
+                    at: now,
+                })
+            }
+            Step::Remove(name) => {
+                let Some(i) = doc.find(&name) else {
+                    return Ok(None);
+                };
+                doc.keys[i].removed_at = Some(now);
+                Some(Event {
+                    kind: "removed",
+                    kid: doc.keys[i].kid.clone().unwrap_or(name),
+                    at: now,
+                })
+            }
+            Step::Destroy(name) => {
+                self.backend.destroy(&name).await?;
+                let Some(i) = doc.find(&name) else {
+                    return Ok(None);
+                };
+                doc.keys[i].destroyed_at = Some(now);
+                Some(Event {
+                    kind: "destroyed",
+                    kid: doc.keys[i].kid.clone().unwrap_or(name),
+                    at: now,
+                })
+            }
+            Step::Forget => {
+                let ended = doc.keys.iter().filter(|k| k.is_ended()).count();
+                let mut excess = ended.saturating_sub(ENDED_HISTORY);
+                doc.keys.retain(|k| {
+                    let drop = excess > 0 && k.is_ended() && k.destroyed_at.is_some();
+                    excess -= usize::from(drop);
+                    !drop
+                });
+                None
+            }
+        };
+        self.write(doc, now).await?;
+        Ok(event)
+    }
+
+    /// Rotates now: the pending key becomes active as soon as it has been published for
+    /// the publish lead (at once if it has). Returns when it becomes active.
+    pub async fn rotate_now(&mut self, now: i64) -> Result<i64, LifecycleError> {
+        self.tick(now).await?;
+        let lead = self.timing.publish_lead();
+        let at = self
+            .with_retry(now, |doc| {
+                let Some(p) = doc.pending(now) else {
+                    return Err(LifecycleError::Refused(
+                        "no pending key to rotate to".into(),
+                    ));
+                };
+                let mut doc = doc.clone();
+                let k = &mut doc.keys[p];
+                let at = k.published_at.unwrap_or(now).saturating_add(lead).max(now);
+                if k.activate_at.is_some_and(|t| t <= at) {
+                    // Already scheduled at or before the earliest safe instant.
+                    return Ok(None);
+                }
+                k.activate_at = Some(at);
+                Ok(Some((doc, at)))
+            })
+            .await?;
+        let at = match at {
+            Some(at) => at,
+            None => self
+                .doc
+                .pending(now)
+                .and_then(|p| self.doc.keys[p].activate_at)
+                .unwrap_or(now),
+        };
+        self.tick(now).await?;
+        Ok(at)
+    }
+
+    /// Revokes `kid`: out of the JWKS at once. If it was the active key, the pending key
+    /// becomes active at once (verifiers that cached the JWKS before it was published refetch
+    /// on the unknown kid). Returns the kid that is active afterwards.
+    pub async fn revoke(&mut self, kid: &str, now: i64) -> Result<Option<String>, LifecycleError> {
+        // Make sure a published successor exists before the revoking write.
+        self.tick(now).await?;
+        self.with_retry(now, |doc| {
+            let Some(i) = doc.keys.iter().position(|k| k.kid.as_deref() == Some(kid)) else {
+                return Err(LifecycleError::Refused(format!(
+                    "no key with kid {kid:?} in this key set"
+                )));
+            };
+            if !doc.keys[i].is_published() {
+                return Err(LifecycleError::Refused(format!(
+                    "key {kid:?} is already out of the JWKS"
+                )));
+            }
+            let was_active = doc.active(now) == Some(i);
+            let mut doc = doc.clone();
+            doc.keys[i].revoked_at = Some(now);
+            if was_active {
+                if let Some(p) = doc.pending(now) {
+                    doc.keys[p].activate_at = Some(now);
+                }
+            } else if doc.keys[i].activate_at.is_some_and(|t| t > now) {
+                doc.keys[i].activate_at = None;
+            }
+            Ok(Some((doc, ())))
+        })
+        .await?;
+        self.tick(now).await?;
+        Ok(self
+            .doc
+            .active(now)
+            .and_then(|i| self.doc.keys[i].kid.clone()))
+    }
+}
+
+/// A fresh backend key name: the key set's name and 64 random bits.
+fn new_key_name(keyset: &str) -> Result<String, LifecycleError> {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| LifecycleError::Refused("no randomness available".into()))?;
+    Ok(format!("{keyset}-{}", crate::auth::to_hex(&bytes)))
+}

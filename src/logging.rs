@@ -1,0 +1,25 @@
+//! Logging: human-readable text on a terminal (without timestamps under journald, which
+//! adds its own), or one JSON object per line. `RUST_LOG` filters (default `info`).
+
+use crate::config::LogFormat;
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber, writing to stderr.
+pub fn init(format: LogFormat, under_journald: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match (format, under_journald) {
+        (LogFormat::Json, _) => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+        (LogFormat::Text, true) => builder.without_time().with_ansi(false).try_init(),
+        (LogFormat::Text, false) => builder.try_init(),
+    };
+    if result.is_err() {
+        eprintln!("keyturn: logging was already initialised");
+    }
+}

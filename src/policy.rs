@@ -1,0 +1,621 @@
+//! Per-client signing policy and the construction of the token to sign.
+//!
+//! [`prepare`] is pure: a request, a client, a key set, `now` and a kid in; the JWS signing
+//! input and the audit facts out, or an [`ApiError`] that says what to change. The reserved
+//! claims (`iat`, `nbf`, `exp`, `jti`) and `iss` are always set here, never by the caller.
+
+use crate::config::{human, ClientConfig, KeySetConfig};
+use crate::http::ApiError;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::time::Duration;
+
+/// Claims only keyturn sets.
+pub const RESERVED_CLAIMS: [&str; 4] = ["iat", "nbf", "exp", "jti"];
+/// Longest `sub`, each `aud` value, and `typ`.
+const MAX_STRING: usize = 256;
+/// Most `aud` values in one token.
+const MAX_AUDIENCES: usize = 16;
+/// Most extra claims in one token.
+const MAX_CLAIMS: usize = 64;
+
+/// The body of `POST /v1/keysets/{name}/sign`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignRequest {
+    /// The token's claims (an object).
+    pub claims: Value,
+    /// Lifetime, e.g. "5m"; default: the client's (or key set's) maximum.
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// The `typ` header; default "JWT".
+    #[serde(default)]
+    pub typ: Option<String>,
+}
+
+/// A token ready to be signed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// `base64url(header) "." base64url(claims)`.
+    pub signing_input: String,
+    /// Token id.
+    pub jti: String,
+    /// Expiry.
+    pub exp: i64,
+    /// Subject, for the audit log.
+    pub sub: Option<String>,
+    /// Audience, for the audit log.
+    pub aud: Option<Value>,
+}
+
+fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+}
+
+/// Glob match where `*` matches any run of characters (including none).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let [first, middle @ .., last] = parts.as_slice() else {
+        return pattern == text;
+    };
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// Checks `req` against `client`'s policy and builds the token to sign with `kid`.
+pub fn prepare(
+    req: &SignRequest,
+    client: &ClientConfig,
+    keyset: &KeySetConfig,
+    now: i64,
+    kid: &str,
+    jti: String,
+) -> Result<Prepared, ApiError> {
+    let Value::Object(claims) = &req.claims else {
+        return Err(unprocessable(
+            "claims_not_object",
+            "\"claims\" must be a JSON object",
+        ));
+    };
+    if claims.len() > MAX_CLAIMS {
+        return Err(unprocessable(
+            "too_many_claims",
+            format!("at most {MAX_CLAIMS} claims per token"),
+        ));
+    }
+    for reserved in RESERVED_CLAIMS {
+        if claims.contains_key(reserved) {
+            return Err(unprocessable(
+                "reserved_claim",
+                format!("remove \"{reserved}\": keyturn sets iat, nbf, exp and jti itself (use \"ttl\" for the lifetime)"),
+            ));
+        }
+    }
+    if let Some(iss) = claims.get("iss") {
+        if iss.as_str() != Some(keyset.issuer.as_str()) {
+            return Err(ApiError::forbidden(
+                "issuer_fixed",
+                format!(
+                    "\"iss\" is fixed to {:?} for this key set; remove it",
+                    keyset.issuer
+                ),
+            ));
+        }
+    }
+
+    // sub
+    let sub = match claims.get("sub") {
+        None => None,
+        Some(Value::String(s)) if s.len() <= MAX_STRING && !s.is_empty() => Some(s.clone()),
+        Some(Value::String(_)) => {
+            return Err(unprocessable(
+                "invalid_sub",
+                format!("\"sub\" must be 1 to {MAX_STRING} bytes"),
+            ))
+        }
+        Some(_) => return Err(unprocessable("invalid_sub", "\"sub\" must be a string")),
+    };
+    if let Some(pattern) = &client.subject_pattern {
+        match &sub {
+            Some(s) if glob_match(pattern, s) => {}
+            Some(s) => {
+                return Err(ApiError::forbidden(
+                    "subject_not_allowed",
+                    format!(
+                        "\"sub\" {:?} does not match this client's pattern {pattern:?}",
+                        short(s)
+                    ),
+                ))
+            }
+            None => {
+                return Err(ApiError::forbidden(
+                    "subject_required",
+                    format!("this client must set \"sub\" matching {pattern:?}"),
+                ))
+            }
+        }
+    }
+
+    // aud
+    let aud = claims.get("aud").cloned();
+    let audiences: Vec<&str> = match &aud {
+        None => vec![],
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_AUDIENCES => {
+            let mut out = Vec::new();
+            for item in items {
+                let Value::String(s) = item else {
+                    return Err(unprocessable(
+                        "invalid_aud",
+                        "every \"aud\" value must be a string",
+                    ));
+                };
+                out.push(s.as_str());
+            }
+            out
+        }
+        Some(Value::Array(_)) => {
+            return Err(unprocessable(
+                "invalid_aud",
+                format!("\"aud\" must hold 1 to {MAX_AUDIENCES} values"),
+            ))
+        }
+        Some(_) => {
+            return Err(unprocessable(
+                "invalid_aud",
+                "\"aud\" must be a string or an array of strings",
+            ))
+        }
+    };
+    for a in &audiences {
+        if a.is_empty() || a.len() > MAX_STRING {
+            return Err(unprocessable(
+                "invalid_aud",
+                format!("each \"aud\" value must be 1 to {MAX_STRING} bytes"),
+            ));
+        }
+        if !client.audiences.iter().any(|allowed| allowed == a) {
+            return Err(ApiError::forbidden(
+                "audience_not_allowed",
+                format!(
+                    "audience {:?} is not allowed for this client; allowed: {:?}",
+                    short(a),
+                    client.audiences
+                ),
+            ));
+        }
+    }
+    if audiences.is_empty() && !client.audiences.is_empty() {
+        return Err(ApiError::forbidden(
+            "audience_required",
+            format!("set \"aud\" to one of {:?}", client.audiences),
+        ));
+    }
+
+    // extra claims
+    for name in claims.keys() {
+        if matches!(name.as_str(), "iss" | "sub" | "aud") {
+            continue;
+        }
+        if client.forbidden_claims.iter().any(|f| f == name) {
+            return Err(ApiError::forbidden(
+                "claim_forbidden",
+                format!(
+                    "claim {:?} is forbidden for this client; remove it",
+                    short(name)
+                ),
+            ));
+        }
+        if !client.allowed_claims.is_empty() && !client.allowed_claims.iter().any(|a| a == name) {
+            return Err(ApiError::forbidden(
+                "claim_not_allowed",
+                format!(
+                    "claim {:?} is not allowed for this client; allowed: {:?}",
+                    short(name),
+                    client.allowed_claims
+                ),
+            ));
+        }
+    }
+
+    // typ
+    let typ = req.typ.as_deref().unwrap_or("JWT");
+    if typ.is_empty() || typ.len() > 64 || !typ.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(unprocessable(
+            "invalid_typ",
+            "\"typ\" must be 1 to 64 printable ASCII characters",
+        ));
+    }
+    let typ_allowed = if client.allowed_typ.is_empty() {
+        typ == "JWT"
+    } else {
+        client.allowed_typ.iter().any(|t| t == typ)
+    };
+    if !typ_allowed {
+        let allowed = if client.allowed_typ.is_empty() {
+            vec!["JWT".to_owned()]
+        } else {
+            client.allowed_typ.clone()
+        };
+        return Err(ApiError::forbidden(
+            "typ_not_allowed",
+            format!(
+                "typ {:?} is not allowed for this client; allowed: {allowed:?}",
+                short(typ)
+            ),
+        ));
+    }
+
+    // ttl: never above the client's or the key set's limit; the key set's retention
+    // (derived from max_token_ttl) keeps the key published for all of it.
+    let limit = client.max_ttl.map_or(keyset.timing.max_token_ttl, |c| {
+        c.min(keyset.timing.max_token_ttl)
+    });
+    let ttl = match &req.ttl {
+        None => limit,
+        Some(text) => {
+            let d: Duration = humantime::parse_duration(text).map_err(|_| {
+                unprocessable(
+                    "invalid_ttl",
+                    "\"ttl\" must be a duration such as \"90s\" or \"15m\"",
+                )
+            })?;
+            let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            if secs < 1 {
+                return Err(unprocessable("invalid_ttl", "\"ttl\" must be at least 1s"));
+            }
+            if secs > limit {
+                return Err(ApiError::forbidden(
+                    "ttl_too_long",
+                    format!(
+                        "\"ttl\" may be at most {} for this client and key set",
+                        human(limit)
+                    ),
+                ));
+            }
+            secs
+        }
+    };
+    let exp = now.saturating_add(ttl);
+
+    let mut out = Map::with_capacity(claims.len() + 5);
+    for (k, v) in claims {
+        out.insert(k.clone(), v.clone());
+    }
+    out.insert("iss".into(), Value::String(keyset.issuer.clone()));
+    out.insert("iat".into(), Value::from(now));
+    out.insert("nbf".into(), Value::from(now));
+    out.insert("exp".into(), Value::from(exp));
+    out.insert("jti".into(), Value::String(jti.clone()));
+
+    let header = serde_json::json!({"alg": keyset.algorithm.as_str(), "kid": kid, "typ": typ});
+    let header = serde_json::to_vec(&header).map_err(|_| internal())?;
+    let body = serde_json::to_vec(&out).map_err(|_| internal())?;
+    let mut signing_input = String::with_capacity(header.len() * 4 / 3 + body.len() * 4 / 3 + 4);
+    B64.encode_string(&header, &mut signing_input);
+    signing_input.push('.');
+    B64.encode_string(&body, &mut signing_input);
+    Ok(Prepared {
+        signing_input,
+        jti,
+        exp,
+        sub,
+        aud,
+    })
+}
+
+fn internal() -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error",
+    )
+}
+
+/// A fresh `jti`: 128 random bits, base64url.
+pub fn new_jti() -> Result<String, ApiError> {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| internal())?;
+    Ok(B64.encode(bytes))
+}
+
+/// Appends the signature to the signing input: the compact JWS.
+pub fn compact(signing_input: &str, signature: &[u8]) -> String {
+    let mut token = String::with_capacity(signing_input.len() + 1 + signature.len() * 4 / 3 + 4);
+    token.push_str(signing_input);
+    token.push('.');
+    B64.encode_string(signature, &mut token);
+    token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ClientAuth, Config, Env};
+
+    fn setup() -> (ClientConfig, KeySetConfig) {
+        let config = Config::parse(
+            r#"
+            [[keyset]]
+            name = "default"
+            issuer = "https://auth.example.com"
+            algorithm = "ES256"
+            rotate_every = "1h"
+            max_token_ttl = "15m"
+            "#,
+            Env::default(),
+        )
+        .unwrap();
+        let client = ClientConfig {
+            name: "svc".into(),
+            auth: ClientAuth::Unix {
+                uid: None,
+                gid: None,
+            },
+            keysets: vec!["default".into()],
+            audiences: vec!["orders".into(), "billing".into()],
+            subject_pattern: Some("user:*".into()),
+            max_ttl: Some(600),
+            allowed_claims: vec![],
+            forbidden_claims: vec!["admin".into()],
+            allowed_typ: vec!["JWT".into(), "at+jwt".into()],
+            admin: false,
+        };
+        (client, config.keysets[0].clone())
+    }
+
+    fn req(claims: Value) -> SignRequest {
+        SignRequest {
+            claims,
+            ttl: None,
+            typ: None,
+        }
+    }
+
+    fn code(r: Result<Prepared, ApiError>) -> (u16, &'static str) {
+        let e = r.unwrap_err();
+        (e.status.as_u16(), e.code)
+    }
+
+    #[test]
+    fn good_request_builds_the_token() {
+        let (client, ks) = setup();
+        let p = prepare(
+            &SignRequest {
+                claims: serde_json::json!({"sub": "user:1", "aud": "orders", "scope": "read"}),
+                ttl: Some("5m".into()),
+                typ: Some("at+jwt".into()),
+            },
+            &client,
+            &ks,
+            1000,
+            "kid1",
+            "j".into(),
+        )
+        .unwrap();
+        assert_eq!(p.exp, 1300);
+        let (h, c) = p.signing_input.split_once('.').unwrap();
+        let h: Value = serde_json::from_slice(&B64.decode(h).unwrap()).unwrap();
+        let c: Value = serde_json::from_slice(&B64.decode(c).unwrap()).unwrap();
+        assert_eq!(
+            h,
+            serde_json::json!({"alg": "ES256", "kid": "kid1", "typ": "at+jwt"})
+        );
+        assert_eq!(c["iss"], "https://auth.example.com");
+        assert_eq!(c["iat"], 1000);
+        assert_eq!(c["nbf"], 1000);
+        assert_eq!(c["exp"], 1300);
+        assert_eq!(c["jti"], "j");
+        assert_eq!(c["scope"], "read");
+    }
+
+    #[test]
+    fn default_ttl_is_the_tightest_limit() {
+        let (client, ks) = setup();
+        let p = prepare(
+            &req(serde_json::json!({"sub": "user:1", "aud": "orders"})),
+            &client,
+            &ks,
+            0,
+            "k",
+            "j".into(),
+        )
+        .unwrap();
+        assert_eq!(p.exp, 600);
+    }
+
+    #[test]
+    fn refusals_say_what_to_change() {
+        let (client, ks) = setup();
+        let cases: Vec<(Value, Option<&str>, Option<&str>, (u16, &str))> = vec![
+            (
+                serde_json::json!([1]),
+                None,
+                None,
+                (422, "claims_not_object"),
+            ),
+            (
+                serde_json::json!({"sub":"user:1","aud":"orders","exp": 1}),
+                None,
+                None,
+                (422, "reserved_claim"),
+            ),
+            (
+                serde_json::json!({"sub":"user:1","aud":"orders","jti": "x"}),
+                None,
+                None,
+                (422, "reserved_claim"),
+            ),
+            (
+                serde_json::json!({"sub":"user:1","aud":"orders","iss": "https://evil"}),
+                None,
+                None,
+                (403, "issuer_fixed"),
+            ),
+            (
+                serde_json::json!({"sub":"bot:1","aud":"orders"}),
+                None,
+                None,
+                (403, "subject_not_allowed"),
+            ),
+            (
+                serde_json::json!({"aud":"orders"}),
+                None,
+                None,
+                (403, "subject_required"),
+            ),
+            (
+                serde_json::json!({"sub": 5,"aud":"orders"}),
+                None,
+                None,
+                (422, "invalid_sub"),
+            ),
+            (
+                serde_json::json!({"sub": "user:".repeat(100),"aud":"orders"}),
+                None,
+                None,
+                (422, "invalid_sub"),
+            ),
+            (
+                serde_json::json!({"sub":"user:1","aud":"other"}),
+                None,
+                None,
+                (403, "audience_not_allowed"),
+            ),
+            (
+                serde_json::json!({"sub":"user:1","aud":"ordersX"}),
+                None,
+                None,
+                (403, "audience_not_allowed"),
+            ),
+            (
+                serde_json::json!({"sub":"user:1","aud":"order"}),
+                None,
+                None,
+                (403, "audience_not_allowed"),
+            ),
+            (
+                serde_json::json!({"sub":"user:1","aud":[1]}),
+                None,
+                None,
+                (422, "invalid_aud"),
+            ),
+            (
+                serde_json::json!({"sub":"user:1","aud":{}}),
+                None,
+                None,
+                (422, "invalid_aud"),
+            ),
+            (
+                serde_json::json!({"sub":"user:1"}),
+                None,
+                None,
+                (403, "audience_required"),
+            ),
+            (
+                serde_json::json!({"sub":"user:1","aud":"orders","admin":true}),
+                None,
+                None,
+                (403, "claim_forbidden"),
+            ),
+            (
+                serde_json::json!({"sub":"user:1","aud":"orders"}),
+                Some("11m"),
+                None,
+                (403, "ttl_too_long"),
+            ),
+            (
+                serde_json::json!({"sub":"user:1","aud":"orders"}),
+                Some("0s"),
+                None,
+                (422, "invalid_ttl"),
+            ),
+            (
+                serde_json::json!({"sub":"user:1","aud":"orders"}),
+                Some("soon"),
+                None,
+                (422, "invalid_ttl"),
+            ),
+            (
+                serde_json::json!({"sub":"user:1","aud":"orders"}),
+                None,
+                Some("dpop+jwt"),
+                (403, "typ_not_allowed"),
+            ),
+            (
+                serde_json::json!({"sub":"user:1","aud":"orders"}),
+                None,
+                Some("a b"),
+                (422, "invalid_typ"),
+            ),
+        ];
+        for (claims, ttl, typ, expected) in cases {
+            let r = SignRequest {
+                claims: claims.clone(),
+                ttl: ttl.map(Into::into),
+                typ: typ.map(Into::into),
+            };
+            assert_eq!(
+                code(prepare(&r, &client, &ks, 0, "k", "j".into())),
+                expected,
+                "{claims} {ttl:?} {typ:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn allowed_claims_whitelist() {
+        let (mut client, ks) = setup();
+        client.allowed_claims = vec!["scope".into()];
+        let ok = req(serde_json::json!({"sub":"user:1","aud":"orders","scope":"x"}));
+        assert!(prepare(&ok, &client, &ks, 0, "k", "j".into()).is_ok());
+        let bad = req(serde_json::json!({"sub":"user:1","aud":"orders","role":"x"}));
+        assert_eq!(
+            code(prepare(&bad, &client, &ks, 0, "k", "j".into())),
+            (403, "claim_not_allowed")
+        );
+    }
+
+    #[test]
+    fn glob() {
+        assert!(glob_match("user:*", "user:1"));
+        assert!(glob_match("user:*", "user:"));
+        assert!(!glob_match("user:*", "bot:1"));
+        assert!(glob_match("*@example.com", "a@example.com"));
+        assert!(!glob_match("*@example.com", "a@example.com.evil"));
+        assert!(glob_match("a*b*c", "aXbYc"));
+        assert!(!glob_match("a*b*c", "aXc"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exactly"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("ab*ba", "aba"));
+    }
+
+    #[test]
+    fn jti_is_128_random_bits() {
+        let a = new_jti().unwrap();
+        assert_eq!(B64.decode(&a).unwrap().len(), 16);
+        assert_ne!(a, new_jti().unwrap());
+    }
+}
