@@ -182,7 +182,7 @@ fn client(settings: &VaultClientSettings, token: &str) -> Result<VaultClient, Ba
 }
 
 /// A secret from a file only its owner may read, trimmed.
-pub(crate) fn read_secret_file(path: &Path) -> Result<String, BackendError> {
+fn read_secret_file(path: &Path) -> Result<String, BackendError> {
     let meta = std::fs::metadata(path)
         .map_err(|e| BackendError::storage(format!("cannot read {}", path.display()), e))?;
     let mode = meta.mode() & 0o777;
