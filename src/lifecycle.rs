@@ -597,3 +597,6 @@ fn new_key_name(keyset: &str) -> Result<String, LifecycleError> {
         .map_err(|_| LifecycleError::Refused("no randomness available".into()))?;
     Ok(format!("{keyset}-{}", crate::auth::to_hex(&bytes)))
 }
+
+#[cfg(test)]
+mod tests;
