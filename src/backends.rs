@@ -3,7 +3,6 @@
 
 use crate::config::{resolve_credential, BackendConfig, Env, ServerConfig};
 use keyturn_backend::KeyBackend;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Builds backends, sharing one instance between key sets with the same settings (the file
@@ -13,6 +12,10 @@ pub struct Factory {
     built: Vec<(BackendConfig, Arc<dyn KeyBackend>)>,
 }
 
+#[cfg_attr(
+    all(feature = "file", feature = "vault", feature = "kms"),
+    allow(dead_code)
+)]
 fn not_compiled(kind: &str) -> String {
     format!(
         "this keyturn was built without the {kind} backend; rebuild with `cargo build --release --features {kind}`"
@@ -32,15 +35,6 @@ impl Factory {
         let backend = build(config, server).await?;
         self.built.push((config.clone(), backend.clone()));
         Ok(backend)
-    }
-
-    /// Every backend built so far, by kind (for health checks).
-    pub fn kinds(&self) -> HashMap<&'static str, usize> {
-        let mut out = HashMap::new();
-        for (_, b) in &self.built {
-            *out.entry(b.kind()).or_default() += 1;
-        }
-        out
     }
 }
 
@@ -72,10 +66,77 @@ async fn build(
         }
         #[cfg(not(feature = "file"))]
         BackendConfig::File { .. } => Err(not_compiled("file")),
-        BackendConfig::Vault { .. } => {
-            let _ = &env;
-            Err(not_compiled("vault"))
+        #[cfg(feature = "vault")]
+        BackendConfig::Vault {
+            address,
+            token_file,
+            approle_role_id,
+            approle_secret_id_file,
+            transit_mount,
+            kv_mount,
+            ca_file,
+            approle_mount,
+        } => {
+            use keyturn_backend_vault::{VaultAuth, VaultBackend, VaultConfig};
+            let auth = match (token_file, approle_role_id, approle_secret_id_file) {
+                (Some(file), _, _) => VaultAuth::Token {
+                    token_file: resolve_credential(file, &env),
+                },
+                (None, Some(role_id), Some(file)) => VaultAuth::AppRole {
+                    role_id: role_id.clone(),
+                    secret_id_file: resolve_credential(file, &env),
+                },
+                _ => return Err("the vault backend needs token_file or AppRole settings".into()),
+            };
+            let mut config = VaultConfig::new(address.clone(), auth);
+            if let Some(m) = transit_mount {
+                config.transit_mount = m.clone();
+            }
+            if let Some(m) = kv_mount {
+                config.kv_mount = m.clone();
+            }
+            if let Some(m) = approle_mount {
+                config.approle_mount = m.clone();
+            }
+            config.ca_file = ca_file.as_ref().map(|f| resolve_credential(f, &env));
+            let backend = VaultBackend::connect(&config)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Arc::new(backend))
         }
+        #[cfg(not(feature = "vault"))]
+        BackendConfig::Vault { .. } => Err(not_compiled("vault")),
+        #[cfg(feature = "kms")]
+        BackendConfig::Kms {
+            region,
+            endpoint,
+            state_table,
+            deletion_window_days,
+            dynamodb_endpoint,
+            create_state_table,
+        } => {
+            use keyturn_backend_kms::{KmsBackend, KmsConfig};
+            let mut config = KmsConfig {
+                region: region.clone(),
+                endpoint: endpoint.clone(),
+                dynamodb_endpoint: dynamodb_endpoint.clone(),
+                ..KmsConfig::default()
+            };
+            if let Some(t) = state_table {
+                config.state_table = t.clone();
+            }
+            if let Some(c) = create_state_table {
+                config.create_state_table = *c;
+            }
+            if let Some(d) = deletion_window_days {
+                config.deletion_window_days = *d;
+            }
+            let backend = KmsBackend::connect(&config)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Arc::new(backend))
+        }
+        #[cfg(not(feature = "kms"))]
         BackendConfig::Kms { .. } => Err(not_compiled("kms")),
     }
 }

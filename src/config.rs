@@ -138,6 +138,8 @@ pub enum BackendConfig {
         kv_mount: Option<String>,
         /// CA bundle (PEM) for TLS to Vault.
         ca_file: Option<PathBuf>,
+        /// AppRole auth mount; default `approle`.
+        approle_mount: Option<String>,
     },
     /// Keys in AWS KMS.
     Kms {
@@ -149,6 +151,10 @@ pub enum BackendConfig {
         state_table: Option<String>,
         /// Days before a removed key is deleted (7 to 30); default 30.
         deletion_window_days: Option<u32>,
+        /// DynamoDB endpoint override; default `endpoint`.
+        dynamodb_endpoint: Option<String>,
+        /// Create the state table if it is missing; default false.
+        create_state_table: Option<bool>,
     },
 }
 
@@ -588,6 +594,34 @@ impl RawKeySet {
         timing
             .check(&schedule)
             .map_err(|e| invalid(format!("{ctx}: {e}")))?;
+        if let BackendConfig::Vault {
+            token_file,
+            approle_role_id,
+            approle_secret_id_file,
+            ..
+        } = &self.backend
+        {
+            match (token_file, approle_role_id, approle_secret_id_file) {
+                (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "{ctx}: the vault backend needs token_file, or approle_role_id with \
+                         approle_secret_id_file (one of the two, not both)"
+                    )))
+                }
+            }
+        }
+        if let BackendConfig::Kms {
+            deletion_window_days: Some(d),
+            ..
+        } = &self.backend
+        {
+            if !(7..=30).contains(d) {
+                return Err(invalid(format!(
+                    "{ctx}: deletion_window_days must be 7 to 30 (KMS limits)"
+                )));
+            }
+        }
         let jwks_uri = self.jwks_uri.unwrap_or_else(|| {
             let base = issuer.trim_end_matches('/');
             format!("{base}/keysets/{name}/jwks.json")

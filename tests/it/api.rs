@@ -1,0 +1,598 @@
+//! The signing API: authentication, policy, bad input, every algorithm verified by an
+//! independent library, admin routes, the audit chain, the Unix socket and mTLS.
+
+use crate::harness::*;
+use jsonwebtoken::{decode, decode_header, DecodingKey, Validation};
+use serde_json::json;
+
+const ALGS: [&str; 10] = [
+    "ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA",
+];
+
+fn jwt_alg(alg: &str) -> Option<jsonwebtoken::Algorithm> {
+    use jsonwebtoken::Algorithm as A;
+    Some(match alg {
+        "ES256" => A::ES256,
+        "ES384" => A::ES384,
+        "RS256" => A::RS256,
+        "RS384" => A::RS384,
+        "RS512" => A::RS512,
+        "PS256" => A::PS256,
+        "PS384" => A::PS384,
+        "PS512" => A::PS512,
+        "EdDSA" => A::EdDSA,
+        _ => return None, // jsonwebtoken 9 has no ES512; PyJWT checks it (interop test).
+    })
+}
+
+/// Verifies with the `jsonwebtoken` crate against the live JWKS.
+pub async fn verify_independently(
+    d: &Daemon,
+    keyset: &str,
+    alg: &str,
+    token: &str,
+    aud: &str,
+) -> serde_json::Value {
+    let header = decode_header(token).unwrap();
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks(d, keyset).await).unwrap();
+    let jwk = set
+        .find(header.kid.as_deref().unwrap())
+        .expect("kid published");
+    let key = DecodingKey::from_jwk(jwk).unwrap();
+    let mut validation = Validation::new(jwt_alg(alg).unwrap());
+    validation.set_issuer(&[format!("https://issuer.test/{keyset}")]);
+    validation.set_audience(&[aud]);
+    decode::<serde_json::Value>(token, &key, &validation)
+        .unwrap()
+        .claims
+}
+
+#[tokio::test]
+async fn every_algorithm_signs_tokens_that_an_independent_library_verifies() {
+    let dir = private_dir();
+    let mut config = server_toml(dir.path());
+    for alg in ALGS {
+        config += &keyset_toml(&alg.to_lowercase(), alg, "");
+    }
+    let names: Vec<String> = ALGS.iter().map(|a| a.to_lowercase()).collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (client, token) = token_client("issuer", &name_refs, "audiences = [\"orders\"]");
+    config += &client;
+    let d = Daemon::start(dir.path(), &config);
+    for alg in ALGS {
+        let ks = alg.to_lowercase();
+        let (status, body) = sign(
+            &d,
+            &ks,
+            &token,
+            json!({"claims": {"sub": "alice", "aud": "orders"}, "ttl": "5m"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{alg}: {body}");
+        let jws = body["token"].as_str().unwrap();
+        assert_eq!(jws.split('.').count(), 3);
+        if jwt_alg(alg).is_some() {
+            let header = decode_header(jws).unwrap();
+            assert_eq!(header.kid.as_deref(), body["kid"].as_str());
+            let claims = verify_independently(&d, &ks, alg, jws, "orders").await;
+            assert_eq!(claims["sub"], "alice");
+            assert_eq!(claims["jti"], body["jti"]);
+            assert_eq!(claims["exp"], body["exp"]);
+            assert_eq!(
+                claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+                300
+            );
+        } else {
+            // Still check it with keyturn's own strict verifier.
+            let keys =
+                keyturn::verify::parse_jwks(&serde_json::to_vec(&jwks(&d, &ks).await).unwrap())
+                    .unwrap();
+            let expect = keyturn::verify::Expect {
+                audience: Some("orders".into()),
+                ..Default::default()
+            };
+            let now = body["exp"].as_i64().unwrap() - 300;
+            keyturn::verify::verify(jws, &keys, &expect, now).unwrap();
+        }
+    }
+}
+
+fn policy_config(dir: &std::path::Path) -> (String, String, String) {
+    let (issuer, issuer_token) = token_client(
+        "issuer",
+        &["default"],
+        "audiences = [\"orders\", \"billing\"]\nsubject_pattern = \"user:*\"\nmax_ttl = \"5m\"\nforbidden_claims = [\"admin\"]\nallowed_typ = [\"JWT\", \"at+jwt\"]",
+    );
+    let (ops, ops_token) = token_client("ops", &[], "admin = true");
+    let config = format!(
+        "{}{}{}{issuer}{ops}",
+        server_toml(dir),
+        keyset_toml("default", "ES256", ""),
+        keyset_toml("private", "ES256", "")
+    );
+    (config, issuer_token, ops_token)
+}
+
+#[tokio::test]
+async fn authentication_and_policy_refusals() {
+    let dir = private_dir();
+    let (config, token, ops) = policy_config(dir.path());
+    let d = Daemon::start(dir.path(), &config);
+    let ok = json!({"claims": {"sub": "user:1", "aud": "orders"}});
+    // No token, a wrong token, a malformed header: 401.
+    let r = http()
+        .post(format!("{}/v1/keysets/default/sign", d.api))
+        .json(&ok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let (status, body) = sign(&d, "default", "wrong-token", ok.clone()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthenticated"))
+    );
+    let r = http()
+        .post(format!("{}/v1/keysets/default/sign", d.api))
+        .header("authorization", "Basic abc")
+        .json(&ok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // A key set the client may not use; an admin without signing rights.
+    let (status, body) = sign(&d, "private", &token, ok.clone()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("keyset_not_allowed"))
+    );
+    let (status, _) = sign(&d, "default", &ops, ok.clone()).await;
+    assert_eq!(status, 403);
+    // Policy refusals: 403 with a code and a message that says what to change.
+    for (body, code) in [
+        (
+            json!({"claims": {"sub": "bot:1", "aud": "orders"}}),
+            "subject_not_allowed",
+        ),
+        (
+            json!({"claims": {"sub": "user:1", "aud": "payroll"}}),
+            "audience_not_allowed",
+        ),
+        (
+            json!({"claims": {"sub": "user:1", "aud": "orders", "iss": "https://evil"}}),
+            "issuer_fixed",
+        ),
+        (
+            json!({"claims": {"sub": "user:1", "aud": "orders", "admin": true}}),
+            "claim_forbidden",
+        ),
+        (
+            json!({"claims": {"sub": "user:1", "aud": "orders"}, "ttl": "6m"}),
+            "ttl_too_long",
+        ),
+        (
+            json!({"claims": {"sub": "user:1", "aud": "orders"}, "typ": "dpop+jwt"}),
+            "typ_not_allowed",
+        ),
+    ] {
+        let (status, resp) = sign(&d, "default", &token, body.clone()).await;
+        assert_eq!(status, 403, "{body}: {resp}");
+        assert_eq!(resp["error"]["code"], code, "{body}");
+        assert!(resp["error"]["message"].as_str().unwrap().len() > 10);
+        assert!(resp.get("token").is_none());
+    }
+    // The policy's happy path with typ at+jwt (RFC 9068).
+    let (status, body) = sign(
+        &d,
+        "default",
+        &token,
+        json!({"claims": {"sub": "user:1", "aud": ["orders", "billing"]}, "typ": "at+jwt"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let header = decode_header(body["token"].as_str().unwrap()).unwrap();
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx_and_never_a_signature() {
+    let dir = private_dir();
+    let (config, token, _) = policy_config(dir.path());
+    let d = Daemon::start(dir.path(), &config);
+    let url = format!("{}/v1/keysets/default/sign", d.api);
+    let raw = |body: Vec<u8>, ct: &'static str| {
+        let url = url.clone();
+        let token = token.clone();
+        async move {
+            let r = http()
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", ct)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let deep = format!("{{\"claims\": {}1{}}}", "[".repeat(200), "]".repeat(200));
+    let big = format!(
+        "{{\"claims\": {{\"sub\": \"user:1\", \"aud\": \"orders\", \"x\": \"{}\"}}}}",
+        "a".repeat(70_000)
+    );
+    let cases: Vec<(Vec<u8>, &'static str, u16, &str)> = vec![
+        (big.into_bytes(), "application/json", 413, "body_too_large"),
+        (b"{}".to_vec(), "text/plain", 415, "unsupported_media_type"),
+        (
+            b"{\"claims\": ".to_vec(),
+            "application/json",
+            400,
+            "invalid_json",
+        ),
+        (
+            b"\xff\xfe{}".to_vec(),
+            "application/json",
+            400,
+            "invalid_json",
+        ),
+        (deep.into_bytes(), "application/json", 400, "invalid_json"),
+        (
+            b"{\"claims\": [1, 2]}".to_vec(),
+            "application/json",
+            422,
+            "claims_not_object",
+        ),
+        (
+            b"{\"claims\": \"x\"}".to_vec(),
+            "application/json",
+            422,
+            "claims_not_object",
+        ),
+        (
+            b"{\"claims\": {}, \"extra\": 1}".to_vec(),
+            "application/json",
+            422,
+            "invalid_request",
+        ),
+        (b"{}".to_vec(), "application/json", 422, "invalid_request"),
+        (
+            br#"{"claims": {"sub": "user:1", "aud": "orders", "exp": 9999999999}}"#.to_vec(),
+            "application/json",
+            422,
+            "reserved_claim",
+        ),
+        (
+            br#"{"claims": {"sub": "user:1", "aud": "orders", "iat": 1}}"#.to_vec(),
+            "application/json",
+            422,
+            "reserved_claim",
+        ),
+        (
+            br#"{"claims": {"sub": "user:1", "aud": "orders", "nbf": 1}}"#.to_vec(),
+            "application/json",
+            422,
+            "reserved_claim",
+        ),
+        (
+            br#"{"claims": {"sub": "user:1", "aud": "orders", "jti": "mine"}}"#.to_vec(),
+            "application/json",
+            422,
+            "reserved_claim",
+        ),
+        (
+            br#"{"claims": {"sub": 42, "aud": "orders"}}"#.to_vec(),
+            "application/json",
+            422,
+            "invalid_sub",
+        ),
+        (
+            format!(
+                r#"{{"claims": {{"sub": "user:{}", "aud": "orders"}}}}"#,
+                "x".repeat(300)
+            )
+            .into_bytes(),
+            "application/json",
+            422,
+            "invalid_sub",
+        ),
+        (
+            br#"{"claims": {"sub": "user:1", "aud": 7}}"#.to_vec(),
+            "application/json",
+            422,
+            "invalid_aud",
+        ),
+        (
+            format!(
+                r#"{{"claims": {{"sub": "user:1", "aud": "{}"}}}}"#,
+                "o".repeat(300)
+            )
+            .into_bytes(),
+            "application/json",
+            422,
+            "invalid_aud",
+        ),
+        (
+            br#"{"claims": {"sub": "user:1", "aud": "orders"}, "ttl": "forever"}"#.to_vec(),
+            "application/json",
+            422,
+            "invalid_ttl",
+        ),
+    ];
+    for (body, ct, status, code) in cases {
+        let (got, resp) = raw(body, ct).await;
+        assert_eq!(
+            (got, resp["error"]["code"].as_str().unwrap_or("")),
+            (status, code),
+            "{resp}"
+        );
+        assert!(resp.get("token").is_none());
+    }
+    // Unknown key set.
+    let (status, resp) = sign(&d, "nope", &token, json!({"claims": {}})).await;
+    assert_eq!(
+        (status, resp["error"]["code"].as_str()),
+        (404, Some("unknown_keyset"))
+    );
+    // Nothing above was signed: the audit log holds no signature.
+    let stopped = d.stop();
+    assert!(stopped.success());
+    let audit = std::fs::read_to_string(dir.path().join("data/audit.log")).unwrap();
+    assert!(!audit.contains("\"event\":\"sign\""), "{audit}");
+}
+
+#[tokio::test]
+async fn admin_rotate_and_revoke_and_the_audit_chain() {
+    let dir = private_dir();
+    let (config, token, ops) = policy_config(dir.path());
+    let d = Daemon::start(dir.path(), &config);
+    // Non-admins may not use admin routes.
+    let (status, _) = admin(&d, &token, reqwest::Method::GET, "/v1/keysets").await;
+    assert_eq!(status, 403);
+    let (status, list) = admin(&d, &ops, reqwest::Method::GET, "/v1/keysets").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["keysets"].as_array().unwrap().len(), 2);
+    let (_, view) = admin(&d, &ops, reqwest::Method::GET, "/v1/keysets/default").await;
+    let states: Vec<&str> = view["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["active", "pending"]);
+    let first = view["active_kid"].as_str().unwrap().to_owned();
+
+    // Rotate: with a 1 s publish lead the pending key takes over within a second or two.
+    let (status, rotated) = admin(
+        &d,
+        &ops,
+        reqwest::Method::POST,
+        "/v1/keysets/default/rotate",
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    let next = rotated["kid"].as_str().unwrap().to_owned();
+    assert_ne!(next, first);
+    let ok = json!({"claims": {"sub": "user:1", "aud": "orders"}});
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the rotated key signs",
+        || {
+            let (d, token, ok, next) = (&d, &token, ok.clone(), next.clone());
+            async move { sign(d, "default", token, ok).await.1["kid"] == next.as_str() }
+        },
+    )
+    .await;
+    // The retired key stays published for its tokens.
+    assert!(kids(&jwks(&d, "default").await).contains(&first));
+
+    // Revoke the active key: out of the JWKS at once, a new key signs at once.
+    let (status, revoked) = admin(
+        &d,
+        &ops,
+        reqwest::Method::POST,
+        &format!("/v1/keysets/default/keys/{next}/revoke"),
+    )
+    .await;
+    assert_eq!(status, 200, "{revoked}");
+    assert!(!kids(&jwks(&d, "default").await).contains(&next));
+    let (_, signed) = sign(&d, "default", &token, ok.clone()).await;
+    assert_eq!(signed["kid"], revoked["active_kid"]);
+    assert_ne!(signed["kid"].as_str(), Some(next.as_str()));
+    let (status, again) = admin(
+        &d,
+        &ops,
+        reqwest::Method::POST,
+        &format!("/v1/keysets/default/keys/{next}/revoke"),
+    )
+    .await;
+    assert_eq!(
+        (status, again["error"]["code"].as_str()),
+        (409, Some("refused"))
+    );
+
+    assert!(d.stop().success());
+    let log = dir.path().join("data/audit.log");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyturn"))
+        .args(["audit", "verify"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    for event in [
+        "\"sign\"",
+        "\"published\"",
+        "\"revoked\"",
+        "\"rotate-requested\"",
+    ] {
+        assert!(text.contains(event), "audit lacks {event}");
+    }
+    let signed_token = signed["token"].as_str().unwrap();
+    assert!(
+        !text.contains(signed_token.split('.').nth(2).unwrap()),
+        "a token is in the audit log"
+    );
+    // Tampering is detected.
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.remove(1);
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyturn"))
+        .args(["audit", "verify"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn unix_socket_clients_are_named_by_peer_uid() {
+    let dir = private_dir();
+    let uid = std::fs::metadata(dir.path())
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap();
+    let socket = dir.path().join("api.sock");
+    let config = format!(
+        "{}api_socket = \"{}\"\n{}[[client]]\nname = \"local\"\nunix_uid = {uid}\nkeysets = [\"default\"]\n[[client]]\nname = \"someone-else\"\nunix_uid = {}\nkeysets = [\"default\"]\nadmin = true\n",
+        server_toml(dir.path()),
+        socket.display(),
+        keyset_toml("default", "EdDSA", ""),
+        uid + 1
+    );
+    let d = Daemon::start(dir.path(), &config);
+    use keyturn::client::{request, Endpoint};
+    let ep = Endpoint::Socket(socket.clone());
+    let r = request(
+        &ep,
+        http::Method::POST,
+        "/v1/keysets/default/sign",
+        None,
+        Some(json!({"claims": {"sub": "x"}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // The uid matches "local", not the admin client with another uid.
+    let r = request(&ep, http::Method::GET, "/v1/keysets", None, None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+    // TCP without a token is anonymous: refused.
+    let r = http()
+        .post(format!("{}/v1/keysets/default/sign", d.api))
+        .json(&json!({"claims": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn mtls_clients_are_named_by_certificate_and_tokens_still_work() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let dir = private_dir();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(vec![]).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issue = |cn: &str, sans: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(sans).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = issue("localhost", vec!["localhost".into()]);
+    let (client_cert, client_key) = issue("ci-runner", vec![]);
+    std::fs::write(dir.path().join("server.pem"), server_cert).unwrap();
+    write_secret(&dir.path().join("server.key"), &server_key);
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    let (token_client_toml, token) = token_client("token-user", &["default"], "");
+    let config = format!(
+        "{}[server.tls]\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server.key\"\nclient_ca_file = \"{d}/ca.pem\"\n{}[[client]]\nname = \"runner\"\ntls_subject = \"ci-runner\"\nkeysets = [\"default\"]\n{token_client_toml}",
+        server_toml(dir.path()),
+        keyset_toml("default", "ES256", ""),
+        d = dir.path().display()
+    );
+    let daemon = Daemon::start(dir.path(), &config);
+    let port = daemon.api.rsplit(':').next().unwrap().to_owned();
+    let url = format!("https://localhost:{port}/v1/keysets/default/sign");
+    let root = reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap();
+    let body = json!({"claims": {"sub": "job-1"}});
+    let with_cert = reqwest::Client::builder()
+        .add_root_certificate(root.clone())
+        .identity(
+            reqwest::Identity::from_pem(format!("{client_cert}{client_key}").as_bytes()).unwrap(),
+        )
+        .resolve("localhost", format!("127.0.0.1:{port}").parse().unwrap())
+        .build()
+        .unwrap();
+    let r = with_cert.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let without = reqwest::Client::builder()
+        .add_root_certificate(root)
+        .resolve("localhost", format!("127.0.0.1:{port}").parse().unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(
+        without
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        without
+            .post(&url)
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Plain HTTP to the TLS listener gets no token.
+    assert!(http()
+        .post(format!("http://127.0.0.1:{port}/v1/keysets/default/sign"))
+        .json(&body)
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true));
+}
+
+#[test]
+fn client_token_prints_config_lines_that_authenticate() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyturn"))
+        .args(["client-token", "svc", "--keyset", "default"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let token = stderr.trim().rsplit(' ').next().unwrap();
+    let hash = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("token_sha256 = \""))
+        .unwrap()
+        .trim_end_matches('"');
+    assert_eq!(
+        keyturn::auth::to_hex(&keyturn::auth::hash_token(token)),
+        hash
+    );
+    assert!(stdout.contains("name = \"svc\""));
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real `keyturn` binary on loopback, driven over HTTP.
+//! Tests that need OpenBao or moto start their own servers (see backends/core testserver).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod api;
+mod harness;
+mod jwks;
