@@ -6,3 +6,7 @@
 mod api;
 mod harness;
 mod jwks;
+mod k8s;
+mod kms;
+mod systemd;
+mod vault;
