@@ -5,6 +5,7 @@
 
 mod api;
 mod harness;
+mod interop;
 mod jwks;
 mod k8s;
 mod kms;
