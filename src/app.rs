@@ -65,6 +65,8 @@ pub struct AppState {
     pub audit: Audit,
     /// Metrics.
     pub metrics: Metrics,
+    /// Listener limits (the API reads its body timeout here).
+    pub limits: Limits,
 }
 
 /// Where the daemon listens, once bound.
@@ -188,10 +190,11 @@ pub async fn run(
         clock: clock.clone(),
         audit: audit.clone(),
         metrics: Metrics::default(),
+        limits: config.server.limits,
     });
 
     let mut tasks = JoinSet::new();
-    let limits = Limits::default();
+    let limits = config.server.limits;
     let jwks_listener = TcpListener::bind(config.server.jwks_listen)
         .await
         .with_context(|| format!("cannot bind jwks_listen {}", config.server.jwks_listen))?;

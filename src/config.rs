@@ -61,6 +61,13 @@ struct RawServer {
     k8s_signer_socket: Option<String>,
     k8s_signer_keyset: Option<String>,
     log_format: Option<LogFormat>,
+    max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    body_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    drain_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -241,6 +248,8 @@ pub struct ServerConfig {
     pub credentials_dir: Option<PathBuf>,
     /// Whether stderr goes to the journal (`$JOURNAL_STREAM`): logs then omit timestamps.
     pub under_journald: bool,
+    /// Per-listener connection limit and request timeouts.
+    pub limits: crate::http::serve::Limits,
 }
 
 /// TLS on the API listener.
@@ -477,6 +486,21 @@ impl RawConfig {
             log_format: s.log_format.unwrap_or_default(),
             credentials_dir: env.credentials_directory.clone(),
             under_journald: env.journald,
+            limits: {
+                let d = crate::http::serve::Limits::default();
+                let limits = crate::http::serve::Limits {
+                    max_connections: s.max_connections.unwrap_or(d.max_connections),
+                    header_timeout: s.header_timeout.unwrap_or(d.header_timeout),
+                    body_timeout: s.body_timeout.unwrap_or(d.body_timeout),
+                    drain: s.drain_timeout.unwrap_or(d.drain),
+                };
+                if limits.max_connections == 0 || limits.header_timeout.is_zero() || limits.body_timeout.is_zero() {
+                    return Err(invalid(
+                        "server.max_connections, header_timeout and body_timeout must be above zero",
+                    ));
+                }
+                limits
+            },
         };
         if self.keysets.is_empty() {
             return Err(invalid("no [[keyset]]: add at least one key set"));

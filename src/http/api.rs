@@ -26,8 +26,6 @@ use std::time::{Duration, Instant};
 pub const MAX_BODY: usize = 64 * 1024;
 /// Most tokens in one batch request.
 pub const MAX_BATCH: usize = 256;
-/// Time to send the request body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The API router.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -110,6 +108,7 @@ fn require_admin(client: &ClientConfig) -> Result<(), ApiError> {
 async fn json_body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
+    timeout: Duration,
 ) -> Result<T, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -137,7 +136,7 @@ async fn json_body<T: serde::de::DeserializeOwned>(
         return Err(too_large());
     }
     let bytes: Bytes =
-        match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY)).await {
             Err(_) => {
                 return Err(ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,
@@ -289,7 +288,7 @@ async fn sign(
     body: Body,
 ) -> Result<Json<Signed>, ApiError> {
     let (client, keyset) = signing_client(&state, &peer, &headers, &name)?;
-    let req: SignRequest = json_body(&headers, body).await?;
+    let req: SignRequest = json_body(&headers, body, state.limits.body_timeout).await?;
     sign_one(&state, &client, &keyset, &req).await.map(Json)
 }
 
@@ -316,7 +315,7 @@ async fn sign_batch(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (client, keyset) = signing_client(&state, &peer, &headers, &name)?;
-    let batch: BatchRequest = json_body(&headers, body).await?;
+    let batch: BatchRequest = json_body(&headers, body, state.limits.body_timeout).await?;
     if batch.requests.is_empty() || batch.requests.len() > MAX_BATCH {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

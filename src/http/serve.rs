@@ -16,12 +16,14 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 /// Per-listener limits.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Open connections at most; further clients wait in the accept backlog.
     pub max_connections: usize,
-    /// Time to send the request headers (slowloris).
+    /// Time to send the request headers (slowloris), and to finish a TLS handshake.
     pub header_timeout: Duration,
+    /// Time to send a request body.
+    pub body_timeout: Duration,
     /// How long in-flight requests may run after shutdown starts.
     pub drain: Duration,
 }
@@ -31,6 +33,7 @@ impl Default for Limits {
         Limits {
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
             drain: Duration::from_secs(10),
         }
     }

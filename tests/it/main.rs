@@ -6,6 +6,7 @@
 mod api;
 mod cli;
 mod harness;
+mod hostile;
 mod interop;
 mod jwks;
 mod k8s;
