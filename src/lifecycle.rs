@@ -312,6 +312,9 @@ pub struct Engine {
     backend: Arc<dyn KeyBackend>,
     doc: KeySetDoc,
     version: Option<u64>,
+    // Events of steps already written by a tick that then failed: reported by the next
+    // successful tick, so a later failure never drops them from the audit log.
+    unreported: Vec<Event>,
 }
 
 /// At most this many steps per tick: a healthy key set needs two or three.
@@ -334,6 +337,7 @@ impl Engine {
             backend,
             doc: KeySetDoc::default(),
             version: None,
+            unreported: Vec::new(),
         };
         engine.reload().await?;
         Ok(engine)
@@ -412,13 +416,12 @@ impl Engine {
     /// Brings the key set in order at `now`: bootstrap, publishing the next key, activating
     /// when nothing is active, removals, destruction. Returns what happened.
     pub async fn tick(&mut self, now: i64) -> Result<Vec<Event>, LifecycleError> {
-        let mut events = Vec::new();
         for _ in 0..MAX_STEPS {
             let Some(step) = plan(&self.doc, now, &self.timing) else {
-                return Ok(events);
+                return Ok(std::mem::take(&mut self.unreported));
             };
             match self.run(step, now).await {
-                Ok(Some(event)) => events.push(event),
+                Ok(Some(event)) => self.unreported.push(event),
                 Ok(None) => {}
                 Err(LifecycleError::Backend(BackendError::Conflict)) => {
                     self.reload().await?;
@@ -427,6 +430,14 @@ impl Engine {
             }
         }
         Err(LifecycleError::Contention(self.keyset.clone()))
+    }
+
+    /// A tick inside an admin operation: its events stay for the maintenance task's next
+    /// tick to report (the operation returns something else).
+    async fn tick_keeping_events(&mut self, now: i64) -> Result<(), LifecycleError> {
+        let events = self.tick(now).await?;
+        self.unreported.extend(events);
+        Ok(())
     }
 
     async fn run(&mut self, step: Step, now: i64) -> Result<Option<Event>, LifecycleError> {
@@ -518,7 +529,7 @@ impl Engine {
     /// Rotates now: the pending key becomes active as soon as it has been published for
     /// the publish lead (at once if it has). Returns when it becomes active.
     pub async fn rotate_now(&mut self, now: i64) -> Result<i64, LifecycleError> {
-        self.tick(now).await?;
+        self.tick_keeping_events(now).await?;
         let lead = self.timing.publish_lead();
         let at = self
             .with_retry(now, |doc| {
@@ -546,7 +557,7 @@ impl Engine {
                 .and_then(|p| self.doc.keys[p].activate_at)
                 .unwrap_or(now),
         };
-        self.tick(now).await?;
+        self.tick_keeping_events(now).await?;
         Ok(at)
     }
 
@@ -555,7 +566,7 @@ impl Engine {
     /// on the unknown kid). Returns the kid that is active afterwards.
     pub async fn revoke(&mut self, kid: &str, now: i64) -> Result<Option<String>, LifecycleError> {
         // Make sure a published successor exists before the revoking write.
-        self.tick(now).await?;
+        self.tick_keeping_events(now).await?;
         self.with_retry(now, |doc| {
             let Some(i) = doc.keys.iter().position(|k| k.kid.as_deref() == Some(kid)) else {
                 return Err(LifecycleError::Refused(format!(
@@ -580,7 +591,7 @@ impl Engine {
             Ok(Some((doc, ())))
         })
         .await?;
-        self.tick(now).await?;
+        self.tick_keeping_events(now).await?;
         Ok(self
             .doc
             .active(now)

@@ -241,3 +241,35 @@ pub fn keyset_toml(name: &str, alg: &str, extra: &str) -> String {
         "[[keyset]]\nname = \"{name}\"\nissuer = \"https://issuer.test/{name}\"\nalgorithm = \"{alg}\"\nrotate_every = \"1h\"\nmax_token_ttl = \"10m\"\njwks_max_age = \"1s\"\nclock_skew = \"0s\"\n{extra}\n"
     )
 }
+
+/// `GET {path}` on the JWKS listener: (status, headers, body).
+#[allow(dead_code)]
+pub async fn get_public(d: &Daemon, path: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let r = http()
+        .get(format!("{}{path}", d.jwks))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.bytes().await.unwrap().to_vec())
+}
+
+/// The status of `GET /readyz`.
+#[allow(dead_code)]
+pub async fn readyz(d: &Daemon) -> u16 {
+    get_public(d, "/readyz").await.0
+}
+
+/// The kids of the lifecycle events `event` (e.g. "published") of `keyset` in the audit log
+/// at `path`, in order. A torn last line (a daemon killed mid-write) is skipped.
+#[allow(dead_code)]
+pub fn audit_kids(path: &Path, event: &str, keyset: &str) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == event && v["keyset"] == keyset)
+        .filter_map(|v| v["kid"].as_str().map(str::to_owned))
+        .collect()
+}

@@ -357,14 +357,28 @@ impl KeyBackend for VaultBackend {
             Err(e) if status(&e) == Some(404) => return Ok(()),
             Err(e) => return Err(classify(&format!("reading transit key {name:?}"), e)),
         }
+        // Another replica may be destroying the same key: once it is gone, transit answers
+        // 400 "no existing key named ..." or "... could not delete key; not found".
+        let gone = |e: &vaultrs::error::ClientError| {
+            api_error_mentions(e, 400, "no existing key") || api_error_mentions(e, 400, "not found")
+        };
         let mut config = UpdateKeyConfigurationRequest::builder();
         config.deletion_allowed(true);
-        vaultrs::transit::key::update(&*client, mount, name, Some(&mut config))
-            .await
-            .map_err(|e| classify(&format!("allowing deletion of transit key {name:?}"), e))?;
-        vaultrs::transit::key::delete(&*client, mount, name)
-            .await
-            .map_err(|e| classify(&format!("deleting transit key {name:?}"), e))?;
+        match vaultrs::transit::key::update(&*client, mount, name, Some(&mut config)).await {
+            Ok(_) => {}
+            Err(e) if gone(&e) => return Ok(()),
+            Err(e) => {
+                return Err(classify(
+                    &format!("allowing deletion of transit key {name:?}"),
+                    e,
+                ))
+            }
+        }
+        match vaultrs::transit::key::delete(&*client, mount, name).await {
+            Ok(_) => {}
+            Err(e) if gone(&e) => return Ok(()),
+            Err(e) => return Err(classify(&format!("deleting transit key {name:?}"), e)),
+        }
         tracing::info!(name, "deleted a transit key");
         Ok(())
     }
