@@ -8,6 +8,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 fn main() -> ExitCode {
+    // Before any secret is read: no core dumps, no ptrace by same-uid processes.
+    if let Err(e) = keyturn::hardening::apply() {
+        eprintln!("keyturn: cannot disable core dumps: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

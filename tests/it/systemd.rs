@@ -1,1 +1,472 @@
-//! Placeholder: filled in by the systemd work.
+//! Running under systemd: the sd-notify protocol (READY, WATCHDOG, RELOADING, STOPPING)
+//! seen from a test datagram socket standing in for the service manager, config reload on
+//! SIGHUP without touching the listeners, refusal of an invalid config, and the drain of
+//! in-flight requests on SIGTERM.
+
+use crate::harness::{
+    http, jwks, keyset_toml, kids, private_dir, server_toml, sign, token_client, Daemon,
+};
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the daemon told the "service manager", in order.
+struct Manager {
+    socket: UnixDatagram,
+    seen: Vec<String>,
+}
+
+impl Manager {
+    fn bind(path: &Path) -> Manager {
+        let socket = UnixDatagram::bind(path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        Manager {
+            socket,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads datagrams until one has the line `line`; returns that datagram. Earlier
+    /// non-matching ones (watchdog pings mostly) are kept in `seen`.
+    fn expect(&mut self, line: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            match self.socket.recv(&mut buf) {
+                Ok(n) => {
+                    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    self.seen.push(msg.clone());
+                    if msg.lines().any(|l| l == line) {
+                        return msg;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("notify socket: {e}"),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {line} within {timeout:?}; got so far: {:?}",
+                self.seen
+            );
+        }
+    }
+}
+
+/// Starts `keyturn serve` the way systemd does for a Type=notify unit with WatchdogSec=:
+/// `NOTIFY_SOCKET`, `WATCHDOG_USEC`, and `WATCHDOG_PID` set to the daemon's own pid (the
+/// shell execs the binary, so `$$` is that pid). Waits for the "ready" log line, like
+/// [`Daemon::spawn`].
+fn spawn_under_systemd(config_path: PathBuf, notify_socket: &Path, watchdog_usec: u64) -> Daemon {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("WATCHDOG_PID=$$ exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_keyturn"))
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&config_path)
+        .env("RUST_LOG", "info")
+        .env("NOTIFY_SOCKET", notify_socket)
+        .env("WATCHDOG_USEC", watchdog_usec.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("keyturn ready") {
+                let _ = tx.send(line.clone());
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let Ok(ready) = rx.recv_timeout(Duration::from_secs(60)) else {
+        let _ = child.kill();
+        panic!(
+            "daemon did not become ready; log:\n{}",
+            logs.lock().unwrap().join("\n")
+        );
+    };
+    let v: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    Daemon {
+        child,
+        jwks: format!("http://{}", v["jwks"].as_str().unwrap()),
+        api: format!("http://{}", v["api"].as_str().unwrap()),
+        logs,
+        config_path,
+    }
+}
+
+/// `GET path` over plain HTTP/1.1 from a synchronous test: the whole response.
+fn get_blocking(base: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// Waits (bounded) for the daemon to exit after a signal sent elsewhere.
+fn wait_exit(d: &mut Daemon, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = d.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon did not exit within {timeout:?}; log:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn notify_protocol_ready_watchdog_reload_stopping() {
+    let dir = private_dir();
+    let notify_path = dir.path().join("notify.sock");
+    let mut manager = Manager::bind(&notify_path);
+    let config_path = dir.path().join("keyturn.toml");
+    std::fs::write(
+        &config_path,
+        server_toml(dir.path()) + &keyset_toml("default", "ES256", ""),
+    )
+    .unwrap();
+
+    let mut d = spawn_under_systemd(config_path, &notify_path, 200_000);
+    let wait = Duration::from_secs(30);
+
+    let ready = manager.expect("READY=1", wait);
+    assert!(ready.contains("STATUS=serving"), "{ready:?}");
+    // READY=1 means the listener is bound and the key set has a key: the JWKS has it.
+    let jwks = get_blocking(&d.jwks, "/.well-known/jwks.json");
+    assert!(jwks.starts_with("HTTP/1.1 200"), "{jwks}");
+    assert!(jwks.contains("\"kid\""), "{jwks}");
+    // Pings every 100 ms (half of WATCHDOG_USEC) while healthy: expect several.
+    for _ in 0..3 {
+        manager.expect("WATCHDOG=1", Duration::from_secs(5));
+    }
+
+    // Core dumps are off for the daemon whatever the caller's limit was.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.child.id())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(
+        core.split_whitespace().collect::<Vec<_>>()[4..6],
+        ["0", "0"],
+        "{core}"
+    );
+
+    d.signal("HUP");
+    let reloading = manager.expect("RELOADING=1", wait);
+    let monotonic = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .unwrap_or_else(|| panic!("RELOADING=1 without MONOTONIC_USEC: {reloading:?}"));
+    assert!(monotonic.parse::<u64>().unwrap() > 0);
+    manager.expect("READY=1", wait);
+    // Still healthy after the reload.
+    manager.expect("WATCHDOG=1", Duration::from_secs(5));
+
+    d.signal("TERM");
+    manager.expect("STOPPING=1", wait);
+    let status = wait_exit(&mut d, wait);
+    assert!(status.success(), "{status:?}; log:\n{}", d.log_text());
+    // Nothing but the protocol's own words went to the manager.
+    for msg in &manager.seen {
+        for line in msg.lines() {
+            let key = line.split('=').next().unwrap();
+            assert!(
+                [
+                    "READY",
+                    "STATUS",
+                    "WATCHDOG",
+                    "RELOADING",
+                    "MONOTONIC_USEC",
+                    "STOPPING"
+                ]
+                .contains(&key),
+                "unexpected notification {line:?}"
+            );
+        }
+    }
+}
+
+/// Signs with `token` on `keyset` and checks the token against that key set's JWKS.
+async fn signs_and_verifies(d: &Daemon, keyset: &str, token: &str) {
+    let (status, body) = sign(d, keyset, token, json!({"claims": {"sub": "svc"}})).await;
+    assert_eq!(status, 200, "{keyset}: {body}");
+    let set = jwks(d, keyset).await;
+    assert!(
+        kids(&set)
+            .iter()
+            .any(|k| Some(k.as_str()) == body["kid"].as_str()),
+        "{keyset}: kid {} not in {set}",
+        body["kid"]
+    );
+    let keys = keyturn::verify::parse_jwks(&serde_json::to_vec(&set).unwrap()).unwrap();
+    let now = body["exp"].as_i64().unwrap() - 60;
+    keyturn::verify::verify(
+        body["token"].as_str().unwrap(),
+        &keys,
+        &keyturn::verify::Expect::default(),
+        now,
+    )
+    .unwrap();
+}
+
+async fn jwks_status(d: &Daemon, keyset: &str) -> u16 {
+    http()
+        .get(format!("{}/keysets/{keyset}/jwks.json", d.jwks))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn log_lines_with(d: &Daemon, needle: &str) -> Vec<String> {
+    d.logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(needle))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn sighup_applies_a_new_config_on_the_same_listeners_and_refuses_an_invalid_one() {
+    let dir = private_dir();
+    let (alpha, alpha_token) = token_client("alpha", &["default"], "");
+    let (beta, beta_token) = token_client("beta", &["second"], "");
+    let base = server_toml(dir.path()) + &keyset_toml("default", "ES256", "");
+    let d = Daemon::start(dir.path(), &(base.clone() + &alpha));
+    signs_and_verifies(&d, "default", &alpha_token).await;
+    assert_eq!(jwks_status(&d, "second").await, 404);
+    let (status, _) = sign(&d, "second", &beta_token, json!({"claims": {}})).await;
+    assert_eq!(status, 401, "beta is not a client yet");
+
+    // A new key set and a new client.
+    let with_second = base.clone() + &keyset_toml("second", "EdDSA", "") + &alpha + &beta;
+    std::fs::write(&d.config_path, &with_second).unwrap();
+    d.signal("HUP");
+    crate::harness::eventually(Duration::from_secs(30), "reload applied", || async {
+        !log_lines_with(&d, "configuration reloaded").is_empty()
+    })
+    .await;
+    // Same addresses as before: the listeners were not rebound.
+    signs_and_verifies(&d, "second", &beta_token).await;
+    signs_and_verifies(&d, "default", &alpha_token).await;
+    assert_eq!(log_lines_with(&d, "keyturn ready").len(), 1);
+
+    // An invalid config: a client naming a key set that does not exist.
+    let (gamma, _) = token_client("gamma", &["nope"], "");
+    std::fs::write(&d.config_path, with_second.clone() + &gamma).unwrap();
+    d.signal("HUP");
+    crate::harness::eventually(Duration::from_secs(30), "reload refused", || async {
+        !log_lines_with(&d, "reload refused").is_empty()
+    })
+    .await;
+    let refused = log_lines_with(&d, "reload refused").join("\n");
+    assert!(
+        refused.contains("gamma") && refused.contains("is not a [[keyset]]"),
+        "the log should say why: {refused}"
+    );
+    // Everything from the last good config keeps working.
+    signs_and_verifies(&d, "default", &alpha_token).await;
+    signs_and_verifies(&d, "second", &beta_token).await;
+    assert_eq!(log_lines_with(&d, "configuration reloaded").len(), 1);
+
+    // A key set removed by a good reload stops being served.
+    std::fs::write(&d.config_path, base + &alpha).unwrap();
+    d.signal("HUP");
+    crate::harness::eventually(Duration::from_secs(30), "second reload applied", || async {
+        log_lines_with(&d, "configuration reloaded").len() == 2
+    })
+    .await;
+    assert_eq!(jwks_status(&d, "second").await, 404);
+    let (status, _) = sign(&d, "second", &beta_token, json!({"claims": {}})).await;
+    assert_eq!(status, 401, "beta is gone");
+    signs_and_verifies(&d, "default", &alpha_token).await;
+
+    let status = d.stop();
+    assert!(status.success(), "{status:?}");
+}
+
+/// `keyturn_signatures_total{keyset=...,outcome="ok"}` from /metrics.
+async fn signatures(d: &Daemon, keyset: &str) -> u64 {
+    let text = http()
+        .get(format!("{}/metrics", d.jwks))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let label = format!("keyset=\"{keyset}\"");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("keyturn_signatures") && l.contains(&label) && l.contains("\"ok\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// A sign request on a raw HTTP/1.1 connection, sent up to its headers with
+/// `Expect: 100-continue`. Once the daemon answers "100 Continue", the request is past
+/// authentication and its handler is waiting for the body: accepted and in flight, for as
+/// long as the test likes.
+struct StalledRequest {
+    stream: tokio::net::TcpStream,
+    body: String,
+}
+
+impl StalledRequest {
+    async fn open(d: &Daemon, keyset: &str, token: &str) -> StalledRequest {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = d.api.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let body = json!({"claims": {"sub": "late"}}).to_string();
+        let head = format!(
+            "POST /v1/keysets/{keyset}/sign HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+                .await
+                .expect("no 100 Continue within 10 s")
+                .unwrap();
+            assert!(
+                n > 0,
+                "connection closed: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        let interim = String::from_utf8_lossy(&got);
+        assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
+        StalledRequest { stream, body }
+    }
+
+    /// Sends the body; returns the whole response (the daemon closes the connection after
+    /// it, being in shutdown).
+    async fn finish(mut self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.stream.write_all(self.body.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            self.stream.read_to_end(&mut response),
+        )
+        .await
+        .expect("no complete response within 20 s")
+        .unwrap();
+        String::from_utf8(response).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_requests_in_flight() {
+    // Load: one batch of 256 RS4096 signatures per key set, so /metrics shows per batch
+    // that the daemon has accepted it. And one request held open across the SIGTERM.
+    const SLOW: [&str; 2] = ["slow-a", "slow-b"];
+    let dir = private_dir();
+    let mut config = server_toml(dir.path()) + &keyset_toml("default", "ES256", "");
+    for ks in SLOW {
+        config += &keyset_toml(ks, "RS256", "rsa_bits = 4096");
+    }
+    let (client, token) = token_client("issuer", &["default", SLOW[0], SLOW[1]], "");
+    config += &client;
+    let mut d = Daemon::start(dir.path(), &config);
+
+    let stalled = StalledRequest::open(&d, "default", &token).await;
+
+    let batch = json!({
+        "requests": vec![json!({"claims": {"sub": "svc"}}); keyturn::http::api::MAX_BATCH]
+    });
+    let mut batches = Vec::new();
+    for ks in SLOW {
+        // A client of its own: one connection per batch, nothing shared or pooled.
+        let req = http()
+            .post(format!("{}/v1/keysets/{ks}/sign-batch", d.api))
+            .bearer_auth(&token)
+            .json(&batch);
+        batches.push(tokio::spawn(async move {
+            let r = req.send().await?;
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await?;
+            Ok::<_, reqwest::Error>((status, body))
+        }));
+    }
+    crate::harness::eventually(Duration::from_secs(60), "both batches signing", || {
+        let d = &d;
+        async move {
+            for ks in SLOW {
+                if signatures(d, ks).await == 0 {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+
+    d.signal("TERM");
+    crate::harness::eventually(Duration::from_secs(10), "the drain to start", || async {
+        !log_lines_with(&d, "draining in-flight requests").is_empty()
+    })
+    .await;
+
+    // Accepted before the SIGTERM, finished during the drain: a complete answer.
+    let response = stalled.finish().await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let (_, body) = response.split_once("\r\n\r\n").unwrap();
+    let signed: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert!(signed["token"].is_string(), "{response}");
+
+    for (ks, task) in SLOW.iter().zip(batches) {
+        let (status, body) = task
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{ks}: an accepted request lost its response: {e}"));
+        assert_eq!(status, 200, "{ks}: {body}");
+        let results = body["results"].as_array().unwrap();
+        assert_eq!(results.len(), keyturn::http::api::MAX_BATCH, "{ks}");
+        assert!(
+            results.iter().all(|r| r["token"].is_string()),
+            "{ks}: {body}"
+        );
+    }
+    let status = wait_exit(&mut d, Duration::from_secs(30));
+    assert!(status.success(), "{status:?}; log:\n{}", d.log_text());
+}
