@@ -7,7 +7,12 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::LatencyUnit;
+use tracing::Level;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
@@ -49,8 +54,41 @@ struct Shared {
     permits: Arc<Semaphore>,
 }
 
+/// Numbers requests: `<process start in hex>-<counter>`, unique across restarts.
+#[derive(Clone)]
+struct RequestIds(Arc<(String, AtomicU64)>);
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
+        let n = self.0 .1.fetch_add(1, Ordering::Relaxed);
+        http::HeaderValue::from_str(&format!("{}-{n}", self.0 .0)).ok().map(RequestId::new)
+    }
+}
+
+/// Gives every request an id (`x-request-id` in the response) and a DEBUG span with the
+/// id, method and path, closed with the status and latency. Headers are never logged.
+fn traced(app: Router) -> Router {
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let ids = RequestIds(Arc::new((format!("{start:x}"), AtomicU64::new(0))));
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|req: &http::Request<_>| {
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::debug_span!("request", id, method = %req.method(), path = %req.uri().path())
+        })
+        .on_request(())
+        .on_response(DefaultOnResponse::new().level(Level::DEBUG).latency_unit(LatencyUnit::Micros))
+        .on_failure(());
+    app.layer(PropagateRequestIdLayer::x_request_id())
+        .layer(trace)
+        .layer(SetRequestIdLayer::x_request_id(ids))
+}
+
 impl Shared {
     fn new(app: Router, limits: &Limits) -> Self {
+        let app = traced(app);
         let mut builder = Builder::new(TokioExecutor::new());
         builder
             .http1()

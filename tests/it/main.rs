@@ -10,6 +10,7 @@ mod harness;
 mod hostile;
 mod interop;
 mod jwks;
+mod leak;
 mod k8s;
 mod kms;
 mod systemd;
