@@ -240,6 +240,16 @@ pub async fn run(
             "api-socket",
         ));
     }
+    if let Some((socket, keyset)) = &config.server.k8s_signer {
+        let listener = crate::k8s::bind(socket)?;
+        tasks.spawn(crate::k8s::serve(
+            listener,
+            state.clone(),
+            keyset.clone(),
+            shutdown.clone(),
+        ));
+        tracing::info!(socket = %socket, keyset = %keyset, "kubernetes external JWT signer listening");
+    }
 
     let keyset_shutdown = shutdown.child_token();
     let mut maintenance = JoinSet::new();

@@ -18,6 +18,7 @@ pub mod config;
 pub mod hardening;
 pub mod http;
 pub mod jwks;
+pub mod k8s;
 pub mod keyset;
 pub mod lifecycle;
 pub mod logging;
