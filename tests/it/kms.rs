@@ -267,6 +267,5 @@ async fn kms_outage_serves_jwks_from_memory_and_recovers() {
         || relay.borrow_mut().restore(),
     )
     .await;
-    // moto itself never went down: the keys signing now are the ones from before.
-    assert!(moto.child.id() > 0);
+    drop(moto);
 }
