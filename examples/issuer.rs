@@ -11,7 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let subject = std::env::args().nth(1).unwrap_or_else(|| "alice".into());
     let api = std::env::var("KEYTURN_API_ADDR").unwrap_or_else(|_| "127.0.0.1:8391".into());
     let token = std::env::var("KEYTURN_TOKEN")?;
-    let body = serde_json::json!({"claims": {"sub": subject, "aud": "orders-api"}, "ttl": "5m"}).to_string();
+    let body = serde_json::json!({"claims": {"sub": subject, "aud": "orders-api"}, "ttl": "5m"})
+        .to_string();
     // Plain HTTP/1.1 so the example has no dependencies beyond serde_json.
     let mut stream = TcpStream::connect(&api)?;
     write!(
@@ -28,6 +29,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("keyturn refused: {}", reply["error"]["message"]).into());
     }
     println!("{}", reply["token"].as_str().unwrap_or_default());
-    eprintln!("kid {} jti {} exp {}", reply["kid"], reply["jti"], reply["exp"]);
+    eprintln!(
+        "kid {} jti {} exp {}",
+        reply["kid"], reply["jti"], reply["exp"]
+    );
     Ok(())
 }

@@ -23,14 +23,23 @@ impl JwksCache {
             .headers()
             .get("cache-control")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').find_map(|d| d.trim().strip_prefix("max-age=")?.parse().ok()))
+            .and_then(|v| {
+                v.split(',')
+                    .find_map(|d| d.trim().strip_prefix("max-age=")?.parse().ok())
+            })
             .map_or(Duration::from_secs(60), Duration::from_secs);
-        Ok(JwksCache { url: url.to_owned(), set: resp.json().await?, fetched: Instant::now(), max_age })
+        Ok(JwksCache {
+            url: url.to_owned(),
+            set: resp.json().await?,
+            fetched: Instant::now(),
+            max_age,
+        })
     }
 
     async fn key(&mut self, kid: &str) -> Result<DecodingKey, Box<dyn std::error::Error>> {
         let stale = self.fetched.elapsed() > self.max_age;
-        let unknown = self.set.find(kid).is_none() && self.fetched.elapsed() > Duration::from_secs(1);
+        let unknown =
+            self.set.find(kid).is_none() && self.fetched.elapsed() > Duration::from_secs(1);
         if stale || unknown {
             *self = Self::fetch(&self.url).await?;
         }
@@ -42,10 +51,13 @@ impl JwksCache {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let token = std::env::args().nth(1).ok_or("usage: verifier TOKEN")?;
-    let url = std::env::var("KEYTURN_JWKS").unwrap_or_else(|_| "http://127.0.0.1:8390/.well-known/jwks.json".into());
+    let url = std::env::var("KEYTURN_JWKS")
+        .unwrap_or_else(|_| "http://127.0.0.1:8390/.well-known/jwks.json".into());
     let mut cache = JwksCache::fetch(&url).await?;
     let header = decode_header(&token)?;
-    let key = cache.key(header.kid.as_deref().ok_or("token has no kid")?).await?;
+    let key = cache
+        .key(header.kid.as_deref().ok_or("token has no kid")?)
+        .await?;
     // Pin the algorithm from the header only after the key was found; jsonwebtoken checks
     // that the key type matches it.
     let mut validation = Validation::new(header.alg);

@@ -52,10 +52,16 @@ async fn build(
             use keyturn_backend_file::{FileBackend, FileBackendConfig, KekSource};
             let dir = dir.clone().unwrap_or_else(|| server.data_dir.join("keys"));
             let kek = match kek_file {
-                Some(path) => KekSource::Existing(resolve_credential(path, &env)),
+                Some(path) => {
+                    let path = resolve_credential(path, &env);
+                    match &server.credentials_dir {
+                        Some(creds) if path.starts_with(creds) => KekSource::Credential(path),
+                        _ => KekSource::Existing(path),
+                    }
+                }
                 None => match &server.credentials_dir {
                     Some(creds) if creds.join("keyturn-kek").exists() => {
-                        KekSource::Existing(creds.join("keyturn-kek"))
+                        KekSource::Credential(creds.join("keyturn-kek"))
                     }
                     _ => KekSource::File(server.data_dir.join("kek")),
                 },

@@ -162,7 +162,9 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 fn token(conn: &Connection) -> Result<Option<String>, String> {
     match &conn.token_file {
         None => Ok(None),
-        Some(path) => crate::secret::read_secret_file(path).map(|t| Some(t.trim().to_owned())),
+        Some(path) => {
+            crate::secret::read_secret_file(path, None).map(|t| Some(t.trim().to_owned()))
+        }
     }
 }
 

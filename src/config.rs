@@ -494,7 +494,10 @@ impl RawConfig {
                     body_timeout: s.body_timeout.unwrap_or(d.body_timeout),
                     drain: s.drain_timeout.unwrap_or(d.drain),
                 };
-                if limits.max_connections == 0 || limits.header_timeout.is_zero() || limits.body_timeout.is_zero() {
+                if limits.max_connections == 0
+                    || limits.header_timeout.is_zero()
+                    || limits.body_timeout.is_zero()
+                {
                     return Err(invalid(
                         "server.max_connections, header_timeout and body_timeout must be above zero",
                     ));
@@ -527,6 +530,12 @@ impl RawConfig {
                     "key set {ks:?} signs {} but kube-apiserver accepts only RS256, ES256, ES384 \
                      and ES512 from an external signer; change its algorithm",
                     keyset.algorithm
+                )));
+            }
+            if keyset.timing.jwks_max_age < 1 {
+                return Err(invalid(format!(
+                    "key set {ks:?} has jwks_max_age 0s, but kube-apiserver refreshes at least \
+                     every second; set jwks_max_age to at least 1s so new keys reach it before they sign"
                 )));
             }
             if keyset.timing.max_token_ttl < 600 {
@@ -687,8 +696,9 @@ impl RawClient {
         }
         let auth = if let Some(file) = self.token_file {
             let file = resolve_credential(&file, env);
-            let token = crate::secret::read_secret_file(&file)
-                .map_err(|e| invalid(format!("{ctx}: {e}")))?;
+            let token =
+                crate::secret::read_secret_file(&file, env.credentials_directory.as_deref())
+                    .map_err(|e| invalid(format!("{ctx}: {e}")))?;
             ClientAuth::Token(crate::auth::hash_token(token.trim()))
         } else if let Some(hex) = self.token_sha256 {
             ClientAuth::Token(crate::auth::parse_sha256_hex(&hex).ok_or_else(|| {
@@ -786,9 +796,18 @@ mod tests {
     #[test]
     fn shipped_example_configs_are_valid() {
         for (name, text) in [
-            ("keyturn.example.toml", include_str!("../config/keyturn.example.toml")),
-            ("keyturn.vault.example.toml", include_str!("../config/keyturn.vault.example.toml")),
-            ("keyturn.kms.example.toml", include_str!("../config/keyturn.kms.example.toml")),
+            (
+                "keyturn.example.toml",
+                include_str!("../config/keyturn.example.toml"),
+            ),
+            (
+                "keyturn.vault.example.toml",
+                include_str!("../config/keyturn.vault.example.toml"),
+            ),
+            (
+                "keyturn.kms.example.toml",
+                include_str!("../config/keyturn.kms.example.toml"),
+            ),
         ] {
             if let Err(e) = parse(text) {
                 // Example configs name secret files that do not exist here; only that may fail.

@@ -9,16 +9,19 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tower_http::LatencyUnit;
-use tracing::Level;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::LatencyUnit;
+use tracing::Level;
 
 /// Per-listener limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +55,9 @@ struct Shared {
     builder: Builder<TokioExecutor>,
     graceful: GracefulShutdown,
     permits: Arc<Semaphore>,
+    // Every connection task, so that the ones still open after the drain are aborted: a
+    // stuck client must not keep the daemon (and its audit log) alive.
+    conns: JoinSet<()>,
 }
 
 /// Numbers requests: `<process start in hex>-<counter>`, unique across restarts.
@@ -61,7 +67,9 @@ struct RequestIds(Arc<(String, AtomicU64)>);
 impl MakeRequestId for RequestIds {
     fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
         let n = self.0 .1.fetch_add(1, Ordering::Relaxed);
-        http::HeaderValue::from_str(&format!("{}-{n}", self.0 .0)).ok().map(RequestId::new)
+        http::HeaderValue::from_str(&format!("{}-{n}", self.0 .0))
+            .ok()
+            .map(RequestId::new)
     }
 }
 
@@ -75,11 +83,19 @@ fn traced(app: Router) -> Router {
     let ids = RequestIds(Arc::new((format!("{start:x}"), AtomicU64::new(0))));
     let trace = TraceLayer::new_for_http()
         .make_span_with(|req: &http::Request<_>| {
-            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
             tracing::debug_span!("request", id, method = %req.method(), path = %req.uri().path())
         })
         .on_request(())
-        .on_response(DefaultOnResponse::new().level(Level::DEBUG).latency_unit(LatencyUnit::Micros))
+        .on_response(
+            DefaultOnResponse::new()
+                .level(Level::DEBUG)
+                .latency_unit(LatencyUnit::Micros),
+        )
         .on_failure(());
     app.layer(PropagateRequestIdLayer::x_request_id())
         .layer(trace)
@@ -105,10 +121,11 @@ impl Shared {
             builder,
             graceful: GracefulShutdown::new(),
             permits: Arc::new(Semaphore::new(limits.max_connections)),
+            conns: JoinSet::new(),
         }
     }
 
-    fn spawn_conn<IO>(&self, io: IO, peer: Peer, permit: tokio::sync::OwnedSemaphorePermit)
+    fn spawn_conn<IO>(&mut self, io: IO, peer: Peer, permit: tokio::sync::OwnedSemaphorePermit)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -123,13 +140,15 @@ impl Shared {
             .serve_connection(TokioIo::new(io), svc)
             .into_owned();
         let conn = self.graceful.watch(conn);
-        tokio::spawn(async move {
+        self.conns.spawn(async move {
             let _ = conn.await;
             drop(permit);
         });
+        // Reap finished connections so the set stays as small as the open connections.
+        while self.conns.try_join_next().is_some() {}
     }
 
-    async fn drain(self, limits: &Limits, name: &str) {
+    async fn drain(mut self, limits: &Limits, name: &str) {
         if tokio::time::timeout(limits.drain, self.graceful.shutdown())
             .await
             .is_err()
@@ -139,6 +158,7 @@ impl Shared {
                 "drain timed out; closing remaining connections"
             );
         }
+        self.conns.shutdown().await;
     }
 }
 
@@ -151,7 +171,7 @@ pub async fn serve_tcp(
     shutdown: CancellationToken,
     name: &'static str,
 ) {
-    let shared = Shared::new(app, &limits);
+    let mut shared = Shared::new(app, &limits);
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -206,7 +226,7 @@ pub async fn serve_unix(
     shutdown: CancellationToken,
     name: &'static str,
 ) {
-    let shared = Shared::new(app, &limits);
+    let mut shared = Shared::new(app, &limits);
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,

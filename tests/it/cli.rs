@@ -10,14 +10,29 @@ fn keyturn(args: &[&str], token_file: &std::path::Path, api: &str) -> (bool, Str
         .env("KEYTURN_TOKEN_FILE", token_file)
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test]
 async fn status_plan_sign_verify_jwks_rotate_revoke() {
     let dir = private_dir();
-    let (client, token) = token_client("ops", &["default"], "admin = true\naudiences = [\"orders\"]");
-    let d = Daemon::start(dir.path(), &format!("{}{}{client}", server_toml(dir.path()), keyset_toml("default", "ES384", "")));
+    let (client, token) = token_client(
+        "ops",
+        &["default"],
+        "admin = true\naudiences = [\"orders\"]",
+    );
+    let d = Daemon::start(
+        dir.path(),
+        &format!(
+            "{}{}{client}",
+            server_toml(dir.path()),
+            keyset_toml("default", "ES384", "")
+        ),
+    );
     let token_file = dir.path().join("ops.token");
     write_secret(&token_file, &token);
     let run = |args: &[&str]| keyturn(args, &token_file, &d.api);
@@ -25,27 +40,67 @@ async fn status_plan_sign_verify_jwks_rotate_revoke() {
     let (ok, out, err) = run(&["status"]);
     assert!(ok, "{err}");
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let active = status["keysets"][0]["active_kid"].as_str().unwrap().to_owned();
+    let active = status["keysets"][0]["active_kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     let (ok, out, _) = run(&["plan", "default"]);
     assert!(ok);
-    assert!(out.contains("becomes active") && out.contains("publish lead 1s"), "{out}");
+    assert!(
+        out.contains("becomes active") && out.contains("publish lead 1s"),
+        "{out}"
+    );
 
-    let (ok, jws, err) = run(&["sign", "default", "--claims", r#"{"sub":"cli","aud":"orders"}"#, "--ttl", "2m"]);
+    let (ok, jws, err) = run(&[
+        "sign",
+        "default",
+        "--claims",
+        r#"{"sub":"cli","aud":"orders"}"#,
+        "--ttl",
+        "2m",
+    ]);
     assert!(ok, "{err}");
     let jwks_url = format!("{}/keysets/default/jwks.json", d.jwks);
-    let (ok, out, err) = run(&["verify", jws.trim(), "--jwks", &jwks_url, "--issuer", "https://issuer.test/default", "--audience", "orders"]);
+    let (ok, out, err) = run(&[
+        "verify",
+        jws.trim(),
+        "--jwks",
+        &jwks_url,
+        "--issuer",
+        "https://issuer.test/default",
+        "--audience",
+        "orders",
+    ]);
     assert!(ok, "{err}");
     assert!(out.contains("\"sub\": \"cli\""));
     // verify refuses a wrong audience, a tampered token and a partial issuer.
-    let (ok, _, err) = run(&["verify", jws.trim(), "--jwks", &jwks_url, "--audience", "order"]);
+    let (ok, _, err) = run(&[
+        "verify",
+        jws.trim(),
+        "--jwks",
+        &jwks_url,
+        "--audience",
+        "order",
+    ]);
     assert!(!ok && err.contains("aud"), "{err}");
     let (ok, _, _) = run(&["verify", &format!("{}x", jws.trim()), "--jwks", &jwks_url]);
     assert!(!ok);
-    let (ok, _, _) = run(&["verify", jws.trim(), "--jwks", &jwks_url, "--issuer", "https://issuer.test"]);
+    let (ok, _, _) = run(&[
+        "verify",
+        jws.trim(),
+        "--jwks",
+        &jwks_url,
+        "--issuer",
+        "https://issuer.test",
+    ]);
     assert!(!ok);
 
-    let (ok, out, _) = keyturn(&["jwks", "default", "--jwks-url", &d.jwks], &token_file, &d.api);
+    let (ok, out, _) = keyturn(
+        &["jwks", "default", "--jwks-url", &d.jwks],
+        &token_file,
+        &d.api,
+    );
     assert!(ok);
     assert!(out.contains(&active));
 
@@ -72,14 +127,31 @@ async fn status_plan_sign_verify_jwks_rotate_revoke() {
 fn check_config_names_the_fix() {
     let dir = private_dir();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, keyset_toml("default", "ES256", "").replace("rotate_every = \"1h\"", "rotate_every = \"1s\"").replace("jwks_max_age = \"1s\"", "jwks_max_age = \"5m\"")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_keyturn")).arg("check-config").arg(&path).output().unwrap();
+    std::fs::write(
+        &path,
+        keyset_toml("default", "ES256", "")
+            .replace("rotate_every = \"1h\"", "rotate_every = \"1s\"")
+            .replace("jwks_max_age = \"1s\"", "jwks_max_age = \"5m\""),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keyturn"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("rotate_every") && err.contains("at least 5m"), "{err}");
+    assert!(
+        err.contains("rotate_every") && err.contains("at least 5m"),
+        "{err}"
+    );
     let good = dir.path().join("good.toml");
     std::fs::write(&good, keyset_toml("default", "ES256", "")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_keyturn")).arg("check-config").arg(&good).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keyturn"))
+        .arg("check-config")
+        .arg(&good)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("publish lead 1s"));
 }

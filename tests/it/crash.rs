@@ -31,19 +31,30 @@ async fn observe(d: &Daemon, token: &str) -> Observed {
         .collect();
     activations.sort_unstable();
     for pair in activations.windows(2) {
-        assert!(pair[1] - pair[0] >= PERIOD, "two rotations within one period: {activations:?}\n{view}");
+        assert!(
+            pair[1] - pair[0] >= PERIOD,
+            "two rotations within one period: {activations:?}\n{view}"
+        );
     }
     let published = keys
         .iter()
         .filter(|k| matches!(k["state"].as_str(), Some("pending" | "active" | "retired")))
-        .map(|k| (k["kid"].as_str().unwrap().to_owned(), k["remove_at"].as_i64()))
+        .map(|k| {
+            (
+                k["kid"].as_str().unwrap().to_owned(),
+                k["remove_at"].as_i64(),
+            )
+        })
         .collect();
     Observed { published, now }
 }
 
 #[tokio::test]
 async fn sigkill_during_rotations_loses_nothing() {
-    let runs: usize = std::env::var("KEYTURN_CRASH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let runs: usize = std::env::var("KEYTURN_CRASH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
     let dir = private_dir();
     let (client, token) = token_client("ops", &["default"], "admin = true");
     let keyset = "[[keyset]]\nname = \"default\"\nissuer = \"https://issuer.test/default\"\nalgorithm = \"ES256\"\n\
@@ -83,5 +94,9 @@ async fn sigkill_during_rotations_loses_nothing() {
         last = Some(observed);
     }
     // The test crossed many rotations, not one.
-    assert!(rotations_seen.len() as f64 >= runs as f64 / 4.0, "only {} keys over {runs} runs", rotations_seen.len());
+    assert!(
+        rotations_seen.len() as f64 >= runs as f64 / 4.0,
+        "only {} keys over {runs} runs",
+        rotations_seen.len()
+    );
 }

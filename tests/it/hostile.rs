@@ -10,7 +10,14 @@ use std::time::{Duration, Instant};
 
 fn config(dir: &std::path::Path, extra_server: &str) -> (String, String) {
     let (client, token) = token_client("svc", &["default"], "audiences = [\"orders\"]");
-    (format!("{}{extra_server}\n{}{client}", server_toml(dir), keyset_toml("default", "ES256", "")), token)
+    (
+        format!(
+            "{}{extra_server}\n{}{client}",
+            server_toml(dir),
+            keyset_toml("default", "ES256", "")
+        ),
+        token,
+    )
 }
 
 fn addr(url: &str) -> String {
@@ -25,15 +32,29 @@ fn raw(addr: &str, bytes: &[u8], limit: Duration) -> (String, Duration) {
     let _ = s.write_all(bytes);
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
-    (String::from_utf8_lossy(&out).into_owned(), started.elapsed())
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
 }
 
 fn status_of(response: &str) -> u16 {
-    response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 async fn snapshot(d: &Daemon) -> String {
-    http().get(format!("{}/keysets/default/jwks.json", d.jwks)).send().await.unwrap().text().await.unwrap()
+    http()
+        .get(format!("{}/keysets/default/jwks.json", d.jwks))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -45,11 +66,22 @@ async fn oversize_odd_and_unknown_requests_are_refused_on_both_listeners() {
     for base in [d.jwks.clone(), d.api.clone()] {
         let a = addr(&base);
         // A 100 KiB header: refused (431) or the connection closed.
-        let big = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(100 * 1024));
+        let big = format!(
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(100 * 1024)
+        );
         let (resp, _) = raw(&a, big.as_bytes(), Duration::from_secs(10));
-        assert!(resp.is_empty() || status_of(&resp) == 431, "{base}: {}", &resp[..resp.len().min(80)]);
+        assert!(
+            resp.is_empty() || status_of(&resp) == 431,
+            "{base}: {}",
+            &resp[..resp.len().min(80)]
+        );
         // Garbage instead of HTTP.
-        let (resp, _) = raw(&a, b"\x16\x03\x01\x02\x00GARBAGE\r\n\r\n", Duration::from_secs(10));
+        let (resp, _) = raw(
+            &a,
+            b"\x16\x03\x01\x02\x00GARBAGE\r\n\r\n",
+            Duration::from_secs(10),
+        );
         assert!(resp.is_empty() || status_of(&resp) == 400, "{base}: {resp}");
         // Odd characters, traversal, huge names, in key set names and kids.
         let long = "k".repeat(10_000);
@@ -64,14 +96,27 @@ async fn oversize_odd_and_unknown_requests_are_refused_on_both_listeners() {
             "/v1/keysets/default/keys/%2e%2e/revoke".to_owned(),
             format!("/v1/keysets/{long}/sign"),
         ] {
-            let r = http().get(format!("{base}{path}")).bearer_auth(&token).send().await.unwrap();
+            let r = http()
+                .get(format!("{base}{path}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
             let s = r.status().as_u16();
-            assert!((400..500).contains(&s), "{base}{}: {s}", &path[..path.len().min(60)]);
+            assert!(
+                (400..500).contains(&s),
+                "{base}{}: {s}",
+                &path[..path.len().min(60)]
+            );
         }
         // Unknown methods.
         for method in ["PUT", "DELETE", "PATCH", "TRACE", "FOO"] {
             let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-            let r = http().request(m, format!("{base}/v1/keysets/default/sign")).send().await.unwrap();
+            let r = http()
+                .request(m, format!("{base}/v1/keysets/default/sign"))
+                .send()
+                .await
+                .unwrap();
             let s = r.status().as_u16();
             assert!((400..500).contains(&s), "{method} on {base}: {s}");
         }
@@ -92,8 +137,15 @@ async fn slow_clients_are_cut_off() {
     let d = Daemon::start(dir.path(), &config);
     for base in [&d.jwks, &d.api] {
         // Slowloris: headers that never end. The server closes within about a second.
-        let (resp, took) = raw(&addr(base), b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n", Duration::from_secs(15));
-        assert!(took < Duration::from_secs(10), "{base}: held open for {took:?}");
+        let (resp, took) = raw(
+            &addr(base),
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n",
+            Duration::from_secs(15),
+        );
+        assert!(
+            took < Duration::from_secs(10),
+            "{base}: held open for {took:?}"
+        );
         assert!(resp.is_empty() || status_of(&resp) == 408, "{base}: {resp}");
     }
     // A body that never finishes: 408 with a JSON error, and no signature.
@@ -116,19 +168,29 @@ async fn a_flooded_api_listener_does_not_starve_the_jwks_listener() {
     let hogs: Vec<TcpStream> = (0..8)
         .map(|_| {
             let mut s = TcpStream::connect(&api).unwrap();
-            s.write_all(b"POST /v1/keysets/default/sign HTTP/1.1\r\n").unwrap();
+            s.write_all(b"POST /v1/keysets/default/sign HTTP/1.1\r\n")
+                .unwrap();
             s
         })
         .collect();
     // ...while the JWKS listener keeps serving, many times over.
     for _ in 0..50 {
-        let r = http().get(format!("{}/.well-known/jwks.json", d.jwks)).send().await.unwrap();
+        let r = http()
+            .get(format!("{}/.well-known/jwks.json", d.jwks))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
     // Once the hogs are cut off by the header timeout, the API serves again.
     eventually(Duration::from_secs(20), "the API serves again", || {
         let (d, token) = (&d, &token);
-        async move { sign(d, "default", token, json!({"claims": {"aud": "orders"}})).await.0 == 200 }
+        async move {
+            sign(d, "default", token, json!({"claims": {"aud": "orders"}}))
+                .await
+                .0
+                == 200
+        }
     })
     .await;
     drop(hogs);

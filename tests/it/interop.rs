@@ -7,7 +7,9 @@ use serde_json::json;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-const ALGS: [&str; 10] = ["ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"];
+const ALGS: [&str; 10] = [
+    "ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA",
+];
 
 struct PyJwt {
     child: std::process::Child,
@@ -16,9 +18,15 @@ struct PyJwt {
 
 impl PyJwt {
     fn start() -> Option<PyJwt> {
-        let python = keyturn_backend::testserver::find_binary("KEYTURN_PYTHON", "python with PyJWT")?;
+        let python =
+            keyturn_backend::testserver::find_binary("KEYTURN_PYTHON", "python with PyJWT")?;
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/interop.py");
-        let mut child = Command::new(python).arg(script).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut child = Command::new(python)
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
         let out = BufReader::new(child.stdout.take().unwrap());
         Some(PyJwt { child, out })
     }
@@ -60,7 +68,13 @@ async fn pyjwt_verifies_every_algorithm_across_a_rotation() {
     let mut before = Vec::new();
     for alg in ALGS {
         let ks = alg.to_lowercase();
-        let (status, body) = sign(&d, &ks, &token, json!({"claims": {"sub": format!("{alg}-before"), "aud": "orders"}})).await;
+        let (status, body) = sign(
+            &d,
+            &ks,
+            &token,
+            json!({"claims": {"sub": format!("{alg}-before"), "aud": "orders"}}),
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
         let jws = body["token"].as_str().unwrap().to_owned();
         let result = py.verify(request(&ks, alg, &jws));
@@ -70,16 +84,33 @@ async fn pyjwt_verifies_every_algorithm_across_a_rotation() {
     }
     // Rotate every key set; PyJWKClient holds the old JWKS and must refetch on the new kid.
     for (ks, _, _, old_kid) in &before {
-        let (status, r) = admin(&d, &token, reqwest::Method::POST, &format!("/v1/keysets/{ks}/rotate")).await;
+        let (status, r) = admin(
+            &d,
+            &token,
+            reqwest::Method::POST,
+            &format!("/v1/keysets/{ks}/rotate"),
+        )
+        .await;
         assert_eq!(status, 200, "{r}");
         eventually(std::time::Duration::from_secs(15), "rotation", || {
             let (d, token, ks, old_kid) = (&d, &token, ks.clone(), old_kid.clone());
-            async move { sign(d, &ks, token, json!({"claims": {"aud": "orders"}})).await.1["kid"] != old_kid }
+            async move {
+                sign(d, &ks, token, json!({"claims": {"aud": "orders"}}))
+                    .await
+                    .1["kid"]
+                    != old_kid
+            }
         })
         .await;
     }
     for (ks, alg, old_jws, old_kid) in &before {
-        let (status, body) = sign(&d, ks, &token, json!({"claims": {"sub": format!("{alg}-after"), "aud": "orders"}})).await;
+        let (status, body) = sign(
+            &d,
+            ks,
+            &token,
+            json!({"claims": {"sub": format!("{alg}-after"), "aud": "orders"}}),
+        )
+        .await;
         assert_eq!(status, 200);
         assert_ne!(&body["kid"], old_kid, "{alg} did not rotate");
         let new = py.verify(request(ks, alg, body["token"].as_str().unwrap()));

@@ -16,12 +16,25 @@ fn decrypt_key_file(path: &std::path::Path, kek: &[u8]) -> Vec<u8> {
     use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
     let file: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let name = path.file_stem().unwrap().to_str().unwrap();
-    let key_type: keyturn_backend::KeyType = serde_json::from_value(file["key_type"].clone()).unwrap();
-    let nonce: [u8; 12] = STANDARD.decode(file["nonce"].as_str().unwrap()).unwrap().try_into().unwrap();
-    let mut buf = STANDARD.decode(file["ciphertext"].as_str().unwrap()).unwrap();
+    let key_type: keyturn_backend::KeyType =
+        serde_json::from_value(file["key_type"].clone()).unwrap();
+    let nonce: [u8; 12] = STANDARD
+        .decode(file["nonce"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let mut buf = STANDARD
+        .decode(file["ciphertext"].as_str().unwrap())
+        .unwrap();
     let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, kek).unwrap());
     let aad = format!("keyturn-file-key-v1:{name}:{key_type:?}");
-    let plain = key.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad.as_bytes()), &mut buf).unwrap();
+    let plain = key
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad.as_bytes()),
+            &mut buf,
+        )
+        .unwrap();
     plain.to_vec()
 }
 
@@ -63,7 +76,14 @@ fn encodings(bytes: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
         ("raw", bytes.to_vec()),
         ("hex", hex.clone().into_bytes()),
         ("HEX", hex.to_uppercase().into_bytes()),
-        ("base64", STANDARD.encode(bytes).trim_end_matches('=').as_bytes().to_vec()),
+        (
+            "base64",
+            STANDARD
+                .encode(bytes)
+                .trim_end_matches('=')
+                .as_bytes()
+                .to_vec(),
+        ),
         ("base64url", URL_SAFE_NO_PAD.encode(bytes).into_bytes()),
     ]
 }
@@ -84,7 +104,11 @@ async fn capture(resp: reqwest::Response, out: &mut Vec<u8>) {
 #[tokio::test]
 async fn no_private_key_appears_in_any_response_log_or_audit_line() {
     let dir = private_dir();
-    let (issuer, token) = token_client("issuer", &["ec", "rsa", "ed"], "audiences = [\"orders\"]\nsubject_pattern = \"u:*\"");
+    let (issuer, token) = token_client(
+        "issuer",
+        &["ec", "rsa", "ed"],
+        "audiences = [\"orders\"]\nsubject_pattern = \"u:*\"",
+    );
     let (ops, ops_token) = token_client("ops", &[], "admin = true");
     let config = format!(
         "{}{}{}{}{issuer}{ops}",
@@ -103,11 +127,34 @@ async fn no_private_key_appears_in_any_response_log_or_audit_line() {
             format!("/keysets/{ks}/.well-known/openid-configuration"),
             format!("/keysets/{ks}/jwks/nokid"),
         ] {
-            capture(client.get(format!("{}{path}", d.jwks)).send().await.unwrap(), &mut seen).await;
+            capture(
+                client
+                    .get(format!("{}{path}", d.jwks))
+                    .send()
+                    .await
+                    .unwrap(),
+                &mut seen,
+            )
+            .await;
         }
     }
-    for path in ["/.well-known/jwks.json", "/.well-known/openid-configuration", "/healthz", "/readyz", "/metrics", "/x"] {
-        capture(client.get(format!("{}{path}", d.jwks)).send().await.unwrap(), &mut seen).await;
+    for path in [
+        "/.well-known/jwks.json",
+        "/.well-known/openid-configuration",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/x",
+    ] {
+        capture(
+            client
+                .get(format!("{}{path}", d.jwks))
+                .send()
+                .await
+                .unwrap(),
+            &mut seen,
+        )
+        .await;
     }
     // Signing: success and every refusal, in every key set.
     for ks in ["ec", "rsa", "ed"] {
@@ -121,16 +168,71 @@ async fn no_private_key_appears_in_any_response_log_or_audit_line() {
             json!({"requests": []}),
         ] {
             let url = format!("{}/v1/keysets/{ks}/sign", d.api);
-            capture(client.post(&url).bearer_auth(&token).json(&body).send().await.unwrap(), &mut seen).await;
-            capture(client.post(&url).bearer_auth("wrong").json(&body).send().await.unwrap(), &mut seen).await;
+            capture(
+                client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap(),
+                &mut seen,
+            )
+            .await;
+            capture(
+                client
+                    .post(&url)
+                    .bearer_auth("wrong")
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap(),
+                &mut seen,
+            )
+            .await;
         }
         let batch = json!({"requests": [{"claims": {"sub": "u:2", "aud": "orders"}}, {"claims": {"sub": "bad", "aud": "orders"}}]});
-        capture(client.post(format!("{}/v1/keysets/{ks}/sign-batch", d.api)).bearer_auth(&token).json(&batch).send().await.unwrap(), &mut seen).await;
-        capture(client.post(format!("{}/v1/keysets/{ks}/sign", d.api)).bearer_auth(&token).body("{bad").header("content-type", "application/json").send().await.unwrap(), &mut seen).await;
+        capture(
+            client
+                .post(format!("{}/v1/keysets/{ks}/sign-batch", d.api))
+                .bearer_auth(&token)
+                .json(&batch)
+                .send()
+                .await
+                .unwrap(),
+            &mut seen,
+        )
+        .await;
+        capture(
+            client
+                .post(format!("{}/v1/keysets/{ks}/sign", d.api))
+                .bearer_auth(&token)
+                .body("{bad")
+                .header("content-type", "application/json")
+                .send()
+                .await
+                .unwrap(),
+            &mut seen,
+        )
+        .await;
     }
     // Admin: list, show, rotate; keys are snapshotted before the revoke destroys one.
-    for path in ["/v1/keysets", "/v1/keysets/ec", "/v1/keysets/rsa", "/v1/keysets/ed"] {
-        capture(client.get(format!("{}{path}", d.api)).bearer_auth(&ops_token).send().await.unwrap(), &mut seen).await;
+    for path in [
+        "/v1/keysets",
+        "/v1/keysets/ec",
+        "/v1/keysets/rsa",
+        "/v1/keysets/ed",
+    ] {
+        capture(
+            client
+                .get(format!("{}{path}", d.api))
+                .bearer_auth(&ops_token)
+                .send()
+                .await
+                .unwrap(),
+            &mut seen,
+        )
+        .await;
     }
     let mut keys: Vec<(String, Vec<u8>)> = Vec::new();
     let kek = std::fs::read(dir.path().join("data/kek")).unwrap();
@@ -147,18 +249,40 @@ async fn no_private_key_appears_in_any_response_log_or_audit_line() {
     };
     snapshot(&mut keys);
     for ks in ["ec", "rsa", "ed"] {
-        let (_, view) = admin(&d, &ops_token, reqwest::Method::POST, &format!("/v1/keysets/{ks}/rotate")).await;
+        let (_, view) = admin(
+            &d,
+            &ops_token,
+            reqwest::Method::POST,
+            &format!("/v1/keysets/{ks}/rotate"),
+        )
+        .await;
         seen.extend_from_slice(view.to_string().as_bytes());
-        let (_, view) = admin(&d, &ops_token, reqwest::Method::GET, &format!("/v1/keysets/{ks}")).await;
+        let (_, view) = admin(
+            &d,
+            &ops_token,
+            reqwest::Method::GET,
+            &format!("/v1/keysets/{ks}"),
+        )
+        .await;
         let kid = view["active_kid"].as_str().unwrap().to_owned();
-        let (_, revoked) = admin(&d, &ops_token, reqwest::Method::POST, &format!("/v1/keysets/{ks}/keys/{kid}/revoke")).await;
+        let (_, revoked) = admin(
+            &d,
+            &ops_token,
+            reqwest::Method::POST,
+            &format!("/v1/keysets/{ks}/keys/{kid}/revoke"),
+        )
+        .await;
         seen.extend_from_slice(revoked.to_string().as_bytes());
         snapshot(&mut keys);
     }
     let log_lines = d.logs.clone();
     assert!(d.stop().success());
     let log = log_lines.lock().unwrap().join("\n");
-    assert!(log.len() > 10_000, "the trace log is suspiciously short: {} bytes", log.len());
+    assert!(
+        log.len() > 10_000,
+        "the trace log is suspiciously short: {} bytes",
+        log.len()
+    );
     seen.extend_from_slice(log.as_bytes());
     seen.extend_from_slice(&std::fs::read(dir.path().join("data/audit.log")).unwrap());
     for entry in std::fs::read_dir(dir.path().join("data/keys")).unwrap() {
@@ -168,16 +292,29 @@ async fn no_private_key_appears_in_any_response_log_or_audit_line() {
         }
     }
     // PEM and wrapped base64 break lines: search a copy without line breaks too.
-    let flat: Vec<u8> = seen.iter().copied().filter(|b| !matches!(b, b'\n' | b'\r')).collect();
-    let flat_escaped: Vec<u8> = String::from_utf8_lossy(&flat).replace("\\n", "").into_bytes();
-    assert!(keys.len() >= 9, "expected at least 9 private keys, found {}", keys.len());
+    let flat: Vec<u8> = seen
+        .iter()
+        .copied()
+        .filter(|b| !matches!(b, b'\n' | b'\r'))
+        .collect();
+    let flat_escaped: Vec<u8> = String::from_utf8_lossy(&flat)
+        .replace("\\n", "")
+        .into_bytes();
+    assert!(
+        keys.len() >= 9,
+        "expected at least 9 private keys, found {}",
+        keys.len()
+    );
     let mut checked = 0;
     for (name, der) in &keys {
         for (part, bytes) in secrets(der) {
             for (encoding, needle) in encodings(&bytes) {
                 checked += 1;
                 for hay in [&seen, &flat, &flat_escaped] {
-                    assert!(!contains(hay, &needle), "key {name}: {part} found as {encoding}");
+                    assert!(
+                        !contains(hay, &needle),
+                        "key {name}: {part} found as {encoding}"
+                    );
                 }
             }
         }
@@ -187,6 +324,8 @@ async fn no_private_key_appears_in_any_response_log_or_audit_line() {
     let (_, d_bytes) = secrets(der).pop().unwrap();
     let mut planted = seen.clone();
     planted.extend_from_slice(URL_SAFE_NO_PAD.encode(&d_bytes).as_bytes());
-    assert!(encodings(&d_bytes).iter().any(|(_, n)| contains(&planted, n)));
+    assert!(encodings(&d_bytes)
+        .iter()
+        .any(|(_, n)| contains(&planted, n)));
     assert!(checked >= 9 * 2 * 5, "only {checked} needles");
 }

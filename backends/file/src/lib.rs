@@ -36,8 +36,11 @@ use keyturn_backend::fsutil;
 pub enum KekSource {
     /// A file that is created with 32 random bytes if it does not exist.
     File(PathBuf),
-    /// A file that must exist (a systemd credential or an operator-provided secret).
+    /// A file that must exist and be private to its owner (an operator-provided secret).
     Existing(PathBuf),
+    /// A systemd credential: access is systemd's to enforce (it may show mode 0440 where
+    /// the credentials directory supports ACLs), so its mode is not checked.
+    Credential(PathBuf),
 }
 
 /// Settings of a file backend.
@@ -132,7 +135,10 @@ impl FileBackend {
     }
 
     fn seal(&self, name: &str, key: &SoftwareKey) -> Result<Vec<u8>, BackendError> {
-        let mut buf = key.to_pkcs8()?;
+        let pkcs8 = key.to_pkcs8()?;
+        // Room for the tag up front: growing the buffer would leave an unwiped copy behind.
+        let mut buf = Zeroizing::new(Vec::with_capacity(pkcs8.len() + AES_256_GCM.tag_len()));
+        buf.extend_from_slice(&pkcs8);
         let nonce = self
             .kek
             .seal_in_place_append_tag(Aad::from(aad(name, key.key_type()).as_bytes()), &mut *buf)
@@ -203,11 +209,13 @@ impl FileBackend {
 
 fn load_kek(source: &KekSource) -> Result<Zeroizing<Vec<u8>>, BackendError> {
     let path = match source {
-        KekSource::File(p) | KekSource::Existing(p) => p,
+        KekSource::File(p) | KekSource::Existing(p) | KekSource::Credential(p) => p,
     };
-    match std::fs::read(path) {
+    match std::fs::read(path).map(Zeroizing::new) {
         Ok(bytes) => {
-            fsutil::check_private_file(path)?;
+            if !matches!(source, KekSource::Credential(_)) {
+                fsutil::check_private_file(path)?;
+            }
             if bytes.len() != 32 {
                 return Err(BackendError::Rejected(format!(
                     "key-encryption key {} must hold exactly 32 bytes, it holds {}",
@@ -215,7 +223,7 @@ fn load_kek(source: &KekSource) -> Result<Zeroizing<Vec<u8>>, BackendError> {
                     bytes.len()
                 )));
             }
-            Ok(Zeroizing::new(bytes))
+            Ok(bytes)
         }
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound && matches!(source, KekSource::File(_)) =>
