@@ -15,6 +15,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod fuzzing;
 pub mod hardening;
 pub mod http;
 pub mod jwks;

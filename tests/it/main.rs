@@ -6,6 +6,7 @@
 mod api;
 mod cli;
 mod crash;
+mod fuzz_corpus;
 mod harness;
 mod hostile;
 mod interop;
