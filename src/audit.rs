@@ -16,6 +16,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -60,6 +63,8 @@ struct Chained<'a> {
 #[derive(Clone)]
 pub struct Audit {
     tx: Option<mpsc::Sender<Record>>,
+    // False while the log cannot be written (read-only or full disk): signing stops.
+    healthy: Arc<AtomicBool>,
 }
 
 /// Waits for the writer thread to flush everything and stop.
@@ -92,38 +97,41 @@ impl Audit {
             .map_err(|e| format!("cannot read audit log {}: {e}", path.display()))?;
         let (tx, mut rx) = mpsc::channel::<Record>(16_384);
         let shown = path.display().to_string();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let writer_health = healthy.clone();
         let handle = std::thread::Builder::new()
             .name("keyturn-audit".into())
-            .spawn(move || {
-                let mut buf = Vec::with_capacity(64 * 1024);
-                while let Some(first) = rx.blocking_recv() {
-                    buf.clear();
-                    let mut next = Some(first);
-                    while let Some(record) = next {
-                        append(&mut buf, &record, &mut prev);
-                        next = if buf.len() < 1 << 20 {
-                            rx.try_recv().ok()
-                        } else {
-                            None
-                        };
-                    }
-                    if let Err(e) = file.write_all(&buf).and_then(|()| file.sync_data()) {
-                        tracing::error!(path = %shown, error = %e, "cannot write the audit log");
-                    }
-                }
-            })
+            .spawn(move || write_loop(&mut rx, &mut file, &mut prev, &writer_health, &shown))
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
-        Ok((Audit { tx: Some(tx) }, AuditWriter(Some(handle))))
+        Ok((
+            Audit {
+                tx: Some(tx),
+                healthy,
+            },
+            AuditWriter(Some(handle)),
+        ))
+    }
+
+    /// Whether the log is being written (false while the disk refuses writes).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
     }
 
     /// A handle that records nothing (for tests and tools that have no log).
     pub fn disabled() -> Audit {
-        Audit { tx: None }
+        Audit {
+            tx: None,
+            healthy: Arc::new(AtomicBool::new(true)),
+        }
     }
 
-    /// Records `record`, waiting only if the writer is far behind. Fails when the writer
-    /// has stopped: the caller must then refuse to sign.
+    /// Records `record`, waiting only if the writer is far behind. Fails when the log
+    /// cannot be written (read-only or full disk) or the writer has stopped: the caller must
+    /// then refuse to sign.
     pub async fn record(&self, record: Record) -> Result<(), ()> {
+        if !self.healthy.load(Ordering::Relaxed) {
+            return Err(());
+        }
         match &self.tx {
             Some(tx) => tx.send(record).await.map_err(|_| ()),
             None => Ok(()),
@@ -154,6 +162,86 @@ impl Audit {
     }
 }
 
+/// Most bytes held back while the disk refuses writes; beyond it new records wait.
+const MAX_PENDING: usize = 16 << 20;
+/// How often a failed write is retried, and how many retries a stopping daemon allows.
+const RETRY: Duration = Duration::from_millis(250);
+const RETRIES_AT_EXIT: u32 = 40;
+
+/// The writer thread: appends records as chained lines, one write and one fdatasync per
+/// batch. When the disk refuses (read-only, full), it keeps the bytes not yet written,
+/// resumes a partial write where it stopped (so no line is torn or doubled), marks the log
+/// unhealthy so signing stops, and retries until the disk takes the bytes again.
+fn write_loop(
+    rx: &mut mpsc::Receiver<Record>,
+    file: &mut File,
+    prev: &mut String,
+    healthy: &AtomicBool,
+    shown: &str,
+) {
+    let mut pending: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut written = 0usize;
+    let mut open = true;
+    let mut retries_at_exit = 0;
+    loop {
+        if pending.is_empty() {
+            match rx.blocking_recv() {
+                Some(record) => append(&mut pending, &record, prev),
+                None => return,
+            }
+        }
+        while open && pending.len() < MAX_PENDING {
+            match rx.try_recv() {
+                Ok(record) => append(&mut pending, &record, prev),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+            }
+        }
+        match write_from(file, &pending, &mut written).and_then(|()| file.sync_data()) {
+            Ok(()) => {
+                pending.clear();
+                written = 0;
+                if !healthy.swap(true, Ordering::Relaxed) {
+                    tracing::info!(
+                        path = shown,
+                        "the audit log is writable again; signing resumes"
+                    );
+                }
+            }
+            Err(e) => {
+                if healthy.swap(false, Ordering::Relaxed) {
+                    tracing::error!(path = shown, error = %e, "cannot write the audit log; refusing to sign until it is writable");
+                }
+                if !open {
+                    retries_at_exit += 1;
+                    if retries_at_exit > RETRIES_AT_EXIT {
+                        tracing::error!(
+                            path = shown,
+                            bytes = pending.len() - written,
+                            "audit lines lost at exit: the log stayed unwritable"
+                        );
+                        return;
+                    }
+                }
+                std::thread::sleep(RETRY);
+            }
+        }
+    }
+}
+
+/// Writes `buf[*written..]`, advancing `written` past whatever reached the file.
+fn write_from(file: &mut File, buf: &[u8], written: &mut usize) -> std::io::Result<()> {
+    while *written < buf.len() {
+        match file.write(&buf[*written..]) {
+            Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
+            Ok(n) => *written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn append(buf: &mut Vec<u8>, record: &Record, prev: &mut String) {
     let start = buf.len();
     let chained = Chained {
@@ -169,8 +257,17 @@ fn append(buf: &mut Vec<u8>, record: &Record, prev: &mut String) {
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {
-    crate::auth::to_hex(digest::digest(&digest::SHA256, bytes).as_ref())
+    let digest = digest::digest(&digest::SHA256, bytes);
+    let mut hex = String::with_capacity(64);
+    for b in digest.as_ref() {
+        // The writer hashes every line: no allocation per byte here.
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    hex
 }
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The hash of the file's last line (the genesis value for an empty file).
 fn last_line_hash(file: &mut File) -> std::io::Result<String> {
@@ -262,6 +359,14 @@ mod tests {
         edited[6] = &changed;
         std::fs::write(&path, edited.join("\n") + "\n").unwrap();
         assert!(verify(&path).unwrap_err().contains("line 8"));
+    }
+
+    #[test]
+    fn line_hash_is_lowercase_hex_sha256() {
+        assert_eq!(
+            hex_sha256(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[tokio::test]

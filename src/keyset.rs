@@ -126,7 +126,11 @@ impl KeySet {
         self.republish(&engine);
         match &result {
             Ok(_) => self.note_backend(true),
-            Err(e) if e.is_retryable() => self.note_backend(false),
+            // Any backend failure, transient or not (a read-only or full disk), means the
+            // key set cannot be kept in order: not ready until a tick succeeds again.
+            Err(LifecycleError::Backend(_) | LifecycleError::Contention(_)) => {
+                self.note_backend(false)
+            }
             Err(_) => {}
         }
         result

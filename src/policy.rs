@@ -448,7 +448,14 @@ mod tests {
     #[test]
     fn refusals_say_what_to_change() {
         let (client, ks) = setup();
-        let cases: Vec<(Value, Option<&str>, Option<&str>, (u16, &str))> = vec![
+        // (claims, ttl, typ, expected status and code)
+        type Case = (
+            Value,
+            Option<&'static str>,
+            Option<&'static str>,
+            (u16, &'static str),
+        );
+        let cases: Vec<Case> = vec![
             (
                 serde_json::json!([1]),
                 None,

@@ -162,10 +162,11 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
         .filter(|k| !k.ready(now))
         .map(|k| k.name())
         .collect();
-    if not_ready.is_empty() {
+    let audit_ok = s.audit.is_healthy();
+    if not_ready.is_empty() && audit_ok {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        let body = serde_json::json!({"ready": false, "keysets_not_ready": not_ready});
+        let body = serde_json::json!({"ready": false, "keysets_not_ready": not_ready, "audit_log_writable": audit_ok});
         (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
     }
 }

@@ -6,6 +6,7 @@
 mod api;
 mod cli;
 mod crash;
+mod faults;
 mod fuzz_corpus;
 mod harness;
 mod hostile;
