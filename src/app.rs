@@ -174,13 +174,25 @@ pub async fn run(
     config_path: Option<PathBuf>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
+    run_with_backends(config, config_path, clock, Vec::new()).await
+}
+
+/// Runs the daemon with extra backends compiled into a custom build: a key set whose config
+/// says `backend = { type = "custom", name = "NAME" }` uses the backend registered as NAME.
+/// See examples/custom_backend.rs.
+pub async fn run_with_backends(
+    config: Config,
+    config_path: Option<PathBuf>,
+    clock: Arc<dyn Clock>,
+    custom: Vec<(String, Arc<dyn keyturn_backend::KeyBackend>)>,
+) -> anyhow::Result<()> {
     let signals = crate::signals::Signals::install()?;
     let shutdown = signals.stop_token();
 
     keyturn_backend::fsutil::ensure_private_dir(&config.server.data_dir)?;
     let (audit, audit_writer) =
         Audit::open(&config.server.audit_log).map_err(anyhow::Error::msg)?;
-    let mut factory = Factory::default();
+    let mut factory = Factory::with_custom(custom);
 
     let list = open_keysets(&config, &mut factory, &clock, &audit, None, &shutdown).await?;
 

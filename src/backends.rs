@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 /// Builds backends, sharing one instance between key sets with the same settings (the file
 /// backend locks its directory, so it must be opened once).
-#[derive(Default)]
 pub struct Factory {
     built: Vec<(BackendConfig, Arc<dyn KeyBackend>)>,
+    custom: Vec<(String, Arc<dyn KeyBackend>)>,
 }
 
 #[cfg_attr(
@@ -23,6 +23,14 @@ fn not_compiled(kind: &str) -> String {
 }
 
 impl Factory {
+    /// A factory that also knows these custom backends, by name.
+    pub fn with_custom(custom: Vec<(String, Arc<dyn KeyBackend>)>) -> Self {
+        Factory {
+            built: Vec::new(),
+            custom,
+        }
+    }
+
     /// The backend for `config`.
     pub async fn get(
         &mut self,
@@ -32,7 +40,20 @@ impl Factory {
         if let Some((_, backend)) = self.built.iter().find(|(c, _)| c == config) {
             return Ok(backend.clone());
         }
-        let backend = build(config, server).await?;
+        let backend = match config {
+            BackendConfig::Custom { name } => self
+                .custom
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, b)| b.clone())
+                .ok_or_else(|| {
+                    format!(
+                        "no custom backend named {name:?} is compiled into this keyturn \
+                         (custom backends are registered with app::run_with_backends)"
+                    )
+                })?,
+            _ => build(config, server).await?,
+        };
         self.built.push((config.clone(), backend.clone()));
         Ok(backend)
     }
@@ -144,5 +165,6 @@ async fn build(
         }
         #[cfg(not(feature = "kms"))]
         BackendConfig::Kms { .. } => Err(not_compiled("kms")),
+        BackendConfig::Custom { name } => Err(format!("custom backend {name:?} is not registered")),
     }
 }

@@ -256,7 +256,7 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                         "  key set {:?}: {} on {}; publish lead {}, retention {}, at most {} keys in the JWKS",
                         ks.name,
                         ks.algorithm,
-                        match ks.backend { crate::config::BackendConfig::File { .. } => "file", crate::config::BackendConfig::Vault { .. } => "vault", crate::config::BackendConfig::Kms { .. } => "kms" },
+                        ks.backend.kind(),
                         crate::config::human(t.publish_lead()),
                         crate::config::human(t.retention()),
                         t.max_published(crate::timing::min_period(&ks.schedule).unwrap_or(1)),

@@ -163,6 +163,24 @@ pub enum BackendConfig {
         /// Create the state table if it is missing; default false.
         create_state_table: Option<bool>,
     },
+    /// A backend compiled into a custom build and registered with
+    /// [`crate::app::run_with_backends`] under this name (see examples/custom_backend.rs).
+    Custom {
+        /// The registered name.
+        name: String,
+    },
+}
+
+impl BackendConfig {
+    /// "file", "vault", "kms" or "custom".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendConfig::File { .. } => "file",
+            BackendConfig::Vault { .. } => "vault",
+            BackendConfig::Kms { .. } => "kms",
+            BackendConfig::Custom { .. } => "custom",
+        }
+    }
 }
 
 impl Default for BackendConfig {

@@ -41,6 +41,16 @@ pub struct StateBlob {
     pub version: u64,
 }
 
+impl StateBlob {
+    /// A document and its version.
+    pub fn new(data: &[u8], version: u64) -> Self {
+        StateBlob {
+            data: data.to_vec(),
+            version,
+        }
+    }
+}
+
 /// Where keys live and where signatures are made.
 ///
 /// Key names are chosen by the daemon (`[a-z0-9_-]`, at most 100 characters) so that
