@@ -11,6 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -30,6 +31,19 @@ pub struct Metrics {
     registry: Registry,
     signatures: Family<SignLabels, Counter>,
     sign_seconds: Family<KeySetLabel, Histogram>,
+    // The series of each (key set, algorithm, outcome) seen, found by a scan with the
+    // borrowed name: `Family::get_or_create` wants owned labels, four String allocations
+    // per signature. Few key sets, so a Vec.
+    hot: RwLock<Vec<Series>>,
+}
+
+/// The counter and histogram one signature updates.
+struct Series {
+    keyset: Box<str>,
+    alg: Algorithm,
+    ok: bool,
+    count: Counter,
+    seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -54,6 +68,7 @@ impl Default for Metrics {
             registry,
             signatures,
             sign_seconds,
+            hot: RwLock::default(),
         }
     }
 }
@@ -61,18 +76,50 @@ impl Default for Metrics {
 impl Metrics {
     /// Records one signature.
     pub fn observe_sign(&self, keyset: &str, alg: Algorithm, ok: bool, took: Duration) {
-        self.signatures
-            .get_or_create(&SignLabels {
-                keyset: keyset.to_owned(),
-                algorithm: alg.as_str().to_owned(),
-                outcome: if ok { "ok" } else { "error" }.to_owned(),
-            })
-            .inc();
-        self.sign_seconds
-            .get_or_create(&KeySetLabel {
-                keyset: keyset.to_owned(),
-            })
-            .observe(took.as_secs_f64());
+        let record = |s: &Series| {
+            s.count.inc();
+            s.seconds.observe(took.as_secs_f64());
+        };
+        let found = |s: &&Series| s.ok == ok && s.alg == alg && *s.keyset == *keyset;
+        if let Some(s) = self
+            .hot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(found)
+        {
+            record(s);
+            return;
+        }
+        // First signature of this kind: create the series (the Family keeps them for
+        // export) and remember them.
+        let mut hot = self.hot.write().unwrap_or_else(PoisonError::into_inner);
+        if !hot.iter().any(|s| found(&s)) {
+            let count = self
+                .signatures
+                .get_or_create(&SignLabels {
+                    keyset: keyset.to_owned(),
+                    algorithm: alg.as_str().to_owned(),
+                    outcome: if ok { "ok" } else { "error" }.to_owned(),
+                })
+                .clone();
+            let seconds = self
+                .sign_seconds
+                .get_or_create(&KeySetLabel {
+                    keyset: keyset.to_owned(),
+                })
+                .clone();
+            hot.push(Series {
+                keyset: keyset.into(),
+                alg,
+                ok,
+                count,
+                seconds,
+            });
+        }
+        if let Some(s) = hot.iter().find(found) {
+            record(s);
+        }
     }
 
     /// The text exposition, with per-key-set gauges as of now.

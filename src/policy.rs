@@ -9,7 +9,7 @@ use crate::http::ApiError;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use http::StatusCode;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::time::Duration;
 
@@ -296,23 +296,28 @@ pub fn prepare(
     };
     let exp = now.saturating_add(ttl);
 
-    let mut out = Map::with_capacity(claims.len() + 5);
-    for (k, v) in claims {
-        out.insert(k.clone(), v.clone());
-    }
-    out.insert("iss".into(), Value::String(keyset.issuer.clone()));
-    out.insert("iat".into(), Value::from(now));
-    out.insert("nbf".into(), Value::from(now));
-    out.insert("exp".into(), Value::from(exp));
-    out.insert("jti".into(), Value::String(jti.clone()));
-
-    let header = serde_json::json!({"alg": keyset.algorithm.as_str(), "kid": kid, "typ": typ});
-    let header = serde_json::to_vec(&header).map_err(|_| internal())?;
-    let body = serde_json::to_vec(&out).map_err(|_| internal())?;
-    let mut signing_input = String::with_capacity(header.len() * 4 / 3 + body.len() * 4 / 3 + 4);
-    B64.encode_string(&header, &mut signing_input);
+    let header = Header {
+        alg: keyset.algorithm.as_str(),
+        kid,
+        typ,
+    };
+    let body = Claims {
+        claims,
+        iss: &keyset.issuer,
+        now,
+        exp,
+        jti: &jti,
+    };
+    // One buffer for both JSON documents, then one string for their base64url.
+    let mut json = Vec::with_capacity(256);
+    serde_json::to_writer(&mut json, &header).map_err(|_| internal())?;
+    let header_len = json.len();
+    serde_json::to_writer(&mut json, &body).map_err(|_| internal())?;
+    let (header, body) = json.split_at(header_len);
+    let mut signing_input = String::with_capacity((json.len() + 2) * 4 / 3 + 4);
+    B64.encode_string(header, &mut signing_input);
     signing_input.push('.');
-    B64.encode_string(&body, &mut signing_input);
+    B64.encode_string(body, &mut signing_input);
     Ok(Prepared {
         signing_input,
         jti,
@@ -320,6 +325,68 @@ pub fn prepare(
         sub,
         aud,
     })
+}
+
+/// The JOSE header.
+#[derive(Serialize)]
+struct Header<'a> {
+    alg: &'a str,
+    kid: &'a str,
+    typ: &'a str,
+}
+
+/// The token's claims: the caller's (borrowed, never copied) and the ones keyturn sets,
+/// written in key order, the order a `serde_json::Map` of them all would have. `prepare`
+/// has refused the reserved names in `claims`; a caller's `iss` (checked equal) is
+/// replaced by the key set's.
+struct Claims<'a> {
+    claims: &'a Map<String, Value>,
+    iss: &'a str,
+    now: i64,
+    exp: i64,
+    jti: &'a str,
+}
+
+enum Ours<'a> {
+    Str(&'a str),
+    Int(i64),
+}
+
+impl Serialize for Ours<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Ours::Str(v) => s.serialize_str(v),
+            Ours::Int(v) => s.serialize_i64(*v),
+        }
+    }
+}
+
+impl Serialize for Claims<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        // Sorted by name.
+        let ours = [
+            ("exp", Ours::Int(self.exp)),
+            ("iat", Ours::Int(self.now)),
+            ("iss", Ours::Str(self.iss)),
+            ("jti", Ours::Str(self.jti)),
+            ("nbf", Ours::Int(self.now)),
+        ];
+        let theirs = self.claims.iter().filter(|(k, _)| k.as_str() != "iss");
+        let len = self.claims.len() - usize::from(self.claims.contains_key("iss")) + ours.len();
+        let mut map = s.serialize_map(Some(len))?;
+        let mut ours = ours.iter().peekable();
+        for (name, value) in theirs {
+            while let Some((k, v)) = ours.next_if(|(k, _)| *k < name.as_str()) {
+                map.serialize_entry(k, v)?;
+            }
+            map.serialize_entry(name, value)?;
+        }
+        for (k, v) in ours {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
 }
 
 fn internal() -> ApiError {
@@ -428,6 +495,39 @@ mod tests {
         assert_eq!(c["exp"], 1300);
         assert_eq!(c["jti"], "j");
         assert_eq!(c["scope"], "read");
+    }
+
+    /// The claims are written without copying them; the bytes are still exactly those of
+    /// one `serde_json::Map` holding the caller's claims and keyturn's.
+    #[test]
+    fn claims_serialize_like_one_map() {
+        let (mut client, ks) = setup();
+        client.subject_pattern = None;
+        client.audiences = vec![];
+        for claims in [
+            serde_json::json!({}),
+            serde_json::json!({"sub": "u", "a": 1, "iss": "https://auth.example.com"}),
+            serde_json::json!({"email": "x@y", "ia": [1, {"b": null}], "isz": true, "jtx": 1.5,
+                               "nbe": "n", "z": {"nested": ["v"]}, "exq": "e", "\u{e9}": 0}),
+        ] {
+            let p = prepare(&req(claims.clone()), &client, &ks, 1000, "k", "jid".into()).unwrap();
+            let mut expected = claims.as_object().unwrap().clone();
+            for (k, v) in [
+                ("iss", serde_json::json!("https://auth.example.com")),
+                ("iat", 1000.into()),
+                ("nbf", 1000.into()),
+                ("exp", 1600.into()),
+                ("jti", "jid".into()),
+            ] {
+                expected.insert(k.into(), v);
+            }
+            let body = p.signing_input.split_once('.').unwrap().1;
+            assert_eq!(
+                B64.decode(body).unwrap(),
+                serde_json::to_vec(&expected).unwrap(),
+                "{claims}"
+            );
+        }
     }
 
     #[test]

@@ -48,12 +48,25 @@ async fn not_found() -> ApiError {
     )
 }
 
+/// A client of the configuration in force, shared rather than copied (a `ClientConfig`
+/// holds several vectors and strings; cloning it cost allocations on every request).
+#[derive(Clone)]
+struct Caller {
+    clients: Arc<Vec<ClientConfig>>,
+    index: usize,
+}
+
+impl std::ops::Deref for Caller {
+    type Target = ClientConfig;
+
+    fn deref(&self) -> &ClientConfig {
+        // `index` was found in this very list.
+        &self.clients[self.index]
+    }
+}
+
 /// The caller, or 401.
-fn caller(
-    state: &AppState,
-    peer: &Peer,
-    headers: &HeaderMap,
-) -> Result<Arc<ClientConfig>, ApiError> {
+fn caller(state: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let bearer = match headers.get(header::AUTHORIZATION) {
         None => None,
         Some(v) => {
@@ -71,8 +84,10 @@ fn caller(
             })?)
         }
     };
-    let clients = state.clients.load();
-    identify(&clients, peer, bearer).cloned().map(Arc::new).ok_or_else(|| {
+    let clients = state.clients.load_full();
+    let index = identify(&clients, peer, bearer)
+        .and_then(|found| clients.iter().position(|c| std::ptr::eq(c, found)));
+    index.map(|index| Caller { clients, index }).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
@@ -265,7 +280,7 @@ fn signing_client(
     peer: &Peer,
     headers: &HeaderMap,
     name: &str,
-) -> Result<(Arc<ClientConfig>, Arc<KeySet>), ApiError> {
+) -> Result<(Caller, Arc<KeySet>), ApiError> {
     let client = caller(state, peer, headers)?;
     let keyset = keyset(state, name)?;
     if !client.keysets.iter().any(|k| k == name) {
@@ -302,8 +317,24 @@ struct BatchRequest {
 #[serde(untagged)]
 enum BatchItem {
     Ok(Signed),
-    Err { error: serde_json::Value },
+    Err { error: BatchError },
 }
+
+#[derive(Serialize)]
+struct BatchError {
+    code: &'static str,
+    message: String,
+}
+
+#[derive(Serialize)]
+struct BatchResponse {
+    results: Vec<BatchItem>,
+}
+
+/// Items of one batch signed at the same time, each in a task of its own: with the file
+/// backend the signatures spread over every worker thread, and none is held for longer than
+/// one signature; with a remote backend this many calls are in flight.
+const BATCH_IN_FLIGHT: usize = 16;
 
 /// Many tokens in one request; each goes through the same policy. One item's refusal does
 /// not fail the others; a backend outage fails the whole batch with 503.
@@ -323,17 +354,46 @@ async fn sign_batch(
             format!("\"requests\" must hold 1 to {MAX_BATCH} items"),
         ));
     }
-    let mut results = Vec::with_capacity(batch.requests.len());
-    for req in &batch.requests {
-        match sign_one(&state, &client, &keyset, req).await {
-            Ok(signed) => results.push(BatchItem::Ok(signed)),
+    let n = batch.requests.len();
+    let mut results: Vec<Option<BatchItem>> = (0..n).map(|_| None).collect();
+    let mut items = batch.requests.into_iter().enumerate();
+    let mut tasks = tokio::task::JoinSet::new();
+    let spawn = |tasks: &mut tokio::task::JoinSet<_>, (i, req): (usize, SignRequest)| {
+        let (state, client, keyset) = (state.clone(), client.clone(), keyset.clone());
+        tasks.spawn(async move { (i, sign_one(&state, &client, &keyset, &req).await) });
+    };
+    for item in items.by_ref().take(BATCH_IN_FLIGHT) {
+        spawn(&mut tasks, item);
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (i, result) = joined.map_err(|e| {
+            tracing::error!(keyset = %keyset.name(), error = %e, "batch signing task failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+        })?;
+        let item = match result {
+            Ok(signed) => BatchItem::Ok(signed),
+            // Dropping `tasks` cancels the items still in flight.
             Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => return Err(e),
-            Err(e) => results.push(BatchItem::Err {
-                error: serde_json::json!({"code": e.code, "message": e.message}),
-            }),
+            Err(e) => BatchItem::Err {
+                error: BatchError {
+                    code: e.code,
+                    message: e.message,
+                },
+            },
+        };
+        if let Some(slot) = results.get_mut(i) {
+            *slot = Some(item);
+        }
+        if let Some(next) = items.next() {
+            spawn(&mut tasks, next);
         }
     }
-    Ok(Json(serde_json::json!({"results": results})).into_response())
+    let results = results.into_iter().flatten().collect();
+    Ok(Json(BatchResponse { results }).into_response())
 }
 
 /// A key as admin routes show it.

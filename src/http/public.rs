@@ -4,7 +4,8 @@
 use super::error::ApiError;
 use crate::app::AppState;
 use crate::jwks::{Published, Served};
-use axum::extract::{Path, State};
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -76,20 +77,23 @@ fn respond(req: &HeaderMap, p: &Published, served: &Served, content_type: Header
             )
             .is_some_and(|(since, modified)| modified <= since),
     };
-    let headers = [
-        (header::ETAG, served.etag.clone()),
-        (header::LAST_MODIFIED, p.last_modified.clone()),
-        (header::CACHE_CONTROL, p.cache_control.clone()),
-    ];
-    if fresh {
-        (StatusCode::NOT_MODIFIED, headers).into_response()
+    // Built in place, sized once: the CORS layer and hyper add theirs to the same map.
+    let mut response = if fresh {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response
     } else {
-        let mut response = (headers, served.body.clone()).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, content_type);
-        response
+        Response::new(Body::from(served.body.clone()))
+    };
+    let headers = response.headers_mut();
+    headers.reserve(10);
+    headers.insert(header::ETAG, served.etag.clone());
+    headers.insert(header::LAST_MODIFIED, p.last_modified.clone());
+    headers.insert(header::CACHE_CONTROL, p.cache_control.clone());
+    if !fresh {
+        headers.insert(header::CONTENT_TYPE, content_type);
     }
+    response
 }
 
 /// RFC 9110 section 13.1.2: `*`, or any listed tag equal to ours (weak comparison).
@@ -103,41 +107,43 @@ fn etag_matches(header: &HeaderValue, etag: &HeaderValue) -> bool {
         .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == ours)
 }
 
-async fn default_jwks(State(s): State<Arc<AppState>>, h: HeaderMap) -> Result<Response, ApiError> {
+// Handlers take the request itself: a `HeaderMap` extractor would copy the request's
+// headers to read two of them.
+async fn default_jwks(State(s): State<Arc<AppState>>, r: Request) -> Result<Response, ApiError> {
     let p = published(&s, None)?;
-    Ok(respond(&h, &p, &p.jwks, JWK_SET))
+    Ok(respond(r.headers(), &p, &p.jwks, JWK_SET))
 }
 
 async fn default_discovery(
     State(s): State<Arc<AppState>>,
-    h: HeaderMap,
+    r: Request,
 ) -> Result<Response, ApiError> {
     let p = published(&s, None)?;
-    Ok(respond(&h, &p, &p.discovery, JSON))
+    Ok(respond(r.headers(), &p, &p.discovery, JSON))
 }
 
 async fn jwks(
     State(s): State<Arc<AppState>>,
     Path(name): Path<String>,
-    h: HeaderMap,
+    r: Request,
 ) -> Result<Response, ApiError> {
     let p = published(&s, Some(&name))?;
-    Ok(respond(&h, &p, &p.jwks, JWK_SET))
+    Ok(respond(r.headers(), &p, &p.jwks, JWK_SET))
 }
 
 async fn discovery(
     State(s): State<Arc<AppState>>,
     Path(name): Path<String>,
-    h: HeaderMap,
+    r: Request,
 ) -> Result<Response, ApiError> {
     let p = published(&s, Some(&name))?;
-    Ok(respond(&h, &p, &p.discovery, JSON))
+    Ok(respond(r.headers(), &p, &p.discovery, JSON))
 }
 
 async fn jwk(
     State(s): State<Arc<AppState>>,
     Path((name, kid)): Path<(String, String)>,
-    h: HeaderMap,
+    r: Request,
 ) -> Result<Response, ApiError> {
     let p = published(&s, Some(&name))?;
     let served = p.by_kid.get(&kid).ok_or_else(|| {
@@ -147,7 +153,7 @@ async fn jwk(
             "no published key with that kid in this key set",
         )
     })?;
-    Ok(respond(&h, &p, served, JWK))
+    Ok(respond(r.headers(), &p, served, JWK))
 }
 
 async fn healthz() -> &'static str {

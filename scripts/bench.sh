@@ -1,0 +1,315 @@
+#!/usr/bin/env bash
+# Benchmarks, from a fresh machine, in one run: keyturn (file backend) against OpenBao
+# transit (dev server) and nginx on loopback, plus the raw aws-lc-rs primitive, start-up
+# time and memory. Prints one table; BENCHMARKS.md explains it and records results.
+#
+#   scripts/bench.sh                      # 15 s per wrk run, 32 connections
+#   BENCH_DURATION=5 scripts/bench.sh     # quicker, noisier
+#
+# Settings (environment): BENCH_DURATION (s per run, 15), BENCH_CONNECTIONS (32),
+# BENCH_WRK_THREADS (2), BENCH_BATCH_CONNECTIONS (2), BENCH_WRK_CPUS / BENCH_SERVER_CPUS
+# (taskset CPU lists; default: load generator and servers share every CPU), BENCH_KEEP=1
+# keeps the work directory, BENCH_KEYTURN_BIN=path benchmarks that binary instead of
+# building one (to compare builds). Installs what it needs like the test command: OpenBao
+# into the cached venv (scripts/test-env.sh), wrk and nginx with apt-get when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DURATION=${BENCH_DURATION:-15}
+CONNS=${BENCH_CONNECTIONS:-32}
+WRK_THREADS=${BENCH_WRK_THREADS:-2}
+ALL_CPUS="0-$(($(nproc) - 1))"
+LOAD_BEFORE=$(cut -d" " -f1-3 /proc/loadavg)
+WRK_CPUS=${BENCH_WRK_CPUS:-$ALL_CPUS}
+SERVER_CPUS=${BENCH_SERVER_CPUS:-$ALL_CPUS}
+
+source scripts/test-env.sh
+if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
+  echo "==> installing wrk and nginx (apt-get)" >&2
+  if ! apt-get install -y wrk nginx >/dev/null 2>&1; then
+    apt-get update >/dev/null
+    apt-get install -y wrk nginx >/dev/null
+  fi
+fi
+NGINX=$(command -v nginx)
+
+echo "==> building keyturn --release and the primitive bench" >&2
+if [[ -n ${BENCH_KEYTURN_BIN:-} ]]; then
+  BIN=$BENCH_KEYTURN_BIN # another build to compare, e.g. a copy of an older one
+else
+  cargo build --release --quiet --bin keyturn
+  BIN=$CARGO_TARGET_DIR/release/keyturn
+fi
+cargo bench --quiet --bench primitive --no-run 2>/dev/null
+
+WORK=$(mktemp -d /tmp/keyturn-bench.XXXXXX)
+chmod 700 "$WORK"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [[ -z ${BENCH_KEEP:-} ]]; then rm -rf "$WORK"; else echo "work directory: $WORK" >&2; fi
+}
+trap cleanup EXIT
+
+free_port() { # a free loopback port whose successor is free too (OpenBao's cluster port)
+  python3 -c '
+import socket
+while True:
+    a = socket.socket(); a.bind(("127.0.0.1", 0)); p = a.getsockname()[1]
+    b = socket.socket()
+    try:
+        b.bind(("127.0.0.1", p + 1)); print(p); break
+    except OSError:
+        pass
+    finally:
+        a.close(); b.close()'
+}
+wait_for() { # wait_for FILE PATTERN SECONDS
+  local deadline=$((SECONDS + $3))
+  until grep -q "$2" "$1" 2>/dev/null; do
+    if ((SECONDS > deadline)); then echo "timed out waiting for '$2' in $1:" >&2; tail -20 "$1" >&2; exit 1; fi
+    sleep 0.05
+  done
+}
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+new_token() { head -c 32 /dev/urandom | base64 | tr -d '/+=' | cut -c1-40; }
+sha256() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
+
+# ---------------------------------------------------------------------------------------
+# The raw primitive, before any server runs.
+echo "==> raw aws-lc-rs primitive (3 s per case)" >&2
+PRIM=$(cargo bench --quiet --bench primitive -- --secs 3 ES256 EdDSA RS256 2>/dev/null)
+prim() { awk -v a="$1" -v t="$2" '$1 == "PRIMITIVE" && $2 == a && $3 == t {print $4}' <<<"$PRIM"; }
+
+# ---------------------------------------------------------------------------------------
+# keyturn: four key sets on the file backend. "default" (RS256, RSA-4096, publish lead 1 s)
+# is the JWKS served at /.well-known/jwks.json and the key set rotated under load.
+TOKEN=kt_$(new_token)
+ADMIN=kt_$(new_token)
+JWKS_PORT=$(free_port)
+API_PORT=$(free_port)
+keyset() { # name alg extra
+  printf '[[keyset]]\nname = "%s"\nissuer = "https://issuer.test/%s"\nalgorithm = "%s"\n%s\nrotate_every = "24h"\nmax_token_ttl = "10m"\njwks_max_age = "1s"\nclock_skew = "0s"\n\n' "$1" "$1" "$2" "$3"
+}
+{
+  printf '[server]\njwks_listen = "127.0.0.1:%s"\napi_listen = "127.0.0.1:%s"\ndata_dir = "%s"\n\n' \
+    "$JWKS_PORT" "$API_PORT" "$WORK/data"
+  keyset default RS256 'rsa_bits = 4096'
+  keyset es256 ES256 ''
+  keyset eddsa EdDSA ''
+  keyset rs256 RS256 'rsa_bits = 2048'
+  printf '[[client]]\nname = "bench"\ntoken_sha256 = "%s"\nkeysets = ["es256", "eddsa", "rs256"]\naudiences = ["orders-api"]\n\n' "$(sha256 "$TOKEN")"
+  printf '[[client]]\nname = "ops"\ntoken_sha256 = "%s"\nadmin = true\n' "$(sha256 "$ADMIN")"
+} >"$WORK/keyturn.toml"
+echo "==> starting keyturn (first start generates the keys)" >&2
+RUST_LOG=warn,keyturn=info taskset -c "$SERVER_CPUS" "$BIN" serve --config "$WORK/keyturn.toml" \
+  2>"$WORK/keyturn.log" &
+KT_PID=$!
+PIDS+=("$KT_PID")
+wait_for "$WORK/keyturn.log" "keyturn ready" 120
+API=http://127.0.0.1:$API_PORT
+JWKS=http://127.0.0.1:$JWKS_PORT
+
+printf '{"claims": {"sub": "user:1", "aud": "orders-api", "scope": "read write"}, "ttl": "5m"}' \
+  >"$WORK/sign.json"
+python3 -c '
+import json, sys
+item = json.load(open(sys.argv[1]))
+json.dump({"requests": [item] * 256}, open(sys.argv[2], "w"))' "$WORK/sign.json" "$WORK/batch.json"
+# A real signing input for OpenBao: header.claims of a token keyturn signed.
+for ks in es256 eddsa rs256; do
+  curl -sf -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+    --data-binary @"$WORK/sign.json" "$API/v1/keysets/$ks/sign" >"$WORK/$ks.signed"
+done
+sleep 1
+IDLE_RSS=$(rss_kb "$KT_PID")
+
+# ---------------------------------------------------------------------------------------
+# OpenBao dev server (in memory, root token, no audit device), transit with three keys.
+BAO_PORT=$(free_port)
+BAO=http://127.0.0.1:$BAO_PORT
+echo "==> starting OpenBao $("$KEYTURN_BAO_BIN" version | head -1)" >&2
+BAO_DEV_ROOT_TOKEN_ID=root taskset -c "$SERVER_CPUS" "$KEYTURN_BAO_BIN" server -dev -dev-no-store-token \
+  -dev-listen-address="127.0.0.1:$BAO_PORT" >"$WORK/bao.log" 2>&1 &
+PIDS+=("$!")
+deadline=$((SECONDS + 60))
+until curl -sf "$BAO/v1/sys/health" >/dev/null; do
+  if ((SECONDS > deadline)); then tail -20 "$WORK/bao.log" >&2; exit 1; fi
+  sleep 0.2
+done
+bao() { curl -sf -H 'X-Vault-Token: root' -H 'Content-Type: application/json' "$@"; }
+bao -X POST -d '{"type": "transit"}' "$BAO/v1/sys/mounts/transit" >/dev/null
+bao -X POST -d '{"type": "ecdsa-p256"}' "$BAO/v1/transit/keys/es256" >/dev/null
+bao -X POST -d '{"type": "ed25519"}' "$BAO/v1/transit/keys/eddsa" >/dev/null
+bao -X POST -d '{"type": "rsa-2048"}' "$BAO/v1/transit/keys/rs256" >/dev/null
+# The parameters keyturn's vault backend sends (backends/vault/src/transit.rs).
+bao_body() { # keyset extra-json
+  python3 -c '
+import base64, json, sys
+token = json.load(open(sys.argv[1]))["token"]
+body = {"input": base64.b64encode(token.rsplit(".", 1)[0].encode()).decode(), "marshaling_algorithm": "jws"}
+body.update(json.loads(sys.argv[2]))
+print(json.dumps(body))' "$WORK/$1.signed" "$2" >"$WORK/bao-$1.json"
+}
+bao_body es256 '{"hash_algorithm": "sha2-256"}'
+bao_body eddsa '{}'
+bao_body rs256 '{"hash_algorithm": "sha2-256", "signature_algorithm": "pkcs1v15"}'
+for ks in es256 eddsa rs256; do
+  bao -X POST --data-binary @"$WORK/bao-$ks.json" "$BAO/v1/transit/sign/$ks" | grep -q '"signature":"vault:v1:'
+done
+
+# ---------------------------------------------------------------------------------------
+# nginx serving keyturn's JWKS bytes as a static file, as tuned as a static JWKS would be.
+NGINX_PORT=$(free_port)
+mkdir -p "$WORK/nginx/www/.well-known"
+curl -sf "$JWKS/.well-known/jwks.json" >"$WORK/nginx/www/.well-known/jwks.json"
+JWKS_BYTES=$(wc -c <"$WORK/nginx/www/.well-known/jwks.json")
+cat >"$WORK/nginx/nginx.conf" <<EOF
+user root;
+worker_processes auto;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fastcgi;
+  uwsgi_temp_path $WORK/nginx/uwsgi;
+  scgi_temp_path $WORK/nginx/scgi;
+  sendfile on;
+  tcp_nopush on;
+  tcp_nodelay on;
+  keepalive_requests 100000;
+  open_file_cache max=100 inactive=60s;
+  types { application/jwk-set+json json; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    root $WORK/nginx/www;
+    add_header Cache-Control "public, max-age=1, stale-if-error=86400";
+  }
+}
+EOF
+taskset -c "$SERVER_CPUS" "$NGINX" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" &
+PIDS+=("$!")
+deadline=$((SECONDS + 20))
+until curl -sf "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json" >/dev/null; do
+  if ((SECONDS > deadline)); then cat "$WORK/nginx/error.log" >&2; exit 1; fi
+  sleep 0.1
+done
+cmp -s "$WORK/nginx/www/.well-known/jwks.json" <(curl -sf "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json")
+
+# ---------------------------------------------------------------------------------------
+# Load. Each run: "<requests/s> <p50 ms> <p99 ms>"; a run with errors stops the bench.
+wrk_run() { # name url script [connections] [ENV=value ...]
+  local name=$1 url=$2 script=$3 conns=${4:-$CONNS}
+  shift 4 || shift $#
+  echo "==> wrk $name (${DURATION}s, $conns connections)" >&2
+  local out
+  out=$(env "$@" taskset -c "$WRK_CPUS" wrk -t"$WRK_THREADS" -c"$conns" -d"${DURATION}s" \
+    -s "$ROOT/scripts/bench/$script" "$url")
+  local line
+  line=$(grep '^RESULT' <<<"$out") || { echo "$out" >&2; exit 1; }
+  read -r _ reqs dur p50 p99 errors <<<"$line"
+  if ((errors > 0)); then echo "wrk $name: $errors errors" >&2; echo "$out" >&2; exit 1; fi
+  awk -v r="$reqs" -v d="$dur" -v a="$p50" -v b="$p99" \
+    'BEGIN {printf "%.0f %.2f %.2f\n", r / (d / 1e6), a / 1000, b / 1000}'
+}
+kt_sign() { # keyset
+  wrk_run "keyturn sign $1" "$API/v1/keysets/$1/sign" post.lua "$CONNS" \
+    BENCH_BODY="$WORK/sign.json" BENCH_AUTH_VALUE="Bearer $TOKEN"
+}
+bao_sign() { # key
+  wrk_run "OpenBao transit sign $1" "$BAO/v1/transit/sign/$1" post.lua "$CONNS" \
+    BENCH_BODY="$WORK/bao-$1.json" BENCH_AUTH_HEADER=X-Vault-Token BENCH_AUTH_VALUE=root
+}
+
+declare -A R
+R[kt_es256]=$(kt_sign es256)
+LOADED_RSS=$(rss_kb "$KT_PID")
+R[kt_eddsa]=$(kt_sign eddsa)
+R[kt_rs256]=$(kt_sign rs256)
+R[bao_es256]=$(bao_sign es256)
+R[bao_eddsa]=$(bao_sign eddsa)
+R[bao_rs256]=$(bao_sign rs256)
+R[kt_jwks]=$(wrk_run "keyturn JWKS" "$JWKS/.well-known/jwks.json" get.lua)
+R[nginx_jwks]=$(wrk_run "nginx JWKS" "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json" get.lua)
+BATCH_CONNS=${BENCH_BATCH_CONNECTIONS:-2}
+R[kt_batch]=$(wrk_run "keyturn sign-batch es256 (256 per request)" "$API/v1/keysets/es256/sign-batch" \
+  post.lua "$BATCH_CONNS" BENCH_BODY="$WORK/batch.json" BENCH_AUTH_VALUE="Bearer $TOKEN")
+
+# ES256 signing while the RSA-4096 key set rotates: each rotation activates the pending key
+# (publish lead 1 s) and generates a new RSA-4096 pending key (spawn_blocking).
+published() { grep -c '"event":"published","keyset":"default"\|"keyset":"default".*"event":"published"' "$WORK/data/audit.log" || true; }
+BEFORE=$(published)
+(
+  end=$((SECONDS + DURATION))
+  while ((SECONDS < end)); do
+    curl -sf -X POST -H "Authorization: Bearer $ADMIN" "$API/v1/keysets/default/rotate" >/dev/null || true
+    sleep 1
+  done
+) &
+ROTATOR=$!
+R[kt_es256_rot]=$(wrk_run "keyturn sign es256 during RSA-4096 rotations" "$API/v1/keysets/es256/sign" post.lua "$CONNS" \
+  BENCH_BODY="$WORK/sign.json" BENCH_AUTH_VALUE="Bearer $TOKEN")
+wait "$ROTATOR"
+sleep 3
+ROTATIONS=$(($(published) - BEFORE))
+PEAK_RSS=$(hwm_kb "$KT_PID")
+
+# ---------------------------------------------------------------------------------------
+# Start-to-ready with ten file-backed key sets (keys exist: the first start made them).
+echo "==> start-to-ready, ten key sets" >&2
+{
+  printf '[server]\njwks_listen = "127.0.0.1:0"\napi_listen = "127.0.0.1:0"\ndata_dir = "%s"\n\n' "$WORK/ready"
+  for i in 1 2 3 4; do keyset "es256-$i" ES256 ''; done
+  for i in 1 2 3; do keyset "eddsa-$i" EdDSA ''; done
+  for i in 1 2 3; do keyset "rs256-$i" RS256 'rsa_bits = 2048'; done
+} >"$WORK/ready.toml"
+python3 "$ROOT/scripts/bench/ready.py" "$BIN" "$WORK/ready.toml" 1 >/dev/null
+READY=$(python3 "$ROOT/scripts/bench/ready.py" "$BIN" "$WORK/ready.toml" 10)
+
+# ---------------------------------------------------------------------------------------
+field() { cut -d' ' -f"$2" <<<"${R[$1]}"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2fx", (b > 0 ? a / b : 0)}'; }
+row() { # what keyturn-key baseline-name baseline-rps baseline-p50 baseline-p99 target
+  printf '| %-26s | %8s | %6s | %6s | %-22s | %8s | %6s | %6s | %7s | %-24s |\n' \
+    "$1" "$(field "$2" 1)" "$(field "$2" 2)" "$(field "$2" 3)" "$3" "$4" "$5" "$6" \
+    "$(ratio "$(field "$2" 1)" "$4")" "$7"
+}
+bao_row() { # what kt-key bao-key target
+  row "$1" "$2" "OpenBao transit" "$(field "$3" 1)" "$(field "$3" 2)" "$(field "$3" 3)" "$4"
+}
+ES1=$(prim ES256 1) ES2=$(prim ES256 2) ED2=$(prim EdDSA 2) RS1=$(prim RS256 1) RS2=$(prim RS256 2)
+echo
+echo "keyturn $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') on $(nproc) CPUs, $(date -u +%FT%TZ); wrk ${DURATION}s, $CONNS connections, $WRK_THREADS thread(s)"
+echo "CPUs: wrk on $WRK_CPUS, servers on $SERVER_CPUS; load average before: ${LOAD_BEFORE:-$(cut -d' ' -f1-3 /proc/loadavg)}"
+echo "JWKS body: $JWKS_BYTES bytes; latencies in ms"
+echo
+printf '| %-26s | %8s | %6s | %6s | %-22s | %8s | %6s | %6s | %7s | %-24s |\n' \
+  "keyturn" "req/s" "p50" "p99" "baseline" "req/s" "p50" "p99" "ratio" "target"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..28})" "----------" \
+  "--------" "--------" "$(printf -- '-%.0s' {1..24})" "----------" "--------" "--------" \
+  "---------" "$(printf -- '-%.0s' {1..26})"
+bao_row "sign ES256" kt_es256 bao_es256 ">= 8x, p99 <= 2 ms"
+bao_row "sign EdDSA" kt_eddsa bao_eddsa ""
+bao_row "sign RS256-2048" kt_rs256 bao_rs256 ""
+row "sign ES256" kt_es256 "aws-lc-rs, 2 threads" "$ES2" "" "" "(1 thread: $ES1/s)"
+row "sign EdDSA" kt_eddsa "aws-lc-rs, 2 threads" "$ED2" "" "" ""
+row "sign RS256-2048" kt_rs256 "aws-lc-rs, 2 threads" "$RS2" "" "" ">= 0.9x (1 thread: $RS1/s)"
+row "JWKS GET" kt_jwks "nginx static file" "$(field nginx_jwks 1)" "$(field nginx_jwks 2)" "$(field nginx_jwks 3)" ">= 1.0x"
+BATCH_TPS=$(awk -v r="$(field kt_batch 1)" 'BEGIN {printf "%.0f", r * 256}')
+printf '| %-26s | %8s | %6s | %6s | %-22s | %8s | %6s | %6s | %7s | %-24s |\n' \
+  "sign-batch ES256 tokens/s" "$BATCH_TPS" "$(field kt_batch 2)" "$(field kt_batch 3)" \
+  "aws-lc-rs, 2 threads" "$ES2" "" "" "$(ratio "$BATCH_TPS" "$ES2")" ">= 0.8x ($BATCH_CONNS conns x 256)"
+printf '| %-26s | %8s | %6s | %6s | %-22s | %8s | %6s | %6s | %7s | %-24s |\n' \
+  "sign ES256, RSA-4096 rot." "$(field kt_es256_rot 1)" "$(field kt_es256_rot 2)" "$(field kt_es256_rot 3)" \
+  "steady p99 (above)" "" "" "$(field kt_es256 3)" "$(ratio "$(field kt_es256_rot 3)" "$(field kt_es256 3)")" \
+  "p99 <= 2x ($ROTATIONS keys made)"
+echo
+read -r _ runs median max <<<"$READY"
+echo "keyturn RSS: idle $((IDLE_RSS / 1024)) MB ($IDLE_RSS kB, target <= 20 MB), after ES256 load $((LOADED_RSS / 1024)) MB, peak $((PEAK_RSS / 1024)) MB"
+echo "keyturn start-to-ready, ten file-backed key sets: median $median ms, max $max ms over $runs starts (target <= 100 ms)"
