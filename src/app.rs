@@ -64,7 +64,7 @@ pub struct AppState {
     /// The audit log.
     pub audit: Audit,
     /// Metrics.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// Listener limits (the API reads its body timeout here).
     pub limits: Limits,
 }
@@ -192,7 +192,8 @@ pub async fn run_with_backends(
     keyturn_backend::fsutil::ensure_private_dir(&config.server.data_dir)?;
     let (audit, audit_writer) =
         Audit::open(&config.server.audit_log).map_err(anyhow::Error::msg)?;
-    let mut factory = Factory::with_custom(custom);
+    let metrics = Arc::new(Metrics::default());
+    let mut factory = Factory::new(custom, metrics.clone());
 
     let list = open_keysets(&config, &mut factory, &clock, &audit, None, &shutdown).await?;
 
@@ -201,7 +202,7 @@ pub async fn run_with_backends(
         clients: ArcSwap::from_pointee(config.clients.clone()),
         clock: clock.clone(),
         audit: audit.clone(),
-        metrics: Metrics::default(),
+        metrics,
         limits: config.server.limits,
     });
 

@@ -2,14 +2,18 @@
 //! gives its own clear error.
 
 use crate::config::{resolve_credential, BackendConfig, Env, ServerConfig};
-use keyturn_backend::KeyBackend;
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use keyturn_backend::{Algorithm, BackendError, KeyBackend, KeyType, PublicKey, StateBlob};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Builds backends, sharing one instance between key sets with the same settings (the file
 /// backend locks its directory, so it must be opened once).
 pub struct Factory {
     built: Vec<(BackendConfig, Arc<dyn KeyBackend>)>,
     custom: Vec<(String, Arc<dyn KeyBackend>)>,
+    metrics: Arc<Metrics>,
 }
 
 #[cfg_attr(
@@ -23,11 +27,13 @@ fn not_compiled(kind: &str) -> String {
 }
 
 impl Factory {
-    /// A factory that also knows these custom backends, by name.
-    pub fn with_custom(custom: Vec<(String, Arc<dyn KeyBackend>)>) -> Self {
+    /// A factory that also knows these custom backends, by name, and meters every backend
+    /// it builds into `metrics`.
+    pub fn new(custom: Vec<(String, Arc<dyn KeyBackend>)>, metrics: Arc<Metrics>) -> Self {
         Factory {
             built: Vec::new(),
             custom,
+            metrics,
         }
     }
 
@@ -54,6 +60,10 @@ impl Factory {
                 })?,
             _ => build(config, server).await?,
         };
+        let backend: Arc<dyn KeyBackend> = Arc::new(Metered {
+            inner: backend,
+            metrics: self.metrics.clone(),
+        });
         self.built.push((config.clone(), backend.clone()));
         Ok(backend)
     }
@@ -166,5 +176,80 @@ async fn build(
         #[cfg(not(feature = "kms"))]
         BackendConfig::Kms { .. } => Err(not_compiled("kms")),
         BackendConfig::Custom { name } => Err(format!("custom backend {name:?} is not registered")),
+    }
+}
+
+/// Measures every backend call but `sign` (which the sign path measures per key set) into
+/// `keyturn_backend_call_duration_seconds` and `keyturn_backend_errors`.
+struct Metered {
+    inner: Arc<dyn KeyBackend>,
+    metrics: Arc<Metrics>,
+}
+
+impl Metered {
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        call: impl std::future::Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        let started = Instant::now();
+        let result = call.await;
+        let error = result.as_ref().err();
+        self.metrics
+            .observe_backend(self.inner.kind(), op, error, started.elapsed());
+        result
+    }
+}
+
+#[async_trait]
+impl KeyBackend for Metered {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn supports(&self, alg: Algorithm) -> bool {
+        self.inner.supports(alg)
+    }
+    fn shared(&self) -> bool {
+        self.inner.shared()
+    }
+    async fn create_key(&self, name: &str, key_type: KeyType) -> Result<PublicKey, BackendError> {
+        self.timed("create_key", self.inner.create_key(name, key_type))
+            .await
+    }
+    async fn public_key(&self, name: &str) -> Result<PublicKey, BackendError> {
+        self.timed("public_key", self.inner.public_key(name)).await
+    }
+    async fn sign(
+        &self,
+        name: &str,
+        alg: Algorithm,
+        message: &[u8],
+    ) -> Result<Vec<u8>, BackendError> {
+        self.inner.sign(name, alg, message).await
+    }
+    async fn destroy(&self, name: &str) -> Result<(), BackendError> {
+        self.timed("destroy", self.inner.destroy(name)).await
+    }
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
+        self.timed("list_keys", self.inner.list_keys(prefix)).await
+    }
+    async fn load_state(&self, keyset: &str) -> Result<Option<StateBlob>, BackendError> {
+        self.timed("load_state", self.inner.load_state(keyset))
+            .await
+    }
+    async fn store_state(
+        &self,
+        keyset: &str,
+        data: &[u8],
+        expected: Option<u64>,
+    ) -> Result<u64, BackendError> {
+        self.timed(
+            "store_state",
+            self.inner.store_state(keyset, data, expected),
+        )
+        .await
+    }
+    async fn health(&self) -> Result<(), BackendError> {
+        self.timed("health", self.inner.health()).await
     }
 }

@@ -26,11 +26,26 @@ struct KeySetLabel {
     keyset: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    backend: &'static str,
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendErrorLabels {
+    backend: &'static str,
+    op: &'static str,
+    kind: &'static str,
+}
+
 /// The daemon's metrics.
 pub struct Metrics {
     registry: Registry,
     signatures: Family<SignLabels, Counter>,
     sign_seconds: Family<KeySetLabel, Histogram>,
+    backend_seconds: Family<BackendLabels, Histogram>,
+    backend_errors: Family<BackendErrorLabels, Counter>,
     // The series of each (key set, algorithm, outcome) seen, found by a scan with the
     // borrowed name: `Family::get_or_create` wants owned labels, four String allocations
     // per signature. Few key sets, so a Vec.
@@ -64,16 +79,60 @@ impl Default for Metrics {
             "Backend signing latency",
             sign_seconds.clone(),
         );
+        let backend_seconds = Family::<BackendLabels, Histogram>::new_with_constructor(|| {
+            // 100 µs (local files) to ~6.5 s (a slow Vault or KMS, RSA-4096 generation).
+            Histogram::new(exponential_buckets(0.000_1, 2.0, 17))
+        });
+        registry.register(
+            "backend_call_duration_seconds",
+            "Latency of backend calls other than sign (create, destroy, state reads and writes)",
+            backend_seconds.clone(),
+        );
+        let backend_errors = Family::<BackendErrorLabels, Counter>::default();
+        registry.register(
+            "backend_errors",
+            "Failed backend calls by backend, operation and kind (sign failures are in keyturn_signatures)",
+            backend_errors.clone(),
+        );
         Metrics {
             registry,
             signatures,
             sign_seconds,
+            backend_seconds,
+            backend_errors,
             hot: RwLock::default(),
         }
     }
 }
 
 impl Metrics {
+    /// Records one backend call (lifecycle and state operations; signing has its own).
+    pub fn observe_backend(
+        &self,
+        backend: &'static str,
+        op: &'static str,
+        error: Option<&keyturn_backend::BackendError>,
+        took: Duration,
+    ) {
+        self.backend_seconds
+            .get_or_create(&BackendLabels { backend, op })
+            .observe(took.as_secs_f64());
+        if let Some(e) = error {
+            use keyturn_backend::BackendError as E;
+            let kind = match e {
+                E::NotFound(_) => "not_found",
+                E::Conflict => "conflict",
+                E::Unsupported(_) => "unsupported",
+                E::Rejected(_) => "rejected",
+                E::Unavailable { .. } => "unavailable",
+                E::Storage { .. } => "storage",
+            };
+            self.backend_errors
+                .get_or_create(&BackendErrorLabels { backend, op, kind })
+                .inc();
+        }
+    }
+
     /// Records one signature.
     pub fn observe_sign(&self, keyset: &str, alg: Algorithm, ok: bool, took: Duration) {
         let record = |s: &Series| {

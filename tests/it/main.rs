@@ -15,5 +15,6 @@ mod jwks;
 mod k8s;
 mod kms;
 mod leak;
+mod metrics;
 mod systemd;
 mod vault;

@@ -1,0 +1,59 @@
+//! Prometheus metrics on the public listener.
+
+use crate::harness::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn metrics_cover_signatures_backend_calls_and_key_timing() {
+    let dir = private_dir();
+    let (client, token) = token_client("svc", &["default"], "audiences = [\"orders\"]");
+    let d = Daemon::start(
+        dir.path(),
+        &format!(
+            "{}{}{client}",
+            server_toml(dir.path()),
+            keyset_toml("default", "ES256", "")
+        ),
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            sign(&d, "default", &token, json!({"claims": {"aud": "orders"}}))
+                .await
+                .0,
+            200
+        );
+    }
+    assert_eq!(
+        sign(&d, "default", &token, json!({"claims": {"aud": "nope"}}))
+            .await
+            .0,
+        403
+    );
+    let r = http()
+        .get(format!("{}/metrics", d.jwks))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = r.text().await.unwrap();
+    for needle in [
+        "keyturn_signatures_total{keyset=\"default\",algorithm=\"ES256\",outcome=\"ok\"} 3",
+        "keyturn_sign_duration_seconds_count{keyset=\"default\"} 3",
+        "keyturn_backend_call_duration_seconds_count{backend=\"file\",op=\"store_state\"}",
+        "keyturn_backend_call_duration_seconds_count{backend=\"file\",op=\"create_key\"}",
+        "keyturn_active_key_age_seconds{keyset=\"default\"}",
+        "keyturn_next_activation_seconds{keyset=\"default\"}",
+        "keyturn_jwks_version{keyset=\"default\"}",
+        "keyturn_published_keys{keyset=\"default\"} 2",
+        "keyturn_backend_up{keyset=\"default\"} 1",
+        "keyturn_publish_lead_unsafe{keyset=\"default\"} 0",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    // A policy refusal is not a signature.
+    assert!(!text.contains("outcome=\"error\""), "{text}");
+    assert_eq!(text.matches("# EOF").count(), 1);
+}
