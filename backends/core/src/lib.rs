@@ -51,6 +51,23 @@ impl StateBlob {
     }
 }
 
+/// Checks a key or key set name against the rule every backend relies on (safe in file
+/// paths, Vault paths and KMS aliases): `[a-z0-9_-]`, 1 to 100 characters.
+pub fn check_name(name: &str) -> Result<(), BackendError> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(BackendError::Rejected(format!(
+            "invalid name {name:?}: use [a-z0-9_-], at most 100 characters"
+        )))
+    }
+}
+
 /// Where keys live and where signatures are made.
 ///
 /// Key names are chosen by the daemon (`[a-z0-9_-]`, at most 100 characters) so that

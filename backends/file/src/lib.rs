@@ -85,21 +85,6 @@ fn unb64(s: &str) -> Result<Vec<u8>, BackendError> {
         .map_err(|_| BackendError::Rejected("corrupt base64 in key file".into()))
 }
 
-fn check_name(name: &str) -> Result<(), BackendError> {
-    let ok = !name.is_empty()
-        && name.len() <= 100
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(BackendError::Rejected(format!(
-            "invalid name {name:?}: use [a-z0-9_-], at most 100 characters"
-        )))
-    }
-}
-
 fn aad(name: &str, key_type: KeyType) -> String {
     format!("keyturn-file-key-v1:{name}:{key_type:?}")
 }
@@ -175,7 +160,7 @@ impl FileBackend {
 
     /// The key `name`, from the cache or decrypted from disk.
     async fn key(&self, name: &str) -> Result<Arc<SoftwareKey>, BackendError> {
-        check_name(name)?;
+        keyturn_backend::check_name(name)?;
         if let Some(key) = self
             .cache
             .read()
@@ -256,7 +241,7 @@ impl KeyBackend for FileBackend {
     }
 
     async fn create_key(&self, name: &str, key_type: KeyType) -> Result<PublicKey, BackendError> {
-        check_name(name)?;
+        keyturn_backend::check_name(name)?;
         let _guard = self.write_lock.lock().await;
         match self.key(name).await {
             Ok(existing) if existing.key_type() == key_type => return existing.public_key(),
@@ -299,7 +284,7 @@ impl KeyBackend for FileBackend {
     }
 
     async fn destroy(&self, name: &str) -> Result<(), BackendError> {
-        check_name(name)?;
+        keyturn_backend::check_name(name)?;
         let _guard = self.write_lock.lock().await;
         self.cache
             .write()
@@ -320,7 +305,7 @@ impl KeyBackend for FileBackend {
             let entry = entry.map_err(|e| BackendError::storage("cannot list keys", e))?;
             let file = entry.file_name();
             if let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".key")) {
-                if name.starts_with(prefix) && check_name(name).is_ok() {
+                if name.starts_with(prefix) && keyturn_backend::check_name(name).is_ok() {
                     names.push(name.to_owned());
                 }
             }
@@ -329,7 +314,7 @@ impl KeyBackend for FileBackend {
     }
 
     async fn load_state(&self, keyset: &str) -> Result<Option<StateBlob>, BackendError> {
-        check_name(keyset)?;
+        keyturn_backend::check_name(keyset)?;
         let path = self.state_path(keyset);
         let bytes = match tokio::fs::read(&path).await {
             Ok(b) => b,
@@ -357,7 +342,7 @@ impl KeyBackend for FileBackend {
         data: &[u8],
         expected: Option<u64>,
     ) -> Result<u64, BackendError> {
-        check_name(keyset)?;
+        keyturn_backend::check_name(keyset)?;
         let data = String::from_utf8(data.to_vec())
             .map_err(|_| BackendError::Rejected("state must be UTF-8 JSON".into()))?;
         let _guard = self.write_lock.lock().await;

@@ -294,7 +294,7 @@ impl KmsBackend {
     }
 
     async fn lookup(&self, name: &str) -> Result<Arc<KmsKey>, BackendError> {
-        check_name(name)?;
+        keyturn_backend::check_name(name)?;
         self.existing(name)
             .await?
             .ok_or_else(|| BackendError::NotFound(name.to_owned()))
@@ -438,21 +438,6 @@ fn tag(key: &str, value: &str) -> Result<Tag, BackendError> {
         .map_err(|e| BackendError::Rejected(format!("cannot build a KMS tag: {e}")))
 }
 
-fn check_name(name: &str) -> Result<(), BackendError> {
-    let ok = !name.is_empty()
-        && name.len() <= 100
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(BackendError::Rejected(format!(
-            "invalid name {name:?}: use [a-z0-9_-], at most 100 characters"
-        )))
-    }
-}
-
 fn key_spec(key_type: KeyType) -> Result<KeySpec, BackendError> {
     Ok(match key_type {
         KeyType::EcP256 => KeySpec::EccNistP256,
@@ -508,7 +493,7 @@ impl KeyBackend for KmsBackend {
     }
 
     async fn create_key(&self, name: &str, key_type: KeyType) -> Result<PublicKey, BackendError> {
-        check_name(name)?;
+        keyturn_backend::check_name(name)?;
         let spec = key_spec(key_type)?;
         let key = match self.existing(name).await {
             Ok(Some(key)) => key,
@@ -589,7 +574,7 @@ impl KeyBackend for KmsBackend {
     }
 
     async fn destroy(&self, name: &str) -> Result<(), BackendError> {
-        check_name(name)?;
+        keyturn_backend::check_name(name)?;
         self.evict(name);
         let Some(meta) = self.describe(name).await? else {
             return Ok(());
@@ -618,7 +603,7 @@ impl KeyBackend for KmsBackend {
                 .alias_name()
                 .filter(|a| a.starts_with(&wanted))
                 .and_then(|a| a.strip_prefix(ALIAS_PREFIX));
-            if let Some(name) = name.filter(|n| check_name(n).is_ok()) {
+            if let Some(name) = name.filter(|n| keyturn_backend::check_name(n).is_ok()) {
                 names.push(name.to_owned());
             }
         }
@@ -626,7 +611,7 @@ impl KeyBackend for KmsBackend {
     }
 
     async fn load_state(&self, keyset: &str) -> Result<Option<StateBlob>, BackendError> {
-        check_name(keyset)?;
+        keyturn_backend::check_name(keyset)?;
         self.state.load(keyset).await
     }
 
@@ -636,7 +621,7 @@ impl KeyBackend for KmsBackend {
         data: &[u8],
         expected: Option<u64>,
     ) -> Result<u64, BackendError> {
-        check_name(keyset)?;
+        keyturn_backend::check_name(keyset)?;
         self.state.store(keyset, data, expected).await
     }
 

@@ -129,21 +129,6 @@ struct StateDoc {
     document: String,
 }
 
-fn check_name(name: &str) -> Result<(), BackendError> {
-    let ok = !name.is_empty()
-        && name.len() <= 100
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(BackendError::Rejected(format!(
-            "invalid name {name:?}: use [a-z0-9_-], at most 100 characters"
-        )))
-    }
-}
-
 impl VaultBackend {
     /// Checks the settings, logs in (reading the token or secret id file) and starts the
     /// token renewal task. Must be called inside a Tokio runtime.
@@ -219,7 +204,7 @@ impl VaultBackend {
 
     /// Reads transit key `name`: its type and the public key of version 1.
     async fn read_key(&self, name: &str) -> Result<PublicKey, BackendError> {
-        check_name(name)?;
+        keyturn_backend::check_name(name)?;
         let key =
             match vaultrs::transit::key::read(&*self.client(), &self.transit_mount, name).await {
                 Ok(key) => key,
@@ -348,7 +333,7 @@ impl KeyBackend for VaultBackend {
     }
 
     async fn destroy(&self, name: &str) -> Result<(), BackendError> {
-        check_name(name)?;
+        keyturn_backend::check_name(name)?;
         self.forget(name);
         let client = self.client();
         let mount = &self.transit_mount;
@@ -397,7 +382,7 @@ impl KeyBackend for VaultBackend {
     }
 
     async fn load_state(&self, keyset: &str) -> Result<Option<StateBlob>, BackendError> {
-        check_name(keyset)?;
+        keyturn_backend::check_name(keyset)?;
         let request = ReadSecretRequest {
             mount: self.kv_mount.clone(),
             path: Self::state_path(keyset),
@@ -428,7 +413,7 @@ impl KeyBackend for VaultBackend {
         data: &[u8],
         expected: Option<u64>,
     ) -> Result<u64, BackendError> {
-        check_name(keyset)?;
+        keyturn_backend::check_name(keyset)?;
         let document = std::str::from_utf8(data)
             .map_err(|_| BackendError::Rejected("state must be UTF-8 JSON".into()))?
             .to_owned();
