@@ -60,41 +60,39 @@ async fn every_algorithm_signs_tokens_that_an_independent_library_verifies() {
     config += &client;
     let d = Daemon::start(dir.path(), &config);
     for alg in ALGS {
-        let ks = alg.to_lowercase();
-        let (status, body) = sign(
-            &d,
-            &ks,
-            &token,
-            json!({"claims": {"sub": "alice", "aud": "orders"}, "ttl": "5m"}),
-        )
-        .await;
-        assert_eq!(status, 200, "{alg}: {body}");
-        let jws = body["token"].as_str().unwrap();
-        assert_eq!(jws.split('.').count(), 3);
-        if jwt_alg(alg).is_some() {
-            let header = decode_header(jws).unwrap();
-            assert_eq!(header.kid.as_deref(), body["kid"].as_str());
-            let claims = verify_independently(&d, &ks, alg, jws, "orders").await;
-            assert_eq!(claims["sub"], "alice");
-            assert_eq!(claims["jti"], body["jti"]);
-            assert_eq!(claims["exp"], body["exp"]);
-            assert_eq!(
-                claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
-                300
-            );
-        } else {
-            // Still check it with keyturn's own strict verifier.
-            let keys =
-                keyturn::verify::parse_jwks(&serde_json::to_vec(&jwks(&d, &ks).await).unwrap())
-                    .unwrap();
-            let expect = keyturn::verify::Expect {
-                audience: Some("orders".into()),
-                ..Default::default()
-            };
-            let now = body["exp"].as_i64().unwrap() - 300;
-            keyturn::verify::verify(jws, &keys, &expect, now).unwrap();
-        }
+        sign_and_verify(&d, &alg.to_lowercase(), alg, &token).await;
     }
+}
+
+/// Signs a 5-minute token with key set `ks` (algorithm `alg`) and verifies it against the live
+/// JWKS: with the `jsonwebtoken` crate where it supports `alg`, else (ES512) with keyturn's
+/// own strict verifier (PyJWT checks ES512 in the interop test). Returns the sign response.
+pub async fn sign_and_verify(d: &Daemon, ks: &str, alg: &str, token: &str) -> serde_json::Value {
+    let req = json!({"claims": {"sub": "alice", "aud": "orders"}, "ttl": "5m"});
+    let (status, body) = sign(d, ks, token, req).await;
+    assert_eq!(status, 200, "{alg}: {body}");
+    let jws = body["token"].as_str().unwrap();
+    assert_eq!(jws.split('.').count(), 3);
+    if jwt_alg(alg).is_some() {
+        let header = decode_header(jws).unwrap();
+        assert_eq!(header.kid.as_deref(), body["kid"].as_str());
+        let claims = verify_independently(d, ks, alg, jws, "orders").await;
+        assert_eq!(claims["sub"], "alice");
+        assert_eq!(claims["jti"], body["jti"]);
+        assert_eq!(claims["exp"], body["exp"]);
+        let lifetime = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+        assert_eq!(lifetime, 300);
+    } else {
+        let set = serde_json::to_vec(&jwks(d, ks).await).unwrap();
+        let keys = keyturn::verify::parse_jwks(&set).unwrap();
+        let expect = keyturn::verify::Expect {
+            audience: Some("orders".into()),
+            ..Default::default()
+        };
+        let now = body["exp"].as_i64().unwrap() - 300;
+        keyturn::verify::verify(jws, &keys, &expect, now).unwrap();
+    }
+    body
 }
 
 fn policy_config(dir: &std::path::Path) -> (String, String, String) {
