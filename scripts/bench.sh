@@ -72,6 +72,11 @@ wait_for() { # wait_for FILE PATTERN SECONDS
     sleep 0.05
   done
 }
+cpu_ticks() { # utime + stime of the given processes, in clock ticks
+  local t=0 pid
+  for pid in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0))); done
+  echo "$t"
+}
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 new_token() { head -c 32 /dev/urandom | base64 | tr -d '/+=' | cut -c1-40; }
@@ -133,7 +138,8 @@ BAO=http://127.0.0.1:$BAO_PORT
 echo "==> starting OpenBao $("$KEYTURN_BAO_BIN" version | head -1)" >&2
 BAO_DEV_ROOT_TOKEN_ID=root taskset -c "$SERVER_CPUS" "$KEYTURN_BAO_BIN" server -dev -dev-no-store-token \
   -dev-listen-address="127.0.0.1:$BAO_PORT" >"$WORK/bao.log" 2>&1 &
-PIDS+=("$!")
+BAO_PID=$!
+PIDS+=("$BAO_PID")
 deadline=$((SECONDS + 60))
 until curl -sf "$BAO/v1/sys/health" >/dev/null; do
   if ((SECONDS > deadline)); then tail -20 "$WORK/bao.log" >&2; exit 1; fi
@@ -190,40 +196,54 @@ http {
     listen 127.0.0.1:$NGINX_PORT;
     root $WORK/nginx/www;
     add_header Cache-Control "public, max-age=1, stale-if-error=86400";
+    # The HTTP floor: the sign request's bytes in, a sign response's bytes out, no work.
+    location = /sign-floor {
+      default_type application/json;
+      return 200 '$(cat "$WORK/es256.signed")';
+    }
   }
 }
 EOF
 taskset -c "$SERVER_CPUS" "$NGINX" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" &
-PIDS+=("$!")
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
 deadline=$((SECONDS + 20))
 until curl -sf "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json" >/dev/null; do
   if ((SECONDS > deadline)); then cat "$WORK/nginx/error.log" >&2; exit 1; fi
   sleep 0.1
 done
 cmp -s "$WORK/nginx/www/.well-known/jwks.json" <(curl -sf "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json")
+NGINX_PIDS=("$NGINX_PID" $(pgrep -P "$NGINX_PID"))
 
 # ---------------------------------------------------------------------------------------
-# Load. Each run: "<requests/s> <p50 ms> <p99 ms>"; a run with errors stops the bench.
-wrk_run() { # name url script [connections] [ENV=value ...]
-  local name=$1 url=$2 script=$3 conns=${4:-$CONNS}
-  shift 4 || shift $#
+# Load. Each run: "<requests/s> <p50 ms> <p99 ms> <server CPU us per request>"; a run with
+# errors stops the bench. The CPU figure is the server processes' own time (user + system,
+# from /proc) divided by the requests they answered: what a request costs the server,
+# whatever share of the CPUs the load generator took.
+wrk_run() { # name url script connections "server pids" [ENV=value ...]
+  local name=$1 url=$2 script=$3 conns=$4 pids=$5
+  shift 5
   echo "==> wrk $name (${DURATION}s, $conns connections)" >&2
-  local out
+  local out before after
+  # shellcheck disable=SC2086 # pids is a list
+  before=$(cpu_ticks $pids)
   out=$(env "$@" taskset -c "$WRK_CPUS" wrk -t"$WRK_THREADS" -c"$conns" -d"${DURATION}s" \
     -s "$ROOT/scripts/bench/$script" "$url")
+  # shellcheck disable=SC2086
+  after=$(cpu_ticks $pids)
   local line
   line=$(grep '^RESULT' <<<"$out") || { echo "$out" >&2; exit 1; }
   read -r _ reqs dur p50 p99 errors <<<"$line"
   if ((errors > 0)); then echo "wrk $name: $errors errors" >&2; echo "$out" >&2; exit 1; fi
-  awk -v r="$reqs" -v d="$dur" -v a="$p50" -v b="$p99" \
-    'BEGIN {printf "%.0f %.2f %.2f\n", r / (d / 1e6), a / 1000, b / 1000}'
+  awk -v r="$reqs" -v d="$dur" -v a="$p50" -v b="$p99" -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" \
+    'BEGIN {printf "%.0f %.2f %.2f %.1f\n", r / (d / 1e6), a / 1000, b / 1000, (r > 0 ? t / hz * 1e6 / r : 0)}'
 }
 kt_sign() { # keyset
-  wrk_run "keyturn sign $1" "$API/v1/keysets/$1/sign" post.lua "$CONNS" \
+  wrk_run "keyturn sign $1" "$API/v1/keysets/$1/sign" post.lua "$CONNS" "$KT_PID" \
     BENCH_BODY="$WORK/sign.json" BENCH_AUTH_VALUE="Bearer $TOKEN"
 }
 bao_sign() { # key
-  wrk_run "OpenBao transit sign $1" "$BAO/v1/transit/sign/$1" post.lua "$CONNS" \
+  wrk_run "OpenBao transit sign $1" "$BAO/v1/transit/sign/$1" post.lua "$CONNS" "$BAO_PID" \
     BENCH_BODY="$WORK/bao-$1.json" BENCH_AUTH_HEADER=X-Vault-Token BENCH_AUTH_VALUE=root
 }
 
@@ -235,11 +255,14 @@ R[kt_rs256]=$(kt_sign rs256)
 R[bao_es256]=$(bao_sign es256)
 R[bao_eddsa]=$(bao_sign eddsa)
 R[bao_rs256]=$(bao_sign rs256)
-R[kt_jwks]=$(wrk_run "keyturn JWKS" "$JWKS/.well-known/jwks.json" get.lua)
-R[nginx_jwks]=$(wrk_run "nginx JWKS" "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json" get.lua)
+R[kt_jwks]=$(wrk_run "keyturn JWKS" "$JWKS/.well-known/jwks.json" get.lua "$CONNS" "$KT_PID")
+R[nginx_jwks]=$(wrk_run "nginx JWKS" "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json" get.lua "$CONNS" "${NGINX_PIDS[*]}")
+R[floor]=$(wrk_run "nginx HTTP floor (sign-sized request and response, no work)" \
+  "http://127.0.0.1:$NGINX_PORT/sign-floor" post.lua "$CONNS" "${NGINX_PIDS[*]}" \
+  BENCH_BODY="$WORK/sign.json" BENCH_AUTH_VALUE="Bearer $TOKEN")
 BATCH_CONNS=${BENCH_BATCH_CONNECTIONS:-2}
 R[kt_batch]=$(wrk_run "keyturn sign-batch es256 (256 per request)" "$API/v1/keysets/es256/sign-batch" \
-  post.lua "$BATCH_CONNS" BENCH_BODY="$WORK/batch.json" BENCH_AUTH_VALUE="Bearer $TOKEN")
+  post.lua "$BATCH_CONNS" "$KT_PID" BENCH_BODY="$WORK/batch.json" BENCH_AUTH_VALUE="Bearer $TOKEN")
 
 # ES256 signing while the RSA-4096 key set rotates: each rotation activates the pending key
 # (publish lead 1 s) and generates a new RSA-4096 pending key (spawn_blocking).
@@ -254,7 +277,7 @@ BEFORE=$(published)
 ) &
 ROTATOR=$!
 R[kt_es256_rot]=$(wrk_run "keyturn sign es256 during RSA-4096 rotations" "$API/v1/keysets/es256/sign" post.lua "$CONNS" \
-  BENCH_BODY="$WORK/sign.json" BENCH_AUTH_VALUE="Bearer $TOKEN")
+  "$KT_PID" BENCH_BODY="$WORK/sign.json" BENCH_AUTH_VALUE="Bearer $TOKEN")
 wait "$ROTATOR"
 sleep 3
 ROTATIONS=$(($(published) - BEFORE))
@@ -275,40 +298,66 @@ READY=$(python3 "$ROOT/scripts/bench/ready.py" "$BIN" "$WORK/ready.toml" 10)
 # ---------------------------------------------------------------------------------------
 field() { cut -d' ' -f"$2" <<<"${R[$1]}"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2fx", (b > 0 ? a / b : 0)}'; }
-row() { # what keyturn-key baseline-name baseline-rps baseline-p50 baseline-p99 target
-  printf '| %-26s | %8s | %6s | %6s | %-22s | %8s | %6s | %6s | %7s | %-24s |\n' \
-    "$1" "$(field "$2" 1)" "$(field "$2" 2)" "$(field "$2" 3)" "$3" "$4" "$5" "$6" \
-    "$(ratio "$(field "$2" 1)" "$4")" "$7"
+us() { awk -v r="$1" 'BEGIN {printf "%.1f", (r > 0 ? 1e6 / r : 0)}'; } # per-signature time of a rate
+line() { # 12 cells
+  printf '| %-26s | %8s | %6s | %6s | %7s | %-22s | %8s | %6s | %6s | %7s | %7s | %-26s |\n' "$@"
+}
+row() { # what keyturn-key baseline-name baseline-rps baseline-p50 baseline-p99 baseline-cpu target
+  line "$1" "$(field "$2" 1)" "$(field "$2" 2)" "$(field "$2" 3)" "$(field "$2" 4)" "$3" "$4" "$5" "$6" "$7" \
+    "$(ratio "$(field "$2" 1)" "$4")" "$8"
 }
 bao_row() { # what kt-key bao-key target
-  row "$1" "$2" "OpenBao transit" "$(field "$3" 1)" "$(field "$3" 2)" "$(field "$3" 3)" "$4"
+  row "$1" "$2" "OpenBao transit" "$(field "$3" 1)" "$(field "$3" 2)" "$(field "$3" 3)" "$(field "$3" 4)" "$4"
 }
-ES1=$(prim ES256 1) ES2=$(prim ES256 2) ED2=$(prim EdDSA 2) RS1=$(prim RS256 1) RS2=$(prim RS256 2)
+ES1=$(prim ES256 1) ES2=$(prim ES256 2) ED1=$(prim EdDSA 1) ED2=$(prim EdDSA 2) RS1=$(prim RS256 1) RS2=$(prim RS256 2)
 echo
 echo "keyturn $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') on $(nproc) CPUs, $(date -u +%FT%TZ); wrk ${DURATION}s, $CONNS connections, $WRK_THREADS thread(s)"
 echo "CPUs: wrk on $WRK_CPUS, servers on $SERVER_CPUS; load average before: ${LOAD_BEFORE:-$(cut -d' ' -f1-3 /proc/loadavg)}"
-echo "JWKS body: $JWKS_BYTES bytes; latencies in ms"
+echo "JWKS body: $JWKS_BYTES bytes; latencies in ms; CPU = the server's own CPU time per request in us"
+echo "(for the primitive: one thread's time per signature)"
 echo
-printf '| %-26s | %8s | %6s | %6s | %-22s | %8s | %6s | %6s | %7s | %-24s |\n' \
-  "keyturn" "req/s" "p50" "p99" "baseline" "req/s" "p50" "p99" "ratio" "target"
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..28})" "----------" \
-  "--------" "--------" "$(printf -- '-%.0s' {1..24})" "----------" "--------" "--------" \
-  "---------" "$(printf -- '-%.0s' {1..26})"
+line "keyturn" "req/s" "p50" "p99" "CPU" "baseline" "req/s" "p50" "p99" "CPU" "ratio" "target"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..28})" "----------" \
+  "--------" "--------" "---------" "$(printf -- '-%.0s' {1..24})" "----------" "--------" "--------" \
+  "---------" "---------" "$(printf -- '-%.0s' {1..28})"
 bao_row "sign ES256" kt_es256 bao_es256 ">= 8x, p99 <= 2 ms"
 bao_row "sign EdDSA" kt_eddsa bao_eddsa ""
 bao_row "sign RS256-2048" kt_rs256 bao_rs256 ""
-row "sign ES256" kt_es256 "aws-lc-rs, 2 threads" "$ES2" "" "" "(1 thread: $ES1/s)"
-row "sign EdDSA" kt_eddsa "aws-lc-rs, 2 threads" "$ED2" "" "" ""
-row "sign RS256-2048" kt_rs256 "aws-lc-rs, 2 threads" "$RS2" "" "" ">= 0.9x (1 thread: $RS1/s)"
-row "JWKS GET" kt_jwks "nginx static file" "$(field nginx_jwks 1)" "$(field nginx_jwks 2)" "$(field nginx_jwks 3)" ">= 1.0x"
+row "sign ES256" kt_es256 "aws-lc-rs, 2 threads" "$ES2" "" "" "$(us "$ES1")" "(1 thread: $ES1/s)"
+row "sign EdDSA" kt_eddsa "aws-lc-rs, 2 threads" "$ED2" "" "" "$(us "$ED1")" ""
+row "sign RS256-2048" kt_rs256 "aws-lc-rs, 2 threads" "$RS2" "" "" "$(us "$RS1")" ">= 0.9x (1 thread: $RS1/s)"
+row "JWKS GET" kt_jwks "nginx static file" "$(field nginx_jwks 1)" "$(field nginx_jwks 2)" "$(field nginx_jwks 3)" "$(field nginx_jwks 4)" ">= 1.0x"
 BATCH_TPS=$(awk -v r="$(field kt_batch 1)" 'BEGIN {printf "%.0f", r * 256}')
-printf '| %-26s | %8s | %6s | %6s | %-22s | %8s | %6s | %6s | %7s | %-24s |\n' \
-  "sign-batch ES256 tokens/s" "$BATCH_TPS" "$(field kt_batch 2)" "$(field kt_batch 3)" \
-  "aws-lc-rs, 2 threads" "$ES2" "" "" "$(ratio "$BATCH_TPS" "$ES2")" ">= 0.8x ($BATCH_CONNS conns x 256)"
-printf '| %-26s | %8s | %6s | %6s | %-22s | %8s | %6s | %6s | %7s | %-24s |\n' \
-  "sign ES256, RSA-4096 rot." "$(field kt_es256_rot 1)" "$(field kt_es256_rot 2)" "$(field kt_es256_rot 3)" \
-  "steady p99 (above)" "" "" "$(field kt_es256 3)" "$(ratio "$(field kt_es256_rot 3)" "$(field kt_es256 3)")" \
-  "p99 <= 2x ($ROTATIONS keys made)"
+BATCH_CPU=$(awk -v c="$(field kt_batch 4)" 'BEGIN {printf "%.1f", c / 256}')
+line "sign-batch ES256 tokens/s" "$BATCH_TPS" "$(field kt_batch 2)" "$(field kt_batch 3)" "$BATCH_CPU" \
+  "aws-lc-rs, 2 threads" "$ES2" "" "" "$(us "$ES1")" "$(ratio "$BATCH_TPS" "$ES2")" ">= 0.8x ($BATCH_CONNS conns x 256)"
+line "sign ES256, RSA-4096 rot." "$(field kt_es256_rot 1)" "$(field kt_es256_rot 2)" "$(field kt_es256_rot 3)" \
+  "$(field kt_es256_rot 4)" "steady p99 (above)" "" "" "$(field kt_es256 3)" "" \
+  "$(ratio "$(field kt_es256_rot 3)" "$(field kt_es256 3)")" "p99 <= 2x ($ROTATIONS keys made)"
+
+# What the machine allows: a server whose only cost beyond the HTTP floor (nginx answering
+# the same request with a sign-sized response and no work) is the signature itself. CPU
+# time per request adds up, so its rate C on these CPUs, shared with wrk, satisfies
+# 1/C = 1/floor + 1/primitive(2 threads): no signer on this machine can go faster.
+FLOOR=$(field floor 1)
+ceiling() { awk -v f="$FLOOR" -v p="$1" 'BEGIN {printf "%.0f", 1 / (1 / f + 1 / p)}'; }
+echo
+echo "HTTP floor: nginx answers the sign request with a sign-sized response and no work at $FLOOR req/s"
+echo "(p50 $(field floor 2) ms, p99 $(field floor 3) ms, $(field floor 4) us of nginx CPU per request)."
+echo "Ceiling for a zero-overhead signer on these CPUs: 1 / (1/floor + 1/primitive(2 threads))."
+echo
+printf '| %-16s | %9s | %9s | %16s | %-34s |\n' "" "ceiling" "keyturn" "of the ceiling" "the target needs"
+printf '|%s|%s|%s|%s|%s|\n' "------------------" "-----------" "-----------" "------------------" "------------------------------------"
+cel_row() { # what kt-rps primitive-2 target-text
+  local c
+  c=$(ceiling "$3")
+  printf '| %-16s | %9s | %9s | %16s | %-34s |\n' "$1" "$c" "$2" "$(ratio "$2" "$c")" "$4"
+}
+ES_NEED=$(awk -v b="$(field bao_es256 1)" 'BEGIN {printf "%.0f", 8 * b}')
+RS_NEED=$(awk -v p="$RS2" 'BEGIN {printf "%.0f", 0.9 * p}')
+cel_row "sign ES256" "$(field kt_es256 1)" "$ES2" "8x OpenBao: $ES_NEED req/s"
+cel_row "sign EdDSA" "$(field kt_eddsa 1)" "$ED2" ""
+cel_row "sign RS256-2048" "$(field kt_rs256 1)" "$RS2" "0.9x primitive: $RS_NEED req/s"
 echo
 read -r _ runs median max <<<"$READY"
 echo "keyturn RSS: idle $((IDLE_RSS / 1024)) MB ($IDLE_RSS kB, target <= 20 MB), after ES256 load $((LOADED_RSS / 1024)) MB, peak $((PEAK_RSS / 1024)) MB"

@@ -33,7 +33,7 @@ pub struct Record {
     /// Unix seconds.
     pub ts: i64,
     /// "sign", or a lifecycle event ("published", "activated", "removed", "revoked", ...).
-    pub event: String,
+    pub event: &'static str,
     /// The client, for signatures and admin actions.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub caller: Option<String>,
@@ -146,7 +146,7 @@ impl Audit {
     pub fn lifecycle(&self, keyset: &str, event: &Event) {
         let record = Record {
             ts: event.at,
-            event: event.kind.to_owned(),
+            event: event.kind,
             caller: None,
             keyset: keyset.to_owned(),
             kid: Some(event.kid.clone()),
@@ -350,7 +350,7 @@ mod tests {
     fn record(i: i64) -> Record {
         Record {
             ts: i,
-            event: "sign".into(),
+            event: "sign",
             caller: Some("svc".into()),
             keyset: "default".into(),
             kid: Some("kid".into()),

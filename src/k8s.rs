@@ -285,7 +285,7 @@ impl Signer {
             .audit
             .record(Record {
                 ts: now,
-                event: "sign".into(),
+                event: "sign",
                 caller: Some(CALLER.into()),
                 keyset: keyset.name().to_owned(),
                 kid: Some(signer.kid.clone()),

@@ -9,42 +9,75 @@ use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use http::{header, HeaderMap, HeaderValue, StatusCode};
 use std::sync::Arc;
-use tower_http::cors::{Any, CorsLayer};
 
 const JWK_SET: HeaderValue = HeaderValue::from_static("application/jwk-set+json");
 const JWK: HeaderValue = HeaderValue::from_static("application/jwk+json");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
-/// The public router.
+const ANY: HeaderValue = HeaderValue::from_static("*");
+const EXPOSED: HeaderValue = HeaderValue::from_static("etag, last-modified, cache-control");
+const READ_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD");
+const PREFLIGHT_MAX_AGE: HeaderValue = HeaderValue::from_static("86400");
+
+/// The public router. Documents are readable from any origin (CORS): every response
+/// carries `Access-Control-Allow-Origin: *`, and a preflight `OPTIONS` is answered for GET
+/// and HEAD. The headers are constants set by the handlers, not a per-request layer:
+/// this listener must serve as fast as a static file server.
 pub fn router(state: Arc<AppState>) -> Router {
-    let cors = CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods([Method::GET, Method::HEAD])
-        .expose_headers([header::ETAG, header::LAST_MODIFIED, header::CACHE_CONTROL]);
     Router::new()
-        .route("/.well-known/jwks.json", get(default_jwks))
-        .route("/.well-known/openid-configuration", get(default_discovery))
-        .route("/keysets/{name}/jwks.json", get(jwks))
-        .route("/keysets/{name}/jwks/{kid}", get(jwk))
+        .route(
+            "/.well-known/jwks.json",
+            get(default_jwks).options(preflight),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            get(default_discovery).options(preflight),
+        )
+        .route("/keysets/{name}/jwks.json", get(jwks).options(preflight))
+        .route("/keysets/{name}/jwks/{kid}", get(jwk).options(preflight))
         .route(
             "/keysets/{name}/.well-known/openid-configuration",
-            get(discovery),
+            get(discovery).options(preflight),
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .layer(cors)
         .with_state(state)
 }
 
-async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no such path on the JWKS listener",
+/// Adds the CORS headers of a simple cross-origin read.
+fn cors(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, ANY);
+    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSED);
+    response
+}
+
+/// A document, or its error, with the CORS headers.
+fn document(result: Result<Response, ApiError>) -> Response {
+    cors(result.unwrap_or_else(IntoResponse::into_response))
+}
+
+/// A CORS preflight: any origin may GET and HEAD, with no credentials or extra headers.
+async fn preflight() -> Response {
+    let mut response = cors(StatusCode::NO_CONTENT.into_response());
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, READ_METHODS);
+    headers.insert(header::ACCESS_CONTROL_MAX_AGE, PREFLIGHT_MAX_AGE);
+    response
+}
+
+async fn not_found() -> Response {
+    cors(
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such path on the JWKS listener",
+        )
+        .into_response(),
     )
 }
 
@@ -86,14 +119,14 @@ fn respond(req: &HeaderMap, p: &Published, served: &Served, content_type: Header
         Response::new(Body::from(served.body.clone()))
     };
     let headers = response.headers_mut();
-    headers.reserve(10);
+    headers.reserve(8);
     headers.insert(header::ETAG, served.etag.clone());
     headers.insert(header::LAST_MODIFIED, p.last_modified.clone());
     headers.insert(header::CACHE_CONTROL, p.cache_control.clone());
     if !fresh {
         headers.insert(header::CONTENT_TYPE, content_type);
     }
-    response
+    cors(response)
 }
 
 /// RFC 9110 section 13.1.2: `*`, or any listed tag equal to ours (weak comparison).
@@ -109,51 +142,41 @@ fn etag_matches(header: &HeaderValue, etag: &HeaderValue) -> bool {
 
 // Handlers take the request itself: a `HeaderMap` extractor would copy the request's
 // headers to read two of them.
-async fn default_jwks(State(s): State<Arc<AppState>>, r: Request) -> Result<Response, ApiError> {
-    let p = published(&s, None)?;
-    Ok(respond(r.headers(), &p, &p.jwks, JWK_SET))
+async fn default_jwks(State(s): State<Arc<AppState>>, r: Request) -> Response {
+    document(published(&s, None).map(|p| respond(r.headers(), &p, &p.jwks, JWK_SET)))
 }
 
-async fn default_discovery(
-    State(s): State<Arc<AppState>>,
-    r: Request,
-) -> Result<Response, ApiError> {
-    let p = published(&s, None)?;
-    Ok(respond(r.headers(), &p, &p.discovery, JSON))
+async fn default_discovery(State(s): State<Arc<AppState>>, r: Request) -> Response {
+    document(published(&s, None).map(|p| respond(r.headers(), &p, &p.discovery, JSON)))
 }
 
-async fn jwks(
-    State(s): State<Arc<AppState>>,
-    Path(name): Path<String>,
-    r: Request,
-) -> Result<Response, ApiError> {
-    let p = published(&s, Some(&name))?;
-    Ok(respond(r.headers(), &p, &p.jwks, JWK_SET))
+async fn jwks(State(s): State<Arc<AppState>>, Path(name): Path<String>, r: Request) -> Response {
+    document(published(&s, Some(&name)).map(|p| respond(r.headers(), &p, &p.jwks, JWK_SET)))
 }
 
 async fn discovery(
     State(s): State<Arc<AppState>>,
     Path(name): Path<String>,
     r: Request,
-) -> Result<Response, ApiError> {
-    let p = published(&s, Some(&name))?;
-    Ok(respond(r.headers(), &p, &p.discovery, JSON))
+) -> Response {
+    document(published(&s, Some(&name)).map(|p| respond(r.headers(), &p, &p.discovery, JSON)))
 }
 
 async fn jwk(
     State(s): State<Arc<AppState>>,
     Path((name, kid)): Path<(String, String)>,
     r: Request,
-) -> Result<Response, ApiError> {
-    let p = published(&s, Some(&name))?;
-    let served = p.by_kid.get(&kid).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_kid",
-            "no published key with that kid in this key set",
-        )
-    })?;
-    Ok(respond(r.headers(), &p, served, JWK))
+) -> Response {
+    document(published(&s, Some(&name)).and_then(|p| {
+        let served = p.by_kid.get(&kid).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_kid",
+                "no published key with that kid in this key set",
+            )
+        })?;
+        Ok(respond(r.headers(), &p, served, JWK))
+    }))
 }
 
 async fn healthz() -> &'static str {

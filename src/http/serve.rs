@@ -1,6 +1,6 @@
 //! Accept loops: TCP (optionally TLS) and Unix sockets, one per listener, each with its own
 //! connection limit, header-read timeout and graceful drain. The caller's transport
-//! identity ([`Peer`]) is attached to every request.
+//! identity ([`Peer`]) is attached to every request, shared by the connection's requests.
 
 use crate::auth::Peer;
 use axum::Router;
@@ -75,7 +75,9 @@ impl MakeRequestId for RequestIds {
 
 /// Gives every request an id (`x-request-id` in the response) and a DEBUG span with the
 /// id, method and path, closed with the status and latency. Headers are never logged.
-fn traced(app: Router) -> Router {
+/// The API listener uses it; the public listener, which only serves pre-serialized
+/// documents to anonymous readers, does not pay for it (see BENCHMARKS.md).
+pub fn traced(app: Router) -> Router {
     let start = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
@@ -104,7 +106,6 @@ fn traced(app: Router) -> Router {
 
 impl Shared {
     fn new(app: Router, limits: &Limits) -> Self {
-        let app = traced(app);
         let mut builder = Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -130,6 +131,7 @@ impl Shared {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let app = self.app.clone();
+        let peer = Arc::new(peer);
         let svc =
             hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(peer.clone());

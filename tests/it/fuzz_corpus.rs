@@ -2,10 +2,8 @@
 //! (fuzz/artifacts/<target>/) through the fuzz entry points: a regression test for
 //! everything the fuzzer ever found. `scripts/fuzz.sh` grows the corpus.
 
-use std::path::Path;
-
 fn replay(target: &str, entry: fn(&[u8])) -> usize {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let root = crate::harness::repo_dir().join("fuzz");
     let mut n = 0;
     for dir in [
         root.join("corpus").join(target),

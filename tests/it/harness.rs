@@ -21,6 +21,13 @@ pub struct Daemon {
 }
 
 /// A fresh private directory.
+/// The repository's root, read when the test runs rather than when it is built: cargo
+/// reuses a test binary built from another checkout that shares CARGO_TARGET_DIR, and
+/// `env!` would then point into that checkout.
+pub fn repo_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+}
+
 pub fn private_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();

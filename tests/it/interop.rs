@@ -20,7 +20,7 @@ impl PyJwt {
     fn start() -> Option<PyJwt> {
         let python =
             keyturn_backend::testserver::find_binary("KEYTURN_PYTHON", "python with PyJWT")?;
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/interop.py");
+        let script = crate::harness::repo_dir().join("scripts/interop.py");
         let mut child = Command::new(python)
             .arg(script)
             .stdin(Stdio::piped())

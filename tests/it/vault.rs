@@ -26,11 +26,9 @@ const ALGS: [&str; 10] = [
 fn vault_backend(bao: &OpenBao, dir: &Path) -> String {
     bao.enable_transit("transit");
     bao.enable_kv2("secret");
-    let policy = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/vault-policy.hcl"
-    ))
-    .unwrap();
+    let policy =
+        std::fs::read_to_string(crate::harness::repo_dir().join("config/vault-policy.hcl"))
+            .unwrap();
     bao.put_policy("keyturn", &policy);
     let token = bao.create_token(&["keyturn"], "1h");
     let file = dir.join("vault.token");

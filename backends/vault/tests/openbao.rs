@@ -12,11 +12,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const POLICY_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/vault-policy.hcl");
-
 /// The shipped policy, with its mount prefixes replaced as its comment tells operators to.
+/// Its path is read when the test runs: cargo reuses a test binary built from another
+/// checkout that shares CARGO_TARGET_DIR, and `env!` would point into that checkout.
 fn policy(transit: &str, kv: &str) -> String {
-    std::fs::read_to_string(POLICY_FILE)
+    let crate_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    std::fs::read_to_string(crate_dir.join("../../config/vault-policy.hcl"))
         .unwrap()
         .replace("\"transit/", &format!("\"{transit}/"))
         .replace("\"secret/", &format!("\"{kv}/"))
