@@ -2,12 +2,14 @@
 //! (no JSON, no base64, no HTTP), one and two threads, as signatures per second.
 //!
 //! ```text
-//! cargo bench --bench primitive -- [--secs 3] [--threads 1,2] [ES256 EdDSA RS256 ...]
+//! cargo bench --bench primitive -- [--secs 3] [--threads 1,2] [--shared] [ES256 EdDSA RS256 ...]
 //! ```
 //!
 //! One line per (algorithm, threads): `PRIMITIVE <alg> <threads> <signatures/s>`. The
 //! message is a typical JWS signing input (about 300 bytes). Each thread signs with its
-//! own key and a `SystemRandom` made once, the best case a daemon can reach.
+//! own key and a `SystemRandom` made once, the best case a daemon can reach. With
+//! `--shared` every thread signs with one key, as a daemon's workers sign with a key set's
+//! active key (lines end in ` shared`).
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
@@ -67,10 +69,12 @@ fn main() {
     let mut secs = 3.0f64;
     let mut threads = vec![1usize, 2];
     let mut algs = Vec::new();
+    let mut shared = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--secs" => secs = args.next().and_then(|s| s.parse().ok()).unwrap_or(secs),
+            "--shared" => shared = true,
             "--threads" => {
                 threads = args
                     .next()
@@ -89,21 +93,23 @@ fn main() {
     let message = "eyJhbGciOiJFUzI1NiIsImtpZCI6IlRmX2VZZDJ6WHh6R0Z5b3pYd2ZJcXFVUnhyNUtuNFFjNUVuYWN5eFNvRXMiLCJ0eXAiOiJKV1QifQ.eyJzdWIiOiJ1c2VyOjEiLCJhdWQiOiJvcmRlcnMtYXBpIiwiaXNzIjoiaHR0cHM6Ly9pc3N1ZXIudGVzdC9lczI1NiIsImlhdCI6MTgwMDAwMDAwMCwibmJmIjoxODAwMDAwMDAwLCJleHAiOjE4MDAwMDAzMDAsImp0aSI6IkFBQUFBQUFBQUFBQUFBQUFBQUFBQUEifQ";
     for alg in &algs {
         for &t in &threads {
-            let keys: Vec<Key> = (0..t).filter_map(|_| key(alg)).collect();
-            if keys.len() != t {
+            let n = if shared { 1 } else { t };
+            let keys: Vec<Key> = (0..n).filter_map(|_| key(alg)).collect();
+            if keys.len() != n {
                 eprintln!("primitive: unknown algorithm {alg}");
                 std::process::exit(2);
             }
             let started = Instant::now();
             let total: u64 = std::thread::scope(|s| {
-                let handles: Vec<_> = keys
-                    .iter()
+                let handles: Vec<_> = (0..t)
+                    .map(|i| &keys[i % n])
                     .map(|k| s.spawn(move || run(k, message.as_bytes(), secs)))
                     .collect();
                 handles.into_iter().filter_map(|h| h.join().ok()).sum()
             });
             let rate = total as f64 / started.elapsed().as_secs_f64();
-            println!("PRIMITIVE {alg} {t} {rate:.0}");
+            let how = if shared { " shared" } else { "" };
+            println!("PRIMITIVE {alg} {t} {rate:.0}{how}");
         }
     }
 }

@@ -125,6 +125,20 @@ async fn authentication_and_policy_refusals() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // Every API response, refusals included, names its request for the logs.
+    let id = |r: &reqwest::Response| r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let first = id(&r);
+    let r = http()
+        .post(format!("{}/v1/keysets/default/sign", d.api))
+        .json(&ok)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !first.is_empty() && id(&r) != first,
+        "{first} then {}",
+        id(&r)
+    );
     let (status, body) = sign(&d, "default", "wrong-token", ok.clone()).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),

@@ -145,6 +145,24 @@ async fn caching_headers_conditional_requests_head_and_cors() {
         .to_str()
         .unwrap()
         .contains("GET"));
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    // Errors are readable cross-origin too, and the caching headers are exposed to scripts.
+    let r = http()
+        .get(format!("{}/keysets/nope/jwks.json", d.jwks))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    let r = http().get(&url).send().await.unwrap();
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    assert!(
+        exposed.contains("etag") && exposed.contains("cache-control"),
+        "{exposed}"
+    );
 
     let disco: serde_json::Value = http()
         .get(format!(
