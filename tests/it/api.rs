@@ -117,28 +117,20 @@ async fn authentication_and_policy_refusals() {
     let (config, token, ops) = policy_config(dir.path());
     let d = Daemon::start(dir.path(), &config);
     let ok = json!({"claims": {"sub": "user:1", "aud": "orders"}});
-    // No token, a wrong token, a malformed header: 401.
-    let r = http()
-        .post(format!("{}/v1/keysets/default/sign", d.api))
-        .json(&ok)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    // Every API response, refusals included, names its request for the logs.
-    let id = |r: &reqwest::Response| r.headers()["x-request-id"].to_str().unwrap().to_owned();
-    let first = id(&r);
-    let r = http()
-        .post(format!("{}/v1/keysets/default/sign", d.api))
-        .json(&ok)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        !first.is_empty() && id(&r) != first,
-        "{first} then {}",
-        id(&r)
-    );
+    // No token, a wrong token, a malformed header: 401. Every API response, refusals
+    // included, names its request for the logs.
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let r = http()
+            .post(format!("{}/v1/keysets/default/sign", d.api))
+            .json(&ok)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        ids.push(r.headers()["x-request-id"].to_str().unwrap().to_owned());
+    }
+    assert!(!ids[0].is_empty() && ids[0] != ids[1], "{ids:?}");
     let (status, body) = sign(&d, "default", "wrong-token", ok.clone()).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
