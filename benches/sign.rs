@@ -181,7 +181,7 @@ fn bench(c: &mut Criterion) {
             .unwrap();
             let sig = ready(backend.sign(&key_name, alg, p.signing_input.as_bytes())).unwrap();
             Signed {
-                token: compact(&p.signing_input, &sig),
+                token: compact(p.signing_input, &sig),
                 kid: "kid-0123456789".into(),
                 jti: p.jti,
                 exp: p.exp,

@@ -370,6 +370,39 @@ mod tests {
         writer.finish();
     }
 
+    #[test]
+    fn a_line_has_the_record_fields_in_order_then_prev() {
+        let mut buf = Vec::new();
+        let mut prev = GENESIS.to_owned();
+        append(&mut buf, &record(1), &mut prev);
+        let lifecycle = Record {
+            caller: None,
+            jti: None,
+            sub: None,
+            aud: None,
+            exp: None,
+            event: "published",
+            ..record(2)
+        };
+        append(&mut buf, &lifecycle, &mut prev);
+        let text = String::from_utf8(buf).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            format!(
+                r#"{{"ts":1,"event":"sign","caller":"svc","keyset":"default","kid":"kid","jti":"jti1","sub":"alice","aud":"api","exp":61,"prev":"{GENESIS}"}}"#
+            )
+        );
+        assert_eq!(
+            lines[1],
+            format!(
+                r#"{{"ts":2,"event":"published","keyset":"default","kid":"kid","prev":"{}"}}"#,
+                hex_sha256(lines[0].as_bytes())
+            )
+        );
+        assert_eq!(prev, hex_sha256(lines[1].as_bytes()));
+    }
+
     #[tokio::test]
     async fn chain_verifies_across_reopen_and_detects_edits() {
         let dir = tempfile::tempdir().unwrap();

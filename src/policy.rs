@@ -314,7 +314,8 @@ pub fn prepare(
     let header_len = json.len();
     serde_json::to_writer(&mut json, &body).map_err(|_| internal())?;
     let (header, body) = json.split_at(header_len);
-    let mut signing_input = String::with_capacity((json.len() + 2) * 4 / 3 + 4);
+    // Room for the signature too: `compact` appends it (RSA-4096: 683 characters).
+    let mut signing_input = String::with_capacity((json.len() + 2) * 4 / 3 + 4 + 1 + 683);
     B64.encode_string(header, &mut signing_input);
     signing_input.push('.');
     B64.encode_string(body, &mut signing_input);
@@ -407,13 +408,13 @@ pub fn new_jti() -> Result<String, ApiError> {
     Ok(B64.encode(bytes))
 }
 
-/// Appends the signature to the signing input: the compact JWS.
-pub fn compact(signing_input: &str, signature: &[u8]) -> String {
-    let mut token = String::with_capacity(signing_input.len() + 1 + signature.len() * 4 / 3 + 4);
-    token.push_str(signing_input);
-    token.push('.');
-    B64.encode_string(signature, &mut token);
-    token
+/// Appends the signature to the signing input: the compact JWS, in the signing input's own
+/// buffer (sized for the largest signature by `prepare`).
+pub fn compact(mut signing_input: String, signature: &[u8]) -> String {
+    signing_input.reserve(1 + signature.len().div_ceil(3) * 4);
+    signing_input.push('.');
+    B64.encode_string(signature, &mut signing_input);
+    signing_input
 }
 
 #[cfg(test)]

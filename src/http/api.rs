@@ -271,7 +271,7 @@ async fn sign_one(
             )
         })?;
     Ok(Signed {
-        token: compact(&prepared.signing_input, &sig),
+        token: compact(prepared.signing_input, &sig),
         kid: signer.kid.clone(),
         jti: prepared.jti,
         exp: prepared.exp,
