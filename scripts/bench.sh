@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks, from a fresh machine, in one run: keyturn (file backend) against OpenBao
 # transit (dev server) and nginx on loopback, plus the raw aws-lc-rs primitive, start-up
-# time and memory. Prints one table; BENCHMARKS.md explains it and records results.
+# time and memory. Prints a table of rates, latencies and CPU per request, then the HTTP
+# floor (nginx answering the sign request with no work) and the ceiling it puts on any
+# signer here; BENCHMARKS.md explains both and records results.
 #
 #   scripts/bench.sh                      # 15 s per wrk run, 32 connections
 #   BENCH_DURATION=5 scripts/bench.sh     # quicker, noisier

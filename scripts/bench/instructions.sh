@@ -11,6 +11,8 @@
 # token (start-up and
 # shutdown cancel out). Under valgrind aws-lc takes its portable code paths (no AVX-512,
 # no RDRAND), so the signature's own count is higher than natively; our code is not.
+# INSTRUCTIONS_PROFILE=DIR keeps the callgrind profile of each run there, e.g. for
+# `callgrind_annotate --inclusive=yes DIR/sign-batch.20.out | head -60`.
 # Needs valgrind (apt-get install valgrind) and curl.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -78,6 +80,10 @@ count() {
   fi
   kill -TERM "$pid"
   wait "$pid" || true
+  if [[ -n ${INSTRUCTIONS_PROFILE:-} ]]; then
+    mkdir -p "$INSTRUCTIONS_PROFILE"
+    cp "$out" "$INSTRUCTIONS_PROFILE/$1.$3.out"
+  fi
   awk '/^summary:|^totals:/ {print $2; exit}' "$out"
 }
 # The first daemon creates the key; every later one loads it.
