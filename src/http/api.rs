@@ -350,37 +350,49 @@ struct BatchResponse {
     results: Vec<BatchItem>,
 }
 
-/// A batch is split into at most this many chunks, signed at the same time, each by a task
-/// that signs its items in turn: with the file backend the chunks spread over every worker
-/// thread at the cost of one task per chunk (a task per item cost about a tenth of the
-/// batch's CPU); with a remote backend this many calls are in flight.
-const BATCH_CHUNKS: usize = 16;
+/// Tasks signing one batch at the same time. Each takes the next unsigned item until none
+/// is left: with the file backend the items spread over every worker thread at the cost of
+/// one task per slot (a task per item cost about a tenth of the batch's CPU); with a remote
+/// backend this many calls are in flight, and a slow call holds up only its own slot.
+const BATCH_IN_FLIGHT: usize = 16;
 
-/// A chunk's task yields to other requests once it has held its worker this long.
+/// A batch task yields to other requests once it has held its worker this long.
 const BATCH_SLICE: Duration = Duration::from_millis(1);
 
-/// Signs `requests` in turn, stopping at the first 503 (the batch fails as a whole).
-async fn sign_chunk(
+/// One batch's items, shared by its tasks, which take them in turn.
+struct BatchItems {
+    requests: Vec<SignRequest>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+/// Signs items of `items` until none is left or one gets a 503 (the batch then fails as a
+/// whole). Returns each result with its item's index.
+async fn sign_items(
     state: &AppState,
     client: &ClientConfig,
     keyset: &KeySet,
-    requests: Vec<SignRequest>,
-) -> Vec<Result<Signed, ApiError>> {
-    let mut out = Vec::with_capacity(requests.len());
+    items: &BatchItems,
+) -> Vec<(usize, Result<Signed, ApiError>)> {
+    let mut out = Vec::new();
     let mut slice = Instant::now();
-    for req in &requests {
+    loop {
+        let i = items
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(req) = items.requests.get(i) else {
+            return out;
+        };
         let result = sign_one(state, client, keyset, req).await;
         let unavailable = matches!(&result, Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE);
-        out.push(result);
+        out.push((i, result));
         if unavailable {
-            break;
+            return out;
         }
         if slice.elapsed() >= BATCH_SLICE {
             tokio::task::yield_now().await;
             slice = Instant::now();
         }
     }
-    out
 }
 
 /// Many tokens in one request; each goes through the same policy. One item's refusal does
@@ -401,23 +413,19 @@ async fn sign_batch(
         ));
     }
     let n = batch.requests.len();
-    let per_chunk = n.div_ceil(BATCH_CHUNKS);
-    let mut requests = batch.requests.into_iter();
+    let items = Arc::new(BatchItems {
+        requests: batch.requests,
+        next: std::sync::atomic::AtomicUsize::new(0),
+    });
     let mut tasks = tokio::task::JoinSet::new();
-    let mut chunks = 0;
-    loop {
-        let chunk: Vec<SignRequest> = requests.by_ref().take(per_chunk).collect();
-        if chunk.is_empty() {
-            break;
-        }
-        let (state, client, keyset) = (state.clone(), client.clone(), keyset.clone());
-        let i = chunks;
-        tasks.spawn(async move { (i, sign_chunk(&state, &client, &keyset, chunk).await) });
-        chunks += 1;
+    for _ in 0..n.min(BATCH_IN_FLIGHT) {
+        let (state, client, keyset, items) =
+            (state.clone(), client.clone(), keyset.clone(), items.clone());
+        tasks.spawn(async move { sign_items(&state, &client, &keyset, &items).await });
     }
-    let mut signed: Vec<Vec<BatchItem>> = (0..chunks).map(|_| Vec::new()).collect();
+    let mut slots: Vec<Option<BatchItem>> = (0..n).map(|_| None).collect();
     while let Some(joined) = tasks.join_next().await {
-        let (i, results) = joined.map_err(|e| {
+        let results = joined.map_err(|e| {
             tracing::error!(keyset = %keyset.name(), error = %e, "batch signing task failed");
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -425,11 +433,10 @@ async fn sign_batch(
                 "internal error",
             )
         })?;
-        let mut items = Vec::with_capacity(results.len());
-        for result in results {
-            items.push(match result {
+        for (i, result) in results {
+            let item = match result {
                 Ok(signed) => BatchItem::Ok(signed),
-                // Dropping `tasks` cancels the chunks still in flight.
+                // Dropping `tasks` cancels the items still in flight.
                 Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => return Err(e),
                 Err(e) => BatchItem::Err {
                     error: BatchError {
@@ -437,13 +444,21 @@ async fn sign_batch(
                         message: e.message,
                     },
                 },
-            });
-        }
-        if let Some(slot) = signed.get_mut(i) {
-            *slot = items;
+            };
+            if let Some(slot) = slots.get_mut(i) {
+                *slot = Some(item);
+            }
         }
     }
-    let results: Vec<BatchItem> = signed.into_iter().flatten().collect();
+    let results: Vec<BatchItem> = slots.into_iter().flatten().collect();
+    if results.len() != n {
+        tracing::error!(keyset = %keyset.name(), "a batch item was left unsigned");
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        ));
+    }
     let capacity = 64 + results.len() * SIGNED_SIZE;
     json_response(&BatchResponse { results }, capacity)
 }

@@ -5,6 +5,7 @@ use super::error::ApiError;
 use crate::app::AppState;
 use crate::jwks::{Published, Served};
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -110,7 +111,7 @@ fn respond(req: &HeaderMap, p: &Published, served: &Served, content_type: Header
             )
             .is_some_and(|(since, modified)| modified <= since),
     };
-    // Built in place, sized once: the CORS layer and hyper add theirs to the same map.
+    // Built in place, sized once: `cors` and hyper add theirs to the same map.
     let mut response = if fresh {
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
@@ -150,24 +151,38 @@ async fn default_discovery(State(s): State<Arc<AppState>>, r: Request) -> Respon
     document(published(&s, None).map(|p| respond(r.headers(), &p, &p.discovery, JSON)))
 }
 
-async fn jwks(State(s): State<Arc<AppState>>, Path(name): Path<String>, r: Request) -> Response {
-    document(published(&s, Some(&name)).map(|p| respond(r.headers(), &p, &p.jwks, JWK_SET)))
+/// Path parameters, or the 400 for a path axum cannot decode (invalid percent-encoding),
+/// with the CORS headers like every other answer of this listener.
+type Params<T> = Result<Path<T>, PathRejection>;
+
+fn params<T>(p: Params<T>) -> Result<T, ApiError> {
+    p.map(|Path(t)| t).map_err(|_| {
+        ApiError::bad_request(
+            "bad_path",
+            "a path segment is not valid percent-encoded UTF-8",
+        )
+    })
 }
 
-async fn discovery(
-    State(s): State<Arc<AppState>>,
-    Path(name): Path<String>,
-    r: Request,
-) -> Response {
-    document(published(&s, Some(&name)).map(|p| respond(r.headers(), &p, &p.discovery, JSON)))
+async fn jwks(State(s): State<Arc<AppState>>, name: Params<String>, r: Request) -> Response {
+    document(params(name).and_then(|name| {
+        published(&s, Some(&name)).map(|p| respond(r.headers(), &p, &p.jwks, JWK_SET))
+    }))
+}
+
+async fn discovery(State(s): State<Arc<AppState>>, name: Params<String>, r: Request) -> Response {
+    document(params(name).and_then(|name| {
+        published(&s, Some(&name)).map(|p| respond(r.headers(), &p, &p.discovery, JSON))
+    }))
 }
 
 async fn jwk(
     State(s): State<Arc<AppState>>,
-    Path((name, kid)): Path<(String, String)>,
+    names: Params<(String, String)>,
     r: Request,
 ) -> Response {
-    document(published(&s, Some(&name)).and_then(|p| {
+    document(params(names).and_then(|(name, kid)| {
+        let p = published(&s, Some(&name))?;
         let served = p.by_kid.get(&kid).ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,

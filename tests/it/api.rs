@@ -198,6 +198,89 @@ async fn authentication_and_policy_refusals() {
     assert_eq!(header.typ.as_deref(), Some("at+jwt"));
 }
 
+/// sign-batch: every item goes through the single-sign policy on its own, results come
+/// back in request order, refusals stay per item, each token is audited once.
+#[tokio::test]
+async fn sign_batch_checks_each_item_and_keeps_their_order() {
+    let dir = private_dir();
+    let (config, token, _) = policy_config(dir.path());
+    let d = Daemon::start(dir.path(), &config);
+    let batch_url = format!("{}/v1/keysets/default/sign-batch", d.api);
+    let post = |body: serde_json::Value| {
+        http()
+            .post(&batch_url)
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    // 200 items; every seventh asks for an audience the client may not use, every eleventh
+    // for a forbidden claim. More items than tasks in flight, so tasks take several each.
+    let refusal = |i: usize| match i {
+        i if i % 7 == 3 => Some("audience_not_allowed"),
+        i if i % 11 == 5 => Some("claim_forbidden"),
+        _ => None,
+    };
+    let requests: Vec<serde_json::Value> = (0..200)
+        .map(|i| {
+            let mut claims = json!({"sub": format!("user:{i}"), "aud": "orders"});
+            match refusal(i) {
+                Some("audience_not_allowed") => claims["aud"] = json!("payroll"),
+                Some(_) => claims["admin"] = json!(true),
+                None => {}
+            }
+            json!({"claims": claims})
+        })
+        .collect();
+    let r = post(json!({"requests": requests})).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 200);
+    let mut jtis = std::collections::HashSet::new();
+    for (i, item) in results.iter().enumerate() {
+        match refusal(i) {
+            Some(code) => {
+                assert_eq!(item["error"]["code"], code, "item {i}: {item}");
+                assert!(item.get("token").is_none(), "item {i}: {item}");
+            }
+            None => {
+                let claims = verify_independently(
+                    &d,
+                    "default",
+                    "ES256",
+                    item["token"].as_str().unwrap(),
+                    "orders",
+                )
+                .await;
+                assert_eq!(claims["sub"], format!("user:{i}"), "item {i} out of order");
+                assert_eq!(claims["jti"], item["jti"]);
+                assert!(jtis.insert(item["jti"].as_str().unwrap().to_owned()));
+            }
+        }
+    }
+    let signed = (0..200).filter(|i| refusal(*i).is_none()).count();
+    assert_eq!(jtis.len(), signed);
+    // One audit line per token, none for the refusals.
+    let audit = std::fs::read_to_string(dir.path().join("data/audit.log")).unwrap();
+    let audited: Vec<String> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "sign")
+        .filter_map(|v| v["jti"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(audited.len(), signed);
+    assert!(audited.iter().all(|j| jtis.contains(j)));
+
+    // Size limits: 1 to 256 items.
+    for n in [0, 257] {
+        let items = vec![json!({"claims": {"sub": "user:1", "aud": "orders"}}); n];
+        let r = post(json!({"requests": items})).await.unwrap();
+        assert_eq!(r.status(), 422, "{n} items");
+        let e: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "batch_size");
+    }
+}
+
 #[tokio::test]
 async fn bad_input_gets_a_clear_4xx_and_never_a_signature() {
     let dir = private_dir();

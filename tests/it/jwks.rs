@@ -155,6 +155,13 @@ async fn caching_headers_conditional_requests_head_and_cors() {
         .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    let r = http()
+        .get(format!("{}/keysets/%FF/jwks.json", d.jwks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
     let r = http().get(&url).send().await.unwrap();
     let exposed = r.headers()["access-control-expose-headers"]
         .to_str()

@@ -368,14 +368,22 @@ impl KeyBackend for FileBackend {
 /// Generates a key on a thread of its own at the lowest CPU priority (nice 19). An RSA-4096
 /// key takes up to seconds of CPU: off the async workers, and behind every signing request
 /// when the CPUs are busy (the rotation p99 in BENCHMARKS.md).
+/// Sets the calling thread's nice value to 19. Linux only: there the nice value belongs to
+/// the thread; elsewhere `setpriority(PRIO_PROCESS, 0)` would renice the whole daemon, for
+/// good. A refusal (a seccomp filter without `setpriority`) leaves normal priority.
+fn lower_this_threads_priority() {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = rustix::process::setpriority_process(None, 19) {
+        tracing::debug!(error = %e, "key generation runs at normal priority: setpriority refused");
+    }
+}
+
 async fn generate_at_low_priority(key_type: KeyType) -> Result<SoftwareKey, BackendError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("keyturn-keygen".into())
         .spawn(move || {
-            // On Linux the nice value belongs to the calling thread alone. Lowering one's own
-            // priority is always allowed; if it fails anyway, generate at normal priority.
-            let _ = rustix::process::setpriority_process(None, 19);
+            lower_this_threads_priority();
             let _ = tx.send(SoftwareKey::generate(key_type));
         })
         .map_err(|e| BackendError::storage("cannot start key generation", e))?;
