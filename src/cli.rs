@@ -76,7 +76,9 @@ pub enum Command {
     Revoke {
         /// The key set.
         keyset: String,
-        /// The key's kid.
+        /// The key's kid. A kid is base64url and may begin with '-': it is taken as the kid,
+        /// not as an option.
+        #[arg(allow_hyphen_values = true)]
         kid: String,
     },
     /// Ask the daemon to sign a token.
@@ -376,4 +378,21 @@ fn client_token(name: &str, keysets: &[String], out: Option<PathBuf>) -> Result<
     }
     println!("[[client]]\nname = {name:?}\ntoken_sha256 = \"{hash}\"\nkeysets = [{list}]\n# audiences = [\"...\"]\n# max_ttl = \"10m\"");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kid_may_begin_with_a_hyphen() {
+        // base64url kids begin with '-' one time in 64.
+        let cli = Cli::try_parse_from(["keyturn", "revoke", "default", "-A3kQ"]).unwrap();
+        match cli.command {
+            Command::Revoke { keyset, kid } => {
+                assert_eq!((keyset.as_str(), kid.as_str()), ("default", "-A3kQ"))
+            }
+            _ => panic!("not a revoke"),
+        }
+    }
 }
