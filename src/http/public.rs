@@ -99,17 +99,19 @@ fn published(state: &AppState, name: Option<&str>) -> Result<Arc<Published>, Api
 fn respond(req: &HeaderMap, p: &Published, served: &Served, content_type: HeaderValue) -> Response {
     let fresh = match req.get(header::IF_NONE_MATCH) {
         Some(inm) => etag_matches(inm, &served.etag),
+        // Our Last-Modified is parsed only when asked about (`zip` would parse it eagerly,
+        // on every request).
         None => req
             .get(header::IF_MODIFIED_SINCE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| httpdate::parse_http_date(v).ok())
-            .zip(
+            .is_some_and(|since| {
                 p.last_modified
                     .to_str()
                     .ok()
-                    .and_then(|v| httpdate::parse_http_date(v).ok()),
-            )
-            .is_some_and(|(since, modified)| modified <= since),
+                    .and_then(|v| httpdate::parse_http_date(v).ok())
+                    .is_some_and(|modified| modified <= since)
+            }),
     };
     // Built in place, sized once: `cors` and hyper add theirs to the same map.
     let mut response = if fresh {
