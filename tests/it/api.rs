@@ -261,13 +261,7 @@ async fn sign_batch_checks_each_item_and_keeps_their_order() {
     let signed = (0..200).filter(|i| refusal(*i).is_none()).count();
     assert_eq!(jtis.len(), signed);
     // One audit line per token, none for the refusals.
-    let audit = std::fs::read_to_string(dir.path().join("data/audit.log")).unwrap();
-    let audited: Vec<String> = audit
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["event"] == "sign")
-        .filter_map(|v| v["jti"].as_str().map(str::to_owned))
-        .collect();
+    let audited = audit_field(&dir.path().join("data/audit.log"), "sign", "default", "jti");
     assert_eq!(audited.len(), signed);
     assert!(audited.iter().all(|j| jtis.contains(j)));
 

@@ -111,14 +111,7 @@ async fn a_full_data_dir_fails_clearly_and_recovers() {
         .await;
         issued += 1; // the sign that first met the broken disk was accepted and is held
         assert_eq!(ready(&d).await, 503, "{fault}: /readyz must say not ready");
-        let metrics = http()
-            .get(format!("{}/metrics", d.jwks))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = metrics_text(&d).await;
         assert!(metrics.contains("keyturn_backend_errors_total{backend=\"file\",op=\"store_state\",kind=\"storage\"}"), "{metrics}");
         // Verifiers are unaffected.
         assert_eq!(jwks(&d, "default").await, jwks_before);

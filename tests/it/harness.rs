@@ -67,13 +67,19 @@ impl Daemon {
         cmd.args(["serve", "--log-format", "json", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env_remove("NOTIFY_SOCKET");
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::launch(cmd, config_path)
+    }
+
+    /// Runs `cmd` (a `keyturn serve --log-format json` however wrapped), collects its log
+    /// lines, and waits (bounded) for the "ready" line, which names the listeners.
+    pub fn launch(mut cmd: Command, config_path: PathBuf) -> Daemon {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let logs = Arc::new(Mutex::new(Vec::new()));
@@ -88,23 +94,18 @@ impl Daemon {
                 sink.lock().unwrap().push(line);
             }
         });
-        let ready = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "daemon did not become ready; log:\n{}",
-                    logs.lock().unwrap().join("\n")
-                );
-            }
+        let Ok(ready) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            panic!(
+                "daemon did not become ready; log:\n{}",
+                logs.lock().unwrap().join("\n")
+            );
         };
         let v: serde_json::Value = serde_json::from_str(&ready).unwrap();
-        let jwks = format!("http://{}", v["jwks"].as_str().unwrap());
-        let api = format!("http://{}", v["api"].as_str().unwrap());
         Daemon {
             child,
-            jwks,
-            api,
+            jwks: format!("http://{}", v["jwks"].as_str().unwrap()),
+            api: format!("http://{}", v["api"].as_str().unwrap()),
             logs,
             config_path,
         }
@@ -268,15 +269,27 @@ pub async fn readyz(d: &Daemon) -> u16 {
     get_public(d, "/readyz").await.0
 }
 
-/// The kids of the lifecycle events `event` (e.g. "published") of `keyset` in the audit log
-/// at `path`, in order. A torn last line (a daemon killed mid-write) is skipped.
-#[allow(dead_code)]
-pub fn audit_kids(path: &Path, event: &str, keyset: &str) -> Vec<String> {
+/// One field (`kid`, `jti`, ...) of every audit line of `event` (e.g. "published", "sign")
+/// for `keyset` in the audit log at `path`, in order. A torn last line (a daemon killed
+/// mid-write) is skipped.
+pub fn audit_field(path: &Path, event: &str, keyset: &str, field: &str) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["event"] == event && v["keyset"] == keyset)
-        .filter_map(|v| v["kid"].as_str().map(str::to_owned))
+        .filter_map(|v| v[field].as_str().map(str::to_owned))
         .collect()
+}
+
+/// The text of the JWKS listener's `/metrics`.
+pub async fn metrics_text(d: &Daemon) -> String {
+    http()
+        .get(format!("{}/metrics", d.jwks))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }

@@ -345,14 +345,7 @@ async fn kube_apiserver_signs_and_verifies_across_a_rotation_and_a_revoke() {
         },
     )
     .await;
-    let metrics = http()
-        .get(format!("{}/metrics", d.jwks))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&d).await;
     assert!(
         metrics.lines().any(|l| l.contains("signatures")
             && l.contains("keyset=\"cluster\"")

@@ -4,14 +4,13 @@
 //! in-flight requests on SIGTERM.
 
 use crate::harness::{
-    http, jwks, keyset_toml, kids, private_dir, server_toml, sign, token_client, Daemon,
+    http, jwks, keyset_toml, kids, metrics_text, private_dir, server_toml, sign, token_client,
+    Daemon,
 };
 use serde_json::json;
-use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 /// What the daemon told the "service manager", in order.
@@ -75,39 +74,8 @@ fn spawn_under_systemd(config_path: PathBuf, notify_socket: &Path, watchdog_usec
         .arg(&config_path)
         .env("RUST_LOG", "info")
         .env("NOTIFY_SOCKET", notify_socket)
-        .env("WATCHDOG_USEC", watchdog_usec.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let sink = logs.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if line.contains("keyturn ready") {
-                let _ = tx.send(line.clone());
-            }
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let Ok(ready) = rx.recv_timeout(Duration::from_secs(60)) else {
-        let _ = child.kill();
-        panic!(
-            "daemon did not become ready; log:\n{}",
-            logs.lock().unwrap().join("\n")
-        );
-    };
-    let v: serde_json::Value = serde_json::from_str(&ready).unwrap();
-    Daemon {
-        child,
-        jwks: format!("http://{}", v["jwks"].as_str().unwrap()),
-        api: format!("http://{}", v["api"].as_str().unwrap()),
-        logs,
-        config_path,
-    }
+        .env("WATCHDOG_USEC", watchdog_usec.to_string());
+    Daemon::launch(cmd, config_path)
 }
 
 /// `GET path` over plain HTTP/1.1 from a synchronous test: the whole response.
@@ -321,14 +289,7 @@ async fn sighup_applies_a_new_config_on_the_same_listeners_and_refuses_an_invali
 
 /// `keyturn_signatures_total{keyset=...,outcome="ok"}` from /metrics.
 async fn signatures(d: &Daemon, keyset: &str) -> u64 {
-    let text = http()
-        .get(format!("{}/metrics", d.jwks))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(d).await;
     let label = format!("keyset=\"{keyset}\"");
     text.lines()
         .filter(|l| {

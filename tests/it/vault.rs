@@ -197,7 +197,7 @@ pub(crate) async fn assert_published_once(
     let logged = || -> BTreeMap<String, Vec<usize>> {
         let mut by: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, log) in logs.iter().enumerate() {
-            for kid in audit_kids(log, "published", keyset) {
+            for kid in audit_field(log, "published", keyset, "kid") {
                 by.entry(kid).or_default().push(i);
             }
         }
