@@ -72,14 +72,11 @@ async fn preflight() -> Response {
 }
 
 async fn not_found() -> Response {
-    cors(
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such path on the JWKS listener",
-        )
-        .into_response(),
-    )
+    document(Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such path on the JWKS listener",
+    )))
 }
 
 fn published(state: &AppState, name: Option<&str>) -> Result<Arc<Published>, ApiError> {
@@ -95,7 +92,7 @@ fn published(state: &AppState, name: Option<&str>) -> Result<Arc<Published>, Api
     Ok(keyset.published())
 }
 
-/// A conditional response over pre-serialized bytes.
+/// A conditional response over pre-serialized bytes (handlers pass it through `document`).
 fn respond(req: &HeaderMap, p: &Published, served: &Served, content_type: HeaderValue) -> Response {
     let fresh = match req.get(header::IF_NONE_MATCH) {
         Some(inm) => etag_matches(inm, &served.etag),
@@ -113,7 +110,7 @@ fn respond(req: &HeaderMap, p: &Published, served: &Served, content_type: Header
                     .is_some_and(|modified| modified <= since)
             }),
     };
-    // Built in place, sized once: `cors` and hyper add theirs to the same map.
+    // Built in place, sized once: `document` and hyper add theirs to the same map.
     let mut response = if fresh {
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
@@ -129,7 +126,7 @@ fn respond(req: &HeaderMap, p: &Published, served: &Served, content_type: Header
     if !fresh {
         headers.insert(header::CONTENT_TYPE, content_type);
     }
-    cors(response)
+    response
 }
 
 /// RFC 9110 section 13.1.2: `*`, or any listed tag equal to ours (weak comparison).
