@@ -215,7 +215,7 @@ pub async fn run_with_backends(
     tasks.spawn(serve_tcp(
         jwks_listener,
         None,
-        crate::http::public::router(state.clone()),
+        crate::http::public::Documents(state.clone()),
         limits,
         shutdown.clone(),
         "jwks",

@@ -1,15 +1,19 @@
 //! The published view of a key set: the JWKS body and headers, serialized once per change,
-//! and the keys that may sign. Serving a request only clones `Bytes` and header values.
+//! and the keys that may sign. Serving a request only clones `Bytes` and a header map.
 
 use crate::config::KeySetConfig;
 use crate::lifecycle::KeySetDoc;
 use aws_lc_rs::digest;
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{header, HeaderMap, HeaderValue};
 use keyturn_backend::{Algorithm, Jwk};
 use serde::Serialize;
 use std::collections::HashMap;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const JWK_SET: HeaderValue = HeaderValue::from_static("application/jwk-set+json");
+const JWK: HeaderValue = HeaderValue::from_static("application/jwk+json");
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// A JWK as served: public members plus `kid`, `use` and `alg`.
 #[derive(Debug, Serialize)]
@@ -42,23 +46,43 @@ pub struct PublishedKey {
     pub jwk_json: Bytes,
 }
 
-/// A pre-serialized HTTP body with its validators.
+/// A pre-serialized HTTP body with its validators and the complete header maps of its
+/// `200` and `304` responses (a response clones one instead of inserting headers).
 #[derive(Debug, Clone)]
 pub struct Served {
     /// The body.
     pub body: Bytes,
     /// Strong ETag.
     pub etag: HeaderValue,
+    /// Headers of a `200`: validators, caching, content type and CORS.
+    pub ok: HeaderMap,
+    /// Headers of a `304`: the same without the content type.
+    pub not_modified: HeaderMap,
+}
+
+/// The headers every document shares: when it changed and how long to cache it.
+struct Common {
+    last_modified: HeaderValue,
+    cache_control: HeaderValue,
 }
 
 impl Served {
-    fn new(body: Vec<u8>, version: u64) -> Self {
+    fn new(body: Vec<u8>, version: u64, content_type: HeaderValue, common: &Common) -> Self {
         let hash = digest::digest(&digest::SHA256, &body);
         let etag = format!("\"{version}-{}\"", crate::auth::to_hex(&hash.as_ref()[..8]));
+        // Digits, hex and quotes only: always a valid header value.
+        let etag = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\""));
+        let mut not_modified = crate::http::public::cors_headers();
+        not_modified.insert(header::ETAG, etag.clone());
+        not_modified.insert(header::LAST_MODIFIED, common.last_modified.clone());
+        not_modified.insert(header::CACHE_CONTROL, common.cache_control.clone());
+        let mut ok = not_modified.clone();
+        ok.insert(header::CONTENT_TYPE, content_type);
         Served {
             body: Bytes::from(body),
-            // Digits, hex and quotes only: always a valid header value.
-            etag: HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\"")),
+            etag,
+            ok,
+            not_modified,
         }
     }
 }
@@ -78,16 +102,27 @@ pub struct Published {
     pub by_kid: HashMap<String, Served>,
     /// The OIDC discovery document.
     pub discovery: Served,
-    /// `Last-Modified`.
-    pub last_modified: HeaderValue,
-    /// `Cache-Control`.
-    pub cache_control: HeaderValue,
+    /// When the JWK Set last changed (`Last-Modified`, whole seconds).
+    pub modified: SystemTime,
 }
 
 impl Published {
     /// Builds the view of `doc`.
     pub fn build(config: &KeySetConfig, doc: KeySetDoc) -> Self {
         let alg = config.algorithm;
+        let modified = UNIX_EPOCH + Duration::from_secs(doc.jwks_changed_at.max(0).unsigned_abs());
+        let common = Common {
+            last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(modified))
+                .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT")),
+            cache_control: HeaderValue::from_str(&format!(
+                "public, max-age={}, stale-if-error={}",
+                config.timing.jwks_max_age, config.stale_if_error
+            ))
+            .unwrap_or(HeaderValue::from_static("public, max-age=60")),
+        };
+        let served = |body: Vec<u8>, content_type| {
+            Served::new(body, doc.jwks_version, content_type, &common)
+        };
         let mut keys = Vec::new();
         let mut jwks = Vec::new();
         let mut by_kid = HashMap::new();
@@ -96,14 +131,14 @@ impl Published {
             .filter_map(|k| Some((k, k.public()?, k.kid.clone()?)))
             .collect();
         for (record, public, kid) in &parsed {
-            let served = ServedJwk {
+            let jwk = ServedJwk {
                 jwk: public.jwk(),
                 kid,
                 use_: "sig",
                 alg: alg.as_str(),
             };
-            let jwk_json = serde_json::to_vec(&served).unwrap_or_default();
-            by_kid.insert(kid.clone(), Served::new(jwk_json.clone(), doc.jwks_version));
+            let jwk_json = serde_json::to_vec(&jwk).unwrap_or_default();
+            by_kid.insert(kid.clone(), served(jwk_json.clone(), JWK));
             keys.push(PublishedKey {
                 kid: kid.clone(),
                 name: record.name.clone(),
@@ -111,7 +146,7 @@ impl Published {
                 spki_der: public.spki_der().to_vec(),
                 jwk_json: Bytes::from(jwk_json),
             });
-            jwks.push(served);
+            jwks.push(jwk);
         }
         let body = serde_json::to_vec(&JwkSet { keys: jwks }).unwrap_or_default();
         let discovery = serde_json::json!({
@@ -121,27 +156,16 @@ impl Published {
             "response_types_supported": ["id_token"],
             "subject_types_supported": ["public"],
         });
-        let discovery = Served::new(
-            serde_json::to_vec(&discovery).unwrap_or_default(),
-            doc.jwks_version,
-        );
-        let changed = UNIX_EPOCH + Duration::from_secs(doc.jwks_changed_at.max(0).unsigned_abs());
-        let last_modified = HeaderValue::from_str(&httpdate::fmt_http_date(changed))
-            .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
-        let cache_control = HeaderValue::from_str(&format!(
-            "public, max-age={}, stale-if-error={}",
-            config.timing.jwks_max_age, config.stale_if_error
-        ))
-        .unwrap_or(HeaderValue::from_static("public, max-age=60"));
+        let discovery = served(serde_json::to_vec(&discovery).unwrap_or_default(), JSON);
+        let jwks = served(body, JWK_SET);
         Published {
-            jwks: Served::new(body, doc.jwks_version),
+            jwks,
             doc,
             alg,
             keys,
             by_kid,
             discovery,
-            last_modified,
-            cache_control,
+            modified,
         }
     }
 

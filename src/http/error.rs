@@ -59,17 +59,31 @@ impl ApiError {
             )
         }
     }
+
+    /// The body: `{"error": {"code", "message"}}`.
+    pub fn body(&self) -> Vec<u8> {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+
+    /// The status, body and headers, for any body type.
+    pub fn response<B: From<Vec<u8>>>(&self) -> http::Response<B> {
+        let mut response = http::Response::new(B::from(self.body()));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        let mut response = (self.status, axum::Json(body)).into_response();
-        if let Some(secs) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        response
+        self.response()
     }
 }

@@ -1,82 +1,193 @@
 //! The public listener: JWKS, single keys, OIDC discovery, health. No authentication, no
 //! signing or admin routes. Every body is pre-serialized; no request reaches a backend.
+//!
+//! It is a plain hyper service, not an axum router: it must serve as fast as a static file
+//! server, and a router's per-request extensions, URL parameters and boxed bodies cost a
+//! JWKS GET about a third of its instructions (BENCHMARKS.md). A document's response is its
+//! pre-serialized body and a clone of its pre-built header map.
 
 use super::error::ApiError;
 use crate::app::AppState;
 use crate::jwks::{Published, Served};
-use axum::body::Body;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Request, State};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
-use http::{header, HeaderMap, HeaderValue, StatusCode};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http_body_util::Full;
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::future::{ready, Ready};
 use std::sync::Arc;
 
-const JWK_SET: HeaderValue = HeaderValue::from_static("application/jwk-set+json");
-const JWK: HeaderValue = HeaderValue::from_static("application/jwk+json");
-const JSON: HeaderValue = HeaderValue::from_static("application/json");
+/// What the listener answers with.
+pub type Response = http::Response<Full<Bytes>>;
 
 const ANY: HeaderValue = HeaderValue::from_static("*");
 const EXPOSED: HeaderValue = HeaderValue::from_static("etag, last-modified, cache-control");
 const READ_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD");
+const DOCUMENT_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD, OPTIONS");
 const PREFLIGHT_MAX_AGE: HeaderValue = HeaderValue::from_static("86400");
+const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+const PROMETHEUS: HeaderValue = HeaderValue::from_static("text/plain; version=0.0.4");
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
-/// The public router. Documents are readable from any origin (CORS): every response
-/// carries `Access-Control-Allow-Origin: *`, and a preflight `OPTIONS` is answered for GET
-/// and HEAD. The headers are constants set by the handlers, not a per-request layer:
-/// this listener must serve as fast as a static file server.
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route(
-            "/.well-known/jwks.json",
-            get(default_jwks).options(preflight),
-        )
-        .route(
-            "/.well-known/openid-configuration",
-            get(default_discovery).options(preflight),
-        )
-        .route("/keysets/{name}/jwks.json", get(jwks).options(preflight))
-        .route("/keysets/{name}/jwks/{kid}", get(jwk).options(preflight))
-        .route(
-            "/keysets/{name}/.well-known/openid-configuration",
-            get(discovery).options(preflight),
-        )
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .with_state(state)
-}
-
-/// Adds the CORS headers of a simple cross-origin read.
-fn cors(mut response: Response) -> Response {
-    let headers = response.headers_mut();
+/// The CORS headers of a simple cross-origin read, which every document and document error
+/// carries: documents are readable from any origin, their caching headers exposed.
+pub fn cors_headers() -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(8);
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, ANY);
     headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSED);
-    response
+    headers
 }
 
-/// A document, or its error, with the CORS headers.
-fn document(result: Result<Response, ApiError>) -> Response {
-    cors(result.unwrap_or_else(IntoResponse::into_response))
+/// The public listener's service; one per connection, all sharing the state.
+#[derive(Clone)]
+pub struct Documents(pub Arc<AppState>);
+
+impl<B> hyper::service::Service<Request<B>> for Documents {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Ready<Result<Response, Infallible>>;
+
+    fn call(&self, req: Request<B>) -> Self::Future {
+        ready(Ok(answer(
+            &self.0,
+            req.method(),
+            req.uri().path(),
+            req.headers(),
+        )))
+    }
+}
+
+/// A path of this listener, its parameters still percent-encoded.
+#[derive(Debug, PartialEq, Eq)]
+enum Route<'a> {
+    /// The JWK Set of a key set, or of the default one.
+    Jwks(Option<&'a str>),
+    /// The OIDC discovery document of a key set, or of the default one.
+    Discovery(Option<&'a str>),
+    /// One key of a key set: name and kid.
+    Jwk(&'a str, &'a str),
+    Healthz,
+    Readyz,
+    Metrics,
+    NotFound,
+}
+
+impl<'a> Route<'a> {
+    fn of(path: &'a str) -> Self {
+        match path {
+            "/.well-known/jwks.json" => return Route::Jwks(None),
+            "/.well-known/openid-configuration" => return Route::Discovery(None),
+            "/healthz" => return Route::Healthz,
+            "/readyz" => return Route::Readyz,
+            "/metrics" => return Route::Metrics,
+            _ => {}
+        }
+        let Some((name, rest)) = path
+            .strip_prefix("/keysets/")
+            .and_then(|p| p.split_once('/'))
+            .filter(|(name, _)| !name.is_empty())
+        else {
+            return Route::NotFound;
+        };
+        match rest {
+            "jwks.json" => Route::Jwks(Some(name)),
+            ".well-known/openid-configuration" => Route::Discovery(Some(name)),
+            _ => match rest.strip_prefix("jwks/") {
+                Some(kid) if !kid.is_empty() && !kid.contains('/') => Route::Jwk(name, kid),
+                _ => Route::NotFound,
+            },
+        }
+    }
+
+    /// A document, readable cross-origin (CORS), rather than an operator's endpoint.
+    fn is_document(&self) -> bool {
+        matches!(
+            self,
+            Route::Jwks(_) | Route::Discovery(_) | Route::Jwk(..) | Route::NotFound
+        )
+    }
+}
+
+fn answer(state: &AppState, method: &Method, path: &str, req: &HeaderMap) -> Response {
+    let route = Route::of(path);
+    let read = method == Method::GET || method == Method::HEAD;
+    let result = match route {
+        Route::NotFound => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such path on the JWKS listener",
+        )),
+        _ if method == Method::OPTIONS && route.is_document() => return preflight(),
+        _ if !read => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this path answers GET and HEAD only",
+        )),
+        Route::Jwks(name) => decoded(name)
+            .and_then(|name| published(state, name.as_deref()).map(|p| respond(req, &p, &p.jwks))),
+        Route::Discovery(name) => decoded(name).and_then(|name| {
+            published(state, name.as_deref()).map(|p| respond(req, &p, &p.discovery))
+        }),
+        Route::Jwk(name, kid) => jwk(state, req, name, kid),
+        Route::Healthz => return plain(StatusCode::OK, TEXT, Bytes::from_static(b"ok\n")),
+        Route::Readyz => return readyz(state),
+        Route::Metrics => {
+            return plain(
+                StatusCode::OK,
+                PROMETHEUS,
+                state.metrics.render(state).into(),
+            )
+        }
+    };
+    result.unwrap_or_else(|e| {
+        let mut response = e.response::<Full<Bytes>>();
+        let headers = response.headers_mut();
+        if route.is_document() {
+            headers.extend(cors_headers());
+        }
+        if e.status == StatusCode::METHOD_NOT_ALLOWED {
+            let allow = if route.is_document() {
+                DOCUMENT_METHODS
+            } else {
+                READ_METHODS
+            };
+            headers.insert(header::ALLOW, allow);
+        }
+        response
+    })
+}
+
+fn plain(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Response {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, content_type);
+    response
 }
 
 /// A CORS preflight: any origin may GET and HEAD, with no credentials or extra headers.
-async fn preflight() -> Response {
-    let mut response = cors(StatusCode::NO_CONTENT.into_response());
-    let headers = response.headers_mut();
+fn preflight() -> Response {
+    let mut response = Response::new(Full::default());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let mut headers = cors_headers();
     headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, READ_METHODS);
     headers.insert(header::ACCESS_CONTROL_MAX_AGE, PREFLIGHT_MAX_AGE);
+    *response.headers_mut() = headers;
     response
 }
 
-async fn not_found() -> Response {
-    document(Err(ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no such path on the JWKS listener",
-    )))
+/// A path segment decoded, or the 400 for one that is not percent-encoded UTF-8.
+fn decoded(segment: Option<&str>) -> Result<Option<Cow<'_, str>>, ApiError> {
+    segment
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8())
+        .transpose()
+        .map_err(|_| {
+            ApiError::bad_request(
+                "bad_path",
+                "a path segment is not valid percent-encoded UTF-8",
+            )
+        })
 }
 
 fn published(state: &AppState, name: Option<&str>) -> Result<Arc<Published>, ApiError> {
@@ -92,40 +203,41 @@ fn published(state: &AppState, name: Option<&str>) -> Result<Arc<Published>, Api
     Ok(keyset.published())
 }
 
-/// A conditional response over pre-serialized bytes (handlers pass it through `document`).
-fn respond(req: &HeaderMap, p: &Published, served: &Served, content_type: HeaderValue) -> Response {
+fn jwk(state: &AppState, req: &HeaderMap, name: &str, kid: &str) -> Result<Response, ApiError> {
+    let name = decoded(Some(name))?;
+    let kid = decoded(Some(kid))?;
+    let p = published(state, name.as_deref())?;
+    let served = kid
+        .as_deref()
+        .and_then(|kid| p.by_kid.get(kid))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_kid",
+                "no published key with that kid in this key set",
+            )
+        })?;
+    Ok(respond(req, &p, served))
+}
+
+/// A conditional response over a pre-serialized body and its pre-built headers.
+fn respond(req: &HeaderMap, p: &Published, served: &Served) -> Response {
     let fresh = match req.get(header::IF_NONE_MATCH) {
         Some(inm) => etag_matches(inm, &served.etag),
-        // Our Last-Modified is parsed only when asked about (`zip` would parse it eagerly,
-        // on every request).
         None => req
             .get(header::IF_MODIFIED_SINCE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| httpdate::parse_http_date(v).ok())
-            .is_some_and(|since| {
-                p.last_modified
-                    .to_str()
-                    .ok()
-                    .and_then(|v| httpdate::parse_http_date(v).ok())
-                    .is_some_and(|modified| modified <= since)
-            }),
+            .is_some_and(|since| p.modified <= since),
     };
-    // Built in place, sized once: `document` and hyper add theirs to the same map.
-    let mut response = if fresh {
-        let mut response = Response::new(Body::empty());
-        *response.status_mut() = StatusCode::NOT_MODIFIED;
-        response
+    let (status, body, headers) = if fresh {
+        (StatusCode::NOT_MODIFIED, Bytes::new(), &served.not_modified)
     } else {
-        Response::new(Body::from(served.body.clone()))
+        (StatusCode::OK, served.body.clone(), &served.ok)
     };
-    let headers = response.headers_mut();
-    headers.reserve(8);
-    headers.insert(header::ETAG, served.etag.clone());
-    headers.insert(header::LAST_MODIFIED, p.last_modified.clone());
-    headers.insert(header::CACHE_CONTROL, p.cache_control.clone());
-    if !fresh {
-        headers.insert(header::CONTENT_TYPE, content_type);
-    }
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers.clone();
     response
 }
 
@@ -140,64 +252,7 @@ fn etag_matches(header: &HeaderValue, etag: &HeaderValue) -> bool {
         .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == ours)
 }
 
-// Handlers take the request itself: a `HeaderMap` extractor would copy the request's
-// headers to read two of them.
-async fn default_jwks(State(s): State<Arc<AppState>>, r: Request) -> Response {
-    document(published(&s, None).map(|p| respond(r.headers(), &p, &p.jwks, JWK_SET)))
-}
-
-async fn default_discovery(State(s): State<Arc<AppState>>, r: Request) -> Response {
-    document(published(&s, None).map(|p| respond(r.headers(), &p, &p.discovery, JSON)))
-}
-
-/// Path parameters, or the 400 for a path axum cannot decode (invalid percent-encoding),
-/// with the CORS headers like every other answer of this listener.
-type Params<T> = Result<Path<T>, PathRejection>;
-
-fn params<T>(p: Params<T>) -> Result<T, ApiError> {
-    p.map(|Path(t)| t).map_err(|_| {
-        ApiError::bad_request(
-            "bad_path",
-            "a path segment is not valid percent-encoded UTF-8",
-        )
-    })
-}
-
-async fn jwks(State(s): State<Arc<AppState>>, name: Params<String>, r: Request) -> Response {
-    document(params(name).and_then(|name| {
-        published(&s, Some(&name)).map(|p| respond(r.headers(), &p, &p.jwks, JWK_SET))
-    }))
-}
-
-async fn discovery(State(s): State<Arc<AppState>>, name: Params<String>, r: Request) -> Response {
-    document(params(name).and_then(|name| {
-        published(&s, Some(&name)).map(|p| respond(r.headers(), &p, &p.discovery, JSON))
-    }))
-}
-
-async fn jwk(
-    State(s): State<Arc<AppState>>,
-    names: Params<(String, String)>,
-    r: Request,
-) -> Response {
-    document(params(names).and_then(|(name, kid)| {
-        let p = published(&s, Some(&name))?;
-        let served = p.by_kid.get(&kid).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_kid",
-                "no published key with that kid in this key set",
-            )
-        })?;
-        Ok(respond(r.headers(), &p, served, JWK))
-    }))
-}
-
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+fn readyz(s: &AppState) -> Response {
     let now = s.clock.now();
     let keysets = s.keysets.load();
     let not_ready: Vec<&str> = keysets
@@ -207,22 +262,12 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
         .collect();
     let audit_ok = s.audit.is_healthy();
     if not_ready.is_empty() && audit_ok {
-        (StatusCode::OK, "ready\n").into_response()
+        plain(StatusCode::OK, TEXT, Bytes::from_static(b"ready\n"))
     } else {
         let body = serde_json::json!({"ready": false, "keysets_not_ready": not_ready, "audit_log_writable": audit_ok});
-        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+        let body = serde_json::to_vec(&body).unwrap_or_default();
+        plain(StatusCode::SERVICE_UNAVAILABLE, JSON, body.into())
     }
-}
-
-async fn metrics(State(s): State<Arc<AppState>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
-        )],
-        s.metrics.render(&s),
-    )
-        .into_response()
 }
 
 #[cfg(test)]
@@ -246,5 +291,40 @@ mod tests {
                 "{header}"
             );
         }
+    }
+
+    #[test]
+    fn routes() {
+        for (path, route) in [
+            ("/.well-known/jwks.json", Route::Jwks(None)),
+            ("/.well-known/openid-configuration", Route::Discovery(None)),
+            ("/keysets/a/jwks.json", Route::Jwks(Some("a"))),
+            ("/keysets/a%20b/jwks.json", Route::Jwks(Some("a%20b"))),
+            (
+                "/keysets/a/.well-known/openid-configuration",
+                Route::Discovery(Some("a")),
+            ),
+            ("/keysets/a/jwks/k1", Route::Jwk("a", "k1")),
+            ("/healthz", Route::Healthz),
+            ("/readyz", Route::Readyz),
+            ("/metrics", Route::Metrics),
+            ("/", Route::NotFound),
+            ("/keysets//jwks.json", Route::NotFound),
+            ("/keysets/a/jwks/", Route::NotFound),
+            ("/keysets/a/jwks/k1/x", Route::NotFound),
+            ("/keysets/a/jwks.json/", Route::NotFound),
+            ("/keysets/a", Route::NotFound),
+            ("/.well-known/jwks.json/", Route::NotFound),
+            ("/v1/keysets/a/sign", Route::NotFound),
+        ] {
+            assert_eq!(Route::of(path), route, "{path}");
+        }
+    }
+
+    #[test]
+    fn undecodable_segments_are_a_bad_request() {
+        assert_eq!(decoded(Some("a%20b")).unwrap().as_deref(), Some("a b"));
+        let e = decoded(Some("%FF")).unwrap_err();
+        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "bad_path"));
     }
 }

@@ -1,9 +1,11 @@
 //! Accept loops: TCP (optionally TLS) and Unix sockets, one per listener, each with its own
-//! connection limit, header-read timeout and graceful drain. The caller's transport
-//! identity ([`Peer`]) is attached to every request, shared by the connection's requests.
+//! connection limit, header-read timeout and graceful drain. Each connection gets its
+//! service from the listener's [`PerConnection`]: the API router sees the caller's
+//! transport identity ([`Peer`]), shared by the connection's requests.
 
 use crate::auth::Peer;
 use axum::Router;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -15,6 +17,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tower::util::Oneshot;
 use tower::ServiceExt;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -50,8 +53,66 @@ impl Default for Limits {
 /// A TLS acceptor plus how to name the client from its certificate.
 pub type TlsAcceptor = tokio_rustls::TlsAcceptor;
 
-struct Shared {
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a listener serves: a service for each connection, given who is on the other end.
+pub trait PerConnection: Send + 'static {
+    /// The response body.
+    type Body: hyper::body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + 'static;
+    /// The connection's service.
+    type Service: hyper::service::Service<
+            http::Request<Incoming>,
+            Response = http::Response<Self::Body>,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static;
+    /// The service for a connection from `peer`.
+    fn service(&self, peer: Peer) -> Self::Service;
+}
+
+/// An axum router sees the caller: every request carries its connection's `Arc<Peer>`.
+impl PerConnection for Router {
+    type Body = axum::body::Body;
+    type Service = WithPeer;
+    fn service(&self, peer: Peer) -> WithPeer {
+        WithPeer {
+            app: self.clone(),
+            peer: Arc::new(peer),
+        }
+    }
+}
+
+/// A router and the peer of one connection.
+#[derive(Clone)]
+pub struct WithPeer {
     app: Router,
+    peer: Arc<Peer>,
+}
+
+impl hyper::service::Service<http::Request<Incoming>> for WithPeer {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = Oneshot<Router, http::Request<Incoming>>;
+
+    fn call(&self, mut req: http::Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(self.peer.clone());
+        self.app.clone().oneshot(req)
+    }
+}
+
+/// The public documents need no caller identity.
+impl PerConnection for super::public::Documents {
+    type Body = http_body_util::Full<bytes::Bytes>;
+    type Service = Self;
+    fn service(&self, _: Peer) -> Self {
+        self.clone()
+    }
+}
+
+struct Shared<A> {
+    app: A,
     builder: Builder<TokioExecutor>,
     graceful: GracefulShutdown,
     permits: Arc<Semaphore>,
@@ -104,8 +165,8 @@ pub fn traced(app: Router) -> Router {
         .layer(SetRequestIdLayer::x_request_id(ids))
 }
 
-impl Shared {
-    fn new(app: Router, limits: &Limits) -> Self {
+impl<A: PerConnection> Shared<A> {
+    fn new(app: A, limits: &Limits) -> Self {
         let mut builder = Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -130,16 +191,9 @@ impl Shared {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let app = self.app.clone();
-        let peer = Arc::new(peer);
-        let svc =
-            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(peer.clone());
-                app.clone().oneshot(req)
-            });
         let conn = self
             .builder
-            .serve_connection(TokioIo::new(io), svc)
+            .serve_connection(TokioIo::new(io), self.app.service(peer))
             .into_owned();
         let conn = self.graceful.watch(conn);
         self.conns.spawn(async move {
@@ -168,7 +222,7 @@ impl Shared {
 pub async fn serve_tcp(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    app: Router,
+    app: impl PerConnection,
     limits: Limits,
     shutdown: CancellationToken,
     name: &'static str,
@@ -223,7 +277,7 @@ pub async fn serve_tcp(
 /// peer's uid and gid from the kernel.
 pub async fn serve_unix(
     listener: UnixListener,
-    app: Router,
+    app: impl PerConnection,
     limits: Limits,
     shutdown: CancellationToken,
     name: &'static str,
