@@ -222,6 +222,19 @@ async fn the_jwks_listener_has_no_signing_or_admin_routes() {
         .await
         .unwrap();
     assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET, HEAD, OPTIONS");
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+    // Operators' endpoints answer GET and HEAD, without CORS.
+    let r = http()
+        .post(format!("{}/healthz", d.jwks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET, HEAD");
+    assert!(r.headers().get("access-control-allow-origin").is_none());
 }
 
 #[tokio::test]
