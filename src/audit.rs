@@ -27,46 +27,51 @@ use tokio::sync::mpsc;
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// One audit record, before chaining.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Record {
+/// One audit record, before chaining. It borrows its fields: the caller serializes it on
+/// its own thread and hands the writer one buffer (no copies of the caller's strings, none
+/// freed on the writer's thread).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Record<'a> {
     /// Unix seconds.
     pub ts: i64,
     /// "sign", or a lifecycle event ("published", "activated", "removed", "revoked", ...).
     pub event: &'static str,
     /// The client, for signatures and admin actions.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub caller: Option<String>,
+    pub caller: Option<&'a str>,
     /// The key set.
-    pub keyset: String,
+    pub keyset: &'a str,
     /// The key.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub kid: Option<String>,
+    pub kid: Option<&'a str>,
     /// Token id.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub jti: Option<String>,
+    pub jti: Option<&'a str>,
     /// Token subject.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sub: Option<String>,
+    pub sub: Option<&'a str>,
     /// Token audience.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub aud: Option<serde_json::Value>,
+    pub aud: Option<&'a serde_json::Value>,
     /// Token expiry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exp: Option<i64>,
 }
 
-#[derive(Serialize)]
-struct Chained<'a> {
-    #[serde(flatten)]
-    record: &'a Record,
-    prev: &'a str,
+impl Record<'_> {
+    /// The record's line up to its closing brace, which the writer adds after `prev`.
+    fn unchained(&self) -> Option<Vec<u8>> {
+        let mut line = Vec::with_capacity(256);
+        serde_json::to_writer(&mut line, self).ok()?;
+        // An object with at least `ts`, `event` and `keyset`: it ends in its brace.
+        (line.pop() == Some(b'}')).then_some(line)
+    }
 }
 
 /// A handle to the audit log; cheap to clone.
 #[derive(Clone)]
 pub struct Audit {
-    tx: Option<mpsc::Sender<Record>>,
+    tx: Option<mpsc::Sender<Vec<u8>>>,
     // False while the log cannot be written (read-only or full disk): signing stops.
     healthy: Arc<AtomicBool>,
 }
@@ -99,7 +104,7 @@ impl Audit {
             .map_err(|e| format!("cannot open audit log {}: {e}", path.display()))?;
         let mut prev = last_line_hash(&mut file)
             .map_err(|e| format!("cannot read audit log {}: {e}", path.display()))?;
-        let (tx, mut rx) = mpsc::channel::<Record>(16_384);
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16_384);
         let shown = path.display().to_string();
         let healthy = Arc::new(AtomicBool::new(true));
         let writer_health = healthy.clone();
@@ -132,12 +137,15 @@ impl Audit {
     /// Records `record`, waiting only if the writer is far behind. Fails when the log
     /// cannot be written (read-only or full disk) or the writer has stopped: the caller must
     /// then refuse to sign.
-    pub async fn record(&self, record: Record) -> Result<(), ()> {
+    pub async fn record(&self, record: Record<'_>) -> Result<(), ()> {
         if !self.healthy.load(Ordering::Relaxed) {
             return Err(());
         }
         match &self.tx {
-            Some(tx) => tx.send(record).await.map_err(|_| ()),
+            Some(tx) => {
+                let line = record.unchained().ok_or(())?;
+                tx.send(line).await.map_err(|_| ())
+            }
             None => Ok(()),
         }
     }
@@ -148,15 +156,16 @@ impl Audit {
             ts: event.at,
             event: event.kind,
             caller: None,
-            keyset: keyset.to_owned(),
-            kid: Some(event.kid.clone()),
+            keyset,
+            kid: Some(&event.kid),
             jti: None,
             sub: None,
             aud: None,
             exp: None,
         };
         if let Some(tx) = &self.tx {
-            if tx.try_send(record).is_err() {
+            let sent = record.unchained().map(|line| tx.try_send(line));
+            if !matches!(sent, Some(Ok(()))) {
                 tracing::error!(
                     keyset,
                     "audit log is full or stopped; lifecycle event not recorded"
@@ -184,7 +193,7 @@ const SYNC_EVERY: Duration = Duration::from_millis(5);
 /// written, resumes a partial write where it stopped (so no line is torn or doubled), marks
 /// the log unhealthy so signing stops, and retries until the disk takes the bytes again.
 fn write_loop(
-    rx: &mut mpsc::Receiver<Record>,
+    rx: &mut mpsc::Receiver<Vec<u8>>,
     file: &mut File,
     prev: &mut String,
     healthy: &AtomicBool,
@@ -202,20 +211,20 @@ fn write_loop(
                 // Written, not yet synced: collect what comes until the sync is due.
                 std::thread::sleep(SYNC_EVERY.saturating_sub(synced_at.elapsed()));
                 match rx.try_recv() {
-                    Ok(record) => append(&mut pending, &record, prev),
+                    Ok(line) => append(&mut pending, &line, prev),
                     Err(mpsc::error::TryRecvError::Empty) => {}
                     Err(mpsc::error::TryRecvError::Disconnected) => open = false,
                 }
             } else {
                 match rx.blocking_recv() {
-                    Some(record) => append(&mut pending, &record, prev),
+                    Some(line) => append(&mut pending, &line, prev),
                     None => return,
                 }
             }
         }
         while open && pending.len() < MAX_PENDING {
             match rx.try_recv() {
-                Ok(record) => append(&mut pending, &record, prev),
+                Ok(line) => append(&mut pending, &line, prev),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
@@ -274,29 +283,33 @@ fn write_from(file: &mut File, buf: &[u8], written: &mut usize) -> std::io::Resu
     Ok(())
 }
 
-fn append(buf: &mut Vec<u8>, record: &Record, prev: &mut String) {
+/// Appends a record's line: its fields, the previous line's hash, a newline. `prev` becomes
+/// this line's hash.
+fn append(buf: &mut Vec<u8>, unchained: &[u8], prev: &mut String) {
     let start = buf.len();
-    let chained = Chained {
-        record,
-        prev: prev.as_str(),
-    };
-    if serde_json::to_writer(&mut *buf, &chained).is_err() {
-        buf.truncate(start);
-        return;
-    }
-    *prev = hex_sha256(&buf[start..]);
+    buf.extend_from_slice(unchained);
+    buf.extend_from_slice(b",\"prev\":\"");
+    buf.extend_from_slice(prev.as_bytes());
+    buf.extend_from_slice(b"\"}");
+    hex_sha256_into(&buf[start..], prev);
     buf.push(b'\n');
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {
-    let digest = digest::digest(&digest::SHA256, bytes);
     let mut hex = String::with_capacity(64);
+    hex_sha256_into(bytes, &mut hex);
+    hex
+}
+
+/// Replaces `hex` with the SHA-256 of `bytes` in lowercase hex, in place: the writer hashes
+/// every line.
+fn hex_sha256_into(bytes: &[u8], hex: &mut String) {
+    let digest = digest::digest(&digest::SHA256, bytes);
+    hex.clear();
     for b in digest.as_ref() {
-        // The writer hashes every line: no allocation per byte here.
         hex.push(char::from(HEX[usize::from(b >> 4)]));
         hex.push(char::from(HEX[usize::from(b & 15)]));
     }
-    hex
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -347,24 +360,28 @@ pub fn verify(path: &Path) -> Result<u64, String> {
 mod tests {
     use super::*;
 
-    fn record(i: i64) -> Record {
+    const AUD: serde_json::Value = serde_json::Value::Null;
+
+    fn record<'a>(i: i64, jti: &'a str, aud: &'a serde_json::Value) -> Record<'a> {
         Record {
             ts: i,
             event: "sign",
-            caller: Some("svc".into()),
-            keyset: "default".into(),
-            kid: Some("kid".into()),
-            jti: Some(format!("jti{i}")),
-            sub: Some("alice".into()),
-            aud: Some(serde_json::json!("api")),
+            caller: Some("svc"),
+            keyset: "default",
+            kid: Some("kid"),
+            jti: Some(jti),
+            sub: Some("alice"),
+            aud: Some(aud),
             exp: Some(i + 60),
         }
     }
 
     async fn write(path: &Path, range: std::ops::Range<i64>) {
         let (audit, writer) = Audit::open(path).unwrap();
+        let aud = serde_json::json!("api");
         for i in range {
-            audit.record(record(i)).await.unwrap();
+            let jti = format!("jti{i}");
+            audit.record(record(i, &jti, &aud)).await.unwrap();
         }
         drop(audit);
         writer.finish();
@@ -374,7 +391,12 @@ mod tests {
     fn a_line_has_the_record_fields_in_order_then_prev() {
         let mut buf = Vec::new();
         let mut prev = GENESIS.to_owned();
-        append(&mut buf, &record(1), &mut prev);
+        let aud = serde_json::json!("api");
+        append(
+            &mut buf,
+            &record(1, "jti1", &aud).unchained().unwrap(),
+            &mut prev,
+        );
         let lifecycle = Record {
             caller: None,
             jti: None,
@@ -382,9 +404,9 @@ mod tests {
             aud: None,
             exp: None,
             event: "published",
-            ..record(2)
+            ..record(2, "", &AUD)
         };
-        append(&mut buf, &lifecycle, &mut prev);
+        append(&mut buf, &lifecycle.unchained().unwrap(), &mut prev);
         let text = String::from_utf8(buf).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(

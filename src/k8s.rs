@@ -286,12 +286,12 @@ impl Signer {
             .record(Record {
                 ts: now,
                 event: "sign",
-                caller: Some(CALLER.into()),
-                keyset: keyset.name().to_owned(),
-                kid: Some(signer.kid.clone()),
-                jti: checked.jti,
-                sub: checked.sub,
-                aud: checked.aud,
+                caller: Some(CALLER),
+                keyset: keyset.name(),
+                kid: Some(&signer.kid),
+                jti: checked.jti.as_deref(),
+                sub: checked.sub.as_deref(),
+                aud: checked.aud.as_ref(),
                 exp: Some(checked.exp),
             })
             .await

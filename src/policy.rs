@@ -36,9 +36,9 @@ pub struct SignRequest {
     pub typ: Option<String>,
 }
 
-/// A token ready to be signed.
+/// A token ready to be signed; the audit facts borrow the request's claims.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Prepared {
+pub struct Prepared<'a> {
     /// `base64url(header) "." base64url(claims)`.
     pub signing_input: String,
     /// Token id.
@@ -46,9 +46,9 @@ pub struct Prepared {
     /// Expiry.
     pub exp: i64,
     /// Subject, for the audit log.
-    pub sub: Option<String>,
+    pub sub: Option<&'a str>,
     /// Audience, for the audit log.
-    pub aud: Option<Value>,
+    pub aud: Option<&'a Value>,
 }
 
 fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -81,14 +81,14 @@ fn short(s: &str) -> String {
 }
 
 /// Checks `req` against `client`'s policy and builds the token to sign with `kid`.
-pub fn prepare(
-    req: &SignRequest,
+pub fn prepare<'a>(
+    req: &'a SignRequest,
     client: &ClientConfig,
     keyset: &KeySetConfig,
     now: i64,
     kid: &str,
     jti: String,
-) -> Result<Prepared, ApiError> {
+) -> Result<Prepared<'a>, ApiError> {
     let Value::Object(claims) = &req.claims else {
         return Err(unprocessable(
             "claims_not_object",
@@ -124,7 +124,7 @@ pub fn prepare(
     // sub
     let sub = match claims.get("sub") {
         None => None,
-        Some(Value::String(s)) if s.len() <= MAX_STRING && !s.is_empty() => Some(s.clone()),
+        Some(Value::String(s)) if s.len() <= MAX_STRING && !s.is_empty() => Some(s.as_str()),
         Some(Value::String(_)) => {
             return Err(unprocessable(
                 "invalid_sub",
@@ -155,7 +155,7 @@ pub fn prepare(
     }
 
     // aud
-    let aud = claims.get("aud").cloned();
+    let aud = claims.get("aud");
     let audiences: Vec<&str> = match &aud {
         None => vec![],
         Some(Value::String(s)) => vec![s.as_str()],
@@ -469,19 +469,12 @@ mod tests {
     #[test]
     fn good_request_builds_the_token() {
         let (client, ks) = setup();
-        let p = prepare(
-            &SignRequest {
-                claims: serde_json::json!({"sub": "user:1", "aud": "orders", "scope": "read"}),
-                ttl: Some("5m".into()),
-                typ: Some("at+jwt".into()),
-            },
-            &client,
-            &ks,
-            1000,
-            "kid1",
-            "j".into(),
-        )
-        .unwrap();
+        let request = SignRequest {
+            claims: serde_json::json!({"sub": "user:1", "aud": "orders", "scope": "read"}),
+            ttl: Some("5m".into()),
+            typ: Some("at+jwt".into()),
+        };
+        let p = prepare(&request, &client, &ks, 1000, "kid1", "j".into()).unwrap();
         assert_eq!(p.exp, 1300);
         let (h, c) = p.signing_input.split_once('.').unwrap();
         let h: Value = serde_json::from_slice(&B64.decode(h).unwrap()).unwrap();
@@ -511,7 +504,8 @@ mod tests {
             serde_json::json!({"email": "x@y", "ia": [1, {"b": null}], "isz": true, "jtx": 1.5,
                                "nbe": "n", "z": {"nested": ["v"]}, "exq": "e", "\u{e9}": 0}),
         ] {
-            let p = prepare(&req(claims.clone()), &client, &ks, 1000, "k", "jid".into()).unwrap();
+            let request = req(claims.clone());
+            let p = prepare(&request, &client, &ks, 1000, "k", "jid".into()).unwrap();
             let mut expected = claims.as_object().unwrap().clone();
             for (k, v) in [
                 ("iss", serde_json::json!("https://auth.example.com")),
@@ -534,15 +528,8 @@ mod tests {
     #[test]
     fn default_ttl_is_the_tightest_limit() {
         let (client, ks) = setup();
-        let p = prepare(
-            &req(serde_json::json!({"sub": "user:1", "aud": "orders"})),
-            &client,
-            &ks,
-            0,
-            "k",
-            "j".into(),
-        )
-        .unwrap();
+        let request = req(serde_json::json!({"sub": "user:1", "aud": "orders"}));
+        let p = prepare(&request, &client, &ks, 0, "k", "j".into()).unwrap();
         assert_eq!(p.exp, 600);
     }
 
