@@ -425,6 +425,26 @@ mod tests {
         assert_eq!(prev, hex_sha256(lines[1].as_bytes()));
     }
 
+    #[test]
+    fn a_line_escapes_strings_and_keeps_structured_audiences() {
+        let aud = serde_json::json!(["a", {"b": 1}]);
+        let tricky = Record {
+            sub: Some("al\"ice\n\\"),
+            ..record(3, "j", &aud)
+        };
+        let mut buf = Vec::new();
+        let mut prev = GENESIS.to_owned();
+        append(&mut buf, &tricky.unchained().unwrap(), &mut prev);
+        let text = String::from_utf8(buf).unwrap();
+        let line = text.strip_suffix('\n').unwrap();
+        assert!(!line.contains('\n'), "{line}");
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(value["sub"], "al\"ice\n\\");
+        assert_eq!(value["aud"], aud);
+        assert_eq!(value["prev"], GENESIS);
+        assert_eq!(prev, hex_sha256(line.as_bytes()));
+    }
+
     #[tokio::test]
     async fn chain_verifies_across_reopen_and_detects_edits() {
         let dir = tempfile::tempdir().unwrap();

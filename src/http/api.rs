@@ -401,8 +401,12 @@ fn batch_response(results: &[BatchItem]) -> Response {
         match result {
             BatchItem::Ok(signed) => signed.write_json(&mut body),
             BatchItem::Err(error) => {
-                // A struct of a string and a `&'static str`: cannot fail.
-                let _ = serde_json::to_writer(&mut body, &serde_json::json!({ "error": error }));
+                #[derive(Serialize)]
+                struct Refused<'a> {
+                    error: &'a BatchError,
+                }
+                // Strings only: serializing into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut body, &Refused { error });
             }
         }
     }

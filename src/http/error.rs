@@ -61,7 +61,7 @@ impl ApiError {
     }
 
     /// The body: `{"error": {"code", "message"}}`.
-    pub fn body(&self) -> Vec<u8> {
+    fn body(&self) -> Vec<u8> {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
         serde_json::to_vec(&body).unwrap_or_default()
     }

@@ -12,6 +12,7 @@ use crate::jwks::{Published, Served};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::Full;
+use hyper::body::Body as _;
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::{ready, Ready};
@@ -48,12 +49,17 @@ impl<B> hyper::service::Service<Request<B>> for Documents {
     type Future = Ready<Result<Response, Infallible>>;
 
     fn call(&self, req: Request<B>) -> Self::Future {
-        ready(Ok(answer(
-            &self.0,
-            req.method(),
-            req.uri().path(),
-            req.headers(),
-        )))
+        let mut response = answer(&self.0, req.method(), req.uri().path(), req.headers());
+        if req.method() == Method::HEAD {
+            // hyper leaves out a HEAD answer's body on HTTP/1 only; on HTTP/2 it would send
+            // it. The length stays in Content-Length.
+            let length = response.body().size_hint().exact().unwrap_or(0);
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+            *response.body_mut() = Full::default();
+        }
+        ready(Ok(response))
     }
 }
 
@@ -121,7 +127,7 @@ fn answer(state: &AppState, method: &Method, path: &str, req: &HeaderMap) -> Res
         _ if !read => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            "this path answers GET and HEAD only",
+            "this path is read-only: use GET or HEAD",
         )),
         Route::Jwks(name) => decoded(name)
             .and_then(|name| published(state, name.as_deref()).map(|p| respond(req, &p, &p.jwks))),

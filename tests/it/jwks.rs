@@ -193,6 +193,50 @@ async fn caching_headers_conditional_requests_head_and_cors() {
     );
 }
 
+/// The listener speaks HTTP/2 too (prior knowledge): HEAD answers carry the length and no
+/// body on both protocols (a strict HTTP/2 client resets a HEAD stream that sends DATA).
+#[tokio::test]
+async fn head_and_get_over_http2() {
+    let dir = private_dir();
+    let d = Daemon::start(dir.path(), &config(dir.path()));
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let url = format!("{}/.well-known/jwks.json", d.jwks);
+    let r = h2.get(&url).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    let body = r.bytes().await.unwrap();
+    assert!(!body.is_empty());
+    for (path, status, length) in [
+        ("/.well-known/jwks.json", 200, Some(body.len())),
+        ("/keysets/nope/jwks.json", 404, None),
+        ("/healthz", 200, Some(3)),
+    ] {
+        for client in [&h2, &http()] {
+            let r = client
+                .head(format!("{}{path}", d.jwks))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), status, "{path} {:?}", r.version());
+            let declared: usize = r.headers()["content-length"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            if let Some(length) = length {
+                assert_eq!(declared, length, "{path} {:?}", r.version());
+            }
+            assert!(declared > 0, "{path}");
+            assert!(r.bytes().await.unwrap().is_empty(), "{path}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_jwks_listener_has_no_signing_or_admin_routes() {
     let dir = private_dir();
