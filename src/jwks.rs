@@ -14,6 +14,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const JWK_SET: HeaderValue = HeaderValue::from_static("application/jwk-set+json");
 const JWK: HeaderValue = HeaderValue::from_static("application/jwk+json");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const ANY: HeaderValue = HeaderValue::from_static("*");
+const EXPOSED: HeaderValue = HeaderValue::from_static("etag, last-modified, cache-control");
+
+/// The CORS headers of a simple cross-origin read, which every document and document error
+/// carries: documents are readable from any origin, their caching headers exposed.
+pub fn cors_headers() -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(8);
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, ANY);
+    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSED);
+    headers
+}
 
 /// A JWK as served: public members plus `kid`, `use` and `alg`.
 #[derive(Debug, Serialize)]
@@ -72,7 +83,7 @@ impl Served {
         let etag = format!("\"{version}-{}\"", crate::auth::to_hex(&hash.as_ref()[..8]));
         // Digits, hex and quotes only: always a valid header value.
         let etag = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\""));
-        let mut not_modified = crate::http::public::cors_headers();
+        let mut not_modified = cors_headers();
         not_modified.insert(header::ETAG, etag.clone());
         not_modified.insert(header::LAST_MODIFIED, common.last_modified.clone());
         not_modified.insert(header::CACHE_CONTROL, common.cache_control.clone());

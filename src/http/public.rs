@@ -8,7 +8,7 @@
 
 use super::error::ApiError;
 use crate::app::AppState;
-use crate::jwks::{Published, Served};
+use crate::jwks::{cors_headers, Published, Served};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::Full;
@@ -21,23 +21,12 @@ use std::sync::Arc;
 /// What the listener answers with.
 pub type Response = http::Response<Full<Bytes>>;
 
-const ANY: HeaderValue = HeaderValue::from_static("*");
-const EXPOSED: HeaderValue = HeaderValue::from_static("etag, last-modified, cache-control");
 const READ_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD");
 const DOCUMENT_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD, OPTIONS");
 const PREFLIGHT_MAX_AGE: HeaderValue = HeaderValue::from_static("86400");
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 const PROMETHEUS: HeaderValue = HeaderValue::from_static("text/plain; version=0.0.4");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
-
-/// The CORS headers of a simple cross-origin read, which every document and document error
-/// carries: documents are readable from any origin, their caching headers exposed.
-pub fn cors_headers() -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(8);
-    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, ANY);
-    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSED);
-    headers
-}
 
 /// The public listener's service; one per connection, all sharing the state.
 #[derive(Clone)]
