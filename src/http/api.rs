@@ -635,7 +635,7 @@ async fn admin_audit(
     client: &ClientConfig,
     keyset: &str,
     event: &'static str,
-    kid: Option<String>,
+    kid: Option<&str>,
     now: i64,
 ) {
     let record = Record {
@@ -643,7 +643,7 @@ async fn admin_audit(
         event,
         caller: Some(&client.name),
         keyset,
-        kid: kid.as_deref(),
+        kid,
         jti: None,
         sub: None,
         aud: None,
@@ -674,7 +674,15 @@ async fn rotate(
         .iter()
         .find(|k| k.activate_at == Some(at))
         .map(|k| k.kid.clone());
-    admin_audit(&state, &client, &name, "rotate-requested", kid.clone(), now).await;
+    admin_audit(
+        &state,
+        &client,
+        &name,
+        "rotate-requested",
+        kid.as_deref(),
+        now,
+    )
+    .await;
     Ok(Json(
         serde_json::json!({"kid": kid, "activates_at": at, "in_seconds": (at - now).max(0)}),
     ))
@@ -694,7 +702,7 @@ async fn revoke(
         .revoke(&kid, now)
         .await
         .map_err(|e| lifecycle_error(&keyset, e))?;
-    admin_audit(&state, &client, &name, "revoked", Some(kid.clone()), now).await;
+    admin_audit(&state, &client, &name, "revoked", Some(&kid), now).await;
     Ok(Json(
         serde_json::json!({"revoked": kid, "active_kid": active}),
     ))

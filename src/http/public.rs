@@ -118,11 +118,8 @@ fn answer(state: &AppState, method: &Method, path: &str, req: &HeaderMap) -> Res
             "method_not_allowed",
             "this path is read-only: use GET or HEAD",
         )),
-        Route::Jwks(name) => decoded(name)
-            .and_then(|name| published(state, name.as_deref()).map(|p| respond(req, &p, &p.jwks))),
-        Route::Discovery(name) => decoded(name).and_then(|name| {
-            published(state, name.as_deref()).map(|p| respond(req, &p, &p.discovery))
-        }),
+        Route::Jwks(name) => published(state, name).map(|p| respond(req, &p, &p.jwks)),
+        Route::Discovery(name) => published(state, name).map(|p| respond(req, &p, &p.discovery)),
         Route::Jwk(name, kid) => jwk(state, req, name, kid),
         Route::Healthz => return plain(StatusCode::OK, TEXT, Bytes::from_static(b"ok\n")),
         Route::Readyz => return readyz(state),
@@ -173,10 +170,9 @@ fn preflight() -> Response {
 }
 
 /// A path segment decoded, or the 400 for one that is not percent-encoded UTF-8.
-fn decoded(segment: Option<&str>) -> Result<Option<Cow<'_, str>>, ApiError> {
-    segment
-        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8())
-        .transpose()
+fn decoded(segment: &str) -> Result<Cow<'_, str>, ApiError> {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
         .map_err(|_| {
             ApiError::bad_request(
                 "bad_path",
@@ -185,12 +181,17 @@ fn decoded(segment: Option<&str>) -> Result<Option<Cow<'_, str>>, ApiError> {
         })
 }
 
+/// The published view of the key set named by a still percent-encoded path segment, or of
+/// the default key set.
 fn published(state: &AppState, name: Option<&str>) -> Result<Arc<Published>, ApiError> {
     let keysets = state.keysets.load();
     let keyset = match name {
-        Some(name) => keysets
-            .get(name)
-            .ok_or_else(|| ApiError::unknown_keyset(name))?,
+        Some(name) => {
+            let name = decoded(name)?;
+            keysets
+                .get(&name)
+                .ok_or_else(|| ApiError::unknown_keyset(&name))?
+        }
         None => keysets
             .default()
             .ok_or_else(|| ApiError::unknown_keyset("default"))?,
@@ -199,19 +200,16 @@ fn published(state: &AppState, name: Option<&str>) -> Result<Arc<Published>, Api
 }
 
 fn jwk(state: &AppState, req: &HeaderMap, name: &str, kid: &str) -> Result<Response, ApiError> {
-    let name = decoded(Some(name))?;
-    let kid = decoded(Some(kid))?;
-    let p = published(state, name.as_deref())?;
-    let served = kid
-        .as_deref()
-        .and_then(|kid| p.by_kid.get(kid))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_kid",
-                "no published key with that kid in this key set",
-            )
-        })?;
+    // Both segments are decoded before the lookup: a bad one is a 400 whatever the key set.
+    let kid = decoded(kid)?;
+    let p = published(state, Some(name))?;
+    let served = p.by_kid.get(kid.as_ref()).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_kid",
+            "no published key with that kid in this key set",
+        )
+    })?;
     Ok(respond(req, &p, served))
 }
 
@@ -318,8 +316,8 @@ mod tests {
 
     #[test]
     fn undecodable_segments_are_a_bad_request() {
-        assert_eq!(decoded(Some("a%20b")).unwrap().as_deref(), Some("a b"));
-        let e = decoded(Some("%FF")).unwrap_err();
+        assert_eq!(decoded("a%20b").unwrap(), "a b");
+        let e = decoded("%FF").unwrap_err();
         assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "bad_path"));
     }
 }

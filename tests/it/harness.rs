@@ -282,14 +282,12 @@ pub fn audit_field(path: &Path, event: &str, keyset: &str, field: &str) -> Vec<S
         .collect()
 }
 
+/// The body of `GET url`, whatever its status.
+pub async fn get_text(url: &str) -> String {
+    http().get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// The text of the JWKS listener's `/metrics`.
 pub async fn metrics_text(d: &Daemon) -> String {
-    http()
-        .get(format!("{}/metrics", d.jwks))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    get_text(&format!("{}/metrics", d.jwks)).await
 }

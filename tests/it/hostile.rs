@@ -47,14 +47,7 @@ fn status_of(response: &str) -> u16 {
 }
 
 async fn snapshot(d: &Daemon) -> String {
-    http()
-        .get(format!("{}/keysets/default/jwks.json", d.jwks))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    get_text(&format!("{}/keysets/default/jwks.json", d.jwks)).await
 }
 
 #[tokio::test]

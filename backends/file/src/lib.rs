@@ -365,9 +365,6 @@ impl KeyBackend for FileBackend {
     }
 }
 
-/// Generates a key on a thread of its own at the lowest CPU priority (nice 19). An RSA-4096
-/// key takes up to seconds of CPU: off the async workers, and behind every signing request
-/// when the CPUs are busy (the rotation p99 in BENCHMARKS.md).
 /// Sets the calling thread's nice value to 19. Linux only: there the nice value belongs to
 /// the thread; elsewhere `setpriority(PRIO_PROCESS, 0)` would renice the whole daemon, for
 /// good. A refusal (a seccomp filter without `setpriority`) leaves normal priority.
@@ -378,6 +375,9 @@ fn lower_this_threads_priority() {
     }
 }
 
+/// Generates a key on a thread of its own at the lowest CPU priority (nice 19). An RSA-4096
+/// key takes up to seconds of CPU: off the async workers, and behind every signing request
+/// when the CPUs are busy (the rotation p99 in BENCHMARKS.md).
 async fn generate_at_low_priority(key_type: KeyType) -> Result<SoftwareKey, BackendError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
