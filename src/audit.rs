@@ -6,8 +6,9 @@
 //! `keyturn audit verify FILE` finds the first break. Tokens are never logged: only caller,
 //! key set, kid, jti, sub, aud and exp.
 //!
-//! Lines go through a bounded channel to one writer thread, which appends them in batches
-//! and calls fdatasync at most every 5 ms; signing waits only when the channel is full.
+//! Signing threads append their lines to one shared buffer; one writer thread takes the
+//! whole buffer at a time, chains and appends the lines, and calls fdatasync at most every
+//! 5 ms. Signing waits only when the buffer is full.
 //! Durability: a signature's line is queued before its token is returned (no line, no
 //! token), written within milliseconds and synced within about 5 ms more. A daemon crash
 //! loses only lines still queued in memory; a power loss can also lose lines written in
@@ -21,9 +22,9 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -59,28 +60,106 @@ pub struct Record<'a> {
 }
 
 impl Record<'_> {
-    /// The record's line up to its closing brace, which the writer adds after `prev`.
-    fn unchained(&self) -> Option<Vec<u8>> {
-        let mut line = Vec::with_capacity(256);
-        serde_json::to_writer(&mut line, self).ok()?;
+    /// Appends the record's line up to its closing brace, which the writer adds after
+    /// `prev`. On failure `out` is left as it was.
+    fn write_unchained(&self, out: &mut Vec<u8>) -> Option<()> {
+        let start = out.len();
         // An object with at least `ts`, `event` and `keyset`: it ends in its brace.
-        (line.pop() == Some(b'}')).then_some(line)
+        let written = serde_json::to_writer(&mut *out, self).is_ok() && out.pop() == Some(b'}');
+        if !written {
+            out.truncate(start);
+        }
+        written.then_some(())
+    }
+}
+
+/// Lines waiting for the writer.
+struct Queue {
+    /// Each record's unchained line followed by a newline (serde_json writes none inside
+    /// a line). Appending to it allocates nothing once it has grown: the writer swaps it
+    /// with its own emptied buffer. A channel of one buffer per line cost an allocation per
+    /// signature, freed on the writer's thread under the signing thread's malloc arena lock.
+    lines: Vec<u8>,
+    /// Every handle is gone: the writer writes what is left and stops.
+    closed: bool,
+    /// The writer is waiting for lines and must be woken.
+    writer_idle: bool,
+}
+
+/// What the handles and the writer thread share.
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the idle writer when lines arrive or the last handle goes.
+    arrived: Condvar,
+    /// Wakes records waiting for room in a full queue.
+    room: Notify,
+    /// False while the log cannot be written (read-only or full disk): signing stops.
+    healthy: AtomicBool,
+}
+
+/// Most bytes of lines queued for the writer (about 16k lines); beyond it records wait.
+const MAX_QUEUED: usize = 4 << 20;
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // Nothing panics while holding the lock; a poisoned queue is still consistent.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `record`: `Ok(false)` when the queue is full, `Err` when the record cannot be
+    /// serialized or the writer has stopped.
+    fn push(&self, record: &Record<'_>) -> Result<bool, ()> {
+        let mut queue = self.queue();
+        if queue.closed {
+            return Err(());
+        }
+        if queue.lines.len() >= MAX_QUEUED {
+            return Ok(false);
+        }
+        record.write_unchained(&mut queue.lines).ok_or(())?;
+        queue.lines.push(b'\n');
+        let wake = std::mem::take(&mut queue.writer_idle);
+        drop(queue);
+        if wake {
+            self.arrived.notify_one();
+        }
+        Ok(true)
+    }
+}
+
+impl Shared {
+    /// Moves the queued lines into the empty `into` and wakes records waiting for room.
+    /// Returns whether any handle is left.
+    fn take(&self, into: &mut Vec<u8>) -> bool {
+        let open = {
+            let mut queue = self.queue();
+            std::mem::swap(&mut queue.lines, into);
+            !queue.closed
+        };
+        self.room.notify_waiters();
+        open
+    }
+}
+
+/// Closes the queue when the last [`Audit`] handle goes, so the writer finishes.
+struct Handles(Arc<Shared>);
+
+impl Drop for Handles {
+    fn drop(&mut self) {
+        self.0.queue().closed = true;
+        self.0.arrived.notify_one();
     }
 }
 
 /// A handle to the audit log; cheap to clone.
 #[derive(Clone)]
-pub struct Audit {
-    tx: Option<mpsc::Sender<Vec<u8>>>,
-    // False while the log cannot be written (read-only or full disk): signing stops.
-    healthy: Arc<AtomicBool>,
-}
+pub struct Audit(Option<Arc<Handles>>);
 
 /// Waits for the writer thread to flush everything and stop.
 pub struct AuditWriter(Option<std::thread::JoinHandle<()>>);
 
 impl AuditWriter {
-    /// Blocks until every record sent before all [`Audit`] handles were dropped is on disk.
+    /// Blocks until every record made before all [`Audit`] handles were dropped is on disk.
     pub fn finish(mut self) {
         if let Some(handle) = self.0.take() {
             let _ = handle.join();
@@ -104,49 +183,66 @@ impl Audit {
             .map_err(|e| format!("cannot open audit log {}: {e}", path.display()))?;
         let mut prev = last_line_hash(&mut file)
             .map_err(|e| format!("cannot read audit log {}: {e}", path.display()))?;
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16_384);
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                lines: Vec::with_capacity(64 * 1024),
+                closed: false,
+                writer_idle: false,
+            }),
+            arrived: Condvar::new(),
+            room: Notify::new(),
+            healthy: AtomicBool::new(true),
+        });
         let shown = path.display().to_string();
-        let healthy = Arc::new(AtomicBool::new(true));
-        let writer_health = healthy.clone();
+        let writer = shared.clone();
         let handle = std::thread::Builder::new()
             .name("keyturn-audit".into())
-            .spawn(move || write_loop(&mut rx, &mut file, &mut prev, &writer_health, &shown))
+            .spawn(move || write_loop(&writer, &mut file, &mut prev, &shown))
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
         Ok((
-            Audit {
-                tx: Some(tx),
-                healthy,
-            },
+            Audit(Some(Arc::new(Handles(shared)))),
             AuditWriter(Some(handle)),
         ))
     }
 
+    fn shared(&self) -> Option<&Shared> {
+        self.0.as_deref().map(|handles| &*handles.0)
+    }
+
     /// Whether the log is being written (false while the disk refuses writes).
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.shared()
+            .is_none_or(|shared| shared.healthy.load(Ordering::Relaxed))
     }
 
     /// A handle that records nothing (for tests and tools that have no log).
     pub fn disabled() -> Audit {
-        Audit {
-            tx: None,
-            healthy: Arc::new(AtomicBool::new(true)),
-        }
+        Audit(None)
     }
 
     /// Records `record`, waiting only if the writer is far behind. Fails when the log
     /// cannot be written (read-only or full disk) or the writer has stopped: the caller must
     /// then refuse to sign.
     pub async fn record(&self, record: Record<'_>) -> Result<(), ()> {
-        if !self.healthy.load(Ordering::Relaxed) {
-            return Err(());
-        }
-        match &self.tx {
-            Some(tx) => {
-                let line = record.unchained().ok_or(())?;
-                tx.send(line).await.map_err(|_| ())
+        let Some(shared) = self.shared() else {
+            return Ok(());
+        };
+        loop {
+            if !shared.healthy.load(Ordering::Relaxed) {
+                return Err(());
             }
-            None => Ok(()),
+            if shared.push(&record)? {
+                return Ok(());
+            }
+            // Full: wait for the writer to take the queue. Registered before trying again,
+            // so a take between the two is not missed.
+            let room = shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if shared.push(&record)? {
+                return Ok(());
+            }
+            room.await;
         }
     }
 
@@ -163,9 +259,8 @@ impl Audit {
             aud: None,
             exp: None,
         };
-        if let Some(tx) = &self.tx {
-            let sent = record.unchained().map(|line| tx.try_send(line));
-            if !matches!(sent, Some(Ok(()))) {
+        if let Some(shared) = self.shared() {
+            if shared.push(&record) != Ok(true) {
                 tracing::error!(
                     keyset,
                     "audit log is full or stopped; lifecycle event not recorded"
@@ -187,18 +282,13 @@ const RETRIES_AT_EXIT: u32 = 40;
 /// batch took a fifth of the daemon's CPU at 17k signatures/s (see BENCHMARKS.md).
 const SYNC_EVERY: Duration = Duration::from_millis(5);
 
-/// The writer thread: appends records as chained lines, one write per batch, and
-/// fdatasyncs at most every [`SYNC_EVERY`] (once that long has passed since the last sync,
-/// and at exit). When the disk refuses (read-only, full), it keeps the bytes not yet
+/// The writer thread: takes the queued lines, chains them, appends them with one write,
+/// and fdatasyncs at most every [`SYNC_EVERY`] (once that long has passed since the last
+/// sync, and at exit). When the disk refuses (read-only, full), it keeps the bytes not yet
 /// written, resumes a partial write where it stopped (so no line is torn or doubled), marks
 /// the log unhealthy so signing stops, and retries until the disk takes the bytes again.
-fn write_loop(
-    rx: &mut mpsc::Receiver<Vec<u8>>,
-    file: &mut File,
-    prev: &mut String,
-    healthy: &AtomicBool,
-    shown: &str,
-) {
+fn write_loop(shared: &Shared, file: &mut File, prev: &mut String, shown: &str) {
+    let mut taken: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut pending: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut written = 0usize;
     let mut open = true;
@@ -207,27 +297,31 @@ fn write_loop(
     let mut unsynced = false;
     loop {
         if pending.is_empty() {
-            if unsynced {
+            if unsynced && open {
                 // Written, not yet synced: collect what comes until the sync is due.
                 std::thread::sleep(SYNC_EVERY.saturating_sub(synced_at.elapsed()));
-                match rx.try_recv() {
-                    Ok(line) => append(&mut pending, &line, prev),
-                    Err(mpsc::error::TryRecvError::Empty) => {}
-                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+            } else if !unsynced {
+                let mut queue = shared.queue();
+                while queue.lines.is_empty() && !queue.closed {
+                    queue.writer_idle = true;
+                    queue = shared
+                        .arrived
+                        .wait(queue)
+                        .unwrap_or_else(PoisonError::into_inner);
                 }
-            } else {
-                match rx.blocking_recv() {
-                    Some(line) => append(&mut pending, &line, prev),
-                    None => return,
+                if queue.lines.is_empty() {
+                    return; // closed, and everything is on disk
                 }
             }
         }
-        while open && pending.len() < MAX_PENDING {
-            match rx.try_recv() {
-                Ok(line) => append(&mut pending, &line, prev),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+        if pending.len() < MAX_PENDING {
+            open = shared.take(&mut taken);
+            let mut start = 0;
+            for end in memchr::memchr_iter(b'\n', &taken) {
+                append(&mut pending, &taken[start..end], prev);
+                start = end + 1;
             }
+            taken.clear();
         }
         let outcome = write_from(file, &pending, &mut written).and_then(|()| {
             unsynced = true;
@@ -242,7 +336,7 @@ fn write_loop(
             Ok(()) => {
                 pending.clear();
                 written = 0;
-                if !healthy.swap(true, Ordering::Relaxed) {
+                if !shared.healthy.swap(true, Ordering::Relaxed) {
                     tracing::info!(
                         path = shown,
                         "the audit log is writable again; signing resumes"
@@ -250,7 +344,7 @@ fn write_loop(
                 }
             }
             Err(e) => {
-                if healthy.swap(false, Ordering::Relaxed) {
+                if shared.healthy.swap(false, Ordering::Relaxed) {
                     tracing::error!(path = shown, error = %e, "cannot write the audit log; refusing to sign until it is writable");
                 }
                 if !open {
@@ -376,6 +470,12 @@ mod tests {
         }
     }
 
+    fn unchained(record: &Record<'_>) -> Vec<u8> {
+        let mut line = Vec::new();
+        record.write_unchained(&mut line).unwrap();
+        line
+    }
+
     async fn write(path: &Path, range: std::ops::Range<i64>) {
         let (audit, writer) = Audit::open(path).unwrap();
         let aud = serde_json::json!("api");
@@ -392,11 +492,7 @@ mod tests {
         let mut buf = Vec::new();
         let mut prev = GENESIS.to_owned();
         let aud = serde_json::json!("api");
-        append(
-            &mut buf,
-            &record(1, "jti1", &aud).unchained().unwrap(),
-            &mut prev,
-        );
+        append(&mut buf, &unchained(&record(1, "jti1", &aud)), &mut prev);
         let lifecycle = Record {
             caller: None,
             jti: None,
@@ -406,7 +502,7 @@ mod tests {
             event: "published",
             ..record(2, "", &AUD)
         };
-        append(&mut buf, &lifecycle.unchained().unwrap(), &mut prev);
+        append(&mut buf, &unchained(&lifecycle), &mut prev);
         let text = String::from_utf8(buf).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
@@ -434,7 +530,7 @@ mod tests {
         };
         let mut buf = Vec::new();
         let mut prev = GENESIS.to_owned();
-        append(&mut buf, &tricky.unchained().unwrap(), &mut prev);
+        append(&mut buf, &unchained(&tricky), &mut prev);
         let text = String::from_utf8(buf).unwrap();
         let line = text.strip_suffix('\n').unwrap();
         assert!(!line.contains('\n'), "{line}");
@@ -466,6 +562,42 @@ mod tests {
         edited[6] = &changed;
         std::fs::write(&path, edited.join("\n") + "\n").unwrap();
         assert!(verify(&path).unwrap_err().contains("line 8"));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_holds_records_back_until_the_writer_takes_it() {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                lines: vec![b'x'; MAX_QUEUED],
+                closed: false,
+                writer_idle: false,
+            }),
+            arrived: Condvar::new(),
+            room: Notify::new(),
+            healthy: AtomicBool::new(true),
+        });
+        let audit = Audit(Some(Arc::new(Handles(shared.clone()))));
+        let aud = serde_json::json!("api");
+        let mut waiting = tokio_test::task::spawn(audit.record(record(1, "j", &aud)));
+        assert!(
+            waiting.poll().is_pending(),
+            "a full queue must hold the record"
+        );
+        assert!(waiting.poll().is_pending());
+        let mut taken = Vec::new();
+        assert!(shared.take(&mut taken));
+        assert_eq!(taken.len(), MAX_QUEUED);
+        assert!(
+            waiting.is_woken(),
+            "taking the queue must wake the waiting record"
+        );
+        assert!(waiting.poll().is_ready());
+        let mut line = Vec::new();
+        assert!(shared.take(&mut line));
+        assert_eq!(
+            line,
+            [unchained(&record(1, "j", &aud)), b"\n".to_vec()].concat()
+        );
     }
 
     #[test]
