@@ -98,7 +98,12 @@ impl KeySet {
     /// Records the outcome of a backend round trip (signing reports here too). A failure
     /// wakes the maintenance task, whose tick then probes the backend with backoff.
     pub fn note_backend(&self, ok: bool) {
-        if self.backend_ok.swap(ok, Ordering::Relaxed) && !ok {
+        // Read first: every signature reports, and a write on each would move the cache
+        // line between the cores.
+        if self.backend_ok.load(Ordering::Relaxed) != ok
+            && self.backend_ok.swap(ok, Ordering::Relaxed)
+            && !ok
+        {
             self.wake.notify_one();
         }
     }

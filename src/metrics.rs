@@ -3,6 +3,7 @@
 //! scrape time from the published views, so they never go stale.
 
 use crate::app::AppState;
+use arc_swap::ArcSwap;
 use keyturn_backend::Algorithm;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -11,7 +12,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,11 +48,13 @@ pub struct Metrics {
     backend_errors: Family<BackendErrorLabels, Counter>,
     // The series of each (key set, algorithm, outcome) seen, found by a scan with the
     // borrowed name: `Family::get_or_create` wants owned labels, four String allocations
-    // per signature. Few key sets, so a Vec.
-    hot: RwLock<Vec<Series>>,
+    // per signature. Few key sets, so a Vec; read without writing to shared memory (a lock
+    // word written by every signature moves its cache line between the cores).
+    hot: ArcSwap<Vec<Series>>,
 }
 
 /// The counter and histogram one signature updates.
+#[derive(Clone)]
 struct Series {
     keyset: Box<str>,
     alg: Algorithm,
@@ -100,7 +102,7 @@ impl Default for Metrics {
             sign_seconds,
             backend_seconds,
             backend_errors,
-            hot: RwLock::default(),
+            hot: ArcSwap::default(),
         }
     }
 }
@@ -140,45 +142,41 @@ impl Metrics {
             s.seconds.observe(took.as_secs_f64());
         };
         let found = |s: &&Series| s.ok == ok && s.alg == alg && *s.keyset == *keyset;
-        if let Some(s) = self
-            .hot
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .find(found)
-        {
+        if let Some(s) = self.hot.load().iter().find(found) {
             record(s);
             return;
         }
-        // First signature of this kind: create the series (the Family keeps them for
-        // export) and remember them.
-        let mut hot = self.hot.write().unwrap_or_else(PoisonError::into_inner);
-        if !hot.iter().any(|s| found(&s)) {
-            let count = self
-                .signatures
-                .get_or_create(&SignLabels {
-                    keyset: keyset.to_owned(),
-                    algorithm: alg.as_str().to_owned(),
-                    outcome: if ok { "ok" } else { "error" }.to_owned(),
-                })
-                .clone();
-            let seconds = self
-                .sign_seconds
-                .get_or_create(&KeySetLabel {
-                    keyset: keyset.to_owned(),
-                })
-                .clone();
-            hot.push(Series {
-                keyset: keyset.into(),
-                alg,
-                ok,
-                count,
-                seconds,
-            });
-        }
-        if let Some(s) = hot.iter().find(found) {
-            record(s);
-        }
+        // First signature of this kind: create the series (the Family keeps them, and
+        // gives a racing thread the same ones) and remember them.
+        let count = self
+            .signatures
+            .get_or_create(&SignLabels {
+                keyset: keyset.to_owned(),
+                algorithm: alg.as_str().to_owned(),
+                outcome: if ok { "ok" } else { "error" }.to_owned(),
+            })
+            .clone();
+        let seconds = self
+            .sign_seconds
+            .get_or_create(&KeySetLabel {
+                keyset: keyset.to_owned(),
+            })
+            .clone();
+        let series = Series {
+            keyset: keyset.into(),
+            alg,
+            ok,
+            count,
+            seconds,
+        };
+        record(&series);
+        self.hot.rcu(|hot| {
+            let mut hot = Vec::clone(hot);
+            if !hot.iter().any(|s| found(&s)) {
+                hot.push(series.clone());
+            }
+            hot
+        });
     }
 
     /// The text exposition, with per-key-set gauges as of now.

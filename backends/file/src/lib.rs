@@ -15,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use aws_lc_rs::aead::{Aad, RandomizedNonceKey, AES_256_GCM, NONCE_LEN};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -26,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use keyturn_backend::fsutil;
@@ -56,7 +57,10 @@ pub struct FileBackendConfig {
 pub struct FileBackend {
     dir: PathBuf,
     kek: RandomizedNonceKey,
-    cache: RwLock<HashMap<String, Arc<SoftwareKey>>>,
+    // Decrypted keys. Signing reads it without writing to shared memory (no lock word, no
+    // reference count: on two cores each such write moves a cache line between them);
+    // loading, generating and destroying a key replace the map.
+    cache: ArcSwap<HashMap<String, Arc<SoftwareKey>>>,
     // Serializes check-and-set on state files and creation of keys.
     write_lock: tokio::sync::Mutex<()>,
     _lock: File,
@@ -105,7 +109,7 @@ impl FileBackend {
         Ok(FileBackend {
             dir,
             kek,
-            cache: RwLock::default(),
+            cache: ArcSwap::default(),
             write_lock: tokio::sync::Mutex::new(()),
             _lock: lock,
         })
@@ -161,12 +165,7 @@ impl FileBackend {
     /// The key `name`, from the cache or decrypted from disk.
     async fn key(&self, name: &str) -> Result<Arc<SoftwareKey>, BackendError> {
         keyturn_backend::check_name(name)?;
-        if let Some(key) = self
-            .cache
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-        {
+        if let Some(key) = self.cache.load().get(name) {
             return Ok(key.clone());
         }
         let path = self.key_path(name);
@@ -184,11 +183,16 @@ impl FileBackend {
         };
         fsutil::check_private_file(&path)?;
         let key = Arc::new(self.unseal(name, &bytes)?);
-        self.cache
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(name.to_owned(), key.clone());
+        self.cache_insert(name, key.clone());
         Ok(key)
+    }
+
+    fn cache_insert(&self, name: &str, key: Arc<SoftwareKey>) {
+        self.cache.rcu(|keys| {
+            let mut keys = HashMap::clone(keys);
+            keys.insert(name.to_owned(), key.clone());
+            keys
+        });
     }
 }
 
@@ -260,10 +264,7 @@ impl KeyBackend for FileBackend {
             .await
             .map_err(|e| BackendError::storage("write task failed", e))??;
         let public = key.public_key()?;
-        self.cache
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(name.to_owned(), Arc::new(key));
+        self.cache_insert(name, Arc::new(key));
         Ok(public)
     }
 
@@ -277,16 +278,20 @@ impl KeyBackend for FileBackend {
         alg: Algorithm,
         message: &[u8],
     ) -> Result<Vec<u8>, BackendError> {
+        if let Some(key) = self.cache.load().get(name) {
+            return key.sign(alg, message);
+        }
         self.key(name).await?.sign(alg, message)
     }
 
     async fn destroy(&self, name: &str) -> Result<(), BackendError> {
         keyturn_backend::check_name(name)?;
         let _guard = self.write_lock.lock().await;
-        self.cache
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(name);
+        self.cache.rcu(|keys| {
+            let mut keys = HashMap::clone(keys);
+            keys.remove(name);
+            keys
+        });
         let path = self.key_path(name);
         tokio::task::spawn_blocking(move || fsutil::remove_durable(&path))
             .await
