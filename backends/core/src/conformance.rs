@@ -132,6 +132,27 @@ pub async fn errors_and_idempotence(backend: &dyn KeyBackend, prefix: &str) {
         .destroy(&missing)
         .await
         .expect("destroying an unknown key must succeed");
+
+    // Replicas sharing a backend may retire the same key at the same moment: each
+    // destroy must succeed whichever step the others have reached.
+    let raced = format!("{prefix}-raced");
+    backend.create_key(&raced, key_type).await.unwrap();
+    let (a, b, c) = tokio::join!(
+        backend.destroy(&raced),
+        backend.destroy(&raced),
+        backend.destroy(&raced)
+    );
+    for outcome in [a, b, c] {
+        outcome.unwrap_or_else(|e| panic!("a destroy racing another failed: {e}"));
+    }
+    assert!(
+        backend.sign(&raced, alg, MESSAGE).await.is_err(),
+        "a key destroyed by racing calls still signs"
+    );
+    assert!(
+        !backend.list_keys(prefix).await.unwrap().contains(&raced),
+        "list_keys still shows a key destroyed by racing calls"
+    );
 }
 
 /// Lifecycle documents: first write, check-and-set conflicts, read back.
