@@ -6,6 +6,8 @@
 #   - the keyturn user comes from systemd/keyturn.sysusers;
 #   - `systemctl start` returns once READY=1 is sent (Type=notify), with the JWKS served
 #     and a token signed, by a process running as keyturn, under the full sandbox;
+#   - the API socket in /run/keyturn admits a member of the keyturn group who is a
+#     configured client (unix_uid) and refuses another local user at the file mode;
 #   - the watchdog is fed (a 2 s WatchdogSec= drop-in: the service outlives several
 #     intervals and WatchdogTimestamp advances);
 #   - `systemctl reload` succeeds (ExecReload= check-config, then SIGHUP) and the daemon
@@ -60,6 +62,7 @@ cat >"$WORK/etc/keyturn.toml" <<EOF
 [server]
 jwks_listen = "127.0.0.1:$JWKS_PORT"
 api_listen = "127.0.0.1:$API_PORT"
+api_socket = "/run/keyturn/api.sock"
 
 [[keyset]]
 name = "default"
@@ -71,6 +74,11 @@ max_token_ttl = "10m"
 [[client]]
 name = "issuer"
 token_sha256 = "$(printf '%s' "$TOKEN" | sha256sum | cut -d' ' -f1)"
+keysets = ["default"]
+
+[[client]]
+name = "socket-issuer"
+unix_uid = 1500
 keysets = ["default"]
 EOF
 
@@ -94,6 +102,14 @@ curl -sf http://127.0.0.1:$JWKS_PORT/.well-known/jwks.json | grep -q '"kid"' || 
 curl -sf -H 'Authorization: Bearer $TOKEN' -H 'Content-Type: application/json' \
   -d '{"claims": {"sub": "boot"}}' http://127.0.0.1:$API_PORT/v1/keysets/default/sign | grep -q '"token"' ||
   fail "signing failed under the sandbox"
+# The socket: 0660 in a 0750 directory, both group keyturn. uid 1500 is a configured
+# client in the group; uid 1501 is neither.
+useradd -u 1500 -G keyturn issuer && useradd -u 1501 stranger
+SIGN_ARGS=(-s -o /dev/null -w '%{http_code}' --unix-socket /run/keyturn/api.sock -H 'Content-Type: application/json'
+  -d '{"claims": {"sub": "socket"}}' http://keyturn/v1/keysets/default/sign)
+[[ \$(runuser -u issuer -- curl "\${SIGN_ARGS[@]}") == 200 ]] || fail "the socket client in the keyturn group cannot sign"
+[[ \$(runuser -u stranger -- curl "\${SIGN_ARGS[@]}") == 000 ]] || fail "a user outside the keyturn group reached the socket"
+stat -c '%a %U:%G %n' /run/keyturn /run/keyturn/api.sock
 W1=\$(prop WatchdogTimestampMonotonic)
 for i in \$(seq 60); do
   W2=\$(prop WatchdogTimestampMonotonic)
@@ -156,6 +172,7 @@ if [[ -s $WORK/results/failures ]]; then
   cat "$WORK/results/journal" >&2
   exit 1
 fi
-echo "systemd boot test: start (notify), JWKS, signing as user keyturn, watchdog, reload,"
+echo "systemd boot test: start (notify), JWKS, signing as user keyturn, the API socket's"
+echo "access by group, watchdog, reload,"
 echo "refused reload, stop and audit log all as expected under a real PID 1."
 echo "exposure inside the container: $(cat "$WORK/results/exposure")"
