@@ -8,6 +8,8 @@
 #     and a token signed, by a process running as keyturn, under the full sandbox;
 #   - the API socket in /run/keyturn admits a member of the keyturn group who is a
 #     configured client (unix_uid) and refuses another local user at the file mode;
+#   - the Kubernetes signer on an abstract socket (no file mode to protect it) answers
+#     root and drops a connection from any other uid (tests elsewhere run as root);
 #   - the watchdog is fed (a 2 s WatchdogSec= drop-in: the service outlives several
 #     intervals and WatchdogTimestamp advances);
 #   - `systemctl reload` succeeds (ExecReload= check-config, then SIGHUP) and the daemon
@@ -63,6 +65,8 @@ cat >"$WORK/etc/keyturn.toml" <<EOF
 jwks_listen = "127.0.0.1:$JWKS_PORT"
 api_listen = "127.0.0.1:$API_PORT"
 api_socket = "/run/keyturn/api.sock"
+k8s_signer_socket = "@keyturn-boot-k8s"
+k8s_signer_keyset = "default"
 
 [[keyset]]
 name = "default"
@@ -110,6 +114,15 @@ SIGN_ARGS=(-s -o /dev/null -w '%{http_code}' --unix-socket /run/keyturn/api.sock
 [[ \$(runuser -u issuer -- curl "\${SIGN_ARGS[@]}") == 200 ]] || fail "the socket client in the keyturn group cannot sign"
 [[ \$(runuser -u stranger -- curl "\${SIGN_ARGS[@]}") == 000 ]] || fail "a user outside the keyturn group reached the socket"
 stat -c '%a %U:%G %n' /run/keyturn /run/keyturn/api.sock
+# The Kubernetes signer: an empty gRPC Metadata call over HTTP/2.
+printf '\\0\\0\\0\\0\\0' >/tmp/metadata.grpc
+GRPC_ARGS=(-s --http2-prior-knowledge --abstract-unix-socket keyturn-boot-k8s -H 'content-type: application/grpc'
+  -H 'te: trailers' --data-binary @/tmp/metadata.grpc -o /dev/null -w '%{http_code}' http://localhost/v1.ExternalJWTSigner/Metadata)
+[[ \$(curl "\${GRPC_ARGS[@]}") == 200 ]] || fail "root cannot call the Kubernetes signer"
+[[ \$(runuser -u stranger -- curl "\${GRPC_ARGS[@]}") == 000 ]] || fail "another uid reached the Kubernetes signer"
+journalctl -u keyturn --no-pager -o cat | grep -q 'connection refused: only root or keyturn.s own user may connect.*1501' ||
+  journalctl -u keyturn --no-pager -o cat | grep -q 'uid=1501.*connection refused' ||
+  fail "no log line for the refused Kubernetes signer connection"
 W1=\$(prop WatchdogTimestampMonotonic)
 for i in \$(seq 60); do
   W2=\$(prop WatchdogTimestampMonotonic)
@@ -173,6 +186,6 @@ if [[ -s $WORK/results/failures ]]; then
   exit 1
 fi
 echo "systemd boot test: start (notify), JWKS, signing as user keyturn, the API socket's"
-echo "access by group, watchdog, reload,"
+echo "access by group, the Kubernetes signer refusing another uid, watchdog, reload,"
 echo "refused reload, stop and audit log all as expected under a real PID 1."
 echo "exposure inside the container: $(cat "$WORK/results/exposure")"
