@@ -118,7 +118,8 @@ stat -c '%a %U:%G %n' /run/keyturn /run/keyturn/api.sock
 printf '\\0\\0\\0\\0\\0' >/tmp/metadata.grpc
 GRPC_ARGS=(-s --http2-prior-knowledge --abstract-unix-socket keyturn-boot-k8s -H 'content-type: application/grpc'
   -H 'te: trailers' --data-binary @/tmp/metadata.grpc -o /dev/null -w '%{http_code}' http://localhost/v1.ExternalJWTSigner/Metadata)
-[[ \$(curl "\${GRPC_ARGS[@]}") == 200 ]] || fail "root cannot call the Kubernetes signer"
+[[ \$(curl -D /tmp/grpc.headers "\${GRPC_ARGS[@]}") == 200 ]] && grep -qi '^grpc-status: 0' /tmp/grpc.headers ||
+  fail "root cannot call the Kubernetes signer: \$(tr -d '\\r' </tmp/grpc.headers | grep -i grpc- | tr '\\n' ' ')"
 [[ \$(runuser -u stranger -- curl "\${GRPC_ARGS[@]}") == 000 ]] || fail "another uid reached the Kubernetes signer"
 journalctl -u keyturn --no-pager -o cat | grep -q 'connection refused: only root or keyturn.s own user may connect.*1501' ||
   journalctl -u keyturn --no-pager -o cat | grep -q 'uid=1501.*connection refused' ||
@@ -132,16 +133,26 @@ done
 [[ \$(prop WatchdogTimestampMonotonic) != "\$W1" ]] || fail "the watchdog timestamp did not advance"
 [[ \$(prop MainPID) == "\$PID" && \$(prop NRestarts) == 0 ]] || fail "restarted within 3 watchdog intervals"
 systemctl reload keyturn || fail "systemctl reload failed"
+journalctl -u keyturn --no-pager -o cat | grep -q 'configuration reloaded' || fail "the daemon did not log a reload"
 [[ \$(prop ActiveState) == active && \$(prop MainPID) == "\$PID" ]] || fail "not the same active daemon after reload"
 journalctl -u keyturn -p err --no-pager -o cat | grep -v '^-- ' | grep . && fail "the unit logged errors"
 cp /etc/keyturn/keyturn.toml /tmp/good.toml
 echo 'this is not toml [' >>/etc/keyturn/keyturn.toml
 systemctl reload keyturn && fail "a reload with a broken config succeeded"
 cp /tmp/good.toml /etc/keyturn/keyturn.toml
+CURSOR=\$(journalctl -u keyturn -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p')
 [[ \$(prop ActiveState) == active && \$(prop MainPID) == "\$PID" ]] || fail "a refused reload disturbed the daemon"
 systemctl stop keyturn
 [[ \$(prop Result) == success ]] || fail "stop did not end cleanly: \$(prop Result)"
-/usr/bin/keyturn audit verify /var/lib/keyturn/audit.log || fail "the audit log does not verify"
+# Result=success also covers death by SIGTERM; the daemon's own last line shows it drained
+# and returned from main.
+journalctl -u keyturn --no-pager -o cat | grep -q 'INFO keyturn::app: stopped' || fail "no 'stopped' line: the drain did not finish"
+journalctl -u keyturn -p err --no-pager -o cat --after-cursor="\$CURSOR" | grep -v '^-- ' | grep . &&
+  fail "the unit logged errors after the refused reload"
+VERIFIED=\$(/usr/bin/keyturn audit verify /var/lib/keyturn/audit.log) || fail "the audit log does not verify"
+echo "\$VERIFIED"
+LINES=\$(sed -n 's/.*: \\([0-9]*\\) lines, hash chain intact/\\1/p' <<<"\$VERIFIED")
+(( LINES >= 3 )) || fail "the audit log holds \$LINES lines, fewer than the key's publication and the two signatures"
 journalctl -u keyturn --no-pager -o cat >/results/journal
 systemd-analyze security keyturn --no-pager | tail -1 >/results/exposure
 echo done >/results/finished

@@ -141,6 +141,19 @@ impl Shared {
     }
 }
 
+/// Marks the log unhealthy and closed when the writer thread ends, however it ends: records
+/// are then refused at once instead of piling up (or waiting for room) with nobody to
+/// write them.
+struct WriterStopped<'a>(&'a Shared);
+
+impl Drop for WriterStopped<'_> {
+    fn drop(&mut self) {
+        self.0.healthy.store(false, Ordering::Relaxed);
+        self.0.queue().closed = true;
+        self.0.room.notify_waiters();
+    }
+}
+
 /// Closes the queue when the last [`Audit`] handle goes, so the writer finishes.
 struct Handles(Arc<Shared>);
 
@@ -197,7 +210,10 @@ impl Audit {
         let writer = shared.clone();
         let handle = std::thread::Builder::new()
             .name("keyturn-audit".into())
-            .spawn(move || write_loop(&writer, &mut file, &mut prev, &shown))
+            .spawn(move || {
+                let _stopped = WriterStopped(&writer);
+                write_loop(&writer, &mut file, &mut prev, &shown);
+            })
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
         Ok((
             Audit(Some(Arc::new(Handles(shared)))),
@@ -347,6 +363,10 @@ fn write_loop(shared: &Shared, file: &mut File, prev: &mut String, shown: &str) 
                 if shared.healthy.swap(false, Ordering::Relaxed) {
                     tracing::error!(path = shown, error = %e, "cannot write the audit log; refusing to sign until it is writable");
                 }
+                // Records waiting for room see the log is unhealthy and give up; with the
+                // pending bytes at their limit nothing is taken, so learn of a stop here.
+                shared.room.notify_waiters();
+                open = open && !shared.queue().closed;
                 if !open {
                     retries_at_exit += 1;
                     if retries_at_exit > RETRIES_AT_EXIT {

@@ -184,7 +184,25 @@ impl FileBackend {
         fsutil::check_private_file(&path)?;
         let key = Arc::new(self.unseal(name, &bytes)?);
         self.cache_insert(name, key.clone());
+        // A destroy may have run since the read. It deletes the file before it evicts the
+        // key, so if the file is gone now, the key just cached must not stay: else a
+        // destroyed key would sign until the next restart.
+        let still_there = tokio::fs::try_exists(&path)
+            .await
+            .map_err(|e| BackendError::storage(format!("cannot check {}", path.display()), e))?;
+        if !still_there {
+            self.cache_remove(name);
+            return Err(BackendError::NotFound(name.to_owned()));
+        }
         Ok(key)
+    }
+
+    fn cache_remove(&self, name: &str) {
+        self.cache.rcu(|keys| {
+            let mut keys = HashMap::clone(keys);
+            keys.remove(name);
+            keys
+        });
     }
 
     fn cache_insert(&self, name: &str, key: Arc<SoftwareKey>) {
@@ -287,15 +305,14 @@ impl KeyBackend for FileBackend {
     async fn destroy(&self, name: &str) -> Result<(), BackendError> {
         keyturn_backend::check_name(name)?;
         let _guard = self.write_lock.lock().await;
-        self.cache.rcu(|keys| {
-            let mut keys = HashMap::clone(keys);
-            keys.remove(name);
-            keys
-        });
+        // The file first, then the cache: a concurrent cache fill checks the file after it
+        // inserts (see `key`).
+        // Evicted whatever the removal says: a key whose file is still there is only
+        // read again.
         let path = self.key_path(name);
-        tokio::task::spawn_blocking(move || fsutil::remove_durable(&path))
-            .await
-            .map_err(|e| BackendError::storage("remove task failed", e))?
+        let removed = tokio::task::spawn_blocking(move || fsutil::remove_durable(&path)).await;
+        self.cache_remove(name);
+        removed.map_err(|e| BackendError::storage("remove task failed", e))?
     }
 
     async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
