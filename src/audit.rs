@@ -428,7 +428,9 @@ fn hex_sha256_into(bytes: &[u8], hex: &mut String) {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// The hash of the file's last line (the genesis value for an empty file).
+/// The hash of the file's last line (the genesis value for an empty file). A last line
+/// without its newline (torn by a crash, or left when the disk stayed full at exit) is
+/// ended first, so the next line starts on a line of its own; `verify` reports the torn one.
 fn last_line_hash(file: &mut File) -> std::io::Result<String> {
     let len = file.seek(SeekFrom::End(0))?;
     if len == 0 {
@@ -439,6 +441,14 @@ fn last_line_hash(file: &mut File) -> std::io::Result<String> {
     file.seek(SeekFrom::Start(start))?;
     let mut tail = Vec::new();
     file.read_to_end(&mut tail)?;
+    if tail.last() != Some(&b'\n') {
+        file.write_all(b"\n")?;
+        file.sync_data()?;
+        tracing::warn!(
+            "the audit log ended in a partial line; it was ended so that new lines start on \
+             their own (`keyturn audit verify` reports it)"
+        );
+    }
     let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
     let line = body.rsplit(|b| *b == b'\n').next().unwrap_or(body);
     Ok(hex_sha256(line))
@@ -618,6 +628,38 @@ mod tests {
             line,
             [unchained(&record(1, "j", &aud)), b"\n".to_vec()].concat()
         );
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_line_is_ended_before_new_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        write(&path, 0..3).await;
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(br#"{"ts":3,"event":"si"#).unwrap();
+        drop(file);
+        write(&path, 4..6).await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 6, "{text}");
+        assert_eq!(lines[3], r#"{"ts":3,"event":"si"#);
+        for line in &lines[4..] {
+            serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+        assert!(verify(&path).unwrap_err().contains("line 4"));
+    }
+
+    #[tokio::test]
+    async fn records_are_refused_once_the_writer_has_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (audit, writer) = Audit::open(&dir.path().join("audit.log")).unwrap();
+        let shared = audit.0.as_ref().unwrap().0.clone();
+        drop(WriterStopped(&shared));
+        assert!(!audit.is_healthy());
+        let aud = serde_json::json!("api");
+        assert_eq!(audit.record(record(1, "j", &aud)).await, Err(()));
+        drop(audit);
+        writer.finish();
     }
 
     #[test]
