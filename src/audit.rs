@@ -101,6 +101,19 @@ struct Shared {
 const MAX_QUEUED: usize = 4 << 20;
 
 impl Shared {
+    fn new(lines: Vec<u8>) -> Shared {
+        Shared {
+            queue: Mutex::new(Queue {
+                lines,
+                closed: false,
+                writer_idle: false,
+            }),
+            arrived: Condvar::new(),
+            room: Notify::new(),
+            healthy: AtomicBool::new(true),
+        }
+    }
+
     fn queue(&self) -> MutexGuard<'_, Queue> {
         // Nothing panics while holding the lock; a poisoned queue is still consistent.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
@@ -125,9 +138,7 @@ impl Shared {
         }
         Ok(true)
     }
-}
 
-impl Shared {
     /// Moves the queued lines into the empty `into` and wakes records waiting for room.
     /// Returns whether any handle is left.
     fn take(&self, into: &mut Vec<u8>) -> bool {
@@ -196,16 +207,7 @@ impl Audit {
             .map_err(|e| format!("cannot open audit log {}: {e}", path.display()))?;
         let mut prev = last_line_hash(&mut file)
             .map_err(|e| format!("cannot read audit log {}: {e}", path.display()))?;
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue {
-                lines: Vec::with_capacity(64 * 1024),
-                closed: false,
-                writer_idle: false,
-            }),
-            arrived: Condvar::new(),
-            room: Notify::new(),
-            healthy: AtomicBool::new(true),
-        });
+        let shared = Arc::new(Shared::new(Vec::with_capacity(64 * 1024)));
         let shown = path.display().to_string();
         let writer = shared.clone();
         let handle = std::thread::Builder::new()
@@ -596,16 +598,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_holds_records_back_until_the_writer_takes_it() {
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue {
-                lines: vec![b'x'; MAX_QUEUED],
-                closed: false,
-                writer_idle: false,
-            }),
-            arrived: Condvar::new(),
-            room: Notify::new(),
-            healthy: AtomicBool::new(true),
-        });
+        let shared = Arc::new(Shared::new(vec![b'x'; MAX_QUEUED]));
         let audit = Audit(Some(Arc::new(Handles(shared.clone()))));
         let aud = serde_json::json!("api");
         let mut waiting = tokio_test::task::spawn(audit.record(record(1, "j", &aud)));

@@ -183,7 +183,7 @@ impl FileBackend {
         };
         fsutil::check_private_file(&path)?;
         let key = Arc::new(self.unseal(name, &bytes)?);
-        self.cache_insert(name, key.clone());
+        self.cache_set(name, Some(key.clone()));
         // A destroy may have run since the read. It deletes the file before it evicts the
         // key, so if the file is gone now, the key just cached must not stay: else a
         // destroyed key would sign until the next restart.
@@ -191,24 +191,20 @@ impl FileBackend {
             .await
             .map_err(|e| BackendError::storage(format!("cannot check {}", path.display()), e))?;
         if !still_there {
-            self.cache_remove(name);
+            self.cache_set(name, None);
             return Err(BackendError::NotFound(name.to_owned()));
         }
         Ok(key)
     }
 
-    fn cache_remove(&self, name: &str) {
+    /// Caches `key` as `name`, or evicts `name` (`None`), in a new copy of the map.
+    fn cache_set(&self, name: &str, key: Option<Arc<SoftwareKey>>) {
         self.cache.rcu(|keys| {
             let mut keys = HashMap::clone(keys);
-            keys.remove(name);
-            keys
-        });
-    }
-
-    fn cache_insert(&self, name: &str, key: Arc<SoftwareKey>) {
-        self.cache.rcu(|keys| {
-            let mut keys = HashMap::clone(keys);
-            keys.insert(name.to_owned(), key.clone());
+            match &key {
+                Some(key) => keys.insert(name.to_owned(), key.clone()),
+                None => keys.remove(name),
+            };
             keys
         });
     }
@@ -282,7 +278,7 @@ impl KeyBackend for FileBackend {
             .await
             .map_err(|e| BackendError::storage("write task failed", e))??;
         let public = key.public_key()?;
-        self.cache_insert(name, Arc::new(key));
+        self.cache_set(name, Some(Arc::new(key)));
         Ok(public)
     }
 
@@ -306,12 +302,11 @@ impl KeyBackend for FileBackend {
         keyturn_backend::check_name(name)?;
         let _guard = self.write_lock.lock().await;
         // The file first, then the cache: a concurrent cache fill checks the file after it
-        // inserts (see `key`).
-        // Evicted whatever the removal says: a key whose file is still there is only
-        // read again.
+        // inserts (see `key`). The key is evicted whatever the removal says: one whose file
+        // is still there is only read again.
         let path = self.key_path(name);
         let removed = tokio::task::spawn_blocking(move || fsutil::remove_durable(&path)).await;
-        self.cache_remove(name);
+        self.cache_set(name, None);
         removed.map_err(|e| BackendError::storage("remove task failed", e))?
     }
 
