@@ -2,8 +2,8 @@
 # Benchmarks, from a fresh machine, in one run: keyturn (file backend) against OpenBao
 # transit (dev server) and nginx on loopback, plus the raw aws-lc-rs primitive, start-up
 # time and memory. Prints a table of rates, latencies and CPU per request, then the HTTP
-# floor (nginx answering the sign request with no work) and the ceiling it puts on any
-# signer here; BENCHMARKS.md explains both and records results.
+# floors (nginx answering the sign and sign-batch requests with no work) and the ceilings
+# they put on any signer here; BENCHMARKS.md explains both and records results.
 #
 #   scripts/bench.sh                      # 15 s per wrk run, 32 connections
 #   BENCH_DURATION=5 scripts/bench.sh     # quicker, noisier
@@ -130,6 +130,9 @@ for ks in es256 eddsa rs256; do
   curl -sf -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
     --data-binary @"$WORK/sign.json" "$API/v1/keysets/$ks/sign" >"$WORK/$ks.signed"
 done
+# A real sign-batch response, for the batch floor.
+curl -sf -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  --data-binary @"$WORK/batch.json" "$API/v1/keysets/es256/sign-batch" >"$WORK/batch.signed"
 sleep 1
 IDLE_RSS=$(rss_kb "$KT_PID")
 
@@ -174,6 +177,7 @@ NGINX_PORT=$(free_port)
 mkdir -p "$WORK/nginx/www/.well-known"
 curl -sf "$JWKS/.well-known/jwks.json" >"$WORK/nginx/www/.well-known/jwks.json"
 JWKS_BYTES=$(wc -c <"$WORK/nginx/www/.well-known/jwks.json")
+cp "$WORK/batch.signed" "$WORK/nginx/www/batch.signed"
 cat >"$WORK/nginx/nginx.conf" <<EOF
 user root;
 worker_processes auto;
@@ -203,6 +207,16 @@ http {
       default_type application/json;
       return 200 '$(cat "$WORK/es256.signed")';
     }
+    # The same for sign-batch: a 256-item request in, a 256-token response out (a file:
+    # too long for "return"; the static module answers POST with 405, turned into 200).
+    location = /sign-batch-floor {
+      error_page 405 =200 /batch.signed;
+      return 405;
+    }
+    location = /batch.signed {
+      internal;
+      default_type application/json;
+    }
   }
 }
 EOF
@@ -215,6 +229,7 @@ until curl -sf "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json" >/dev/null; 
   sleep 0.1
 done
 cmp -s "$WORK/nginx/www/.well-known/jwks.json" <(curl -sf "http://127.0.0.1:$NGINX_PORT/.well-known/jwks.json")
+cmp -s "$WORK/batch.signed" <(curl -sf --data-binary @"$WORK/batch.json" "http://127.0.0.1:$NGINX_PORT/sign-batch-floor")
 NGINX_PIDS=("$NGINX_PID" $(pgrep -P "$NGINX_PID"))
 
 # ---------------------------------------------------------------------------------------
@@ -263,6 +278,9 @@ R[floor]=$(wrk_run "nginx HTTP floor (sign-sized request and response, no work)"
   "http://127.0.0.1:$NGINX_PORT/sign-floor" post.lua "$CONNS" "${NGINX_PIDS[*]}" \
   BENCH_BODY="$WORK/sign.json" BENCH_AUTH_VALUE="Bearer $TOKEN")
 BATCH_CONNS=${BENCH_BATCH_CONNECTIONS:-2}
+R[batch_floor]=$(wrk_run "nginx HTTP floor for sign-batch (256 per request, no work)" \
+  "http://127.0.0.1:$NGINX_PORT/sign-batch-floor" post.lua "$BATCH_CONNS" "${NGINX_PIDS[*]}" \
+  BENCH_BODY="$WORK/batch.json" BENCH_AUTH_VALUE="Bearer $TOKEN")
 R[kt_batch]=$(wrk_run "keyturn sign-batch es256 (256 per request)" "$API/v1/keysets/es256/sign-batch" \
   post.lua "$BATCH_CONNS" "$KT_PID" BENCH_BODY="$WORK/batch.json" BENCH_AUTH_VALUE="Bearer $TOKEN")
 
@@ -342,17 +360,20 @@ line "sign ES256, RSA-4096 rot." "$(field kt_es256_rot 1)" "$(field kt_es256_rot
 # time per request adds up, so its rate C on these CPUs, shared with wrk, satisfies
 # 1/C = 1/floor + 1/primitive(2 threads): no signer on this machine can go faster.
 FLOOR=$(field floor 1)
-ceiling() { awk -v f="$FLOOR" -v p="$1" 'BEGIN {printf "%.0f", 1 / (1 / f + 1 / p)}'; }
+BATCH_FLOOR=$(awk -v r="$(field batch_floor 1)" 'BEGIN {printf "%.0f", r * 256}')
+ceiling() { awk -v f="${2:-$FLOOR}" -v p="$1" 'BEGIN {printf "%.0f", 1 / (1 / f + 1 / p)}'; }
 echo
 echo "HTTP floor: nginx answers the sign request with a sign-sized response and no work at $FLOOR req/s"
 echo "(p50 $(field floor 2) ms, p99 $(field floor 3) ms, $(field floor 4) us of nginx CPU per request)."
+echo "Batch floor: nginx answers the 256-item sign-batch request with a 256-token response at"
+echo "$(field batch_floor 1) req/s, $BATCH_FLOOR tokens/s ($(field batch_floor 4) us of nginx CPU per request)."
 echo "Ceiling for a zero-overhead signer on these CPUs: 1 / (1/floor + 1/primitive(2 threads))."
 echo
 printf '| %-16s | %9s | %9s | %16s | %-34s |\n' "" "ceiling" "keyturn" "of the ceiling" "the target needs"
 printf '|%s|%s|%s|%s|%s|\n' "------------------" "-----------" "-----------" "------------------" "------------------------------------"
-cel_row() { # what kt-rps primitive-2 target-text
+cel_row() { # what kt-rps primitive-2 target-text [floor]
   local c
-  c=$(ceiling "$3")
+  c=$(ceiling "$3" "${5:-}")
   printf '| %-16s | %9s | %9s | %16s | %-34s |\n' "$1" "$c" "$2" "$(ratio "$2" "$c")" "$4"
 }
 ES_NEED=$(awk -v b="$(field bao_es256 1)" 'BEGIN {printf "%.0f", 8 * b}')
@@ -360,6 +381,8 @@ RS_NEED=$(awk -v p="$RS2" 'BEGIN {printf "%.0f", 0.9 * p}')
 cel_row "sign ES256" "$(field kt_es256 1)" "$ES2" "8x OpenBao: $ES_NEED req/s"
 cel_row "sign EdDSA" "$(field kt_eddsa 1)" "$ED2" ""
 cel_row "sign RS256-2048" "$(field kt_rs256 1)" "$RS2" "0.9x primitive: $RS_NEED req/s"
+BATCH_NEED=$(awk -v p="$ES2" 'BEGIN {printf "%.0f", 0.8 * p}')
+cel_row "sign-batch ES256" "$BATCH_TPS" "$ES2" "0.8x primitive: $BATCH_NEED tokens/s" "$BATCH_FLOOR"
 echo
 read -r _ runs median max <<<"$READY"
 echo "keyturn RSS: idle $((IDLE_RSS / 1024)) MB ($IDLE_RSS kB, target <= 20 MB), after ES256 load $((LOADED_RSS / 1024)) MB, peak $((PEAK_RSS / 1024)) MB"

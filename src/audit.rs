@@ -53,7 +53,7 @@ pub struct Record<'a> {
     pub sub: Option<&'a str>,
     /// Token audience.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub aud: Option<&'a serde_json::Value>,
+    pub aud: Option<&'a crate::policy::Audience<'a>>,
     /// Token expiry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exp: Option<i64>,
@@ -485,10 +485,11 @@ pub fn verify(path: &Path) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Audience;
 
-    const AUD: serde_json::Value = serde_json::Value::Null;
+    const AUD: Audience<'static> = Audience::One(std::borrow::Cow::Borrowed("api"));
 
-    fn record<'a>(i: i64, jti: &'a str, aud: &'a serde_json::Value) -> Record<'a> {
+    fn record<'a>(i: i64, jti: &'a str, aud: &'a Audience<'a>) -> Record<'a> {
         Record {
             ts: i,
             event: "sign",
@@ -510,7 +511,7 @@ mod tests {
 
     async fn write(path: &Path, range: std::ops::Range<i64>) {
         let (audit, writer) = Audit::open(path).unwrap();
-        let aud = serde_json::json!("api");
+        let aud = AUD;
         for i in range {
             let jti = format!("jti{i}");
             audit.record(record(i, &jti, &aud)).await.unwrap();
@@ -523,7 +524,7 @@ mod tests {
     fn a_line_has_the_record_fields_in_order_then_prev() {
         let mut buf = Vec::new();
         let mut prev = GENESIS.to_owned();
-        let aud = serde_json::json!("api");
+        let aud = AUD;
         append(&mut buf, &unchained(&record(1, "jti1", &aud)), &mut prev);
         let lifecycle = Record {
             caller: None,
@@ -554,8 +555,8 @@ mod tests {
     }
 
     #[test]
-    fn a_line_escapes_strings_and_keeps_structured_audiences() {
-        let aud = serde_json::json!(["a", {"b": 1}]);
+    fn a_line_escapes_strings_and_keeps_audience_arrays() {
+        let aud = Audience::Many(vec!["a".into(), "b\n\"c".into()]);
         let tricky = Record {
             sub: Some("al\"ice\n\\"),
             ..record(3, "j", &aud)
@@ -568,7 +569,7 @@ mod tests {
         assert!(!line.contains('\n'), "{line}");
         let value: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(value["sub"], "al\"ice\n\\");
-        assert_eq!(value["aud"], aud);
+        assert_eq!(value["aud"], serde_json::json!(["a", "b\n\"c"]));
         assert_eq!(value["prev"], GENESIS);
         assert_eq!(prev, hex_sha256(line.as_bytes()));
     }
@@ -600,7 +601,7 @@ mod tests {
     async fn a_full_queue_holds_records_back_until_the_writer_takes_it() {
         let shared = Arc::new(Shared::new(vec![b'x'; MAX_QUEUED]));
         let audit = Audit(Some(Arc::new(Handles(shared.clone()))));
-        let aud = serde_json::json!("api");
+        let aud = AUD;
         let mut waiting = tokio_test::task::spawn(audit.record(record(1, "j", &aud)));
         assert!(
             waiting.poll().is_pending(),
@@ -649,7 +650,7 @@ mod tests {
         let shared = audit.0.as_ref().unwrap().0.clone();
         drop(WriterStopped(&shared));
         assert!(!audit.is_healthy());
-        let aud = serde_json::json!("api");
+        let aud = AUD;
         assert_eq!(audit.record(record(1, "j", &aud)).await, Err(()));
         drop(audit);
         writer.finish();

@@ -11,6 +11,7 @@ use crate::app::AppState;
 use crate::audit::Record;
 use crate::config::KeySetConfig;
 use crate::keyset::KeySet;
+use crate::policy::Audience;
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
@@ -72,8 +73,8 @@ pub struct CheckedClaims {
     pub exp: i64,
     /// `sub`, if a string.
     pub sub: Option<String>,
-    /// `aud`, as given.
-    pub aud: Option<Value>,
+    /// `aud`, if a string or an array of strings.
+    pub aud: Option<Audience<'static>>,
     /// `jti`, if a string.
     pub jti: Option<String>,
 }
@@ -195,7 +196,7 @@ pub fn check_claims(
     Ok(CheckedClaims {
         exp,
         sub: claims.get("sub").and_then(Value::as_str).map(str::to_owned),
-        aud: claims.get("aud").cloned(),
+        aud: claims.get("aud").and_then(Audience::from_value),
         jti: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
     })
 }
@@ -622,7 +623,9 @@ mod tests {
         );
         assert_eq!(
             c.aud,
-            Some(serde_json::json!(["https://kubernetes.default.svc"]))
+            Some(Audience::Many(
+                vec!["https://kubernetes.default.svc".into()]
+            ))
         );
         // kube-apiserver's clock a little ahead of ours: within the skew.
         check_claims(&enc(kube_claims(NOW + 30, NOW + 3630)), &config(), NOW).unwrap();

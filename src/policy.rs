@@ -3,14 +3,23 @@
 //! [`prepare`] is pure: a request, a client, a key set, `now` and a kid in; the JWS signing
 //! input and the audit facts out, or an [`ApiError`] that says what to change. The reserved
 //! claims (`iat`, `nbf`, `exp`, `jti`) and `iss` are always set here, never by the caller.
+//!
+//! The request borrows from the body: the caller's claims are read as names and raw JSON
+//! values, checked, and copied into the token as written (compact JSON stays compact), so
+//! no tree of them is ever built. Each value is still parsed once, as `serde_json::Value`
+//! would parse it (escapes, number range, nesting depth), so the token holds only what any
+//! JSON parser takes; a name given twice is refused.
 
 use crate::config::{human, ClientConfig, KeySetConfig};
 use crate::http::ApiError;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use http::StatusCode;
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::fmt;
 use std::time::Duration;
 
 /// Claims only keyturn sets.
@@ -22,18 +31,60 @@ const MAX_AUDIENCES: usize = 16;
 /// Most extra claims in one token.
 const MAX_CLAIMS: usize = 64;
 
-/// The body of `POST /v1/keysets/{name}/sign`.
+/// The body of `POST /v1/keysets/{name}/sign` (and each item of a batch), borrowed from
+/// the request body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SignRequest {
-    /// The token's claims (an object).
-    pub claims: Value,
+pub struct SignRequest<'a> {
+    /// The token's claims (an object), as the caller wrote them.
+    #[serde(borrow)]
+    pub claims: &'a RawValue,
     /// Lifetime, e.g. "5m"; default: the client's (or key set's) maximum.
-    #[serde(default)]
-    pub ttl: Option<String>,
+    #[serde(default, borrow)]
+    pub ttl: Option<Text<'a>>,
     /// The `typ` header; default "JWT".
-    #[serde(default)]
-    pub typ: Option<String>,
+    #[serde(default, borrow)]
+    pub typ: Option<Text<'a>>,
+}
+
+/// A JSON string, borrowed from the body unless it holds escapes.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Text<'a>(#[serde(borrow)] pub Cow<'a, str>);
+
+/// A token's audience, for the audit log: one name or several, as the caller gave it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Audience<'a> {
+    /// `"aud": "name"`.
+    One(Cow<'a, str>),
+    /// `"aud": ["name", ...]`.
+    Many(Vec<Cow<'a, str>>),
+}
+
+impl Audience<'static> {
+    /// A JSON `aud` that is a string or an array of strings.
+    pub fn from_value(value: &serde_json::Value) -> Option<Self> {
+        use serde_json::Value;
+        let owned = |v: &Value| v.as_str().map(|s| Cow::Owned(s.to_owned()));
+        match value {
+            Value::Array(items) => items
+                .iter()
+                .map(owned)
+                .collect::<Option<_>>()
+                .map(Audience::Many),
+            _ => owned(value).map(Audience::One),
+        }
+    }
+}
+
+impl Audience<'_> {
+    fn names(&self) -> &[Cow<'_, str>] {
+        match self {
+            Audience::One(name) => std::slice::from_ref(name),
+            Audience::Many(names) => names,
+        }
+    }
 }
 
 /// A token ready to be signed; the audit facts borrow the request's claims.
@@ -46,9 +97,146 @@ pub struct Prepared<'a> {
     /// Expiry.
     pub exp: i64,
     /// Subject, for the audit log.
-    pub sub: Option<&'a str>,
+    pub sub: Option<Cow<'a, str>>,
     /// Audience, for the audit log.
-    pub aud: Option<&'a Value>,
+    pub aud: Option<Audience<'a>>,
+}
+
+/// The caller's claims: each name (borrowed unless escaped) with its value as written.
+struct ClaimList<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for ClaimList<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> Visitor<'de> for Entries {
+            type Value = ClaimList<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((Text(name), value)) = map.next_entry::<Text<'de>, &RawValue>()? {
+                    entries.push((name, value));
+                }
+                Ok(ClaimList(entries))
+            }
+        }
+        d.deserialize_map(Entries)
+    }
+}
+
+/// Any JSON value, parsed as `serde_json::Value` would parse it and then dropped: a lone
+/// surrogate, a number out of range or nesting deeper than 128 fails here as it would there.
+struct Valid;
+
+impl<'de> Deserialize<'de> for Valid {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Valid)
+    }
+}
+
+impl<'de> Visitor<'de> for Valid {
+    type Value = Valid;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_unit<E>(self) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Valid, A::Error> {
+        while seq.next_element::<Valid>()?.is_some() {}
+        Ok(Valid)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Valid, A::Error> {
+        while map.next_entry::<Valid, Valid>()?.is_some() {}
+        Ok(Valid)
+    }
+}
+
+/// The caller's claims, checked as JSON: an object whose values parse, sorted by name,
+/// each name once.
+fn claim_list(claims: &RawValue) -> Result<Vec<(Cow<'_, str>, &RawValue)>, ApiError> {
+    let invalid = |e: serde_json::Error| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("the claims are not valid JSON: {e}"),
+        )
+    };
+    let mut list = match serde_json::from_str::<ClaimList>(claims.get()) {
+        Ok(ClaimList(list)) => list,
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            return Err(unprocessable(
+                "claims_not_object",
+                "\"claims\" must be a JSON object",
+            ))
+        }
+        Err(e) => return Err(invalid(e)),
+    };
+    if list.len() > MAX_CLAIMS {
+        return Err(unprocessable(
+            "too_many_claims",
+            format!("at most {MAX_CLAIMS} claims per token"),
+        ));
+    }
+    serde_json::from_str::<Valid>(claims.get()).map_err(invalid)?;
+    list.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    if let Some(pair) = list.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+        return Err(unprocessable(
+            "duplicate_claim",
+            format!(
+                "claim {:?} is given twice; give each claim once",
+                short(&pair[0].0)
+            ),
+        ));
+    }
+    Ok(list)
+}
+
+/// A claim value that is a JSON string, as text (already checked by [`claim_list`]).
+fn string(value: &RawValue) -> Option<Cow<'_, str>> {
+    serde_json::from_str::<Text>(value.get()).ok().map(|t| t.0)
+}
+
+/// `aud`: one name, or an array of 1 to [`MAX_AUDIENCES`] names.
+fn audience(value: &RawValue) -> Result<Audience<'_>, ApiError> {
+    if let Some(name) = string(value) {
+        return Ok(Audience::One(name));
+    }
+    let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(value.get()) else {
+        return Err(unprocessable(
+            "invalid_aud",
+            "\"aud\" must be a string or an array of strings",
+        ));
+    };
+    if items.is_empty() || items.len() > MAX_AUDIENCES {
+        return Err(unprocessable(
+            "invalid_aud",
+            format!("\"aud\" must hold 1 to {MAX_AUDIENCES} values"),
+        ));
+    }
+    items
+        .iter()
+        .map(|item| {
+            string(item)
+                .ok_or_else(|| unprocessable("invalid_aud", "every \"aud\" value must be a string"))
+        })
+        .collect::<Result<_, _>>()
+        .map(Audience::Many)
 }
 
 fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -82,35 +270,30 @@ fn short(s: &str) -> String {
 
 /// Checks `req` against `client`'s policy and builds the token to sign with `kid`.
 pub fn prepare<'a>(
-    req: &'a SignRequest,
+    req: &SignRequest<'a>,
     client: &ClientConfig,
     keyset: &KeySetConfig,
     now: i64,
     kid: &str,
     jti: String,
 ) -> Result<Prepared<'a>, ApiError> {
-    let Value::Object(claims) = &req.claims else {
-        return Err(unprocessable(
-            "claims_not_object",
-            "\"claims\" must be a JSON object",
-        ));
+    let claims = claim_list(req.claims)?;
+    let get = |name: &str| {
+        claims
+            .binary_search_by(|(k, _)| k.as_ref().cmp(name))
+            .ok()
+            .map(|i| claims[i].1)
     };
-    if claims.len() > MAX_CLAIMS {
-        return Err(unprocessable(
-            "too_many_claims",
-            format!("at most {MAX_CLAIMS} claims per token"),
-        ));
-    }
     for reserved in RESERVED_CLAIMS {
-        if claims.contains_key(reserved) {
+        if get(reserved).is_some() {
             return Err(unprocessable(
                 "reserved_claim",
                 format!("remove \"{reserved}\": keyturn sets iat, nbf, exp and jti itself (use \"ttl\" for the lifetime)"),
             ));
         }
     }
-    if let Some(iss) = claims.get("iss") {
-        if iss.as_str() != Some(keyset.issuer.as_str()) {
+    if let Some(iss) = get("iss") {
+        if string(iss).as_deref() != Some(keyset.issuer.as_str()) {
             return Err(ApiError::forbidden(
                 "issuer_fixed",
                 format!(
@@ -122,16 +305,16 @@ pub fn prepare<'a>(
     }
 
     // sub
-    let sub = match claims.get("sub") {
+    let sub = match get("sub").map(|v| string(v).ok_or(v)) {
         None => None,
-        Some(Value::String(s)) if s.len() <= MAX_STRING && !s.is_empty() => Some(s.as_str()),
-        Some(Value::String(_)) => {
+        Some(Ok(s)) if s.len() <= MAX_STRING && !s.is_empty() => Some(s),
+        Some(Ok(_)) => {
             return Err(unprocessable(
                 "invalid_sub",
                 format!("\"sub\" must be 1 to {MAX_STRING} bytes"),
             ))
         }
-        Some(_) => return Err(unprocessable("invalid_sub", "\"sub\" must be a string")),
+        Some(Err(_)) => return Err(unprocessable("invalid_sub", "\"sub\" must be a string")),
     };
     if let Some(pattern) = &client.subject_pattern {
         match &sub {
@@ -155,37 +338,12 @@ pub fn prepare<'a>(
     }
 
     // aud
-    let aud = claims.get("aud");
-    let audiences: Vec<&str> = match &aud {
-        None => vec![],
-        Some(Value::String(s)) => vec![s.as_str()],
-        Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_AUDIENCES => {
-            let mut out = Vec::new();
-            for item in items {
-                let Value::String(s) = item else {
-                    return Err(unprocessable(
-                        "invalid_aud",
-                        "every \"aud\" value must be a string",
-                    ));
-                };
-                out.push(s.as_str());
-            }
-            out
-        }
-        Some(Value::Array(_)) => {
-            return Err(unprocessable(
-                "invalid_aud",
-                format!("\"aud\" must hold 1 to {MAX_AUDIENCES} values"),
-            ))
-        }
-        Some(_) => {
-            return Err(unprocessable(
-                "invalid_aud",
-                "\"aud\" must be a string or an array of strings",
-            ))
-        }
+    let aud = match get("aud") {
+        None => None,
+        Some(value) => Some(audience(value)?),
     };
-    for a in &audiences {
+    let audiences = aud.as_ref().map_or(&[][..], Audience::names);
+    for a in audiences {
         if a.is_empty() || a.len() > MAX_STRING {
             return Err(unprocessable(
                 "invalid_aud",
@@ -211,11 +369,11 @@ pub fn prepare<'a>(
     }
 
     // extra claims
-    for name in claims.keys() {
-        if matches!(name.as_str(), "iss" | "sub" | "aud") {
+    for (name, _) in &claims {
+        if matches!(name.as_ref(), "iss" | "sub" | "aud") {
             continue;
         }
-        if client.forbidden_claims.iter().any(|f| f == name) {
+        if client.forbidden_claims.iter().any(|f| f == name.as_ref()) {
             return Err(ApiError::forbidden(
                 "claim_forbidden",
                 format!(
@@ -224,7 +382,9 @@ pub fn prepare<'a>(
                 ),
             ));
         }
-        if !client.allowed_claims.is_empty() && !client.allowed_claims.iter().any(|a| a == name) {
+        if !client.allowed_claims.is_empty()
+            && !client.allowed_claims.iter().any(|a| a == name.as_ref())
+        {
             return Err(ApiError::forbidden(
                 "claim_not_allowed",
                 format!(
@@ -237,7 +397,7 @@ pub fn prepare<'a>(
     }
 
     // typ
-    let typ = req.typ.as_deref().unwrap_or("JWT");
+    let typ = req.typ.as_ref().map_or("JWT", |t| &*t.0);
     if typ.is_empty() || typ.len() > 64 || !typ.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(unprocessable(
             "invalid_typ",
@@ -271,7 +431,7 @@ pub fn prepare<'a>(
     });
     let ttl = match &req.ttl {
         None => limit,
-        Some(text) => {
+        Some(Text(text)) => {
             let d: Duration = humantime::parse_duration(text).map_err(|_| {
                 unprocessable(
                     "invalid_ttl",
@@ -302,7 +462,7 @@ pub fn prepare<'a>(
         typ,
     };
     let body = Claims {
-        claims,
+        claims: &claims,
         iss: &keyset.issuer,
         now,
         exp,
@@ -336,12 +496,12 @@ struct Header<'a> {
     typ: &'a str,
 }
 
-/// The token's claims: the caller's (borrowed, never copied) and the ones keyturn sets,
-/// written in key order, the order a `serde_json::Map` of them all would have. `prepare`
-/// has refused the reserved names in `claims`; a caller's `iss` (checked equal) is
-/// replaced by the key set's.
+/// The token's claims: the caller's (values as written) and the ones keyturn sets, in name
+/// order, the order a `serde_json::Map` of them all would have. `prepare` has refused the
+/// reserved names in `claims`; a caller's `iss` (checked equal) is replaced by the key
+/// set's.
 struct Claims<'a> {
-    claims: &'a Map<String, Value>,
+    claims: &'a [(Cow<'a, str>, &'a RawValue)],
     iss: &'a str,
     now: i64,
     exp: i64,
@@ -373,12 +533,10 @@ impl Serialize for Claims<'_> {
             ("jti", Ours::Str(self.jti)),
             ("nbf", Ours::Int(self.now)),
         ];
-        let theirs = self.claims.iter().filter(|(k, _)| k.as_str() != "iss");
-        let len = self.claims.len() - usize::from(self.claims.contains_key("iss")) + ours.len();
-        let mut map = s.serialize_map(Some(len))?;
+        let mut map = s.serialize_map(None)?;
         let mut ours = ours.iter().peekable();
-        for (name, value) in theirs {
-            while let Some((k, v)) = ours.next_if(|(k, _)| *k < name.as_str()) {
+        for (name, value) in self.claims.iter().filter(|(k, _)| k != "iss") {
+            while let Some((k, v)) = ours.next_if(|(k, _)| *k < name.as_ref()) {
                 map.serialize_entry(k, v)?;
             }
             map.serialize_entry(name, value)?;
@@ -421,6 +579,7 @@ pub fn compact(mut signing_input: String, signature: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::config::{ClientAuth, Config, Env};
+    use serde_json::Value;
 
     fn setup() -> (ClientConfig, KeySetConfig) {
         let config = Config::parse(
@@ -453,12 +612,20 @@ mod tests {
         (client, config.keysets[0].clone())
     }
 
-    fn req(claims: Value) -> SignRequest {
-        SignRequest {
-            claims,
-            ttl: None,
-            typ: None,
+    /// A sign request's body: the claims, and `ttl` and `typ` when given.
+    fn body(claims: &Value, ttl: Option<&str>, typ: Option<&str>) -> String {
+        let mut body = serde_json::json!({ "claims": claims });
+        if let Some(ttl) = ttl {
+            body["ttl"] = ttl.into();
         }
+        if let Some(typ) = typ {
+            body["typ"] = typ.into();
+        }
+        body.to_string()
+    }
+
+    fn req(body: &str) -> SignRequest<'_> {
+        serde_json::from_str(body).unwrap()
     }
 
     fn code(r: Result<Prepared, ApiError>) -> (u16, &'static str) {
@@ -469,12 +636,9 @@ mod tests {
     #[test]
     fn good_request_builds_the_token() {
         let (client, ks) = setup();
-        let request = SignRequest {
-            claims: serde_json::json!({"sub": "user:1", "aud": "orders", "scope": "read"}),
-            ttl: Some("5m".into()),
-            typ: Some("at+jwt".into()),
-        };
-        let p = prepare(&request, &client, &ks, 1000, "kid1", "j".into()).unwrap();
+        let text = r#"{"claims": {"sub": "user:1", "aud": "orders", "scope": "read"},
+                       "ttl": "5m", "typ": "at+jwt"}"#;
+        let p = prepare(&req(text), &client, &ks, 1000, "kid1", "j".into()).unwrap();
         assert_eq!(p.exp, 1300);
         let (h, c) = p.signing_input.split_once('.').unwrap();
         let h: Value = serde_json::from_slice(&B64.decode(h).unwrap()).unwrap();
@@ -504,8 +668,8 @@ mod tests {
             serde_json::json!({"email": "x@y", "ia": [1, {"b": null}], "isz": true, "jtx": 1.5,
                                "nbe": "n", "z": {"nested": ["v"]}, "exq": "e", "\u{e9}": 0}),
         ] {
-            let request = req(claims.clone());
-            let p = prepare(&request, &client, &ks, 1000, "k", "jid".into()).unwrap();
+            let text = body(&claims, None, None);
+            let p = prepare(&req(&text), &client, &ks, 1000, "k", "jid".into()).unwrap();
             let mut expected = claims.as_object().unwrap().clone();
             for (k, v) in [
                 ("iss", serde_json::json!("https://auth.example.com")),
@@ -528,8 +692,12 @@ mod tests {
     #[test]
     fn default_ttl_is_the_tightest_limit() {
         let (client, ks) = setup();
-        let request = req(serde_json::json!({"sub": "user:1", "aud": "orders"}));
-        let p = prepare(&request, &client, &ks, 0, "k", "j".into()).unwrap();
+        let text = body(
+            &serde_json::json!({"sub": "user:1", "aud": "orders"}),
+            None,
+            None,
+        );
+        let p = prepare(&req(&text), &client, &ks, 0, "k", "j".into()).unwrap();
         assert_eq!(p.exp, 600);
     }
 
@@ -666,28 +834,111 @@ mod tests {
             ),
         ];
         for (claims, ttl, typ, expected) in cases {
-            let r = SignRequest {
-                claims: claims.clone(),
-                ttl: ttl.map(Into::into),
-                typ: typ.map(Into::into),
-            };
+            let text = body(&claims, ttl, typ);
             assert_eq!(
-                code(prepare(&r, &client, &ks, 0, "k", "j".into())),
+                code(prepare(&req(&text), &client, &ks, 0, "k", "j".into())),
                 expected,
                 "{claims} {ttl:?} {typ:?}"
             );
         }
     }
 
+    /// Claims are read as written: escaped names are the names they spell (a reserved claim
+    /// or a duplicate cannot hide behind an escape; the token has the name unescaped),
+    /// values are copied as the caller wrote them, and a value a JSON parser would refuse
+    /// is refused here.
+    #[test]
+    fn claims_are_checked_as_json_and_copied_as_written() {
+        let (client, ks) = setup();
+        let sign = |claims: &str| {
+            let text = format!(r#"{{"claims": {claims}}}"#);
+            let r = prepare(&req(&text), &client, &ks, 0, "k", "j".into());
+            r.map(|p| {
+                let payload = p.signing_input.split_once('.').unwrap().1;
+                (
+                    String::from_utf8(B64.decode(payload).unwrap()).unwrap(),
+                    p.sub.map(Cow::into_owned),
+                )
+            })
+            .map_err(|e| (e.status.as_u16(), e.code))
+        };
+        // Escapes in names and values.
+        let (payload, sub) =
+            sign(r#"{"s\u0075b": "user:\u0031", "aud": ["orders"], "x": [1, {"y": null}]}"#)
+                .unwrap();
+        assert_eq!(sub.as_deref(), Some("user:1"));
+        assert!(
+            payload.starts_with(r#"{"aud":["orders"],"exp":600,"iat":0,"#),
+            "{payload}"
+        );
+        assert!(
+            payload.ends_with(r#""sub":"user:\u0031","x":[1, {"y": null}]}"#),
+            "{payload}"
+        );
+        let parsed: Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(parsed["sub"], "user:1");
+        assert_eq!(parsed["x"], serde_json::json!([1, {"y": null}]));
+        for (claims, expected) in [
+            (
+                r#"{"sub": "user:1", "aud": "orders", "\u0065xp": 1}"#,
+                (422, "reserved_claim"),
+            ),
+            (
+                r#"{"sub": "user:1", "aud": "orders", "s\u0075b": "user:2"}"#,
+                (422, "duplicate_claim"),
+            ),
+            (
+                r#"{"sub": "user:1", "aud": "orders", "x": 1, "x": 1}"#,
+                (422, "duplicate_claim"),
+            ),
+            (
+                r#"{"sub": "user:1", "aud": "orders", "x": "\ud800"}"#,
+                (400, "invalid_json"),
+            ),
+            (
+                r#"{"sub": "user:1", "aud": "orders", "x": 1e400}"#,
+                (400, "invalid_json"),
+            ),
+            (
+                r#"{"sub": "user:1", "aud": "orders", "\udc00": 1}"#,
+                (400, "invalid_json"),
+            ),
+            (
+                r#"{"sub": "user:1", "aud": ["orders", 1]}"#,
+                (422, "invalid_aud"),
+            ),
+            (r#"{"sub": "user:1", "aud": []}"#, (422, "invalid_aud")),
+            (
+                r#"{"sub": ["user:1"], "aud": "orders"}"#,
+                (422, "invalid_sub"),
+            ),
+            (r#"null"#, (422, "claims_not_object")),
+        ] {
+            assert_eq!(sign(claims).unwrap_err(), expected, "{claims}");
+        }
+        let deep = format!(
+            r#"{{"sub": "user:1", "aud": "orders", "x": {}1{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_eq!(sign(&deep).unwrap_err(), (400, "invalid_json"));
+        let many: Vec<String> = (0..=MAX_CLAIMS).map(|i| format!(r#""c{i}": 1"#)).collect();
+        let many = format!(
+            r#"{{"sub": "user:1", "aud": "orders", {}}}"#,
+            many.join(", ")
+        );
+        assert_eq!(sign(&many).unwrap_err(), (422, "too_many_claims"));
+    }
+
     #[test]
     fn allowed_claims_whitelist() {
         let (mut client, ks) = setup();
         client.allowed_claims = vec!["scope".into()];
-        let ok = req(serde_json::json!({"sub":"user:1","aud":"orders","scope":"x"}));
-        assert!(prepare(&ok, &client, &ks, 0, "k", "j".into()).is_ok());
-        let bad = req(serde_json::json!({"sub":"user:1","aud":"orders","role":"x"}));
+        let ok = r#"{"claims": {"sub":"user:1","aud":"orders","scope":"x"}}"#;
+        assert!(prepare(&req(ok), &client, &ks, 0, "k", "j".into()).is_ok());
+        let bad = r#"{"claims": {"sub":"user:1","aud":"orders","role":"x"}}"#;
         assert_eq!(
-            code(prepare(&bad, &client, &ks, 0, "k", "j".into())),
+            code(prepare(&req(bad), &client, &ks, 0, "k", "j".into())),
             (403, "claim_not_allowed")
         );
     }

@@ -122,12 +122,8 @@ fn require_admin(client: &ClientConfig) -> Result<(), ApiError> {
     }
 }
 
-/// Reads a JSON body: content type, size limit, read timeout, UTF-8, syntax, shape.
-async fn json_body<T: serde::de::DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Body,
-    timeout: Duration,
-) -> Result<T, ApiError> {
+/// Reads a JSON body's bytes: content type, size limit, read timeout. [`parse`] reads them.
+async fn json_body(headers: &HeaderMap, body: Body, timeout: Duration) -> Result<Bytes, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -153,27 +149,28 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large());
     }
-    let bytes: Bytes =
-        match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY)).await {
-            Err(_) => {
-                return Err(ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
-                    "the request body arrived too slowly",
-                ))
-            }
-            Ok(Err(e)) => {
-                let limit = std::error::Error::source(&e)
-                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-                return Err(if limit {
-                    too_large()
-                } else {
-                    ApiError::bad_request("bad_body", "the request body could not be read")
-                });
-            }
-            Ok(Ok(b)) => b,
-        };
-    serde_json::from_slice(&bytes).map_err(|e| {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY)).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the request body arrived too slowly",
+        )),
+        Ok(Err(e)) => {
+            let limit = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            Err(if limit {
+                too_large()
+            } else {
+                ApiError::bad_request("bad_body", "the request body could not be read")
+            })
+        }
+        Ok(Ok(b)) => Ok(b),
+    }
+}
+
+/// Parses JSON (UTF-8, syntax, shape), borrowing from `bytes` where `T` does.
+fn parse<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
             Category::Data => ApiError::new(
@@ -256,7 +253,7 @@ async fn sign_one(
     state: &AppState,
     client: &ClientConfig,
     keyset: &KeySet,
-    req: &SignRequest,
+    req: &SignRequest<'_>,
 ) -> Result<Signed, ApiError> {
     let started = Instant::now();
     let now = state.clock.now();
@@ -295,8 +292,8 @@ async fn sign_one(
             keyset: keyset.name(),
             kid: Some(&signer.kid),
             jti: Some(&prepared.jti),
-            sub: prepared.sub,
-            aud: prepared.aud,
+            sub: prepared.sub.as_deref(),
+            aud: prepared.aud.as_ref(),
             exp: Some(prepared.exp),
         })
         .await
@@ -358,17 +355,20 @@ async fn sign(
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     let (client, keyset) = signing_client(&state, peer(&parts)?, &parts.headers, &name)?;
-    let req: SignRequest = json_body(&parts.headers, body, state.limits.body_timeout).await?;
-    let signed = sign_one(&state, &client, &keyset, &req).await?;
+    let body = json_body(&parts.headers, body, state.limits.body_timeout).await?;
+    let signed = sign_one(&state, &client, &keyset, &parse(&body)?).await?;
     let mut body = Vec::with_capacity(signed.json_size());
     signed.write_json(&mut body);
     Ok(json_response(body))
 }
 
+/// A batch: each item is parsed as a [`SignRequest`] by the task that signs it, so an item
+/// that is not one is refused alone, like an item the policy refuses.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BatchRequest {
-    requests: Vec<SignRequest>,
+struct BatchRequest<'a> {
+    #[serde(borrow)]
+    requests: Vec<&'a serde_json::value::RawValue>,
 }
 
 /// One result of a batch: a token, or why this item was refused.
@@ -423,9 +423,10 @@ const BATCH_IN_FLIGHT: usize = 16;
 /// A batch task yields to other requests once it has held its worker this long.
 const BATCH_SLICE: Duration = Duration::from_millis(1);
 
-/// One batch's items, shared by its tasks, which take them in turn.
+/// One batch's items (each a slice of the request body), shared by its tasks, which take
+/// them in turn.
 struct BatchItems {
-    requests: Vec<SignRequest>,
+    requests: Vec<Bytes>,
     next: std::sync::atomic::AtomicUsize,
 }
 
@@ -443,10 +444,13 @@ async fn sign_items(
         let i = items
             .next
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Some(req) = items.requests.get(i) else {
+        let Some(item) = items.requests.get(i) else {
             return out;
         };
-        let result = sign_one(state, client, keyset, req).await;
+        let result = match parse(item) {
+            Ok(req) => sign_one(state, client, keyset, &req).await,
+            Err(e) => Err(e),
+        };
         let unavailable = matches!(&result, Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE);
         out.push((i, result));
         if unavailable {
@@ -468,7 +472,8 @@ async fn sign_batch(
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     let (client, keyset) = signing_client(&state, peer(&parts)?, &parts.headers, &name)?;
-    let batch: BatchRequest = json_body(&parts.headers, body, state.limits.body_timeout).await?;
+    let body = json_body(&parts.headers, body, state.limits.body_timeout).await?;
+    let batch: BatchRequest = parse(&body)?;
     if batch.requests.is_empty() || batch.requests.len() > MAX_BATCH {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -478,7 +483,12 @@ async fn sign_batch(
     }
     let n = batch.requests.len();
     let items = Arc::new(BatchItems {
-        requests: batch.requests,
+        // Each item borrows from `body`: `slice_ref` shares its buffer, no copy.
+        requests: batch
+            .requests
+            .iter()
+            .map(|item| body.slice_ref(item.get().as_bytes()))
+            .collect(),
         next: std::sync::atomic::AtomicUsize::new(0),
     });
     let mut tasks = tokio::task::JoinSet::new();

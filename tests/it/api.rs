@@ -199,7 +199,8 @@ async fn authentication_and_policy_refusals() {
 }
 
 /// sign-batch: every item goes through the single-sign policy on its own, results come
-/// back in request order, refusals stay per item, each token is audited once.
+/// back in request order, refusals (of the policy or of an item's shape) stay per item,
+/// each token is audited once.
 #[tokio::test]
 async fn sign_batch_checks_each_item_and_keeps_their_order() {
     let dir = private_dir();
@@ -218,6 +219,7 @@ async fn sign_batch_checks_each_item_and_keeps_their_order() {
     let refusal = |i: usize| match i {
         i if i % 7 == 3 => Some("audience_not_allowed"),
         i if i % 11 == 5 => Some("claim_forbidden"),
+        i if i % 13 == 6 => Some("invalid_request"),
         _ => None,
     };
     let requests: Vec<serde_json::Value> = (0..200)
@@ -225,6 +227,8 @@ async fn sign_batch_checks_each_item_and_keeps_their_order() {
             let mut claims = json!({"sub": format!("user:{i}"), "aud": "orders"});
             match refusal(i) {
                 Some("audience_not_allowed") => claims["aud"] = json!("payroll"),
+                // Not a sign request at all: refused alone, like a policy refusal.
+                Some("invalid_request") => return json!({"claim": claims}),
                 Some(_) => claims["admin"] = json!(true),
                 None => {}
             }
@@ -300,7 +304,18 @@ async fn bad_input_gets_a_clear_4xx_and_never_a_signature() {
             )
         }
     };
-    let deep = format!("{{\"claims\": {}1{}}}", "[".repeat(200), "]".repeat(200));
+    // Nesting deeper than JSON parsers take, inside a claim (refused as JSON) and as the
+    // claims themselves (not an object).
+    let deep = format!(
+        "{{\"claims\": {{\"x\": {}1{}}}}}",
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let deep_claims = format!(
+        "{{\"claims\": {}1{}}}",
+        "[".repeat(20_000),
+        "]".repeat(20_000)
+    );
     let big = format!(
         "{{\"claims\": {{\"sub\": \"user:1\", \"aud\": \"orders\", \"x\": \"{}\"}}}}",
         "a".repeat(70_000)
@@ -321,6 +336,12 @@ async fn bad_input_gets_a_clear_4xx_and_never_a_signature() {
             "invalid_json",
         ),
         (deep.into_bytes(), "application/json", 400, "invalid_json"),
+        (
+            deep_claims.into_bytes(),
+            "application/json",
+            422,
+            "claims_not_object",
+        ),
         (
             b"{\"claims\": [1, 2]}".to_vec(),
             "application/json",
@@ -363,6 +384,12 @@ async fn bad_input_gets_a_clear_4xx_and_never_a_signature() {
             "application/json",
             422,
             "reserved_claim",
+        ),
+        (
+            br#"{"claims": {"sub": "user:1", "aud": "orders", "s\u0075b": "user:2"}}"#.to_vec(),
+            "application/json",
+            422,
+            "duplicate_claim",
         ),
         (
             br#"{"claims": {"sub": 42, "aud": "orders"}}"#.to_vec(),
