@@ -18,6 +18,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod hardening;
 pub mod http;
+pub mod json;
 pub mod jwks;
 pub mod k8s;
 pub mod keyset;

@@ -207,30 +207,19 @@ impl Signed {
     /// copied without serde's escape scan, which was the largest part of a batch response's
     /// cost after the signatures. Anything else goes through serde.
     fn write_json(&self, out: &mut Vec<u8>) {
-        let plain = |s: &str| !s.bytes().fold(false, |any, b| any | needs_escape(b));
+        use crate::json::{plain, push_int, push_str};
         if !(plain(&self.token) && plain(&self.kid) && plain(&self.jti)) {
             // Serializing a struct of strings and an integer into a Vec cannot fail.
             let _ = serde_json::to_writer(out, self);
             return;
         }
-        for (key, value) in [
-            (&b"{\"token\":\""[..], &self.token),
-            (b"\",\"kid\":\"", &self.kid),
-            (b"\",\"jti\":\"", &self.jti),
-        ] {
-            out.extend_from_slice(key);
-            out.extend_from_slice(value.as_bytes());
-        }
-        out.extend_from_slice(b"\",\"exp\":");
-        out.extend_from_slice(self.exp.to_string().as_bytes());
+        push_str(out, b"{\"token\":\"", &self.token);
+        push_str(out, b",\"kid\":\"", &self.kid);
+        push_str(out, b",\"jti\":\"", &self.jti);
+        out.extend_from_slice(b",\"exp\":");
+        push_int(out, self.exp);
         out.push(b'}');
     }
-}
-
-/// Whether JSON needs `b` escaped in a string: quotes, backslashes and control characters.
-/// (Non-ASCII needs no escape, but `write_json` leaves it to serde.)
-fn needs_escape(b: u8) -> bool {
-    b < 0x20 || b == b'"' || b == b'\\' || b >= 0x80
 }
 
 fn backend_error(keyset: &KeySet, e: &BackendError) -> ApiError {
