@@ -65,12 +65,30 @@ pub fn sign_request(data: &[u8]) {
     let Ok(prepared) = prepare(&req, client, keyset, NOW, "kid", "jti".into()) else {
         return;
     };
-    // Whatever passes the policy: iss fixed, reserved claims ours, lifetime within limits.
+    // Whatever passes the policy: iss fixed, reserved claims ours, lifetime within limits,
+    // no name twice anywhere (a verifier taking the first of two would read another token),
+    // sub and aud as the audit line records them.
     let (header, claims) = prepared.signing_input.split_once('.').unwrap_or_default();
     let header: serde_json::Value =
         serde_json::from_slice(&B64.decode(header).unwrap_or_default()).unwrap_or_default();
-    let claims: serde_json::Value =
-        serde_json::from_slice(&B64.decode(claims).unwrap_or_default()).unwrap_or_default();
+    let payload = B64.decode(claims).unwrap_or_default();
+    assert!(
+        crate::policy::is_strict_json(&payload),
+        "the payload is not strict JSON"
+    );
+    let claims: serde_json::Value = serde_json::from_slice(&payload).unwrap_or_default();
+    assert_eq!(
+        claims.get("sub").and_then(|s| s.as_str()),
+        prepared.sub.as_deref()
+    );
+    assert_eq!(
+        claims.get("aud"),
+        prepared
+            .aud
+            .as_ref()
+            .map(|a| serde_json::to_value(a).unwrap_or_default())
+            .as_ref()
+    );
     assert_eq!(header["alg"], "ES256");
     assert_eq!(claims["iss"], "https://issuer.example");
     assert_eq!(claims["iat"], NOW);

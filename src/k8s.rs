@@ -193,10 +193,16 @@ pub fn check_claims(
             )));
         }
     }
+    let aud = match claims.get("aud") {
+        None => None,
+        Some(aud) => Some(Audience::from_value(aud).ok_or_else(|| {
+            Status::invalid_argument("claim \"aud\" is not a string or an array of strings")
+        })?),
+    };
     Ok(CheckedClaims {
         exp,
         sub: claims.get("sub").and_then(Value::as_str).map(str::to_owned),
-        aud: claims.get("aud").and_then(Audience::from_value),
+        aud,
         jti: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
     })
 }
@@ -683,6 +689,8 @@ mod tests {
             ("nbf", serde_json::json!(NOW + 120)),
             ("nbf", serde_json::json!(NOW + 600)),
             ("iss", serde_json::json!(7)),
+            ("aud", serde_json::json!({"a": 1})),
+            ("aud", serde_json::json!(["x", 1])),
         ] {
             let mut v = kube_claims(NOW, NOW + 600);
             v[name] = value.clone();

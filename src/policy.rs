@@ -5,10 +5,12 @@
 //! claims (`iat`, `nbf`, `exp`, `jti`) and `iss` are always set here, never by the caller.
 //!
 //! The request borrows from the body: the caller's claims are read as names and raw JSON
-//! values, checked, and copied into the token as written (compact JSON stays compact), so
-//! no tree of them is ever built. Each value is still parsed once, as `serde_json::Value`
-//! would parse it (escapes, number range, nesting depth), so the token holds only what any
-//! JSON parser takes; a name given twice is refused.
+//! values, checked, and copied into the token as written (compact JSON stays compact,
+//! numbers keep their digits), so no tree of them is ever built. They are still parsed
+//! once, as `serde_json::Value` would parse them (escapes, number range, nesting depth),
+//! and a name given twice in any object is refused, so verifiers that take the first of
+//! two names and those that take the last read the same token. A claim name holding a
+//! control character is refused too.
 
 use crate::config::{human, ClientConfig, KeySetConfig};
 use crate::http::ApiError;
@@ -126,7 +128,8 @@ impl<'de> Deserialize<'de> for ClaimList<'de> {
 }
 
 /// Any JSON value, parsed as `serde_json::Value` would parse it and then dropped: a lone
-/// surrogate, a number out of range or nesting deeper than 128 fails here as it would there.
+/// surrogate, a number out of range or nesting deeper than 128 fails here as it would there
+/// (a syntax error), and so does an object with a name given twice (a data error).
 struct Valid;
 
 impl<'de> Deserialize<'de> for Valid {
@@ -163,18 +166,36 @@ impl<'de> Visitor<'de> for Valid {
         Ok(Valid)
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Valid, A::Error> {
-        while map.next_entry::<Valid, Valid>()?.is_some() {}
-        Ok(Valid)
+        let mut names = Vec::new();
+        while let Some(Text(name)) = map.next_key::<Text<'de>>()? {
+            map.next_value::<Valid>()?;
+            names.push(name);
+        }
+        names.sort_unstable();
+        match names.windows(2).find(|pair| pair[0] == pair[1]) {
+            Some(pair) => Err(serde::de::Error::custom(format_args!(
+                "the name {:?} is given twice in one object",
+                short(&pair[0])
+            ))),
+            None => Ok(Valid),
+        }
     }
 }
 
+/// Whether `json` is one JSON value `serde_json::Value` takes, with no name given twice in
+/// any object: what every token payload must be (the fuzz target checks it).
+pub fn is_strict_json(json: &[u8]) -> bool {
+    serde_json::from_slice::<Valid>(json).is_ok()
+}
+
 /// The caller's claims, checked as JSON: an object whose values parse, sorted by name,
-/// each name once.
+/// each name once, in every object.
 fn claim_list(claims: &RawValue) -> Result<Vec<(Cow<'_, str>, &RawValue)>, ApiError> {
+    // Positions in serde's messages count from the start of the claims.
     let invalid = |e: serde_json::Error| {
         ApiError::bad_request(
             "invalid_json",
-            format!("the claims are not valid JSON: {e}"),
+            format!("\"claims\" cannot be read: {e} (in \"claims\")"),
         )
     };
     let mut list = match serde_json::from_str::<ClaimList>(claims.get()) {
@@ -193,7 +214,6 @@ fn claim_list(claims: &RawValue) -> Result<Vec<(Cow<'_, str>, &RawValue)>, ApiEr
             format!("at most {MAX_CLAIMS} claims per token"),
         ));
     }
-    serde_json::from_str::<Valid>(claims.get()).map_err(invalid)?;
     list.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     if let Some(pair) = list.windows(2).find(|pair| pair[0].0 == pair[1].0) {
         return Err(unprocessable(
@@ -203,6 +223,25 @@ fn claim_list(claims: &RawValue) -> Result<Vec<(Cow<'_, str>, &RawValue)>, ApiEr
                 short(&pair[0].0)
             ),
         ));
+    }
+    if let Some((name, _)) = list
+        .iter()
+        .find(|(name, _)| name.chars().any(char::is_control))
+    {
+        return Err(unprocessable(
+            "invalid_claim_name",
+            format!("claim name {:?} holds a control character", short(name)),
+        ));
+    }
+    match serde_json::from_str::<Valid>(claims.get()) {
+        Ok(Valid) => {}
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            return Err(unprocessable(
+                "duplicate_claim",
+                format!("{e} (in \"claims\"); give each name once"),
+            ))
+        }
+        Err(e) => return Err(invalid(e)),
     }
     Ok(list)
 }
@@ -914,6 +953,22 @@ mod tests {
             (
                 r#"{"sub": "user:1", "aud": "orders", "x": 1, "x": 1}"#,
                 (422, "duplicate_claim"),
+            ),
+            (
+                r#"{"sub": "user:1", "aud": "orders", "x": [{"y": 1, "y": 2}]}"#,
+                (422, "duplicate_claim"),
+            ),
+            (
+                r#"{"sub": "user:1", "aud": "orders", "x": {"\u0079": 1, "y": 2}}"#,
+                (422, "duplicate_claim"),
+            ),
+            (
+                r#"{"sub": "user:1", "aud": "orders", "exp\u0000": 1}"#,
+                (422, "invalid_claim_name"),
+            ),
+            (
+                r#"{"sub": "user:1", "aud": "orders", "a\nb": 1}"#,
+                (422, "invalid_claim_name"),
             ),
             (
                 r#"{"sub": "user:1", "aud": "orders", "x": "\ud800"}"#,

@@ -438,7 +438,11 @@ async fn sign_items(
         };
         let result = match parse(item) {
             Ok(req) => sign_one(state, client, keyset, &req).await,
-            Err(e) => Err(e),
+            // serde's line and column count from the start of the item.
+            Err(e) => Err(ApiError {
+                message: format!("item {i}: {}", e.message),
+                ..e
+            }),
         };
         let unavailable = matches!(&result, Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE);
         out.push((i, result));
