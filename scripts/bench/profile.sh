@@ -11,16 +11,17 @@
 # the default), sign-es256 or sign-rs256 (one token per request, 32 connections, as
 # scripts/bench.sh); PROFILE_SECONDS (load time, 8; perf samples the middle of it);
 # PROFILE_CONNECTIONS; PROFILE_KEEP=DIR keeps perf.data there.
-# Needs perf (apt-get install linux-perf) allowed to sample the daemon (root, or
-# kernel.perf_event_paranoid <= 1), wrk and curl.
+# Installs perf and wrk with apt-get when missing, like scripts/bench.sh; perf must be
+# allowed to sample the daemon (root, or kernel.perf_event_paranoid <= 1).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-for tool in perf wrk curl; do
-  command -v "$tool" >/dev/null || {
-    echo "profile.sh: $tool is missing (apt-get install linux-perf wrk curl)" >&2
-    exit 1
-  }
-done
+if ! command -v perf >/dev/null || ! command -v wrk >/dev/null; then
+  echo "==> installing linux-perf and wrk (apt-get)" >&2
+  if ! apt-get install -y linux-perf wrk >/dev/null 2>&1; then
+    apt-get update >/dev/null
+    apt-get install -y linux-perf wrk >/dev/null
+  fi
+fi
 SECONDS_LOAD=${PROFILE_SECONDS:-8}
 LOAD=${PROFILE_LOAD:-sign-batch}
 case $LOAD in
