@@ -50,7 +50,7 @@ pub struct SignRequest<'a> {
 }
 
 /// A JSON string, borrowed from the body unless it holds escapes.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(transparent)]
 pub struct Text<'a>(#[serde(borrow)] pub Cow<'a, str>);
 
@@ -195,7 +195,7 @@ fn claim_list(claims: &RawValue) -> Result<Vec<(Cow<'_, str>, &RawValue)>, ApiEr
     let invalid = |e: serde_json::Error| {
         ApiError::bad_request(
             "invalid_json",
-            format!("\"claims\" cannot be read: {e} (in \"claims\")"),
+            format!("\"claims\" cannot be read: {e} (within \"claims\")"),
         )
     };
     let mut list = match serde_json::from_str::<ClaimList>(claims.get()) {
@@ -233,12 +233,14 @@ fn claim_list(claims: &RawValue) -> Result<Vec<(Cow<'_, str>, &RawValue)>, ApiEr
             format!("claim name {:?} holds a control character", short(name)),
         ));
     }
+    // The whole claims at once, not each value: nesting is counted from the token
+    // payload's top, as a verifier counts it.
     match serde_json::from_str::<Valid>(claims.get()) {
         Ok(Valid) => {}
         Err(e) if e.classify() == serde_json::error::Category::Data => {
             return Err(unprocessable(
                 "duplicate_claim",
-                format!("{e} (in \"claims\"); give each name once"),
+                format!("{e} (within \"claims\"); give each name once"),
             ))
         }
         Err(e) => return Err(invalid(e)),
@@ -1001,6 +1003,33 @@ mod tests {
             "]".repeat(200)
         );
         assert_eq!(sign(&deep).unwrap_err(), (400, "invalid_json"));
+        // Nesting: refused exactly where serde_json::Value refuses it, and what passes is a
+        // payload serde_json takes (its depth counted from the payload's top).
+        let mut seen = [false; 2];
+        for depth in 120..=130 {
+            let claims = format!(
+                r#"{{"sub": "user:1", "aud": "orders", "x": {}1{}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            );
+            let value_takes = serde_json::from_str::<Value>(&claims).is_ok();
+            seen[usize::from(value_takes)] = true;
+            match sign(&claims) {
+                Ok((payload, _)) => {
+                    assert!(value_takes, "depth {depth}");
+                    assert!(is_strict_json(payload.as_bytes()), "depth {depth}");
+                }
+                Err(e) => {
+                    assert!(!value_takes, "depth {depth}");
+                    assert_eq!(e, (400, "invalid_json"));
+                }
+            }
+        }
+        assert_eq!(
+            seen,
+            [true, true],
+            "the depth limit lies in the range tried"
+        );
         let many: Vec<String> = (0..=MAX_CLAIMS).map(|i| format!(r#""c{i}": 1"#)).collect();
         let many = format!(
             r#"{{"sub": "user:1", "aud": "orders", {}}}"#,
