@@ -497,23 +497,11 @@ pub fn prepare<'a>(
     };
     let exp = now.saturating_add(ttl);
 
-    let header = Header {
-        alg: keyset.algorithm.as_str(),
-        kid,
-        typ,
-    };
-    let body = Claims {
-        claims: &claims,
-        iss: &keyset.issuer,
-        now,
-        exp,
-        jti: &jti,
-    };
     // One buffer for both JSON documents, then one string for their base64url.
     let mut json = Vec::with_capacity(256);
-    serde_json::to_writer(&mut json, &header).map_err(|_| internal())?;
+    write_header(&mut json, keyset.algorithm.as_str(), kid, typ);
     let header_len = json.len();
-    serde_json::to_writer(&mut json, &body).map_err(|_| internal())?;
+    write_claims(&mut json, &claims, &keyset.issuer, now, exp, &jti);
     let (header, body) = json.split_at(header_len);
     // Room for the signature too: `compact` appends it (RSA-4096: 683 characters).
     let mut signing_input = String::with_capacity((json.len() + 2) * 4 / 3 + 4 + 1 + 683);
@@ -529,64 +517,81 @@ pub fn prepare<'a>(
     })
 }
 
-/// The JOSE header.
-#[derive(Serialize)]
-struct Header<'a> {
-    alg: &'a str,
-    kid: &'a str,
-    typ: &'a str,
+/// Appends `s` as a JSON string: as it is when it needs no escape, else through serde.
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    if crate::json::plain(s) {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Serializing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+/// The JOSE header: `{"alg","kid","typ"}`, the bytes serde would write for that struct.
+fn write_header(out: &mut Vec<u8>, alg: &str, kid: &str, typ: &str) {
+    for (key, value) in [
+        (&b"{\"alg\":"[..], alg),
+        (b",\"kid\":", kid),
+        (b",\"typ\":", typ),
+    ] {
+        out.extend_from_slice(key);
+        write_str(out, value);
+    }
+    out.push(b'}');
 }
 
 /// The token's claims: the caller's (values as written) and the ones keyturn sets, in name
-/// order, the order a `serde_json::Map` of them all would have. `prepare` has refused the
-/// reserved names in `claims`; a caller's `iss` (checked equal) is replaced by the key
-/// set's.
-struct Claims<'a> {
-    claims: &'a [(Cow<'a, str>, &'a RawValue)],
-    iss: &'a str,
+/// order, the bytes a `serde_json::Map` of them all would serialize to. `prepare` has
+/// refused the reserved names in `claims`; a caller's `iss` (checked equal) is replaced
+/// by the key set's.
+fn write_claims(
+    out: &mut Vec<u8>,
+    claims: &[(Cow<'_, str>, &RawValue)],
+    iss: &str,
     now: i64,
     exp: i64,
-    jti: &'a str,
-}
-
-enum Ours<'a> {
-    Str(&'a str),
-    Int(i64),
-}
-
-impl Serialize for Ours<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Ours::Str(v) => s.serialize_str(v),
-            Ours::Int(v) => s.serialize_i64(*v),
-        }
+    jti: &str,
+) {
+    enum Ours<'a> {
+        Str(&'a str),
+        Int(i64),
     }
-}
-
-impl Serialize for Claims<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        // Sorted by name.
-        let ours = [
-            ("exp", Ours::Int(self.exp)),
-            ("iat", Ours::Int(self.now)),
-            ("iss", Ours::Str(self.iss)),
-            ("jti", Ours::Str(self.jti)),
-            ("nbf", Ours::Int(self.now)),
-        ];
-        let mut map = s.serialize_map(None)?;
-        let mut ours = ours.iter().peekable();
-        for (name, value) in self.claims.iter().filter(|(k, _)| k != "iss") {
-            while let Some((k, v)) = ours.next_if(|(k, _)| *k < name.as_ref()) {
-                map.serialize_entry(k, v)?;
-            }
-            map.serialize_entry(name, value)?;
+    // Sorted by name.
+    let ours = [
+        ("exp", Ours::Int(exp)),
+        ("iat", Ours::Int(now)),
+        ("iss", Ours::Str(iss)),
+        ("jti", Ours::Str(jti)),
+        ("nbf", Ours::Int(now)),
+    ];
+    // `{` before the first name, `,` before the others.
+    let start = out.len();
+    let name = |out: &mut Vec<u8>, name: &str| {
+        out.push(if out.len() == start { b'{' } else { b',' });
+        write_str(out, name);
+        out.push(b':');
+    };
+    let write_ours = |out: &mut Vec<u8>, key: &str, value: &Ours<'_>| {
+        name(out, key);
+        match value {
+            Ours::Str(v) => write_str(out, v),
+            Ours::Int(v) => crate::json::push_int(out, *v),
         }
-        for (k, v) in ours {
-            map.serialize_entry(k, v)?;
+    };
+    let mut ours = ours.iter().peekable();
+    for (key, value) in claims.iter().filter(|(k, _)| k != "iss") {
+        while let Some((k, v)) = ours.next_if(|(k, _)| *k < key.as_ref()) {
+            write_ours(out, k, v);
         }
-        map.end()
+        name(out, key);
+        out.extend_from_slice(value.get().as_bytes());
     }
+    for (k, v) in ours {
+        write_ours(out, k, v);
+    }
+    out.push(b'}');
 }
 
 fn internal() -> ApiError {
@@ -751,6 +756,20 @@ mod tests {
                 serde_json::to_vec(&expected).unwrap(),
                 "{claims}"
             );
+        }
+    }
+
+    #[test]
+    fn header_bytes_are_serdes() {
+        for (alg, kid, typ) in [
+            ("ES256", "k1", "JWT"),
+            ("RS256", "k\"2\\", "a\"b"),
+            ("EdDSA", "\u{e9}\n", "x"),
+        ] {
+            let mut out = Vec::new();
+            write_header(&mut out, alg, kid, typ);
+            let expected = serde_json::json!({"alg": alg, "kid": kid, "typ": typ});
+            assert_eq!(out, serde_json::to_vec(&expected).unwrap());
         }
     }
 
