@@ -45,6 +45,7 @@ PRIM=$(cargo bench --quiet --bench primitive -- --secs 3 --threads 2 "$ALG" 2>/d
 
 RUST_LOG=warn,keyturn=info "$BIN" serve --config "$WORK/keyturn.toml" 2>"$WORK/daemon.log" &
 PID=$!
+trap 'kill "$PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT # a failed step leaves no daemon
 for _ in $(seq 1 300); do grep -q "keyturn ready" "$WORK/daemon.log" && break; sleep 0.1; done
 grep -q "keyturn ready" "$WORK/daemon.log" || { tail "$WORK/daemon.log" >&2; exit 1; }
 URL=http://127.0.0.1:$PORT/v1/keysets/$KEYSET/$ROUTE
