@@ -61,69 +61,47 @@ pub struct Record<'a> {
 
 impl Record<'_> {
     /// Appends the record's line up to its closing brace, which the writer adds after
-    /// `prev`. On failure `out` is left as it was.
-    fn write_unchained(&self, out: &mut Vec<u8>) -> Option<()> {
-        if self.write_plain(out) {
-            return Some(());
-        }
-        let start = out.len();
-        // An object with at least `ts`, `event` and `keyset`: it ends in its brace.
-        let written = serde_json::to_writer(&mut *out, self).is_ok() && out.pop() == Some(b'}');
-        if !written {
-            out.truncate(start);
-        }
-        written.then_some(())
-    }
-
-    /// `write_unchained` by hand when no string needs an escape (every signature's line in
-    /// practice), the bytes serde would write; false, with nothing written, otherwise.
-    fn write_plain(&self, out: &mut Vec<u8>) -> bool {
-        use crate::json::{plain, push_int, push_str};
+    /// `prev`: the bytes serde would write for the record, less that brace.
+    fn write_unchained(&self, out: &mut Vec<u8>) {
+        use crate::json::{push_int, push_str};
         use crate::policy::Audience;
-        let names: &[std::borrow::Cow<'_, str>] = match self.aud {
-            None => &[],
-            Some(Audience::One(name)) => std::slice::from_ref(name),
-            Some(Audience::Many(names)) => names,
-        };
-        let strings = [self.caller, Some(self.keyset), self.kid, self.jti, self.sub];
-        if !(plain(self.event)
-            && strings.iter().flatten().all(|s| plain(s))
-            && names.iter().all(|s| plain(s)))
-        {
-            return false;
-        }
         out.extend_from_slice(b"{\"ts\":");
         push_int(out, self.ts);
-        push_str(out, b",\"event\":\"", self.event);
-        let keys: [&[u8]; 5] = [
-            b",\"caller\":\"",
-            b",\"keyset\":\"",
-            b",\"kid\":\"",
-            b",\"jti\":\"",
-            b",\"sub\":\"",
+        out.extend_from_slice(b",\"event\":");
+        push_str(out, self.event);
+        let strings: [(&[u8], Option<&str>); 5] = [
+            (b",\"caller\":", self.caller),
+            (b",\"keyset\":", Some(self.keyset)),
+            (b",\"kid\":", self.kid),
+            (b",\"jti\":", self.jti),
+            (b",\"sub\":", self.sub),
         ];
-        for (key, value) in keys.into_iter().zip(strings) {
+        for (key, value) in strings {
             if let Some(value) = value {
-                push_str(out, key, value);
+                out.extend_from_slice(key);
+                push_str(out, value);
             }
         }
-        match self.aud {
-            None => {}
-            Some(Audience::One(name)) => push_str(out, b",\"aud\":\"", name),
-            Some(Audience::Many(names)) => {
-                out.extend_from_slice(b",\"aud\":[");
-                for (i, name) in names.iter().enumerate() {
-                    let key: &[u8] = if i == 0 { b"\"" } else { b",\"" };
-                    push_str(out, key, name);
+        if let Some(aud) = self.aud {
+            out.extend_from_slice(b",\"aud\":");
+            match aud {
+                Audience::One(name) => push_str(out, name),
+                Audience::Many(names) => {
+                    out.push(b'[');
+                    for (i, name) in names.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        push_str(out, name);
+                    }
+                    out.push(b']');
                 }
-                out.push(b']');
             }
         }
         if let Some(exp) = self.exp {
             out.extend_from_slice(b",\"exp\":");
             push_int(out, exp);
         }
-        true
     }
 }
 
@@ -173,8 +151,8 @@ impl Shared {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues `record`: `Ok(false)` when the queue is full, `Err` when the record cannot be
-    /// serialized or the writer has stopped.
+    /// Queues `record`: `Ok(false)` when the queue is full, `Err` when the writer has
+    /// stopped.
     fn push(&self, record: &Record<'_>) -> Result<bool, ()> {
         let mut queue = self.queue();
         if queue.closed {
@@ -183,7 +161,7 @@ impl Shared {
         if queue.lines.len() >= MAX_QUEUED {
             return Ok(false);
         }
-        record.write_unchained(&mut queue.lines).ok_or(())?;
+        record.write_unchained(&mut queue.lines);
         queue.lines.push(b'\n');
         let wake = std::mem::take(&mut queue.writer_idle);
         drop(queue);
@@ -559,7 +537,7 @@ mod tests {
 
     fn unchained(record: &Record<'_>) -> Vec<u8> {
         let mut line = Vec::new();
-        record.write_unchained(&mut line).unwrap();
+        record.write_unchained(&mut line);
         line
     }
 
@@ -608,11 +586,11 @@ mod tests {
         assert_eq!(prev, hex_sha256(lines[1].as_bytes()));
     }
 
-    /// The hand-written line is byte for byte serde's, and is not used where serde would
-    /// escape something.
+    /// The hand-written line is byte for byte serde's, escapes included.
     #[test]
-    fn plain_lines_are_the_bytes_serde_writes() {
+    fn lines_are_the_bytes_serde_writes() {
         let many = Audience::Many(vec!["a".into(), "b".into()]);
+        let none = Audience::Many(vec![]);
         let escaped = Audience::One("x\"y".into());
         let lifecycle = Record {
             event: "published",
@@ -624,33 +602,25 @@ mod tests {
             ..record(-5, "", &AUD)
         };
         let cases = [
-            (record(1, "j1", &AUD), true),
-            (record(2, "j2", &many), true),
-            (lifecycle, true),
-            (record(3, "j\n", &AUD), false),
-            (record(4, "j4", &escaped), false),
-            (
-                Record {
-                    sub: Some("\u{e9}"),
-                    ..record(5, "j5", &AUD)
-                },
-                false,
-            ),
+            record(1, "j1", &AUD),
+            record(2, "j2", &many),
+            record(6, "j6", &none),
+            lifecycle,
+            record(3, "j\n", &AUD),
+            record(4, "j4", &escaped),
+            Record {
+                sub: Some("\u{e9}"),
+                ..record(5, "j5", &AUD)
+            },
         ];
-        for (record, plain) in cases {
-            let mut hand = Vec::new();
-            assert_eq!(record.write_plain(&mut hand), plain, "{record:?}");
+        for record in cases {
             let mut serde = serde_json::to_vec(&record).unwrap();
             assert_eq!(serde.pop(), Some(b'}'));
-            if plain {
-                assert_eq!(
-                    String::from_utf8(hand).unwrap(),
-                    String::from_utf8(serde).unwrap()
-                );
-            } else {
-                assert!(hand.is_empty());
-                assert_eq!(unchained(&record), serde);
-            }
+            assert_eq!(
+                String::from_utf8(unchained(&record)).unwrap(),
+                String::from_utf8(serde).unwrap(),
+                "{record:?}"
+            );
         }
     }
 

@@ -14,6 +14,7 @@
 
 use crate::config::{human, ClientConfig, KeySetConfig};
 use crate::http::ApiError;
+use crate::json::{push_int, push_str};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use http::StatusCode;
@@ -517,18 +518,6 @@ pub fn prepare<'a>(
     })
 }
 
-/// Appends `s` as a JSON string: as it is when it needs no escape, else through serde.
-fn write_str(out: &mut Vec<u8>, s: &str) {
-    if crate::json::plain(s) {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else {
-        // Serializing a string into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
-    }
-}
-
 /// The JOSE header: `{"alg","kid","typ"}`, the bytes serde would write for that struct.
 fn write_header(out: &mut Vec<u8>, alg: &str, kid: &str, typ: &str) {
     for (key, value) in [
@@ -537,7 +526,7 @@ fn write_header(out: &mut Vec<u8>, alg: &str, kid: &str, typ: &str) {
         (b",\"typ\":", typ),
     ] {
         out.extend_from_slice(key);
-        write_str(out, value);
+        push_str(out, value);
     }
     out.push(b'}');
 }
@@ -570,14 +559,14 @@ fn write_claims(
     let start = out.len();
     let name = |out: &mut Vec<u8>, name: &str| {
         out.push(if out.len() == start { b'{' } else { b',' });
-        write_str(out, name);
+        push_str(out, name);
         out.push(b':');
     };
     let write_ours = |out: &mut Vec<u8>, key: &str, value: &Ours<'_>| {
         name(out, key);
         match value {
-            Ours::Str(v) => write_str(out, v),
-            Ours::Int(v) => crate::json::push_int(out, *v),
+            Ours::Str(v) => push_str(out, v),
+            Ours::Int(v) => push_int(out, *v),
         }
     };
     let mut ours = ours.iter().peekable();
