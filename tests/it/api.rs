@@ -215,7 +215,7 @@ async fn sign_batch_checks_each_item_and_keeps_their_order() {
             .send()
     };
     // 200 items; every seventh asks for an audience the client may not use, every eleventh
-    // for a forbidden claim. More items than tasks in flight, so tasks take several each.
+    // for a forbidden claim. Items span several chunks, the last one partial.
     let refusal = |i: usize| match i {
         i if i % 7 == 3 => Some("audience_not_allowed"),
         i if i % 11 == 5 => Some("claim_forbidden"),

@@ -110,6 +110,17 @@ async fn a_full_data_dir_fails_clearly_and_recovers() {
         )
         .await;
         issued += 1; // the sign that first met the broken disk was accepted and is held
+                     // A batch fails as a whole, with no token in the answer.
+        let r = http()
+            .post(format!("{}/v1/keysets/default/sign-batch", d.api))
+            .bearer_auth(&token)
+            .json(&json!({"requests": vec![body.clone(); 40]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503, "{fault}: sign-batch");
+        let err: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "audit_unavailable", "{fault}: {err}");
         assert_eq!(ready(&d).await, 503, "{fault}: /readyz must say not ready");
         let metrics = metrics_text(&d).await;
         assert!(metrics.contains("keyturn_backend_errors_total{backend=\"file\",op=\"store_state\",kind=\"storage\"}"), "{metrics}");

@@ -592,6 +592,17 @@ pub(crate) async fn outage_and_recovery(
     )
     .await;
     assert!(rounds > 1);
+    // A batch fails as a whole.
+    let r = http()
+        .post(format!("{}/v1/keysets/default/sign-batch", d.api))
+        .bearer_auth(token)
+        .json(&json!({"requests": vec![ok.clone(); 40]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let err: Value = r.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "backend_unavailable", "{err}");
 
     up();
     eventually(Duration::from_secs(40), "/readyz recovers", || async {
