@@ -9,10 +9,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -56,7 +59,7 @@ pub type TlsAcceptor = tokio_rustls::TlsAcceptor;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What a listener serves: a service for each connection, given who is on the other end.
-pub trait PerConnection: Send + 'static {
+pub trait PerConnection: Clone + Send + 'static {
     /// The response body.
     type Body: hyper::body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + 'static;
     /// The connection's service.
@@ -187,17 +190,28 @@ impl<A: PerConnection> Shared<A> {
         }
     }
 
-    fn spawn_conn<IO>(&mut self, io: IO, peer: Peer, permit: tokio::sync::OwnedSemaphorePermit)
-    where
+    /// Serves one connection in a task of its own, once `accept` (a TLS handshake, or
+    /// nothing) has produced its stream and peer: a client that stalls there holds up
+    /// only its own task, never the accept loop.
+    fn spawn_conn<IO>(
+        &mut self,
+        accept: impl Future<Output = Option<(IO, Peer)>> + Send + 'static,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        header_timeout: Duration,
+    ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let conn = self
-            .builder
-            .serve_connection(TokioIo::new(io), self.app.service(peer))
-            .into_owned();
-        let conn = self.graceful.watch(conn);
+        let (app, builder, watcher) = (
+            self.app.clone(),
+            self.builder.clone(),
+            self.graceful.watcher(),
+        );
         self.conns.spawn(async move {
-            let _ = conn.await;
+            if let Some((io, peer)) = accept.await {
+                let io = TokioIo::new(FirstByte::new(io, header_timeout));
+                let conn = builder.serve_connection(io, app.service(peer)).into_owned();
+                let _ = watcher.watch(conn).await;
+            }
             drop(permit);
         });
         // Reap finished connections so the set stays as small as the open connections.
@@ -251,22 +265,31 @@ pub async fn serve_tcp(
             ..Peer::default()
         };
         match &tls {
-            None => shared.spawn_conn(stream, peer, permit),
+            None => shared.spawn_conn(
+                std::future::ready(Some((stream, peer))),
+                permit,
+                limits.header_timeout,
+            ),
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
-                let handshake_timeout = limits.header_timeout;
-                let accepted =
-                    tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await;
-                match accepted {
-                    Ok(Ok(tls_stream)) => {
-                        peer.tls_subject = crate::tls::peer_subject(tls_stream.get_ref().1);
-                        shared.spawn_conn(tls_stream, peer, permit);
+                let handshake = async move {
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(tls_stream)) => {
+                            peer.tls_subject = crate::tls::peer_subject(tls_stream.get_ref().1);
+                            Some((tls_stream, peer))
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(listener = name, error = %e, "TLS handshake failed");
+                            None
+                        }
+                        Err(_) => {
+                            tracing::debug!(listener = name, "TLS handshake timed out");
+                            None
+                        }
                     }
-                    Ok(Err(e)) => {
-                        tracing::debug!(listener = name, error = %e, "TLS handshake failed")
-                    }
-                    Err(_) => tracing::debug!(listener = name, "TLS handshake timed out"),
-                }
+                };
+                shared.spawn_conn(handshake, permit, limits.header_timeout);
             }
         }
     }
@@ -305,7 +328,92 @@ pub async fn serve_unix(
             remote: Some("unix".into()),
             ..Peer::default()
         };
-        shared.spawn_conn(stream, peer, permit);
+        shared.spawn_conn(
+            std::future::ready(Some((stream, peer))),
+            permit,
+            limits.header_timeout,
+        );
     }
     shared.drain(&limits, name).await;
+}
+
+/// A connection's stream that fails reads once `limit` has passed without the client's
+/// first byte. hyper's header timeout only starts once the protocol is known (HTTP/1 or
+/// HTTP/2), which takes a first byte: without this, connections that never send one would
+/// stay open and use up `max_connections`. After the first byte it costs one check per read.
+struct FirstByte<IO> {
+    io: IO,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<IO> FirstByte<IO> {
+    fn new(io: IO, limit: Duration) -> Self {
+        FirstByte {
+            io,
+            deadline: Some(Box::pin(tokio::time::sleep(limit))),
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for FirstByte<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if result.is_err() || buf.filled().len() > before {
+                    this.deadline = None;
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let expired = this
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                if expired {
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client sent nothing within the header timeout",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for FirstByte<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }

@@ -582,7 +582,7 @@ async fn unix_socket_clients_are_named_by_peer_uid() {
         http::Method::POST,
         "/v1/keysets/default/sign",
         None,
-        Some(json!({"claims": {"sub": "x"}})),
+        Some(json!({"claims": {"sub": "x"}}).to_string().into_bytes()),
     )
     .await
     .unwrap();
@@ -626,8 +626,9 @@ async fn mtls_clients_are_named_by_certificate_and_tokens_still_work() {
     write_secret(&dir.path().join("server.key"), &server_key);
     std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
     let (token_client_toml, token) = token_client("token-user", &["default"], "");
+    // A long handshake timeout, so that a handshake run by the accept loop would show.
     let config = format!(
-        "{}[server.tls]\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server.key\"\nclient_ca_file = \"{d}/ca.pem\"\n{}[[client]]\nname = \"runner\"\ntls_subject = \"ci-runner\"\nkeysets = [\"default\"]\n{token_client_toml}",
+        "{}header_timeout = \"30s\"\n[server.tls]\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server.key\"\nclient_ca_file = \"{d}/ca.pem\"\n{}[[client]]\nname = \"runner\"\ntls_subject = \"ci-runner\"\nkeysets = [\"default\"]\n{token_client_toml}",
         server_toml(dir.path()),
         keyset_toml("default", "ES256", ""),
         d = dir.path().display()
@@ -645,8 +646,20 @@ async fn mtls_clients_are_named_by_certificate_and_tokens_still_work() {
         .resolve("localhost", format!("127.0.0.1:{port}").parse().unwrap())
         .build()
         .unwrap();
+    // Clients that never start their handshake hold up nobody else: each handshake runs
+    // in its connection's own task (the accept loop used to wait out each one's timeout).
+    let silent: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap())
+        .collect();
+    let started = std::time::Instant::now();
     let r = with_cert.post(&url).json(&body).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "waited {:?} behind silent clients",
+        started.elapsed()
+    );
+    drop(silent);
     let without = reqwest::Client::builder()
         .add_root_certificate(root)
         .resolve("localhost", format!("127.0.0.1:{port}").parse().unwrap())

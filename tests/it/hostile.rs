@@ -151,6 +151,31 @@ async fn slow_clients_are_cut_off() {
     assert!(took < Duration::from_secs(10));
 }
 
+/// Connections that never send a byte (not even enough to tell HTTP/1 from HTTP/2) are
+/// closed at the header timeout, so they cannot hold a listener's connection limit.
+#[tokio::test]
+async fn silent_connections_are_closed_at_the_header_timeout() {
+    let dir = private_dir();
+    let (config, token) = config(dir.path(), "max_connections = 4\nheader_timeout = \"1s\"");
+    let d = Daemon::start(dir.path(), &config);
+    for base in [&d.jwks, &d.api] {
+        let silent: Vec<TcpStream> = (0..4)
+            .map(|_| TcpStream::connect(addr(base)).unwrap())
+            .collect();
+        for mut s in silent {
+            // Long enough for the old behaviour (never closed) to fail here, not hang.
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            match s.read(&mut [0u8; 64]) {
+                Ok(0) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                other => panic!("{base}: a silent connection got {other:?}, not a close"),
+            }
+        }
+    }
+    let (status, body) = sign(&d, "default", &token, json!({"claims": {"aud": "orders"}})).await;
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test]
 async fn a_flooded_api_listener_does_not_starve_the_jwks_listener() {
     let dir = private_dir();
