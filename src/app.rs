@@ -115,6 +115,7 @@ async fn open_keysets(
         let keyset = loop {
             let attempt = async {
                 let keyset = KeySet::open(ks.clone(), backend.clone()).await?;
+                keyset.check_keys(clock.now()).await?;
                 let events = keyset.tick(clock.now()).await?;
                 Ok::<_, crate::lifecycle::LifecycleError>((keyset, events))
             }

@@ -140,7 +140,11 @@ pub enum Command {
         /// Key sets it may sign with.
         #[arg(long = "keyset")]
         keysets: Vec<String>,
-        /// Write the token to this file (0600) instead of printing it.
+        /// Audiences (`aud`) it may ask for; repeat for several. Without one, the client may
+        /// sign only tokens without `aud`.
+        #[arg(long = "audience")]
+        audiences: Vec<String>,
+        /// Write the token to this file (0600) instead of printing it; never overwrites.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -174,7 +178,7 @@ async fn call(
     conn: &Connection,
     method: Method,
     path: &str,
-    body: Option<serde_json::Value>,
+    body: Option<Vec<u8>>,
 ) -> Result<serde_json::Value, String> {
     let endpoint = match &conn.socket {
         Some(p) => Endpoint::Socket(p.clone()),
@@ -289,10 +293,18 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                 Ok(())
             }
             Command::Sign { keyset, claims, ttl, typ } => {
-                let claims: serde_json::Value = serde_json::from_str(&claims).map_err(|e| format!("--claims is not JSON: {e}"))?;
-                let mut body = serde_json::json!({"claims": claims});
-                if let Some(ttl) = ttl { body["ttl"] = ttl.into(); }
-                if let Some(typ) = typ { body["typ"] = typ.into(); }
+                // The claims go as written, so the daemon checks exactly these bytes (a name
+                // given twice is refused there, not silently merged here).
+                #[derive(serde::Serialize)]
+                struct Body<'a> {
+                    claims: &'a serde_json::value::RawValue,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    ttl: Option<String>,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    typ: Option<String>,
+                }
+                let claims: &serde_json::value::RawValue = serde_json::from_str(&claims).map_err(|e| format!("--claims is not JSON: {e}"))?;
+                let body = serde_json::to_vec(&Body { claims, ttl, typ }).map_err(|e| e.to_string())?;
                 let out = call(conn, Method::POST, &format!("/v1/keysets/{keyset}/sign"), Some(body)).await?;
                 println!("{}", out["token"].as_str().unwrap_or_default());
                 Ok(())
@@ -328,7 +340,7 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                 println!("{}: {n} lines, hash chain intact", file.display());
                 Ok(())
             }
-            Command::ClientToken { name, keysets, out } => client_token(&name, &keysets, out),
+            Command::ClientToken { name, keysets, audiences, out } => client_token(&name, &keysets, &audiences, out),
         }
     }
     .await;
@@ -338,7 +350,12 @@ pub async fn run_client(cli: Cli) -> ExitCode {
     }
 }
 
-fn client_token(name: &str, keysets: &[String], out: Option<PathBuf>) -> Result<(), String> {
+fn client_token(
+    name: &str,
+    keysets: &[String],
+    audiences: &[String],
+    out: Option<PathBuf>,
+) -> Result<(), String> {
     use aws_lc_rs::rand::SecureRandom;
     use base64::Engine as _;
     if !crate::config::valid_name(name) {
@@ -360,15 +377,29 @@ fn client_token(name: &str, keysets: &[String], out: Option<PathBuf>) -> Result<
     } else {
         keysets.to_vec()
     };
-    let list = keysets
-        .iter()
-        .map(|k| format!("{k:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let quoted = |items: &[String]| {
+        items
+            .iter()
+            .map(|k| format!("{k:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let list = quoted(&keysets);
+    let audiences = if audiences.is_empty() {
+        "# audiences = [\"...\"]   (none: only tokens without aud)".to_owned()
+    } else {
+        format!("audiences = [{}]", quoted(audiences))
+    };
     match out {
         Some(path) => {
+            if path.exists() {
+                return Err(format!(
+                    "{} already exists: remove it or choose another --out (a token file is never overwritten)",
+                    path.display()
+                ));
+            }
             keyturn_backend::fsutil::write_atomic(&path, format!("{token}\n").as_bytes())
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| format!("cannot write the token to {}: {e}", path.display()))?;
             eprintln!(
                 "token written to {} (0600); give it to the client",
                 path.display()
@@ -376,7 +407,7 @@ fn client_token(name: &str, keysets: &[String], out: Option<PathBuf>) -> Result<
         }
         None => eprintln!("token (shown once; give it to the client): {token}"),
     }
-    println!("[[client]]\nname = {name:?}\ntoken_sha256 = \"{hash}\"\nkeysets = [{list}]\n# audiences = [\"...\"]\n# max_ttl = \"10m\"");
+    println!("[[client]]\nname = {name:?}\ntoken_sha256 = \"{hash}\"\nkeysets = [{list}]\n{audiences}\n# max_ttl = \"10m\"");
     Ok(())
 }
 

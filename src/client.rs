@@ -75,7 +75,7 @@ pub async fn request(
     method: Method,
     path: &str,
     token: Option<&str>,
-    body: Option<serde_json::Value>,
+    json: Option<Vec<u8>>,
 ) -> Result<Response, String> {
     let fut = async {
         let (authority, base_path, tls, socket) = match endpoint {
@@ -115,10 +115,10 @@ pub async fn request(
         if let Some(t) = token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        let body = match body {
-            Some(v) => {
+        let body = match json {
+            Some(json) => {
                 req = req.header(header::CONTENT_TYPE, "application/json");
-                Bytes::from(serde_json::to_vec(&v).map_err(|e| e.to_string())?)
+                Bytes::from(json)
             }
             None => Bytes::new(),
         };

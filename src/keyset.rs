@@ -141,6 +141,30 @@ impl KeySet {
         result
     }
 
+    /// Asks the backend for the key that signs at `now` and the one that signs next, and
+    /// checks each is the key the JWKS publishes. A wrong key-encryption key, a key file
+    /// lost or damaged, or a key deleted from Vault or KMS then stops the start (or the
+    /// reload) with its cause, instead of a ready daemon whose every signature fails. It
+    /// also fills the file backend's key cache before the first request.
+    pub async fn check_keys(&self, now: i64) -> Result<(), LifecycleError> {
+        let published = self.published();
+        let doc = &published.doc;
+        let active = published.signer(now).map(|k| (&k.name, &k.kid));
+        let pending = doc
+            .pending(now)
+            .and_then(|i| Some((&doc.keys[i].name, doc.keys[i].kid.as_ref()?)));
+        for (name, kid) in active.into_iter().chain(pending) {
+            let held = self.backend.public_key(name).await?.kid();
+            if held != *kid {
+                return Err(LifecycleError::Refused(format!(
+                    "the backend's key {name:?} is not the published key {kid} (it holds {held}): \
+                     the key was replaced outside keyturn; restore it, or revoke {kid}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Admin: rotate now (as soon as safe). Returns when the new key signs.
     pub async fn rotate_now(&self, now: i64) -> Result<i64, LifecycleError> {
         let mut engine = self.engine.lock().await;

@@ -396,7 +396,8 @@ pub fn prepare<'a>(
             return Err(ApiError::forbidden(
                 "audience_not_allowed",
                 format!(
-                    "audience {:?} is not allowed for this client; allowed: {:?}",
+                    "audience {:?} is not allowed for this client; allowed: {:?} (the \
+                     client's `audiences` in its [[client]] entry)",
                     short(a),
                     client.audiences
                 ),

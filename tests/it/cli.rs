@@ -61,6 +61,15 @@ async fn status_plan_sign_verify_jwks_rotate_revoke() {
         "2m",
     ]);
     assert!(ok, "{err}");
+    // The claims reach the daemon as written: a name given twice is refused there, as it
+    // is over the API, not merged by the CLI.
+    let (ok, _, dup) = run(&[
+        "sign",
+        "default",
+        "--claims",
+        r#"{"sub":"cli","aud":"orders","sub":"other"}"#,
+    ]);
+    assert!(!ok && dup.contains("duplicate_claim"), "{dup}");
     let jwks_url = format!("{}/keysets/default/jwks.json", d.jwks);
     let (ok, out, err) = run(&[
         "verify",
@@ -154,4 +163,48 @@ fn check_config_names_the_fix() {
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("publish lead 1s"));
+}
+
+/// The README's `client-token ... --out login.token`: a bare file name in the working
+/// directory, written 0600, holding the token whose hash the printed lines carry. An
+/// existing file is never overwritten.
+#[test]
+fn client_token_writes_a_bare_file_name_and_never_overwrites() {
+    let dir = private_dir();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_keyturn"))
+            .args([
+                "client-token",
+                "login-service",
+                "--keyset",
+                "default",
+                "--audience",
+                "orders-api",
+                "--out",
+                "login.token",
+            ])
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let path = dir.path().join("login.token");
+    let token = std::fs::read_to_string(&path).unwrap();
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let hash = keyturn::auth::to_hex(&keyturn::auth::hash_token(token.trim()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("token_sha256 = \"{hash}\"")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("audiences = [\"orders-api\"]"), "{stdout}");
+
+    let again = run();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), token);
 }

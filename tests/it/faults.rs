@@ -175,3 +175,95 @@ async fn a_full_data_dir_fails_clearly_and_recovers() {
     let after = jwks(&d, "default").await;
     assert!(!after["keys"].as_array().unwrap().is_empty());
 }
+
+/// Runs `keyturn serve` on `config` and returns its exit status and log, failing the test
+/// if it is still running after a minute (a start that should have been refused).
+fn serve_until_exit(config: &Path) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyturn"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
+        let _ = tx.send(log);
+    });
+    // The log closes when the daemon exits.
+    let log = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("the daemon started on keys it cannot use")
+        });
+    (child.wait().unwrap(), log)
+}
+
+/// A daemon whose active or next key cannot be used (a wrong key-encryption key, a key file
+/// deleted or damaged) refuses to start and says why, instead of answering ready and then
+/// failing every signature.
+#[tokio::test]
+async fn keys_that_cannot_sign_stop_the_start() {
+    let dir = private_dir();
+    let (client, token) = token_client("svc", &["default"], "audiences = [\"orders\"]");
+    let config = format!(
+        "{}{}{client}",
+        server_toml(dir.path()),
+        keyset_toml("default", "ES256", "")
+    );
+    let d = Daemon::start(dir.path(), &config);
+    let body = json!({"claims": {"aud": "orders"}});
+    assert_eq!(sign(&d, "default", &token, body.clone()).await.0, 200);
+    assert!(d.stop().success());
+    let config_path = dir.path().join("keyturn.toml");
+    let data = dir.path().join("data");
+    let keys: Vec<std::path::PathBuf> = std::fs::read_dir(data.join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "key"))
+        .collect();
+    assert!(!keys.is_empty());
+    let kek = std::fs::read(data.join("kek")).unwrap();
+
+    let mut other = kek.clone();
+    other.iter_mut().for_each(|b| *b ^= 0x5a);
+    std::fs::write(data.join("kek"), &other).unwrap();
+    let (status, log) = serve_until_exit(&config_path);
+    assert!(!status.success());
+    assert!(log.contains("key-encryption key"), "{log}");
+    std::fs::write(data.join("kek"), &kek).unwrap();
+
+    for (fault, damage) in [("deleted", None), ("truncated", Some(&b"{\"v\":1,"[..]))] {
+        let saved: Vec<Vec<u8>> = keys.iter().map(|k| std::fs::read(k).unwrap()).collect();
+        for k in &keys {
+            match damage {
+                None => std::fs::remove_file(k).unwrap(),
+                Some(bytes) => std::fs::write(k, bytes).unwrap(),
+            }
+        }
+        let (status, log) = serve_until_exit(&config_path);
+        assert!(!status.success(), "{fault}: {log}");
+        assert!(log.contains("key set \"default\""), "{fault}: {log}");
+        for (k, bytes) in keys.iter().zip(saved) {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(k)
+                .unwrap();
+            std::io::Write::write_all(&mut file, &bytes).unwrap();
+        }
+    }
+    // Restored, the same keys sign again.
+    let d = Daemon::spawn(config_path, &[]);
+    assert_eq!(sign(&d, "default", &token, body).await.0, 200);
+}

@@ -60,7 +60,7 @@ pub fn check_private_file(path: &Path) -> Result<(), BackendError> {
 /// Writes `bytes` to `path` atomically and durably: a 0600 temp file beside it, fsync,
 /// rename over `path`, fsync of the directory. A crash leaves the old or the new file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BackendError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = parent(path);
     let file_name = path.file_name().and_then(|f| f.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
     let result = (|| {
@@ -92,7 +92,15 @@ pub fn remove_durable(path: &Path) -> Result<(), BackendError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io_err(format!("cannot remove {}", path.display()))(e)),
     }
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    sync_dir(parent(path))
+}
+
+/// The directory `path` is in: "." for a bare file name (whose parent is "").
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), BackendError> {
