@@ -572,6 +572,22 @@ impl RawConfig {
             }
             clients.push(raw.validate(&keysets, &env)?);
         }
+        // A token names one client: with two, the first would silently win.
+        for (i, client) in clients.iter().enumerate() {
+            let ClientAuth::Token(hash) = &client.auth else {
+                continue;
+            };
+            if let Some(other) = clients[..i]
+                .iter()
+                .find(|o| matches!(&o.auth, ClientAuth::Token(h) if h == hash))
+            {
+                return Err(invalid(format!(
+                    "clients {:?} and {:?} have the same token: give each client its own \
+                     (`keyturn client-token`)",
+                    other.name, client.name
+                )));
+            }
+        }
         Ok(Config {
             server,
             keysets,
@@ -717,6 +733,12 @@ impl RawClient {
             let token =
                 crate::secret::read_secret_file(&file, env.credentials_directory.as_deref())
                     .map_err(|e| invalid(format!("{ctx}: {e}")))?;
+            if token.trim().is_empty() {
+                return Err(invalid(format!(
+                    "{ctx}: token_file {} is empty; write the client's token into it",
+                    file.display()
+                )));
+            }
             ClientAuth::Token(crate::auth::hash_token(token.trim()))
         } else if let Some(hex) = self.token_sha256 {
             ClientAuth::Token(crate::auth::parse_sha256_hex(&hex).ok_or_else(|| {
@@ -941,5 +963,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("always sets"), "{err}");
+        // One token, two clients: refused (the first would silently win).
+        let two = format!(
+            "{MINIMAL}\n[[client]]\nname = \"a\"\nkeysets = [\"default\"]\ntoken_sha256 = \"{hex}\"\n\
+             [[client]]\nname = \"b\"\nkeysets = [\"default\"]\ntoken_sha256 = \"{hex}\"\nadmin = true"
+        );
+        let err = parse(&two).unwrap_err().to_string();
+        assert!(err.contains("same token"), "{err}");
+        assert!(parse(&two.replace(
+            &format!("\"{hex}\"\nadmin"),
+            &format!("\"{}\"\nadmin", "b".repeat(64))
+        ))
+        .is_ok());
     }
 }

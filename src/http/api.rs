@@ -71,22 +71,19 @@ impl std::ops::Deref for Caller {
 
 /// The caller, or 401.
 fn caller(state: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let bearer = match headers.get(header::AUTHORIZATION) {
-        None => None,
-        Some(v) => {
-            let v = v
-                .to_str()
-                .ok()
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
-            Some(v.filter(|t| !t.is_empty()).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "bad_authorization",
-                    "use `Authorization: Bearer <token>`",
-                )
-            })?)
-        }
+    let bad = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad_authorization",
+            "use one `Authorization: Bearer <token>` header",
+        )
+    };
+    let mut authorization = headers.get_all(header::AUTHORIZATION).iter();
+    let bearer = match (authorization.next(), authorization.next()) {
+        (None, _) => None,
+        (Some(v), None) => Some(bearer_token(v).ok_or_else(bad)?),
+        // Two credentials: which one counts would be a guess.
+        (Some(_), Some(_)) => return Err(bad()),
     };
     let clients = state.clients.load_full();
     let index = identify(&clients, peer, bearer)
@@ -98,6 +95,13 @@ fn caller(state: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller, 
             "unknown caller: send a client's bearer token (or connect with its certificate or over the API socket as its uid)",
         )
     })
+}
+
+/// The token of a `Bearer` credential (the scheme is case-insensitive, RFC 9110 11.1).
+fn bearer_token(value: &http::HeaderValue) -> Option<&str> {
+    let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 fn keyset(state: &AppState, name: &str) -> Result<Arc<KeySet>, ApiError> {

@@ -144,6 +144,23 @@ async fn authentication_and_policy_refusals() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // The scheme is case-insensitive; two Authorization headers are refused, even when one
+    // of them is right.
+    let with = |values: &[String]| {
+        let mut req = http().post(format!("{}/v1/keysets/default/sign", d.api));
+        for v in values {
+            req = req.header("authorization", v);
+        }
+        req.json(&ok).send()
+    };
+    let r = with(&[format!("bearer {token}")]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = with(&[format!("Bearer {token}"), "Bearer wrong".into()])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_authorization");
     // A key set the client may not use; an admin without signing rights.
     let (status, body) = sign(&d, "private", &token, ok.clone()).await;
     assert_eq!(
