@@ -273,7 +273,10 @@ pub enum LifecycleError {
         /// What is wrong.
         message: String,
     },
-    /// No key with that kid, or not in a state that allows the operation.
+    /// No key with that kid in the key set.
+    #[error("no key with kid {0:?} in this key set")]
+    UnknownKid(String),
+    /// The key is not in a state that allows the operation.
     #[error("{0}")]
     Refused(String),
     /// Replicas kept overwriting each other; try again.
@@ -569,9 +572,7 @@ impl Engine {
         self.tick_keeping_events(now).await?;
         self.with_retry(now, |doc| {
             let Some(i) = doc.keys.iter().position(|k| k.kid.as_deref() == Some(kid)) else {
-                return Err(LifecycleError::Refused(format!(
-                    "no key with kid {kid:?} in this key set"
-                )));
+                return Err(LifecycleError::UnknownKid(kid.to_owned()));
             };
             if !doc.keys[i].is_published() {
                 return Err(LifecycleError::Refused(format!(

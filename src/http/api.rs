@@ -40,8 +40,37 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/keysets/{name}/rotate", post(rotate))
         .route("/v1/keysets/{name}/keys/{kid}/revoke", post(revoke))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
     super::serve::traced(router)
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this path does not take that method (see the Allow header)",
+    )
+}
+
+/// Path parameters, refused as a JSON error like every other API error (axum's own
+/// rejection is plain text), e.g. a name whose percent-encoding is not UTF-8.
+struct Params<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for Params<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(params)| Params(params))
+            .map_err(|e| ApiError::bad_request("bad_path", e.body_text()))
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -374,7 +403,7 @@ fn peer(parts: &http::request::Parts) -> Result<&Peer, ApiError> {
 
 async fn sign(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    Params(name): Params<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
@@ -542,7 +571,7 @@ async fn sign_items(
 /// not fail the others; a backend outage fails the whole batch with 503.
 async fn sign_batch(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    Params(name): Params<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
@@ -687,7 +716,7 @@ async fn list_keysets(
 
 async fn show_keyset(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    Params(name): Params<String>,
     Extension(peer): Extension<Arc<Peer>>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -700,6 +729,9 @@ async fn show_keyset(
 fn lifecycle_error(keyset: &KeySet, e: LifecycleError) -> ApiError {
     match e {
         LifecycleError::Refused(msg) => ApiError::new(StatusCode::CONFLICT, "refused", msg),
+        e @ LifecycleError::UnknownKid(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_kid", e.to_string())
+        }
         e if e.is_retryable() => {
             keyset.note_backend(false);
             ApiError::unavailable(5)
@@ -741,7 +773,7 @@ async fn admin_audit(
 
 async fn rotate(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    Params(name): Params<String>,
     Extension(peer): Extension<Arc<Peer>>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -775,7 +807,7 @@ async fn rotate(
 
 async fn revoke(
     State(state): State<Arc<AppState>>,
-    Path((name, kid)): Path<(String, String)>,
+    Params((name, kid)): Params<(String, String)>,
     Extension(peer): Extension<Arc<Peer>>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {

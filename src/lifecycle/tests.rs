@@ -277,7 +277,7 @@ async fn revoke_takes_the_key_out_and_activates_another() {
     ));
     assert!(matches!(
         e.revoke("nope", now).await,
-        Err(LifecycleError::Refused(_))
+        Err(LifecycleError::UnknownKid(_))
     ));
 }
 

@@ -538,6 +538,18 @@ async fn admin_rotate_and_revoke_and_the_audit_chain() {
         (status, again["error"]["code"].as_str()),
         (409, Some("refused"))
     );
+    // A kid the key set never had: 404, not a conflict.
+    let (status, unknown) = admin(
+        &d,
+        &ops,
+        reqwest::Method::POST,
+        "/v1/keysets/default/keys/no-such-kid/revoke",
+    )
+    .await;
+    assert_eq!(
+        (status, unknown["error"]["code"].as_str()),
+        (404, Some("unknown_kid"))
+    );
 
     assert!(d.stop().success());
     let log = dir.path().join("data/audit.log");

@@ -96,10 +96,13 @@ async fn oversize_odd_and_unknown_requests_are_refused_on_both_listeners() {
                 .await
                 .unwrap();
             let s = r.status().as_u16();
+            let shown = &path[..path.len().min(60)];
+            assert!((400..500).contains(&s), "{base}{shown}: {s}");
+            // Every refusal is a JSON error with a code, whatever refused it.
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
             assert!(
-                (400..500).contains(&s),
-                "{base}{}: {s}",
-                &path[..path.len().min(60)]
+                body["error"]["code"].is_string(),
+                "{base}{shown}: {s} {body}"
             );
         }
         // Unknown methods.
@@ -112,6 +115,15 @@ async fn oversize_odd_and_unknown_requests_are_refused_on_both_listeners() {
                 .unwrap();
             let s = r.status().as_u16();
             assert!((400..500).contains(&s), "{method} on {base}: {s}");
+            let allow = r.headers().get("allow").cloned();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            assert!(
+                body["error"]["code"].is_string(),
+                "{method} on {base}: {s} {body}"
+            );
+            if s == 405 {
+                assert!(allow.is_some(), "{method} on {base}: 405 without Allow");
+            }
         }
     }
     // Nothing changed, nothing was signed, nothing panicked.
