@@ -475,7 +475,8 @@ fn last_line_hash(file: &mut File) -> std::io::Result<String> {
     file.seek(SeekFrom::Start(start))?;
     let mut tail = Vec::new();
     file.read_to_end(&mut tail)?;
-    if tail.last() != Some(&b'\n') {
+    let partial = tail.last() != Some(&b'\n');
+    if partial {
         file.write_all(b"\n")?;
         file.sync_data()?;
         tracing::warn!(
@@ -485,33 +486,58 @@ fn last_line_hash(file: &mut File) -> std::io::Result<String> {
     }
     let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
     let line = body.rsplit(|b| *b == b'\n').next().unwrap_or(body);
+    if !partial && serde_json::from_slice::<serde::de::IgnoredAny>(line).is_err() {
+        tracing::warn!(
+            "the audit log's last line is not a record (a write cut short, or not written by \
+             keyturn); new lines chain onto its bytes and `keyturn audit verify` reports it"
+        );
+    }
     Ok(hex_sha256(line))
 }
 
-/// Checks the chain of an audit log. Returns the number of lines, or the first broken line.
-pub fn verify(path: &Path) -> Result<u64, String> {
+/// What [`verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Lines checked.
+    pub lines: u64,
+    /// Lines that are not records (numbered from 1): writes cut short by a crash or a power
+    /// loss, ended at the next start. What they held is lost; the chain still covers them.
+    pub torn: Vec<u64>,
+}
+
+/// Checks the chain of an audit log: the first broken line, or what was checked. A line
+/// that is not JSON is reported as torn and the chain continues over its bytes, as the
+/// daemon continued it: the next line must still carry its hash, so garbage put in later
+/// breaks the chain at the line after it.
+pub fn verify(path: &Path) -> Result<Verified, String> {
     let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let mut prev = GENESIS.to_owned();
-    let mut n = 0u64;
+    let mut found = Verified {
+        lines: 0,
+        torn: Vec::new(),
+    };
     for line in BufReader::new(file).split(b'\n') {
         let line = line.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        n += 1;
-        let value: serde_json::Value = serde_json::from_slice(&line)
-            .map_err(|_| format!("line {n} is not JSON: the log was edited or truncated"))?;
-        let claimed = value
-            .get("prev")
-            .and_then(|p| p.as_str())
-            .unwrap_or_default();
-        if claimed != prev {
-            return Err(format!(
-                "chain broken at line {n}: it does not follow line {} (a line was removed, \
-                 inserted or edited before it)",
-                n - 1
-            ));
+        found.lines += 1;
+        let n = found.lines;
+        match serde_json::from_slice::<serde_json::Value>(&line) {
+            Err(_) => found.torn.push(n),
+            Ok(value) => {
+                let claimed = value
+                    .get("prev")
+                    .and_then(|p| p.as_str())
+                    .unwrap_or_default();
+                if claimed != prev {
+                    return Err(format!(
+                        "chain broken at line {n}: it does not follow the line before it (a \
+                         line was removed, inserted or edited before it)"
+                    ));
+                }
+            }
         }
         prev = hex_sha256(&line);
     }
-    Ok(n)
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -650,7 +676,7 @@ mod tests {
         let path = dir.path().join("audit.log");
         write(&path, 0..5).await;
         write(&path, 5..10).await;
-        assert_eq!(verify(&path), Ok(10));
+        assert_eq!(verify(&path).map(|v| (v.lines, v.torn.len())), Ok((10, 0)));
 
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -710,7 +736,21 @@ mod tests {
         for line in &lines[4..] {
             serde_json::from_str::<serde_json::Value>(line).unwrap();
         }
-        assert!(verify(&path).unwrap_err().contains("line 4"));
+        // The torn line is reported, and the lines after it are still checked.
+        assert_eq!(
+            verify(&path),
+            Ok(Verified {
+                lines: 6,
+                torn: vec![4]
+            })
+        );
+        let edited = text.replace(r#""ts":4,"#, r#""ts":8,"#);
+        std::fs::write(&path, &edited).unwrap();
+        assert!(verify(&path).unwrap_err().contains("line 6"));
+        // Garbage in place of a record breaks the chain at the next line.
+        let garbage = text.replacen(lines[1], "garbage", 1);
+        std::fs::write(&path, garbage).unwrap();
+        assert!(verify(&path).unwrap_err().contains("line 3"));
     }
 
     #[tokio::test]

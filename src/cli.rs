@@ -336,9 +336,20 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                 Ok(())
             }
             Command::Audit { action: AuditCommand::Verify { file } } => {
-                let n = crate::audit::verify(&file)?;
-                println!("{}: {n} lines, hash chain intact", file.display());
-                Ok(())
+                let found = crate::audit::verify(&file)?;
+                let shown = file.display();
+                if found.torn.is_empty() {
+                    println!("{shown}: {} lines, hash chain intact", found.lines);
+                    Ok(())
+                } else {
+                    let torn: Vec<String> = found.torn.iter().map(u64::to_string).collect();
+                    Err(format!(
+                        "{shown}: {} lines, hash chain intact over them, but line(s) {} are not \
+                         records: writes cut short by a crash or power loss; what they held is lost",
+                        found.lines,
+                        torn.join(", ")
+                    ))
+                }
             }
             Command::ClientToken { name, keysets, audiences, out } => client_token(&name, &keysets, &audiences, out),
         }
