@@ -383,6 +383,30 @@ fn secs(d: Duration) -> i64 {
     i64::try_from(s).unwrap_or(i64::MAX)
 }
 
+/// Longest duration a key set takes (rotation period, lifetimes, cache ages): ten years.
+const MAX_SPAN: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Longest server timeout: an hour.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Refuses a duration above `max`, naming the key: such values are typos, and they
+/// overflow dates and headers downstream.
+fn at_most(ctx: &str, key: &str, value: Duration, max: Duration) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(invalid(format!(
+            "{ctx}{key} = {:?} is above the limit of {}; is it a typo?",
+            humantime::format_duration(value).to_string(),
+            humantime::format_duration(max)
+        )));
+    }
+    Ok(())
+}
+
+/// An http(s) URL with a host.
+fn is_web_url(url: &str) -> bool {
+    url.parse::<http::Uri>()
+        .is_ok_and(|u| matches!(u.scheme_str(), Some("https" | "http")) && u.host().is_some())
+}
+
 /// Formats seconds the way the config writes durations.
 pub fn human(s: i64) -> String {
     humantime::format_duration(Duration::from_secs(s.max(0).unsigned_abs())).to_string()
@@ -520,9 +544,29 @@ impl RawConfig {
                         "server.max_connections, header_timeout and body_timeout must be above zero",
                     ));
                 }
+                if limits.max_connections > 1_000_000 {
+                    return Err(invalid(
+                        "server.max_connections is above 1000000; each connection takes a file \
+                         descriptor and memory",
+                    ));
+                }
+                for (key, value) in [
+                    ("header_timeout", limits.header_timeout),
+                    ("body_timeout", limits.body_timeout),
+                    ("drain_timeout", limits.drain),
+                ] {
+                    at_most("server.", key, value, MAX_TIMEOUT)?;
+                }
                 limits
             },
         };
+        if server.api_listen == Some(server.jwks_listen) && server.jwks_listen.port() != 0 {
+            return Err(invalid(format!(
+                "server.jwks_listen and server.api_listen are both {}: the public and the API \
+                 listener need their own addresses",
+                server.jwks_listen
+            )));
+        }
         if self.keysets.is_empty() {
             return Err(invalid("no [[keyset]]: add at least one key set"));
         }
@@ -607,13 +651,26 @@ impl RawKeySet {
         }
         let ctx = format!("key set {name:?}");
         let issuer = self.issuer;
-        let uri: http::Uri = issuer
-            .parse()
-            .map_err(|_| invalid(format!("{ctx}: issuer {issuer:?} is not a URL")))?;
-        if !matches!(uri.scheme_str(), Some("https" | "http")) || uri.host().is_none() {
+        if !is_web_url(&issuer) {
             return Err(invalid(format!(
                 "{ctx}: issuer {issuer:?} must be an https:// (or http:// for local tests) URL"
             )));
+        }
+        if let Some(uri) = self.jwks_uri.as_deref().filter(|u| !is_web_url(u)) {
+            return Err(invalid(format!(
+                "{ctx}: jwks_uri {uri:?} must be an https:// (or http:// for local tests) URL"
+            )));
+        }
+        for (key, value) in [
+            ("rotate_every", self.rotate_every),
+            ("max_token_ttl", Some(self.max_token_ttl)),
+            ("jwks_max_age", Some(self.jwks_max_age)),
+            ("clock_skew", Some(self.clock_skew)),
+            ("stale_if_error", Some(self.stale_if_error)),
+        ] {
+            if let Some(value) = value {
+                at_most(&format!("{ctx}: "), key, value, MAX_SPAN)?;
+            }
         }
         let key_type = match (self.algorithm.is_rsa(), self.rsa_bits) {
             (true, bits) => self
@@ -861,6 +918,46 @@ mod tests {
         let c = Config::embedded_default().unwrap();
         assert_eq!(c.keysets[0].algorithm, Algorithm::ES256);
         assert!(c.server.jwks_listen.ip().is_loopback());
+    }
+
+    /// Values no deployment means (typos like "500000y", listeners on one address, a
+    /// script as jwks_uri) are refused with the key named, not carried into headers and
+    /// dates that overflow.
+    #[test]
+    fn absurd_values_are_refused_with_the_key_named() {
+        for (from, to, needle) in [
+            ("\"24h\"", "\"500000y\"", "rotate_every"),
+            (
+                "max_token_ttl = \"15m\"",
+                "max_token_ttl = \"15m\"\nstale_if_error = \"500000y\"",
+                "stale_if_error",
+            ),
+            (
+                "max_token_ttl = \"15m\"",
+                "max_token_ttl = \"15m\"\njwks_uri = \"javascript:alert(1)\"",
+                "jwks_uri",
+            ),
+        ] {
+            let err = parse(&MINIMAL.replace(from, to)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{to}: {err}");
+        }
+        for (server, needle) in [
+            ("header_timeout = \"500000y\"", "header_timeout"),
+            ("drain_timeout = \"2h\"", "drain_timeout"),
+            ("max_connections = 99999999999999", "max_connections"),
+            (
+                "jwks_listen = \"127.0.0.1:9000\"\napi_listen = \"127.0.0.1:9000\"",
+                "own addresses",
+            ),
+        ] {
+            let err = parse(&format!("[server]\n{server}\n{MINIMAL}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{server}: {err}");
+        }
+        // The limits themselves pass.
+        assert!(parse(&format!("[server]\ndrain_timeout = \"1h\"\n{MINIMAL}")).is_ok());
+        assert!(parse(&MINIMAL.replace("\"24h\"", "\"3650d\"")).is_ok());
     }
 
     #[test]
