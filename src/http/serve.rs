@@ -10,12 +10,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -208,9 +206,23 @@ impl<A: PerConnection> Shared<A> {
         );
         self.conns.spawn(async move {
             if let Some((io, peer)) = accept.await {
-                let io = TokioIo::new(FirstByte::new(io, header_timeout));
-                let conn = builder.serve_connection(io, app.service(peer)).into_owned();
-                let _ = watcher.watch(conn).await;
+                let called = Arc::new(AtomicBool::new(false));
+                let service = Noting {
+                    inner: app.service(peer),
+                    called: called.clone(),
+                };
+                let conn = builder.serve_connection(TokioIo::new(io), service);
+                let conn = watcher.watch(conn.into_owned());
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = &mut conn => {}
+                    () = tokio::time::sleep(header_timeout) => {
+                        // No request yet: dropping the connection closes it.
+                        if called.load(Ordering::Relaxed) {
+                            let _ = conn.await;
+                        }
+                    }
+                }
             }
             drop(permit);
         });
@@ -337,83 +349,28 @@ pub async fn serve_unix(
     shared.drain(&limits, name).await;
 }
 
-/// A connection's stream that fails reads once `limit` has passed without the client's
-/// first byte. hyper's header timeout only starts once the protocol is known (HTTP/1 or
-/// HTTP/2), which takes a first byte: without this, connections that never send one would
-/// stay open and use up `max_connections`. After the first byte it costs one check per read.
-struct FirstByte<IO> {
-    io: IO,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+/// A connection's service that notes its first request. A connection without one by the
+/// header timeout is closed: hyper's own header timer starts only once it knows the
+/// protocol, and never for HTTP/2, so connections that send nothing, or only the HTTP/2
+/// preface, would otherwise stay open and use up `max_connections`.
+#[derive(Clone)]
+struct Noting<S> {
+    inner: S,
+    called: Arc<AtomicBool>,
 }
 
-impl<IO> FirstByte<IO> {
-    fn new(io: IO, limit: Duration) -> Self {
-        FirstByte {
-            io,
-            deadline: Some(Box::pin(tokio::time::sleep(limit))),
+impl<S, R> hyper::service::Service<R> for Noting<S>
+where
+    S: hyper::service::Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: R) -> Self::Future {
+        if !self.called.load(Ordering::Relaxed) {
+            self.called.store(true, Ordering::Relaxed);
         }
-    }
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for FirstByte<IO> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        match Pin::new(&mut this.io).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                if result.is_err() || buf.filled().len() > before {
-                    this.deadline = None;
-                }
-                Poll::Ready(result)
-            }
-            Poll::Pending => {
-                let expired = this
-                    .deadline
-                    .as_mut()
-                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
-                if expired {
-                    Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "the client sent nothing within the header timeout",
-                    )))
-                } else {
-                    Poll::Pending
-                }
-            }
-        }
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for FirstByte<IO> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        self.inner.call(req)
     }
 }
