@@ -19,7 +19,7 @@ use aws_lc_rs::digest;
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -227,7 +227,12 @@ impl Audit {
     /// Opens (creating, 0600) `path` for appending and starts the writer thread.
     pub fn open(path: &Path) -> Result<(Audit, AuditWriter), String> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
+            // Directories it creates are keyturn's alone, like the log (existing ones keep
+            // their mode).
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
                 .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
         let mut file = OpenOptions::new()
@@ -673,8 +678,14 @@ mod tests {
     #[tokio::test]
     async fn chain_verifies_across_reopen_and_detects_edits() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.log");
+        // Directories the log needs are created for keyturn alone.
+        let path = dir.path().join("new/dir/audit.log");
         write(&path, 0..5).await;
+        for dir in [dir.path().join("new"), dir.path().join("new/dir")] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+        }
         write(&path, 5..10).await;
         assert_eq!(verify(&path).map(|v| (v.lines, v.torn.len())), Ok((10, 0)));
 
