@@ -197,6 +197,10 @@ pub async fn run_with_backends(
     let mut factory = Factory::new(custom, metrics.clone());
 
     let list = open_keysets(&config, &mut factory, &clock, &audit, None, &shutdown).await?;
+    for keyset in &list {
+        // Tokens signed before this start may still be live.
+        keyset.note_signers(&config.clients, clock.now());
+    }
 
     let state = Arc::new(AppState {
         keysets: ArcSwap::from_pointee(KeySets::new(list)),
@@ -341,6 +345,29 @@ async fn reload(
         bail!("[server] settings changed; they take effect on restart only (systemctl restart keyturn)");
     }
     let old = state.keysets.load_full();
+    // A key set leaves the config only once its tokens have expired: verifiers need its
+    // keys until then.
+    let now = clock.now();
+    for gone in old
+        .iter()
+        .filter(|o| !new.keysets.iter().any(|k| k.name == o.name()))
+    {
+        let name = gone.name();
+        let retention = crate::config::human(gone.config.timing.retention());
+        match gone.removable_at() {
+            None => bail!(
+                "key set {name:?} was removed while clients may still sign with it, and its \
+                 keys must stay in the JWKS as long as its tokens live: first reload a config \
+                 in which no client lists it in `keysets`, then remove it {retention} later"
+            ),
+            Some(at) if now < at => bail!(
+                "key set {name:?} was removed too early: tokens it signed may be valid for \
+                 {} more; remove it then, so that verifiers keep its keys until they expire",
+                crate::config::human(at - now)
+            ),
+            Some(_) => {}
+        }
+    }
     let list = open_keysets(&new, factory, clock, audit, Some(&old), keyset_shutdown).await?;
     for keyset in &list {
         if !old.iter().any(|o| Arc::ptr_eq(o, keyset)) {
@@ -350,6 +377,9 @@ async fn reload(
                 keyset_shutdown.clone(),
             ));
         }
+    }
+    for keyset in &list {
+        keyset.note_signers(&new.clients, now);
     }
     state.clients.store(Arc::new(new.clients.clone()));
     state.keysets.store(Arc::new(KeySets::new(list.clone())));

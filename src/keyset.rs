@@ -8,7 +8,7 @@ use crate::jwks::Published;
 use crate::lifecycle::{Engine, Event, LifecycleError};
 use arc_swap::ArcSwap;
 use keyturn_backend::KeyBackend;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, Notify};
@@ -28,6 +28,8 @@ pub struct KeySet {
     engine: Mutex<Engine>,
     /// Whether the last backend round trip succeeded.
     backend_ok: AtomicBool,
+    // Since when no client of the running config may sign with it (i64::MAX: some may).
+    unsigned_since: AtomicI64,
     wake: Notify,
     // Cancelled when a reload replaces or drops this key set.
     stopped: CancellationToken,
@@ -65,6 +67,7 @@ impl KeySet {
             published: ArcSwap::from_pointee(published),
             engine: Mutex::new(engine),
             backend_ok: AtomicBool::new(false),
+            unsigned_since: AtomicI64::new(i64::MAX),
             wake: Notify::new(),
             stopped: CancellationToken::new(),
         }))
@@ -139,6 +142,31 @@ impl KeySet {
             Err(_) => {}
         }
         result
+    }
+
+    /// Records, at start and at each reload, whether any of `clients` may sign with this
+    /// key set; `now` is when the last one lost the right.
+    pub fn note_signers(&self, clients: &[crate::config::ClientConfig], now: i64) {
+        if clients
+            .iter()
+            .any(|c| c.keysets.iter().any(|k| k == self.name()))
+        {
+            self.unsigned_since.store(i64::MAX, Ordering::Relaxed);
+        } else {
+            let _ = self.unsigned_since.compare_exchange(
+                i64::MAX,
+                now,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// From when the key set may leave the config: every token it signed has expired, so
+    /// no verifier needs its keys. None while a client may still sign with it.
+    pub fn removable_at(&self) -> Option<i64> {
+        let since = self.unsigned_since.load(Ordering::Relaxed);
+        (since != i64::MAX).then(|| since.saturating_add(self.config.timing.retention()))
     }
 
     /// Asks the backend for the key that signs at `now` and the one that signs next, and

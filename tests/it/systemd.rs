@@ -198,7 +198,7 @@ async fn signs_and_verifies(d: &Daemon, keyset: &str, token: &str) {
         body["kid"]
     );
     let keys = keyturn::verify::parse_jwks(&serde_json::to_vec(&set).unwrap()).unwrap();
-    let now = body["exp"].as_i64().unwrap() - 60;
+    let now = body["exp"].as_i64().unwrap() - 1; // inside any lifetime of a second or more
     keyturn::verify::verify(
         body["token"].as_str().unwrap(),
         &keys,
@@ -234,6 +234,9 @@ async fn sighup_applies_a_new_config_on_the_same_listeners_and_refuses_an_invali
     let (alpha, alpha_token) = token_client("alpha", &["default"], "");
     let (beta, beta_token) = token_client("beta", &["second"], "");
     let base = server_toml(dir.path()) + &keyset_toml("default", "ES256", "");
+    // "second" lives briefly: its tokens last 5 s at most.
+    let second = keyset_toml("second", "EdDSA", "")
+        .replace("max_token_ttl = \"10m\"", "max_token_ttl = \"5s\"");
     let d = Daemon::start(dir.path(), &(base.clone() + &alpha));
     signs_and_verifies(&d, "default", &alpha_token).await;
     assert_eq!(jwks_status(&d, "second").await, 404);
@@ -241,7 +244,7 @@ async fn sighup_applies_a_new_config_on_the_same_listeners_and_refuses_an_invali
     assert_eq!(status, 401, "beta is not a client yet");
 
     // A new key set and a new client.
-    let with_second = base.clone() + &keyset_toml("second", "EdDSA", "") + &alpha + &beta;
+    let with_second = base.clone() + &second + &alpha + &beta;
     std::fs::write(&d.config_path, &with_second).unwrap();
     d.signal("HUP");
     crate::harness::eventually(Duration::from_secs(30), "reload applied", || async {
@@ -271,13 +274,45 @@ async fn sighup_applies_a_new_config_on_the_same_listeners_and_refuses_an_invali
     signs_and_verifies(&d, "second", &beta_token).await;
     assert_eq!(log_lines_with(&d, "configuration reloaded").len(), 1);
 
-    // A key set removed by a good reload stops being served.
-    std::fs::write(&d.config_path, base + &alpha).unwrap();
+    // A key set leaves only once its tokens have expired. While a client may still sign
+    // with it, its removal is refused...
+    let refusals = |d: &Daemon, text: &str| {
+        log_lines_with(d, "reload refused")
+            .iter()
+            .filter(|l| l.contains(text))
+            .count()
+    };
+    std::fs::write(&d.config_path, base.clone() + &alpha).unwrap();
+    d.signal("HUP");
+    crate::harness::eventually(Duration::from_secs(30), "removal refused", || async {
+        refusals(&d, "clients may still sign") == 1
+    })
+    .await;
+    assert_eq!(jwks_status(&d, "second").await, 200);
+    // ...then no client may sign with it (beta goes)...
+    std::fs::write(&d.config_path, base.clone() + &second + &alpha).unwrap();
     d.signal("HUP");
     crate::harness::eventually(Duration::from_secs(30), "second reload applied", || async {
         log_lines_with(&d, "configuration reloaded").len() == 2
     })
     .await;
+    // ...and it may go once its last tokens (5 s) have expired; before, it is refused.
+    std::fs::write(&d.config_path, base + &alpha).unwrap();
+    d.signal("HUP");
+    crate::harness::eventually(Duration::from_secs(30), "removal applied", || async {
+        if log_lines_with(&d, "configuration reloaded").len() == 3 {
+            return true;
+        }
+        if refusals(&d, "too early") > 0 {
+            d.signal("HUP"); // time passes in the daemon's real clock; ask again
+        }
+        false
+    })
+    .await;
+    assert!(
+        refusals(&d, "too early") > 0,
+        "removed before its tokens expired"
+    );
     assert_eq!(jwks_status(&d, "second").await, 404);
     let (status, _) = sign(&d, "second", &beta_token, json!({"claims": {}})).await;
     assert_eq!(status, 401, "beta is gone");
