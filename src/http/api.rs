@@ -202,8 +202,19 @@ async fn json_body(headers: &HeaderMap, body: Body, timeout: Duration) -> Result
     }
 }
 
-/// Parses JSON (UTF-8, syntax, shape), borrowing from `bytes` where `T` does.
+/// Parses a JSON object (UTF-8, syntax, shape), borrowing from `bytes` where `T` does.
 fn parse<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    // serde's derive also takes a struct's fields as an array, in order: not an API form.
+    let first = bytes
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first == Some(&b'[') {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "the JSON must be an object, not an array",
+        ));
+    }
     serde_json::from_slice(bytes).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {

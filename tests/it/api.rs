@@ -365,6 +365,13 @@ async fn bad_input_gets_a_clear_4xx_and_never_a_signature() {
             422,
             "claims_not_object",
         ),
+        // The request's fields as an array (serde's derive would take it).
+        (
+            b" [{\"sub\": \"user:1\", \"aud\": \"orders\"}, \"5m\"]".to_vec(),
+            "application/json",
+            422,
+            "invalid_request",
+        ),
         (
             b"{\"claims\": \"x\"}".to_vec(),
             "application/json",
