@@ -196,7 +196,21 @@ pub async fn run_with_backends(
     let metrics = Arc::new(Metrics::default());
     let mut factory = Factory::new(custom, metrics.clone());
 
-    let list = open_keysets(&config, &mut factory, &clock, &audit, None, &shutdown).await?;
+    // SIGTERM during a long start (RSA-4096 keys being made, a backend not up yet) stops
+    // it there: every step is safe to cut, as a crash would.
+    let opened = tokio::select! {
+        r = open_keysets(&config, &mut factory, &clock, &audit, None, &shutdown) => Some(r),
+        () = shutdown.cancelled() => None,
+    };
+    let Some(list) = opened else {
+        tracing::info!("stopped during start");
+        drop(audit);
+        tokio::task::spawn_blocking(move || audit_writer.finish())
+            .await
+            .ok();
+        return Ok(());
+    };
+    let list = list?;
     for keyset in &list {
         // Tokens signed before this start may still be live.
         keyset.note_signers(&config.clients, clock.now());

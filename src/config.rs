@@ -500,6 +500,11 @@ impl RawConfig {
             .data_dir
             .or(env.state_directory.clone())
             .unwrap_or_else(|| PathBuf::from("/var/lib/keyturn"));
+        if data_dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "server.data_dir is empty: name a directory (e.g. \"/var/lib/keyturn\")",
+            ));
+        }
         let k8s_signer = match (s.k8s_signer_socket, s.k8s_signer_keyset) {
             (Some(sock), Some(ks)) => Some((sock, ks)),
             (None, None) => None,
@@ -945,6 +950,7 @@ mod tests {
             ("header_timeout = \"500000y\"", "header_timeout"),
             ("drain_timeout = \"2h\"", "drain_timeout"),
             ("max_connections = 99999999999999", "max_connections"),
+            ("data_dir = \"\"", "data_dir"),
             (
                 "jwks_listen = \"127.0.0.1:9000\"\napi_listen = \"127.0.0.1:9000\"",
                 "own addresses",

@@ -17,7 +17,10 @@ pub fn init(format: LogFormat, under_journald: bool) {
             .with_current_span(true)
             .try_init(),
         (LogFormat::Text, true) => builder.without_time().with_ansi(false).try_init(),
-        (LogFormat::Text, false) => builder.try_init(),
+        // Colours only on a terminal: in a file they are escape codes.
+        (LogFormat::Text, false) => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
     };
     if result.is_err() {
         eprintln!("keyturn: logging was already initialised");

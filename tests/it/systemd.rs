@@ -466,3 +466,70 @@ async fn sigterm_drains_requests_in_flight() {
     let status = wait_exit(&mut d, Duration::from_secs(30));
     assert!(status.success(), "{status:?}; log:\n{}", d.log_text());
 }
+
+/// SIGTERM while the start is still making keys (here six RSA-4096 keys, an active and a
+/// next one for each of three key sets) stops it there,
+/// cleanly, instead of after every key is made; the next start finishes the job.
+#[tokio::test]
+async fn sigterm_during_a_long_start_stops_it_there() {
+    use std::io::BufRead;
+    let dir = private_dir();
+    let mut config = server_toml(dir.path());
+    for i in 0..3 {
+        config += &keyset_toml(&format!("rsa{i}"), "RS256", "rsa_bits = 4096");
+    }
+    let path = dir.path().join("keyturn.toml");
+    std::fs::write(&path, &config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyturn"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // The key-encryption key is made once the signal handlers are in place, before keys.
+    let mut log = Vec::new();
+    while !log
+        .iter()
+        .any(|l: &String| l.contains("key-encryption key"))
+    {
+        log.push(rx.recv_timeout(Duration::from_secs(60)).unwrap());
+    }
+    let sent = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    log.extend(rx.iter());
+    let log = log.join("\n");
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(log.contains("stopped during start"), "{log}");
+    assert!(
+        !log.contains("keyturn ready"),
+        "it finished the start first:\n{log}"
+    );
+    assert!(
+        sent.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        sent.elapsed()
+    );
+    // The next start makes the keys still missing and serves.
+    let d = Daemon::spawn(path, &[]);
+    for i in 0..3 {
+        let set = jwks(&d, &format!("rsa{i}")).await;
+        assert!(!kids(&set).is_empty(), "rsa{i}: {set}");
+    }
+}
