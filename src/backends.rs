@@ -69,6 +69,20 @@ impl Factory {
     }
 }
 
+/// An error with its causes, each once: "cannot read X: No such file or directory".
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
 async fn build(
     config: &BackendConfig,
     server: &ServerConfig,
@@ -98,7 +112,7 @@ async fn build(
                 },
             };
             let backend =
-                FileBackend::open(&FileBackendConfig { dir, kek }).map_err(|e| e.to_string())?;
+                FileBackend::open(&FileBackendConfig { dir, kek }).map_err(|e| with_causes(&e))?;
             Ok(Arc::new(backend))
         }
         #[cfg(not(feature = "file"))]
@@ -138,7 +152,7 @@ async fn build(
             config.ca_file = ca_file.as_ref().map(|f| resolve_credential(f, &env));
             let backend = VaultBackend::connect(&config)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| with_causes(&e))?;
             Ok(Arc::new(backend))
         }
         #[cfg(not(feature = "vault"))]
@@ -170,7 +184,7 @@ async fn build(
             }
             let backend = KmsBackend::connect(&config)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| with_causes(&e))?;
             Ok(Arc::new(backend))
         }
         #[cfg(not(feature = "kms"))]
@@ -251,5 +265,29 @@ impl KeyBackend for Metered {
     }
     async fn health(&self) -> Result<(), BackendError> {
         self.timed("health", self.inner.health()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_show_their_causes_once() {
+        let missing = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = BackendError::storage("cannot read the key-encryption key /k", missing());
+        assert_eq!(
+            with_causes(&e),
+            format!(
+                "backend storage error: cannot read the key-encryption key /k: {}",
+                missing()
+            )
+        );
+        // A cause already in the message is not repeated.
+        let e = BackendError::storage(format!("cannot open /k: {}", missing()), missing());
+        assert_eq!(
+            with_causes(&e),
+            format!("backend storage error: cannot open /k: {}", missing())
+        );
     }
 }

@@ -6,8 +6,13 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
+/// The message carries the cause; it is not attached again as the source, which would
+/// print it twice in an error chain ("...: No such file: No such file").
 fn io_err(what: String) -> impl FnOnce(std::io::Error) -> BackendError {
-    move |e| BackendError::storage(format!("{what}: {e}"), e)
+    move |e| BackendError::Storage {
+        message: format!("{what}: {e}"),
+        source: None,
+    }
 }
 
 /// Creates `dir` with mode 0700 if missing, and refuses it if group or other have access.
