@@ -199,8 +199,9 @@ pub async fn run_with_backends(
     // SIGTERM during a long start (RSA-4096 keys being made, a backend not up yet) stops
     // it there: every step is safe to cut, as a crash would.
     let opened = tokio::select! {
-        r = open_keysets(&config, &mut factory, &clock, &audit, None, &shutdown) => Some(r),
+        biased;
         () = shutdown.cancelled() => None,
+        r = open_keysets(&config, &mut factory, &clock, &audit, None, &shutdown) => Some(r),
     };
     let Some(list) = opened else {
         tracing::info!("stopped during start");
@@ -393,6 +394,10 @@ async fn reload(
         }
     }
     for keyset in &list {
+        // A key set rebuilt because its settings changed keeps what the old one knew.
+        if let Some(previous) = old.get(keyset.name()).filter(|o| !Arc::ptr_eq(o, keyset)) {
+            keyset.inherit(previous);
+        }
         keyset.note_signers(&new.clients, now);
     }
     state.clients.store(Arc::new(new.clients.clone()));

@@ -344,8 +344,9 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                 } else {
                     let torn: Vec<String> = found.torn.iter().map(u64::to_string).collect();
                     Err(format!(
-                        "{shown}: {} lines, hash chain intact over them, but line(s) {} are not \
-                         records: writes cut short by a crash or power loss; what they held is lost",
+                        "{shown}: {} lines; line(s) {} are not records: a write cut short by a \
+                         crash or power loss, or an edit. The chain holds over every line followed \
+                         by another (a last line is covered by no later hash)",
                         found.lines,
                         torn.join(", ")
                     ))
@@ -403,14 +404,24 @@ fn client_token(
     };
     match out {
         Some(path) => {
-            if path.exists() {
-                return Err(format!(
-                    "{} already exists: remove it or choose another --out (a token file is never overwritten)",
-                    path.display()
-                ));
-            }
-            keyturn_backend::fsutil::write_atomic(&path, format!("{token}\n").as_bytes())
-                .map_err(|e| format!("cannot write the token to {}: {e}", path.display()))?;
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let shown = path.display();
+            // create_new: an existing file, even one made a moment ago, is never replaced.
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => format!(
+                        "{shown} already exists: remove it or choose another --out (a token file is never overwritten)"
+                    ),
+                    _ => format!("cannot create {shown}: {e}"),
+                })?;
+            file.write_all(format!("{token}\n").as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|e| format!("cannot write the token to {shown}: {e}"))?;
             eprintln!(
                 "token written to {} (0600); give it to the client",
                 path.display()

@@ -30,6 +30,8 @@ pub struct KeySet {
     backend_ok: AtomicBool,
     // Since when no client of the running config may sign with it (i64::MAX: some may).
     unsigned_since: AtomicI64,
+    // The longest retention of the settings this key set had before a reload changed them.
+    retention_floor: AtomicI64,
     wake: Notify,
     // Cancelled when a reload replaces or drops this key set.
     stopped: CancellationToken,
@@ -68,6 +70,7 @@ impl KeySet {
             engine: Mutex::new(engine),
             backend_ok: AtomicBool::new(false),
             unsigned_since: AtomicI64::new(i64::MAX),
+            retention_floor: AtomicI64::new(0),
             wake: Notify::new(),
             stopped: CancellationToken::new(),
         }))
@@ -162,11 +165,31 @@ impl KeySet {
         }
     }
 
+    /// Takes over what `previous` (the same key set before a reload changed its settings)
+    /// knew of its tokens: since when nobody may sign, and the longest lifetime they had,
+    /// so that shortening `max_token_ttl` does not shorten the wait before removal.
+    pub fn inherit(&self, previous: &KeySet) {
+        let floor = previous
+            .retention_floor
+            .load(Ordering::Relaxed)
+            .max(previous.config.timing.retention());
+        self.retention_floor.fetch_max(floor, Ordering::Relaxed);
+        self.unsigned_since.store(
+            previous.unsigned_since.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+    }
+
     /// From when the key set may leave the config: every token it signed has expired, so
     /// no verifier needs its keys. None while a client may still sign with it.
     pub fn removable_at(&self) -> Option<i64> {
         let since = self.unsigned_since.load(Ordering::Relaxed);
-        (since != i64::MAX).then(|| since.saturating_add(self.config.timing.retention()))
+        let retention = self
+            .config
+            .timing
+            .retention()
+            .max(self.retention_floor.load(Ordering::Relaxed));
+        (since != i64::MAX).then(|| since.saturating_add(retention))
     }
 
     /// Asks the backend for the key that signs at `now` and the one that signs next, and
@@ -181,12 +204,23 @@ impl KeySet {
         let pending = doc
             .pending(now)
             .and_then(|i| Some((&doc.keys[i].name, doc.keys[i].kid.as_ref()?)));
+        let fix = "restore the key (and the key-encryption key it was stored under) from a \
+                   backup; if it is lost for good, configure the key set under a new name (its \
+                   tokens stop verifying)";
         for (name, kid) in active.into_iter().chain(pending) {
-            let held = self.backend.public_key(name).await?.kid();
+            let held = match self.backend.public_key(name).await {
+                Ok(public) => public.kid(),
+                Err(e) if e.is_retryable() => return Err(e.into()),
+                Err(e) => {
+                    return Err(LifecycleError::Refused(format!(
+                        "its key {kid} ({name:?}) cannot be used: {e}; {fix}"
+                    )))
+                }
+            };
             if held != *kid {
                 return Err(LifecycleError::Refused(format!(
                     "the backend's key {name:?} is not the published key {kid} (it holds {held}): \
-                     the key was replaced outside keyturn; restore it, or revoke {kid}"
+                     the key was replaced outside keyturn; {fix}"
                 )));
             }
         }

@@ -481,8 +481,8 @@ fn batch_response(results: &[BatchItem]) -> Response {
 /// Tasks signing one batch at the same time. Each takes the next chunk of unsigned items
 /// until none is left: with the file backend the items spread over every worker thread at
 /// the cost of one task per slot (a task per item cost about a tenth of the batch's CPU);
-/// with a remote backend this many calls are in flight, and a slow call holds up only its
-/// own slot.
+/// with a remote backend this many calls are in flight (chunks are sized so that every task
+/// has one: a batch of 16 is 16 chunks of one), and a slow call holds up only its own slot.
 const BATCH_IN_FLIGHT: usize = 16;
 
 /// A batch task yields to other requests once it has held its worker this long.
@@ -492,6 +492,8 @@ const BATCH_SLICE: Duration = Duration::from_millis(1);
 /// them in turn.
 struct BatchItems {
     requests: Vec<Bytes>,
+    /// Items per chunk: up to [`BATCH_CHUNK`], fewer for small batches.
+    chunk: usize,
     next: std::sync::atomic::AtomicUsize,
 }
 
@@ -499,7 +501,8 @@ struct BatchItems {
 /// backend, then the audit log, phase by phase: with the file backend, signatures that run
 /// back to back keep aws-lc's code and tables in cache, and a batch token costs about 5%
 /// less CPU than when each item went through all three in turn (BENCHMARKS.md). A full
-/// batch is one chunk per task.
+/// batch is one chunk per task. Within a chunk the task still yields every
+/// [`BATCH_SLICE`], between two signatures.
 const BATCH_CHUNK: usize = 16;
 
 /// Signs chunks of `items` until none is left or an item gets a 503 (the batch then
@@ -515,9 +518,9 @@ async fn sign_items(
     let mut out = Vec::new();
     let mut slice = Instant::now();
     loop {
-        let first = items.next.fetch_add(BATCH_CHUNK, Ordering::Relaxed);
+        let first = items.next.fetch_add(items.chunk, Ordering::Relaxed);
         let chunk = items.requests.get(first..).unwrap_or_default();
-        let chunk = chunk.get(..BATCH_CHUNK).unwrap_or(chunk);
+        let chunk = chunk.get(..items.chunk).unwrap_or(chunk);
         if chunk.is_empty() {
             return out;
         }
@@ -547,6 +550,10 @@ async fn sign_items(
         // further calls.
         for (i, token) in (first..).zip(&mut tokens) {
             let Ok((prepared, sig)) = token else { continue };
+            if slice.elapsed() >= BATCH_SLICE {
+                tokio::task::yield_now().await;
+                slice = Instant::now();
+            }
             match signature(state, keyset, &published, signer, prepared).await {
                 Ok(s) => *sig = s,
                 Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
@@ -604,10 +611,11 @@ async fn sign_batch(
             .iter()
             .map(|item| body.slice_ref(item.get().as_bytes()))
             .collect(),
+        chunk: n.div_ceil(BATCH_IN_FLIGHT).min(BATCH_CHUNK),
         next: std::sync::atomic::AtomicUsize::new(0),
     });
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..n.min(BATCH_IN_FLIGHT) {
+    for _ in 0..n.div_ceil(items.chunk) {
         let (state, client, keyset, items) =
             (state.clone(), client.clone(), keyset.clone(), items.clone());
         tasks.spawn(async move { sign_items(&state, &client, &keyset, &items).await });

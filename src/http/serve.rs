@@ -10,7 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -206,20 +206,29 @@ impl<A: PerConnection> Shared<A> {
         );
         self.conns.spawn(async move {
             if let Some((io, peer)) = accept.await {
-                let called = Arc::new(AtomicBool::new(false));
+                let activity = Arc::new(Activity::default());
                 let service = Noting {
                     inner: app.service(peer),
-                    called: called.clone(),
+                    activity: activity.clone(),
                 };
                 let conn = builder.serve_connection(TokioIo::new(io), service);
                 let conn = watcher.watch(conn.into_owned());
                 tokio::pin!(conn);
-                tokio::select! {
-                    _ = &mut conn => {}
-                    () = tokio::time::sleep(header_timeout) => {
-                        // No request yet: dropping the connection closes it.
-                        if called.load(Ordering::Relaxed) {
-                            let _ = conn.await;
+                // Closed (by dropping it) once a whole header_timeout passes with no request
+                // started and none in flight, from the start (silent clients, an HTTP/2
+                // preface alone) or between requests (idle HTTP/2; hyper times out idle
+                // HTTP/1 itself).
+                let mut seen = 0;
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = &mut conn => break,
+                        () = tokio::time::sleep(header_timeout) => {
+                            let started = activity.started.load(Ordering::Relaxed);
+                            if started == seen && activity.in_flight.load(Ordering::Relaxed) == 0 {
+                                break;
+                            }
+                            seen = started;
                         }
                     }
                 }
@@ -283,10 +292,17 @@ pub async fn serve_tcp(
                 limits.header_timeout,
             ),
             Some(acceptor) => {
-                let acceptor = acceptor.clone();
+                let (acceptor, stopping) = (acceptor.clone(), shutdown.clone());
                 let handshake = async move {
-                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
-                    {
+                    let accept =
+                        tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
+                    // A stop does not wait for handshakes: they have no request yet.
+                    let accepted = tokio::select! {
+                        biased;
+                        () = stopping.cancelled() => return None,
+                        accepted = accept => accepted,
+                    };
+                    match accepted {
                         Ok(Ok(tls_stream)) => {
                             peer.tls_subject = crate::tls::peer_subject(tls_stream.get_ref().1);
                             Some((tls_stream, peer))
@@ -349,14 +365,21 @@ pub async fn serve_unix(
     shared.drain(&limits, name).await;
 }
 
-/// A connection's service that notes its first request. A connection without one by the
-/// header timeout is closed: hyper's own header timer starts only once it knows the
-/// protocol, and never for HTTP/2, so connections that send nothing, or only the HTTP/2
-/// preface, would otherwise stay open and use up `max_connections`.
+/// What a connection's requests have done: how many started, how many are running.
+#[derive(Default)]
+struct Activity {
+    started: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+/// A connection's service that keeps its [`Activity`], so that an idle connection can be
+/// closed: hyper's own header timer starts only once it knows the protocol, and never for
+/// HTTP/2, so connections that send nothing, only the HTTP/2 preface, or one request and
+/// then nothing would otherwise stay open and use up `max_connections`.
 #[derive(Clone)]
 struct Noting<S> {
     inner: S,
-    called: Arc<AtomicBool>,
+    activity: Arc<Activity>,
 }
 
 impl<S, R> hyper::service::Service<R> for Noting<S>
@@ -365,12 +388,43 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Running<S::Future>;
 
     fn call(&self, req: R) -> Self::Future {
-        if !self.called.load(Ordering::Relaxed) {
-            self.called.store(true, Ordering::Relaxed);
+        self.activity.started.fetch_add(1, Ordering::Relaxed);
+        self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        Running {
+            inner: self.inner.call(req),
+            _done: Done(self.activity.clone()),
         }
-        self.inner.call(req)
+    }
+}
+
+/// Counts a request out of flight when its future completes or is dropped.
+struct Done(Arc<Activity>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's future, in flight until it is dropped.
+    struct Running<F> {
+        #[pin]
+        inner: F,
+        _done: Done,
+    }
+}
+
+impl<F: Future> Future for Running<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        self.project().inner.poll(cx)
     }
 }

@@ -178,7 +178,20 @@ async fn silent_connections_are_closed_at_the_header_timeout() {
         // timer is HTTP/1's only).
         let mut h2 = TcpStream::connect(addr(base)).unwrap();
         h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
-        for mut s in silent.into_iter().chain([h2]) {
+        // And one that makes a request (GET /healthz, HTTP/2 prior knowledge) and then
+        // stays idle: HTTP/2 has no header timeout between requests.
+        let mut h2_idle = TcpStream::connect(addr(base)).unwrap();
+        let mut frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        frames.extend([0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS, empty
+                                                    // HPACK: GET, http, :path "/healthz", :authority "x".
+        let mut block = vec![0x82, 0x86, 0x44, 8];
+        block.extend(b"/healthz");
+        block.extend([0x41, 1, b'x']);
+        // HEADERS, END_STREAM | END_HEADERS, stream 1.
+        frames.extend([0, 0, block.len() as u8, 1, 5, 0, 0, 0, 1]);
+        frames.extend(block);
+        h2_idle.write_all(&frames).unwrap();
+        for mut s in silent.into_iter().chain([h2, h2_idle]) {
             // Long enough for the old behaviour (never closed) to fail here, not hang.
             s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
             // The server's HTTP/2 SETTINGS may come first; then the close.

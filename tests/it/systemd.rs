@@ -289,8 +289,11 @@ async fn sighup_applies_a_new_config_on_the_same_listeners_and_refuses_an_invali
     })
     .await;
     assert_eq!(jwks_status(&d, "second").await, 200);
-    // ...then no client may sign with it (beta goes)...
-    std::fs::write(&d.config_path, base.clone() + &second + &alpha).unwrap();
+    // ...then no client may sign with it (beta goes), and its lifetime is cut to 1 s: the
+    // tokens already out keep their 5 s, and the wait is theirs...
+    let unsigned = Instant::now();
+    let shorter = second.replace("max_token_ttl = \"5s\"", "max_token_ttl = \"1s\"");
+    std::fs::write(&d.config_path, base.clone() + &shorter + &alpha).unwrap();
     d.signal("HUP");
     crate::harness::eventually(Duration::from_secs(30), "second reload applied", || async {
         log_lines_with(&d, "configuration reloaded").len() == 2
@@ -312,6 +315,11 @@ async fn sighup_applies_a_new_config_on_the_same_listeners_and_refuses_an_invali
     assert!(
         refusals(&d, "too early") > 0,
         "removed before its tokens expired"
+    );
+    assert!(
+        unsigned.elapsed() >= Duration::from_secs(4),
+        "removed {:?} after its last client: its 5 s tokens may still be live",
+        unsigned.elapsed()
     );
     assert_eq!(jwks_status(&d, "second").await, 404);
     let (status, _) = sign(&d, "second", &beta_token, json!({"claims": {}})).await;
