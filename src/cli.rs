@@ -389,10 +389,11 @@ fn client_token(
     } else {
         keysets.to_vec()
     };
+    // TOML strings, as TOML escapes them (Rust's `{:?}` escapes differ).
     let quoted = |items: &[String]| {
         items
             .iter()
-            .map(|k| format!("{k:?}"))
+            .map(|k| toml::Value::String(k.clone()).to_string())
             .collect::<Vec<_>>()
             .join(", ")
     };

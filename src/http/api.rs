@@ -563,6 +563,25 @@ async fn sign_items(
                 Err(e) => *token = Err(e),
             }
         }
+        // A key revoked while the chunk was signed is out of the JWKS: its tokens would not
+        // verify. The batch fails (503) and the client asks again.
+        let now_published = keyset.published();
+        if !Arc::ptr_eq(&now_published, &published)
+            && !now_published.by_kid.contains_key(&signer.kid)
+        {
+            out.push((
+                first,
+                Err(ApiError {
+                    retry_after: Some(1),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "key_revoked",
+                        "the signing key was revoked during this batch; send it again",
+                    )
+                }),
+            ));
+            return out;
+        }
         // Audit log: a token is returned only once its line is queued.
         for (i, token) in (first..).zip(tokens) {
             let result = match token {

@@ -207,4 +207,15 @@ fn client_token_writes_a_bare_file_name_and_never_overwrites() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
     assert_eq!(std::fs::read_to_string(&path).unwrap(), token);
+
+    // The printed lines are TOML whatever the audience holds.
+    let odd = "a\"b\\c\u{1b}d";
+    let out = Command::new(env!("CARGO_BIN_EXE_keyturn"))
+        .args(["client-token", "odd", "--audience", odd])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines: toml::Table = String::from_utf8_lossy(&out.stdout).parse().unwrap();
+    let client = &lines["client"][0];
+    assert_eq!(client["audiences"][0].as_str(), Some(odd), "{lines}");
 }
