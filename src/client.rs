@@ -160,12 +160,15 @@ pub async fn request(
 
 /// Fetches a URL with GET.
 pub async fn get_url(url: &str) -> Result<Response, String> {
-    let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
-    let origin = format!(
-        "{}://{}",
-        uri.scheme_str().unwrap_or("http"),
-        uri.authority().map(|a| a.as_str()).unwrap_or("")
-    );
+    let not_web = || {
+        format!("{url:?} is not an http:// or https:// URL (e.g. http://127.0.0.1:8390/.well-known/jwks.json)")
+    };
+    let uri: http::Uri = url.parse().map_err(|_| not_web())?;
+    let (Some(scheme @ ("http" | "https")), Some(authority)) = (uri.scheme_str(), uri.authority())
+    else {
+        return Err(not_web());
+    };
+    let origin = format!("{scheme}://{authority}");
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     request(&Endpoint::Url(origin), Method::GET, path, None, None).await
 }

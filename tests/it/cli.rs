@@ -95,6 +95,12 @@ async fn status_plan_sign_verify_jwks_rotate_revoke() {
     assert!(!ok && err.contains("aud"), "{err}");
     let (ok, _, _) = run(&["verify", &format!("{}x", jws.trim()), "--jwks", &jwks_url]);
     assert!(!ok);
+    // A path where the JWKS URL goes: said so.
+    let (ok, _, err) = run(&["verify", jws.trim(), "--jwks", "/etc/passwd"]);
+    assert!(
+        !ok && err.contains("is not an http:// or https:// URL"),
+        "{err}"
+    );
     let (ok, _, _) = run(&[
         "verify",
         jws.trim(),
