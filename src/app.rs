@@ -95,6 +95,10 @@ async fn open_keysets(
             .and_then(|r| r.get(&ks.name))
             .filter(|e| e.config == *ks)
         {
+            if !existing.keys_usable() {
+                // Restored since? (A backend that does not answer leaves it as it is.)
+                let _ = existing.recheck_keys(clock.now()).await;
+            }
             list.push(existing.clone());
             continue;
         }
@@ -115,7 +119,7 @@ async fn open_keysets(
         let keyset = loop {
             let attempt = async {
                 let keyset = KeySet::open(ks.clone(), backend.clone()).await?;
-                keyset.check_keys(clock.now()).await?;
+                keyset.recheck_keys(clock.now()).await?;
                 let events = keyset.tick(clock.now()).await?;
                 Ok::<_, crate::lifecycle::LifecycleError>((keyset, events))
             }

@@ -257,6 +257,11 @@ impl Signer {
         let now = self.state.clock.now();
         let checked = check_claims(claims, &keyset.config, now)?;
         let published = keyset.published();
+        if !keyset.keys_usable() {
+            return Err(Status::unavailable(
+                "the key set's signing key cannot be used; an operator must restore it",
+            ));
+        }
         let signer = published.signer(now).ok_or_else(|| {
             Status::unavailable("the key set has no active key yet; retry shortly")
         })?;

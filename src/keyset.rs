@@ -28,6 +28,10 @@ pub struct KeySet {
     engine: Mutex<Engine>,
     /// Whether the last backend round trip succeeded.
     backend_ok: AtomicBool,
+    // Why its active or next key cannot be used, found at start or reload (None: usable).
+    unusable: std::sync::Mutex<Option<String>>,
+    // Whether `unusable` is None, read on every signature.
+    keys_ok: AtomicBool,
     // Since when no client of the running config may sign with it (i64::MAX: some may).
     unsigned_since: AtomicI64,
     // The longest retention of the settings this key set had before a reload changed them.
@@ -69,6 +73,8 @@ impl KeySet {
             published: ArcSwap::from_pointee(published),
             engine: Mutex::new(engine),
             backend_ok: AtomicBool::new(false),
+            unusable: std::sync::Mutex::new(None),
+            keys_ok: AtomicBool::new(true),
             unsigned_since: AtomicI64::new(i64::MAX),
             retention_floor: AtomicI64::new(0),
             wake: Notify::new(),
@@ -91,9 +97,42 @@ impl KeySet {
         self.published.load_full()
     }
 
-    /// Whether a key signs at `now` and the backend's last answer was a success.
+    /// Whether a key signs at `now`, it can be used, and the backend's last answer was a
+    /// success.
     pub fn ready(&self, now: i64) -> bool {
-        self.backend_ok() && self.published().signer(now).is_some()
+        self.keys_usable() && self.backend_ok() && self.published().signer(now).is_some()
+    }
+
+    /// Whether the active and next key could be used when last checked ([`Self::recheck_keys`]).
+    pub fn keys_usable(&self) -> bool {
+        self.keys_ok.load(Ordering::Relaxed)
+    }
+
+    /// Runs [`Self::check_keys`]. A key the backend cannot use does not stop the daemon:
+    /// the key set keeps serving its JWKS (verifiers still need it) but is not ready and
+    /// refuses to sign, with the cause in the log, until a reload or restart finds the key
+    /// usable again. Only an unreachable backend is an error (to retry).
+    pub async fn recheck_keys(&self, now: i64) -> Result<(), LifecycleError> {
+        let reason = match self.check_keys(now).await {
+            Ok(()) => None,
+            Err(e) if e.is_retryable() => return Err(e),
+            Err(e) => Some(e.to_string()),
+        };
+        match &reason {
+            Some(why) => {
+                tracing::error!(keyset = %self.name(), error = %why, "key set cannot sign: its JWKS is served, signing is refused")
+            }
+            None if !self.keys_usable() => {
+                tracing::info!(keyset = %self.name(), "key set's keys are usable again")
+            }
+            None => {}
+        }
+        self.keys_ok.store(reason.is_none(), Ordering::Relaxed);
+        *self
+            .unusable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = reason;
+        Ok(())
     }
 
     /// Whether the last backend round trip succeeded.
@@ -193,10 +232,10 @@ impl KeySet {
     }
 
     /// Asks the backend for the key that signs at `now` and the one that signs next, and
-    /// checks each is the key the JWKS publishes. A wrong key-encryption key, a key file
-    /// lost or damaged, or a key deleted from Vault or KMS then stops the start (or the
-    /// reload) with its cause, instead of a ready daemon whose every signature fails. It
-    /// also fills the file backend's key cache before the first request.
+    /// checks each is the key the JWKS publishes: a wrong key-encryption key, a key file
+    /// lost or damaged, or a key deleted from Vault or KMS shows here, with its cause,
+    /// rather than in every signature. It also fills the file backend's key cache before
+    /// the first request. [`Self::recheck_keys`] acts on the answer.
     pub async fn check_keys(&self, now: i64) -> Result<(), LifecycleError> {
         let published = self.published();
         let doc = &published.doc;
@@ -205,8 +244,8 @@ impl KeySet {
             .pending(now)
             .and_then(|i| Some((&doc.keys[i].name, doc.keys[i].kid.as_ref()?)));
         let fix = "restore the key (and the key-encryption key it was stored under) from a \
-                   backup; if it is lost for good, configure the key set under a new name (its \
-                   tokens stop verifying)";
+                   backup, then reload (restart, for the key-encryption key); if it is lost for \
+                   good, configure the key set under a new name (its tokens stop verifying)";
         for (name, kid) in active.into_iter().chain(pending) {
             let held = match self.backend.public_key(name).await {
                 Ok(public) => public.kid(),

@@ -281,8 +281,19 @@ fn backend_error(keyset: &KeySet, e: &BackendError) -> ApiError {
     }
 }
 
-/// The key that signs at `now`.
-fn active_key(published: &Published, now: i64) -> Result<&PublishedKey, ApiError> {
+/// The key that signs at `now`, if the key set can use it.
+fn active_key<'a>(
+    keyset: &KeySet,
+    published: &'a Published,
+    now: i64,
+) -> Result<&'a PublishedKey, ApiError> {
+    if !keyset.keys_usable() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "key_unavailable",
+            "the key set's signing key cannot be used; an operator must restore it (see the daemon's log)",
+        ));
+    }
     published.signer(now).ok_or_else(|| ApiError {
         retry_after: Some(1),
         ..ApiError::new(
@@ -370,7 +381,7 @@ async fn sign_one(
 ) -> Result<Signed, ApiError> {
     let now = state.clock.now();
     let published = keyset.published();
-    let signer = active_key(&published, now)?;
+    let signer = active_key(keyset, &published, now)?;
     let prepared = prepare(req, client, &keyset.config, now, &signer.kid, new_jti()?)?;
     let sig = signature(state, keyset, &published, signer, &prepared).await?;
     record(state, client, keyset, signer, now, prepared, &sig).await
@@ -526,7 +537,7 @@ async fn sign_items(
         }
         let now = state.clock.now();
         let published = keyset.published();
-        let signer = match active_key(&published, now) {
+        let signer = match active_key(keyset, &published, now) {
             Ok(signer) => signer,
             Err(e) => {
                 out.push((first, Err(e)));

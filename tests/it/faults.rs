@@ -176,51 +176,27 @@ async fn a_full_data_dir_fails_clearly_and_recovers() {
     assert!(!after["keys"].as_array().unwrap().is_empty());
 }
 
-/// Runs `keyturn serve` on `config` and returns its exit status and log, failing the test
-/// if it is still running after a minute (a start that should have been refused).
-fn serve_until_exit(config: &Path) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keyturn"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        let mut log = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
-        let _ = tx.send(log);
-    });
-    // The log closes when the daemon exits.
-    let log = rx
-        .recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("the daemon started on keys it cannot use")
-        });
-    (child.wait().unwrap(), log)
-}
-
-/// A daemon whose active or next key cannot be used (a wrong key-encryption key, a key file
-/// deleted or damaged) refuses to start and says why, instead of answering ready and then
-/// failing every signature.
+/// A key set whose active or next key cannot be used (a wrong key-encryption key, a key
+/// file deleted or damaged) does not answer ready and sign 500s, and does not take the
+/// daemon down either: it keeps serving its JWKS (verifiers need it), says in /readyz and
+/// the log that it cannot sign, refuses signatures with 503 `key_unavailable`, and the
+/// other key sets work. Once the key is restored a reload (or, for the KEK, a restart)
+/// brings it back.
 #[tokio::test]
-async fn keys_that_cannot_sign_stop_the_start() {
+async fn keys_that_cannot_sign_are_refused_and_reported() {
     let dir = private_dir();
-    let (client, token) = token_client("svc", &["default"], "audiences = [\"orders\"]");
+    let (client, token) = token_client("svc", &["default", "other"], "audiences = [\"orders\"]");
     let config = format!(
-        "{}{}{client}",
+        "{}{}{}{client}",
         server_toml(dir.path()),
-        keyset_toml("default", "ES256", "")
+        keyset_toml("default", "ES256", ""),
+        keyset_toml("other", "ES256", "")
     );
-    let d = Daemon::start(dir.path(), &config);
     let body = json!({"claims": {"aud": "orders"}});
-    assert_eq!(sign(&d, "default", &token, body.clone()).await.0, 200);
+    let d = Daemon::start(dir.path(), &config);
+    for ks in ["default", "other"] {
+        assert_eq!(sign(&d, ks, &token, body.clone()).await.0, 200);
+    }
     assert!(d.stop().success());
     let config_path = dir.path().join("keyturn.toml");
     let data = dir.path().join("data");
@@ -228,17 +204,34 @@ async fn keys_that_cannot_sign_stop_the_start() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "key"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("default-")
+        })
         .collect();
     assert!(!keys.is_empty());
-    let kek = std::fs::read(data.join("kek")).unwrap();
-
-    let mut other = kek.clone();
-    other.iter_mut().for_each(|b| *b ^= 0x5a);
-    std::fs::write(data.join("kek"), &other).unwrap();
-    let (status, log) = serve_until_exit(&config_path);
-    assert!(!status.success());
-    assert!(log.contains("key-encryption key"), "{log}");
-    std::fs::write(data.join("kek"), &kek).unwrap();
+    let restore = |path: &Path, bytes: &[u8]| {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .unwrap();
+        std::io::Write::write_all(&mut file, bytes).unwrap();
+    };
+    let not_ready = |d: &Daemon| {
+        let url = format!("{}/readyz", d.jwks);
+        async move {
+            let r = http().get(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            let v: serde_json::Value = r.json().await.unwrap_or_default();
+            (status, v["keysets_not_ready"].clone())
+        }
+    };
 
     for (fault, damage) in [("deleted", None), ("truncated", Some(&b"{\"v\":1,"[..]))] {
         let saved: Vec<Vec<u8>> = keys.iter().map(|k| std::fs::read(k).unwrap()).collect();
@@ -248,22 +241,61 @@ async fn keys_that_cannot_sign_stop_the_start() {
                 Some(bytes) => std::fs::write(k, bytes).unwrap(),
             }
         }
-        let (status, log) = serve_until_exit(&config_path);
-        assert!(!status.success(), "{fault}: {log}");
-        assert!(log.contains("key set \"default\""), "{fault}: {log}");
+        let d = Daemon::spawn(config_path.clone(), &[]);
+        assert_eq!(not_ready(&d).await, (503, json!(["default"])), "{fault}");
+        assert!(!jwks(&d, "default").await["keys"]
+            .as_array()
+            .unwrap()
+            .is_empty());
+        let (status, err) = sign(&d, "default", &token, body.clone()).await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (503, Some("key_unavailable")),
+            "{fault}"
+        );
+        assert_eq!(
+            sign(&d, "other", &token, body.clone()).await.0,
+            200,
+            "{fault}"
+        );
+        assert!(
+            d.log_text().contains("key set cannot sign"),
+            "{fault}: {}",
+            d.log_text()
+        );
+        // Restored, a reload finds the keys again.
         for (k, bytes) in keys.iter().zip(saved) {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(k)
-                .unwrap();
-            std::io::Write::write_all(&mut file, &bytes).unwrap();
+            restore(k, &bytes);
         }
+        d.signal("HUP");
+        eventually(
+            Duration::from_secs(20),
+            "usable again after a reload",
+            || async { sign(&d, "default", &token, body.clone()).await.0 == 200 },
+        )
+        .await;
+        assert_eq!(not_ready(&d).await.0, 200, "{fault}");
+        assert!(d.stop().success());
     }
-    // Restored, the same keys sign again.
+
+    // A wrong key-encryption key: no key set can sign, every JWKS is still served.
+    let kek = std::fs::read(data.join("kek")).unwrap();
+    let mut other = kek.clone();
+    other.iter_mut().for_each(|b| *b ^= 0x5a);
+    restore(&data.join("kek"), &other);
+    let d = Daemon::spawn(config_path.clone(), &[]);
+    assert_eq!(not_ready(&d).await, (503, json!(["default", "other"])));
+    assert!(
+        d.log_text().contains("key-encryption key"),
+        "{}",
+        d.log_text()
+    );
+    for ks in ["default", "other"] {
+        assert!(!jwks(&d, ks).await["keys"].as_array().unwrap().is_empty());
+        assert_eq!(sign(&d, ks, &token, body.clone()).await.0, 503);
+    }
+    assert!(d.stop().success());
+    restore(&data.join("kek"), &kek);
     let d = Daemon::spawn(config_path, &[]);
     assert_eq!(sign(&d, "default", &token, body).await.0, 200);
 }
