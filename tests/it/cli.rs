@@ -225,3 +225,39 @@ fn client_token_writes_a_bare_file_name_and_never_overwrites() {
     let client = &lines["client"][0];
     assert_eq!(client["audiences"][0].as_str(), Some(odd), "{lines}");
 }
+
+/// Text logs carry no colour codes when stderr is not a terminal (a file, a pipe).
+#[test]
+fn text_logs_to_a_pipe_have_no_colour_codes() {
+    use std::io::BufRead;
+    let dir = private_dir();
+    let path = dir.path().join("keyturn.toml");
+    std::fs::write(
+        &path,
+        server_toml(dir.path()) + &keyset_toml("default", "ES256", ""),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyturn"))
+        .args(["serve", "--log-format", "text", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .env_remove("JOURNAL_STREAM")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        let ready = line.contains("keyturn ready");
+        lines.push(line);
+        if ready {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = lines.join("\n");
+    assert!(text.contains("keyturn ready"), "{text}");
+    assert!(!text.contains('\u{1b}'), "colour codes in a pipe:\n{text}");
+}
