@@ -1,7 +1,7 @@
 //! The daemon: builds backends and key sets from a validated config, binds the listeners,
 //! runs until SIGTERM/SIGINT, reloads on SIGHUP, and drains on the way out.
 
-use crate::audit::Audit;
+use crate::audit::{Audit, AuditWriter};
 use crate::backends::Factory;
 use crate::clock::Clock;
 use crate::config::{ClientConfig, Config};
@@ -209,10 +209,7 @@ pub async fn run_with_backends(
     };
     let Some(list) = opened else {
         tracing::info!("stopped during start");
-        drop(audit);
-        tokio::task::spawn_blocking(move || audit_writer.finish())
-            .await
-            .ok();
+        close_audit(audit, audit_writer).await;
         return Ok(());
     };
     let list = list?;
@@ -333,14 +330,19 @@ pub async fn run_with_backends(
     watchdog.abort();
     while tasks.join_next().await.is_some() {}
     while maintenance.join_next().await.is_some() {}
-    // The audit writer stops once the last handle is gone; every request handler is done.
+    // Every request handler is done.
     drop(state);
-    drop(audit);
-    tokio::task::spawn_blocking(move || audit_writer.finish())
-        .await
-        .ok();
+    close_audit(audit, audit_writer).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Drops the last audit handle and waits until the writer has put every line on disk.
+async fn close_audit(audit: Audit, writer: AuditWriter) {
+    drop(audit);
+    tokio::task::spawn_blocking(move || writer.finish())
+        .await
+        .ok();
 }
 
 /// Re-reads the config; on success swaps clients and key sets (unchanged key sets keep
@@ -390,17 +392,15 @@ async fn reload(
     let list = open_keysets(&new, factory, clock, audit, Some(&old), keyset_shutdown).await?;
     for keyset in &list {
         if !old.iter().any(|o| Arc::ptr_eq(o, keyset)) {
+            // A key set rebuilt because its settings changed keeps what the old one knew.
+            if let Some(previous) = old.get(keyset.name()) {
+                keyset.inherit(previous);
+            }
             maintenance.spawn(keyset.clone().run(
                 clock.clone(),
                 audit.clone(),
                 keyset_shutdown.clone(),
             ));
-        }
-    }
-    for keyset in &list {
-        // A key set rebuilt because its settings changed keeps what the old one knew.
-        if let Some(previous) = old.get(keyset.name()).filter(|o| !Arc::ptr_eq(o, keyset)) {
-            keyset.inherit(previous);
         }
         keyset.note_signers(&new.clients, now);
     }

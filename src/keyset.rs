@@ -28,9 +28,8 @@ pub struct KeySet {
     engine: Mutex<Engine>,
     /// Whether the last backend round trip succeeded.
     backend_ok: AtomicBool,
-    // Why its active or next key cannot be used, found at start or reload (None: usable).
-    unusable: std::sync::Mutex<Option<String>>,
-    // Whether `unusable` is None, read on every signature.
+    // Whether its active and next key could be used when last checked (the cause of a
+    // failure is logged), read on every signature.
     keys_ok: AtomicBool,
     // Since when no client of the running config may sign with it (i64::MAX: some may).
     unsigned_since: AtomicI64,
@@ -73,7 +72,6 @@ impl KeySet {
             published: ArcSwap::from_pointee(published),
             engine: Mutex::new(engine),
             backend_ok: AtomicBool::new(false),
-            unusable: std::sync::Mutex::new(None),
             keys_ok: AtomicBool::new(true),
             unsigned_since: AtomicI64::new(i64::MAX),
             retention_floor: AtomicI64::new(0),
@@ -113,25 +111,18 @@ impl KeySet {
     /// refuses to sign, with the cause in the log, until a reload or restart finds the key
     /// usable again. Only an unreachable backend is an error (to retry).
     pub async fn recheck_keys(&self, now: i64) -> Result<(), LifecycleError> {
-        let reason = match self.check_keys(now).await {
-            Ok(()) => None,
+        let usable = match self.check_keys(now).await {
+            Ok(()) => true,
             Err(e) if e.is_retryable() => return Err(e),
-            Err(e) => Some(e.to_string()),
+            Err(e) => {
+                tracing::error!(keyset = %self.name(), error = %e, "key set cannot sign: its JWKS is served, signing is refused");
+                false
+            }
         };
-        match &reason {
-            Some(why) => {
-                tracing::error!(keyset = %self.name(), error = %why, "key set cannot sign: its JWKS is served, signing is refused")
-            }
-            None if !self.keys_usable() => {
-                tracing::info!(keyset = %self.name(), "key set's keys are usable again")
-            }
-            None => {}
+        if usable && !self.keys_usable() {
+            tracing::info!(keyset = %self.name(), "key set's keys are usable again");
         }
-        self.keys_ok.store(reason.is_none(), Ordering::Relaxed);
-        *self
-            .unusable
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = reason;
+        self.keys_ok.store(usable, Ordering::Relaxed);
         Ok(())
     }
 
@@ -236,7 +227,7 @@ impl KeySet {
     /// lost or damaged, or a key deleted from Vault or KMS shows here, with its cause,
     /// rather than in every signature. It also fills the file backend's key cache before
     /// the first request. [`Self::recheck_keys`] acts on the answer.
-    pub async fn check_keys(&self, now: i64) -> Result<(), LifecycleError> {
+    async fn check_keys(&self, now: i64) -> Result<(), LifecycleError> {
         let published = self.published();
         let doc = &published.doc;
         let active = published.signer(now).map(|k| (&k.name, &k.kid));

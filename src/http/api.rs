@@ -294,10 +294,9 @@ fn active_key<'a>(
             "the key set's signing key cannot be used; an operator must restore it (see the daemon's log)",
         ));
     }
-    published.signer(now).ok_or_else(|| ApiError {
-        retry_after: Some(1),
-        ..ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+    published.signer(now).ok_or_else(|| {
+        ApiError::retry_after(
+            1,
             "no_active_key",
             "the key set has no active key yet; retry shortly",
         )
@@ -582,14 +581,11 @@ async fn sign_items(
         {
             out.push((
                 first,
-                Err(ApiError {
-                    retry_after: Some(1),
-                    ..ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "key_revoked",
-                        "the signing key was revoked during this batch; send it again",
-                    )
-                }),
+                Err(ApiError::retry_after(
+                    1,
+                    "key_revoked",
+                    "the signing key was revoked during this batch; send it again",
+                )),
             ));
             return out;
         }

@@ -50,13 +50,18 @@ impl ApiError {
 
     /// 503 with Retry-After: the backend is unreachable.
     pub fn unavailable(retry_after: u64) -> Self {
+        Self::retry_after(
+            retry_after,
+            "backend_unavailable",
+            "the key backend is unreachable; retry later",
+        )
+    }
+
+    /// 503 with Retry-After: the same request will do, `secs` later.
+    pub fn retry_after(secs: u64, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
-            retry_after: Some(retry_after),
-            ..Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "backend_unavailable",
-                "the key backend is unreachable; retry later",
-            )
+            retry_after: Some(secs),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
         }
     }
 

@@ -117,6 +117,8 @@ struct Shared<A> {
     builder: Builder<TokioExecutor>,
     graceful: GracefulShutdown,
     permits: Arc<Semaphore>,
+    // A connection with no request started and none running this long is closed.
+    idle: Duration,
     // Every connection task, so that the ones still open after the drain are aborted: a
     // stuck client must not keep the daemon (and its audit log) alive.
     conns: JoinSet<()>,
@@ -184,6 +186,7 @@ impl<A: PerConnection> Shared<A> {
             builder,
             graceful: GracefulShutdown::new(),
             permits: Arc::new(Semaphore::new(limits.max_connections)),
+            idle: limits.header_timeout,
             conns: JoinSet::new(),
         }
     }
@@ -195,14 +198,14 @@ impl<A: PerConnection> Shared<A> {
         &mut self,
         accept: impl Future<Output = Option<(IO, Peer)>> + Send + 'static,
         permit: tokio::sync::OwnedSemaphorePermit,
-        header_timeout: Duration,
     ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (app, builder, watcher) = (
+        let (app, builder, watcher, idle) = (
             self.app.clone(),
             self.builder.clone(),
             self.graceful.watcher(),
+            self.idle,
         );
         self.conns.spawn(async move {
             if let Some((io, peer)) = accept.await {
@@ -223,7 +226,7 @@ impl<A: PerConnection> Shared<A> {
                     tokio::select! {
                         biased;
                         _ = &mut conn => break,
-                        () = tokio::time::sleep(header_timeout) => {
+                        () = tokio::time::sleep(idle) => {
                             let started = activity.started.load(Ordering::Relaxed);
                             if started == seen && activity.in_flight.load(Ordering::Relaxed) == 0 {
                                 break;
@@ -286,11 +289,7 @@ pub async fn serve_tcp(
             ..Peer::default()
         };
         match &tls {
-            None => shared.spawn_conn(
-                std::future::ready(Some((stream, peer))),
-                permit,
-                limits.header_timeout,
-            ),
+            None => shared.spawn_conn(std::future::ready(Some((stream, peer))), permit),
             Some(acceptor) => {
                 let (acceptor, stopping) = (acceptor.clone(), shutdown.clone());
                 let handshake = async move {
@@ -317,7 +316,7 @@ pub async fn serve_tcp(
                         }
                     }
                 };
-                shared.spawn_conn(handshake, permit, limits.header_timeout);
+                shared.spawn_conn(handshake, permit);
             }
         }
     }
@@ -356,11 +355,7 @@ pub async fn serve_unix(
             remote: Some("unix".into()),
             ..Peer::default()
         };
-        shared.spawn_conn(
-            std::future::ready(Some((stream, peer))),
-            permit,
-            limits.header_timeout,
-        );
+        shared.spawn_conn(std::future::ready(Some((stream, peer))), permit);
     }
     shared.drain(&limits, name).await;
 }

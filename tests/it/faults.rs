@@ -212,17 +212,6 @@ async fn keys_that_cannot_sign_are_refused_and_reported() {
         })
         .collect();
     assert!(!keys.is_empty());
-    let restore = |path: &Path, bytes: &[u8]| {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
-            .unwrap();
-        std::io::Write::write_all(&mut file, bytes).unwrap();
-    };
     let not_ready = |d: &Daemon| {
         let url = format!("{}/readyz", d.jwks);
         async move {
@@ -265,7 +254,7 @@ async fn keys_that_cannot_sign_are_refused_and_reported() {
         );
         // Restored, a reload finds the keys again.
         for (k, bytes) in keys.iter().zip(saved) {
-            restore(k, &bytes);
+            write_secret(k, &bytes);
         }
         d.signal("HUP");
         eventually(
@@ -282,7 +271,7 @@ async fn keys_that_cannot_sign_are_refused_and_reported() {
     let kek = std::fs::read(data.join("kek")).unwrap();
     let mut other = kek.clone();
     other.iter_mut().for_each(|b| *b ^= 0x5a);
-    restore(&data.join("kek"), &other);
+    write_secret(&data.join("kek"), &other);
     let d = Daemon::spawn(config_path.clone(), &[]);
     assert_eq!(not_ready(&d).await, (503, json!(["default", "other"])));
     assert!(
@@ -295,7 +284,7 @@ async fn keys_that_cannot_sign_are_refused_and_reported() {
         assert_eq!(sign(&d, ks, &token, body.clone()).await.0, 503);
     }
     assert!(d.stop().success());
-    restore(&data.join("kek"), &kek);
+    write_secret(&data.join("kek"), &kek);
     let d = Daemon::spawn(config_path, &[]);
     assert_eq!(sign(&d, "default", &token, body).await.0, 200);
 }

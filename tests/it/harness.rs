@@ -35,8 +35,8 @@ pub fn private_dir() -> tempfile::TempDir {
 }
 
 /// Writes a 0600 file.
-pub fn write_secret(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
+pub fn write_secret(path: &Path, contents: impl AsRef<[u8]>) {
+    std::fs::write(path, contents).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
