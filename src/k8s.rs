@@ -277,6 +277,11 @@ impl Signer {
             result.is_ok(),
             started.elapsed(),
         );
+        if !keyset.still_publishes(&published, &signer.kid) {
+            return Err(Status::unavailable(
+                "the signing key was revoked while it signed; retry",
+            ));
+        }
         let sig = match result {
             Ok(sig) => sig,
             Err(e) if e.is_retryable() => {

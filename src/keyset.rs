@@ -95,6 +95,13 @@ impl KeySet {
         self.published.load_full()
     }
 
+    /// Whether key `kid` of `published` (a view taken earlier) is still in the JWKS: a key
+    /// revoked since is not, and tokens it signed would not verify.
+    pub fn still_publishes(&self, published: &Arc<Published>, kid: &str) -> bool {
+        let now = self.published.load();
+        Arc::ptr_eq(&now, published) || now.by_kid.contains_key(kid)
+    }
+
     /// Whether a key signs at `now`, it can be used, and the backend's last answer was a
     /// success.
     pub fn ready(&self, now: i64) -> bool {

@@ -371,6 +371,23 @@ async fn record(
     })
 }
 
+/// A key revoked while it signed is out of the JWKS: its tokens would not verify, so none
+/// may leave (503 `key_revoked`, whatever the backend answered).
+fn still_published(
+    keyset: &KeySet,
+    published: &Arc<Published>,
+    signer: &PublishedKey,
+) -> Result<(), ApiError> {
+    if keyset.still_publishes(published, &signer.kid) {
+        return Ok(());
+    }
+    Err(ApiError::retry_after(
+        1,
+        "key_revoked",
+        "the signing key was revoked while it signed; send the request again",
+    ))
+}
+
 /// Signs one request: policy, backend signature, audit line.
 async fn sign_one(
     state: &AppState,
@@ -382,7 +399,9 @@ async fn sign_one(
     let published = keyset.published();
     let signer = active_key(keyset, &published, now)?;
     let prepared = prepare(req, client, &keyset.config, now, &signer.kid, new_jti()?)?;
-    let sig = signature(state, keyset, &published, signer, &prepared).await?;
+    let sig = signature(state, keyset, &published, signer, &prepared).await;
+    still_published(keyset, &published, signer)?;
+    let sig = sig?;
     record(state, client, keyset, signer, now, prepared, &sig).await
 }
 
@@ -573,20 +592,9 @@ async fn sign_items(
                 Err(e) => *token = Err(e),
             }
         }
-        // A key revoked while the chunk was signed is out of the JWKS: its tokens would not
-        // verify. The batch fails (503) and the client asks again.
-        let now_published = keyset.published();
-        if !Arc::ptr_eq(&now_published, &published)
-            && !now_published.by_kid.contains_key(&signer.kid)
-        {
-            out.push((
-                first,
-                Err(ApiError::retry_after(
-                    1,
-                    "key_revoked",
-                    "the signing key was revoked during this batch; send it again",
-                )),
-            ));
+        // The batch fails (503) and the client asks again.
+        if let Err(e) = still_published(keyset, &published, signer) {
+            out.push((first, Err(e)));
             return out;
         }
         // Audit log: a token is returned only once its line is queued.
@@ -873,6 +881,7 @@ async fn revoke(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyturn_backend::{Algorithm, KeyBackend};
 
     fn signed(token: &str, kid: &str, jti: &str) -> Signed {
         Signed {
@@ -895,6 +904,176 @@ mod tests {
             s.write_json(&mut ours);
             assert_eq!(ours, serde_json::to_vec(&s).unwrap(), "{s:?}");
             assert!(ours.len() <= s.json_size() + 16, "{s:?}");
+        }
+    }
+
+    /// A backend that holds every signature until the test lets them through, counting
+    /// those that wait.
+    struct Held {
+        inner: keyturn_backend::memory::MemoryBackend,
+        waiting: tokio::sync::Semaphore,
+        released: tokio::sync::Semaphore,
+    }
+
+    #[async_trait::async_trait]
+    impl KeyBackend for Held {
+        fn kind(&self) -> &'static str {
+            "held"
+        }
+        fn supports(&self, alg: Algorithm) -> bool {
+            self.inner.supports(alg)
+        }
+        async fn create_key(
+            &self,
+            name: &str,
+            key_type: keyturn_backend::KeyType,
+        ) -> Result<keyturn_backend::PublicKey, BackendError> {
+            self.inner.create_key(name, key_type).await
+        }
+        async fn public_key(&self, name: &str) -> Result<keyturn_backend::PublicKey, BackendError> {
+            self.inner.public_key(name).await
+        }
+        async fn sign(
+            &self,
+            name: &str,
+            alg: Algorithm,
+            message: &[u8],
+        ) -> Result<Vec<u8>, BackendError> {
+            self.waiting.add_permits(1);
+            // Never closed: the permit comes once the test releases it.
+            let _ = self.released.acquire().await.map(|p| p.forget());
+            self.inner.sign(name, alg, message).await
+        }
+        async fn destroy(&self, name: &str) -> Result<(), BackendError> {
+            self.inner.destroy(name).await
+        }
+        async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
+            self.inner.list_keys(prefix).await
+        }
+        async fn load_state(
+            &self,
+            keyset: &str,
+        ) -> Result<Option<keyturn_backend::StateBlob>, BackendError> {
+            self.inner.load_state(keyset).await
+        }
+        async fn store_state(
+            &self,
+            keyset: &str,
+            data: &[u8],
+            expected: Option<u64>,
+        ) -> Result<u64, BackendError> {
+            self.inner.store_state(keyset, data, expected).await
+        }
+    }
+
+    /// `POST /v1/keysets/default/{route}` with `body` on an in-process router, whose
+    /// backend holds the signatures until `held` of them wait; `meanwhile` runs then, and
+    /// they go through. Returns the response's status and body, and the sign lines in the
+    /// audit log.
+    async fn held_signatures(
+        route: &str,
+        body: serde_json::Value,
+        held: u32,
+        meanwhile: impl AsyncFnOnce(&KeySet, i64),
+    ) -> (StatusCode, serde_json::Value, usize) {
+        use crate::config::{Config, Env};
+        use tower::ServiceExt;
+        const TOKEN: &str = "kt_held_batch_test_token";
+        let hash: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, TOKEN.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let config = Config::parse(
+            &format!(
+                r#"
+                [[keyset]]
+                name = "default"
+                issuer = "https://issuer.test"
+                algorithm = "ES256"
+                rotate_every = "24h"
+                max_token_ttl = "10m"
+
+                [[client]]
+                name = "issuer"
+                token_sha256 = "{hash}"
+                keysets = ["default"]
+                "#
+            ),
+            Env::default(),
+        )
+        .unwrap();
+        let backend = Arc::new(Held {
+            inner: keyturn_backend::memory::MemoryBackend::new(),
+            waiting: tokio::sync::Semaphore::new(0),
+            released: tokio::sync::Semaphore::new(0),
+        });
+        let now = 1_700_000_000;
+        let keyset = KeySet::open(config.keysets[0].clone(), backend.clone())
+            .await
+            .unwrap();
+        keyset.tick(now).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit.log");
+        let (audit, writer) = crate::audit::Audit::open(&log).unwrap();
+        let state = Arc::new(AppState {
+            keysets: arc_swap::ArcSwap::from_pointee(crate::app::KeySets::new(
+                vec![keyset.clone()],
+            )),
+            clients: arc_swap::ArcSwap::from_pointee(config.clients),
+            clock: Arc::new(crate::clock::SimClock::new(now)),
+            audit,
+            metrics: Arc::default(),
+            limits: crate::http::serve::Limits::default(),
+        });
+        let mut request = Request::post(format!("/v1/keysets/default/{route}"))
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        request.extensions_mut().insert(Arc::new(Peer::default()));
+        let response = tokio::spawn(router(state.clone()).oneshot(request));
+        let all = backend.waiting.acquire_many(held).await.unwrap();
+        all.forget();
+        meanwhile(&keyset, now).await;
+        backend.released.add_permits(held as usize);
+        let response = response.await.unwrap().unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        drop(state);
+        drop(keyset);
+        writer.finish();
+        let signed = std::fs::read_to_string(&log)
+            .unwrap()
+            .matches("\"event\":\"sign\"")
+            .count();
+        (status, serde_json::from_slice(&body).unwrap(), signed)
+    }
+
+    /// A key revoked while it signs is out of the JWKS: the tokens would not verify, so
+    /// none is returned or audited, for one token or a batch (whose 16 items are 16 tasks
+    /// of one, all in the backend at once).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_revoked_while_it_signs_gives_no_token() {
+        let item = serde_json::json!({"claims": {"sub": "user:1"}});
+        let batch = serde_json::json!({"requests": vec![item.clone(); 16]});
+        let revoke = async |keyset: &KeySet, now| {
+            let active = keyset.published().signer(now).unwrap().kid.clone();
+            keyset.revoke(&active, now).await.unwrap();
+            assert!(!keyset.published().by_kid.contains_key(&active));
+        };
+        for (route, body, held) in [("sign", item, 1), ("sign-batch", batch, 16)] {
+            // As a control, nothing in between: every token returned and audited.
+            let (status, answer, signed) =
+                held_signatures(route, body.clone(), held, async |_, _| {}).await;
+            assert_eq!(status, StatusCode::OK, "{route}: {answer}");
+            assert_eq!(signed, held as usize, "{route}");
+            let (status, answer, signed) = held_signatures(route, body, held, revoke).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{route}: {answer}");
+            assert_eq!(answer["error"]["code"], "key_revoked", "{route}");
+            assert_eq!(signed, 0, "{route}");
         }
     }
 
