@@ -119,6 +119,9 @@ async fn open_keysets(
         let keyset = loop {
             let attempt = async {
                 let keyset = KeySet::open(ks.clone(), backend.clone()).await?;
+                if let Some(running) = reuse.and_then(|r| r.get(&ks.name)) {
+                    refuse_a_fresh_start(running, &keyset)?;
+                }
                 keyset.recheck_keys(clock.now()).await?;
                 let events = keyset.tick(clock.now()).await?;
                 Ok::<_, crate::lifecycle::LifecycleError>((keyset, events))
@@ -147,6 +150,27 @@ async fn open_keysets(
         list.push(keyset);
     }
     Ok(list)
+}
+
+/// A reload that changes where a key set's state lives (another backend, directory, mount,
+/// table) must not start it over: the new place holds no keys, bootstrap would make a new
+/// one active at once, and every published key would leave the JWKS, breaking their
+/// tokens.
+fn refuse_a_fresh_start(
+    running: &KeySet,
+    reopened: &KeySet,
+) -> Result<(), crate::lifecycle::LifecycleError> {
+    let published = running.published().doc.published().count();
+    if published == 0 || !reopened.published().doc.keys.is_empty() {
+        return Ok(());
+    }
+    Err(crate::lifecycle::LifecycleError::Refused(format!(
+        "its backend as now configured holds no keys or history for it, while the running key \
+         set publishes {published} key(s): starting over would take them out of the JWKS at \
+         once and break every token they signed. Point it at the backend that holds them, or \
+         set the new backend up under a new key set name and remove this one once its tokens \
+         have expired"
+    )))
 }
 
 fn bind_unix(path: &PathBuf) -> anyhow::Result<UnixListener> {

@@ -827,10 +827,26 @@ impl RawClient {
         if max_ttl == Some(0) {
             return Err(invalid(format!("{ctx}: max_ttl must be above zero")));
         }
-        for claim in &self.allowed_claims {
-            if crate::policy::RESERVED_CLAIMS.contains(&claim.as_str()) {
+        for (list, claims) in [
+            ("allowed_claims", &self.allowed_claims),
+            ("forbidden_claims", &self.forbidden_claims),
+        ] {
+            for claim in claims {
+                if crate::policy::RESERVED_CLAIMS.contains(&claim.as_str()) {
+                    return Err(invalid(format!(
+                        "{ctx}: {list} lists {claim:?}, which keyturn always sets itself; remove it"
+                    )));
+                }
+                // Governed by their own settings (and always allowed): forbidding one here
+                // would do nothing.
+                let own = match claim.as_str() {
+                    "iss" if list == "forbidden_claims" => "the key set's `issuer`",
+                    "sub" if list == "forbidden_claims" => "`subject_pattern`",
+                    "aud" if list == "forbidden_claims" => "`audiences`",
+                    _ => continue,
+                };
                 return Err(invalid(format!(
-                    "{ctx}: allowed_claims lists {claim:?}, which keyturn always sets itself; remove it"
+                    "{ctx}: {list} lists {claim:?}, which {own} governs; remove it and use that"
                 )));
             }
         }
@@ -1066,6 +1082,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("always sets"), "{err}");
+        for (line, says) in [
+            ("forbidden_claims = [\"jti\"]", "always sets"),
+            ("forbidden_claims = [\"sub\"]", "subject_pattern"),
+            ("forbidden_claims = [\"role\", \"aud\"]", "audiences"),
+            ("forbidden_claims = [\"iss\"]", "issuer"),
+        ] {
+            let err = client(&format!("unix_uid = 1\n{line}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{line}: {err}");
+        }
         // One token, two clients: refused (the first would silently win).
         let two = format!(
             "{MINIMAL}\n[[client]]\nname = \"a\"\nkeysets = [\"default\"]\ntoken_sha256 = \"{hex}\"\n\

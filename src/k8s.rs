@@ -130,6 +130,12 @@ pub fn check_claims(
     let claims: Map<String, Value> = serde_json::from_slice(&json).map_err(|e| {
         Status::invalid_argument(format!("claims does not decode to a JSON object: {e}"))
     })?;
+    // A name given twice would be read one way here and maybe another by a verifier.
+    if !crate::policy::is_strict_json(&json) {
+        return Err(Status::invalid_argument(
+            "claims give a name twice (in some object); give each name once",
+        ));
+    }
     let timing = &config.timing;
     match claims.get("iss") {
         Some(Value::String(iss)) if *iss == config.issuer => {}
@@ -665,6 +671,17 @@ mod tests {
         assert_eq!(code, Code::InvalidArgument);
         assert!(msg.contains("JSON object"), "{msg}");
         assert_eq!(refused(&B64.encode("[1,2]")).0, Code::InvalidArgument);
+        // A name twice, at the top or nested: which one counts would differ by verifier.
+        let good = kube_claims(NOW, NOW + 600).to_string();
+        for twice in [
+            good.replacen("{", &format!("{{\"exp\":{},", NOW + 99_999), 1),
+            good.replacen("\"uid\":\"u\"", "\"uid\":\"u\",\"uid\":\"v\"", 1),
+        ] {
+            assert!(serde_json::from_str::<Value>(&twice).is_ok(), "{twice}");
+            let (code, msg) = refused(&B64.encode(&twice));
+            assert_eq!(code, Code::InvalidArgument, "{twice}");
+            assert!(msg.contains("twice"), "{msg}");
+        }
         assert_eq!(
             refused(&"A".repeat(MAX_CLAIMS + 4)).0,
             Code::InvalidArgument

@@ -71,6 +71,11 @@ pub struct KeyRecord {
     /// When the backend key was destroyed (or scheduled for deletion).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destroyed_at: Option<i64>,
+    /// The longest retention (seconds) of any config under which it could sign: tokens it
+    /// signed may need it in the JWKS that long after it retires, even once a reload, a
+    /// restart or another replica runs a config with a shorter `max_token_ttl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain: Option<i64>,
 }
 
 /// A key's state at an instant.
@@ -160,9 +165,22 @@ impl KeySetDoc {
         }
     }
 
-    /// When key `i` leaves the JWKS, if that is already determined.
+    /// When key `i` leaves the JWKS, if that is already determined: its retention after it
+    /// retired, the longer of the current config's and the one recorded with it.
     pub fn remove_at(&self, i: usize, now: i64, timing: &Timing) -> Option<i64> {
-        self.retired_at(i, now).map(|t| t + timing.retention())
+        let retention = timing.retention().max(self.keys[i].retain.unwrap_or(0));
+        self.retired_at(i, now).map(|t| t.saturating_add(retention))
+    }
+
+    /// Keys that may still sign (not ended, not retired at `now`) whose recorded retention
+    /// is shorter than `retention`.
+    fn retain_short(&self, now: i64, retention: i64) -> impl Iterator<Item = usize> + '_ {
+        (0..self.keys.len()).filter(move |&i| {
+            let k = &self.keys[i];
+            !k.is_ended()
+                && k.retain.is_none_or(|r| r < retention)
+                && self.retired_at(i, now).is_none()
+        })
     }
 
     /// The published keys, in document order.
@@ -207,10 +225,16 @@ pub enum Step {
     Destroy(String),
     /// Drop the oldest ended records beyond the history limit (a write).
     Forget,
+    /// Record the current retention with every key that may still sign, before any token
+    /// is signed under it (a write).
+    Retain,
 }
 
 /// The next step for `doc` at `now`, or `None` when the key set is in order.
 pub fn plan(doc: &KeySetDoc, now: i64, timing: &Timing) -> Option<Step> {
+    if doc.retain_short(now, timing.retention()).next().is_some() {
+        return Some(Step::Retain);
+    }
     if let Some(k) = doc
         .keys
         .iter()
@@ -379,7 +403,10 @@ impl Engine {
     async fn write(&mut self, mut doc: KeySetDoc, now: i64) -> Result<(), LifecycleError> {
         if doc.published_kids() != self.doc.published_kids() {
             doc.jwks_version = self.doc.jwks_version + 1;
-            doc.jwks_changed_at = now;
+            // Strictly later than the last change: `Last-Modified` counts seconds, and a
+            // client that sends only `If-Modified-Since` must see a second change within
+            // the same second.
+            doc.jwks_changed_at = now.max(self.doc.jwks_changed_at.saturating_add(1));
         }
         let bytes = serde_json::to_vec(&doc).map_err(|e| LifecycleError::Corrupt {
             keyset: self.keyset.clone(),
@@ -459,7 +486,15 @@ impl Engine {
                     removed_at: None,
                     revoked_at: None,
                     destroyed_at: None,
+                    retain: Some(self.timing.retention()),
                 });
+                None
+            }
+            Step::Retain => {
+                let retention = self.timing.retention();
+                for i in doc.retain_short(now, retention).collect::<Vec<_>>() {
+                    doc.keys[i].retain = Some(retention);
+                }
                 None
             }
             Step::Publish(name) => {

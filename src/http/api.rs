@@ -680,8 +680,16 @@ async fn sign_batch(
         }
     }
     // Every index below n was taken by exactly one task, which returned its result: no
-    // slot is empty once every task has finished without a 503.
-    let results: Vec<BatchItem> = slots.into_iter().flatten().collect();
+    // slot is empty once every task has finished without a 503. Were one empty, the
+    // results would no longer line up with the items: no token leaves.
+    let Some(results) = slots.into_iter().collect::<Option<Vec<BatchItem>>>() else {
+        tracing::error!(keyset = %keyset.name(), "a batch item got no result");
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        ));
+    };
     Ok(batch_response(&results))
 }
 

@@ -247,6 +247,106 @@ async fn downtime_leads_to_one_catch_up_rotation() {
     assert!(after.contains(&(resume + lead + HOUR)));
 }
 
+/// Shortening `max_token_ttl` (a reload, a restart, a replica with another config) does not
+/// shorten the time a key that signed under the longer one stays published: its tokens
+/// still verify to the end. A key that only signs under the shorter one gets the shorter
+/// retention. Lengthening takes effect at once, even if it is shortened again before the
+/// key retires.
+#[tokio::test]
+async fn a_shorter_max_token_ttl_keeps_the_keys_that_signed_under_the_longer_one() {
+    // max_token_ttl 24h: retention 24h + 60s skew + 60s drift.
+    let long = Timing::new(24 * HOUR, 300, 60, false);
+    let backend: Arc<dyn KeyBackend> = Arc::new(MemoryBackend::new());
+    let open = |timing: Timing| {
+        let backend = backend.clone();
+        async move {
+            Engine::load(
+                "ks",
+                timing,
+                Schedule::Every(HOUR),
+                KeyType::EcP256,
+                backend,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let mut e = open(long).await;
+    e.tick(T0).await.unwrap();
+    let first = e.doc().active(T0).unwrap();
+    let first_kid = e.doc().keys[first].kid.clone().unwrap();
+    // A token signed just before the first key retires (T0 + 1h) lives 24h.
+    let retires = T0 + HOUR;
+    let token_exp = retires + 24 * HOUR;
+    // Now the config says 15m (the same backend, as after a reload or restart).
+    let mut e = open(timing()).await;
+    let mut now = T0 + 60;
+    while now <= token_exp + timing().retention() {
+        e.tick(now).await.unwrap();
+        let published = e
+            .doc()
+            .published()
+            .any(|k| k.kid.as_deref() == Some(first_kid.as_str()));
+        if now <= token_exp {
+            assert!(
+                published,
+                "the first key left the JWKS at {} before its last token expired at {token_exp}",
+                now - T0
+            );
+        }
+        now += 300;
+    }
+    assert!(
+        !e.doc()
+            .published()
+            .any(|k| k.kid.as_deref() == Some(first_kid.as_str())),
+        "the first key leaves once its retention has passed"
+    );
+    // Keys made under the 15m config leave 16m after they retire.
+    let short = e
+        .doc()
+        .keys
+        .iter()
+        .position(|k| k.created_at > T0 + 2 * HOUR && k.removed_at.is_some())
+        .expect("a key made under the short config was removed");
+    let retired = e.doc().retired_at(short, now).unwrap();
+    let kept = e.doc().keys[short].removed_at.unwrap() - retired;
+    let retention = timing().retention();
+    // Ticks every 300 s: removed at the first tick from retired + retention on.
+    assert!(
+        (retention..retention + 300).contains(&kept),
+        "kept {kept}s after retiring, retention {retention}s"
+    );
+
+    // Lengthened, then shortened again before the active key retires: the key that was
+    // active under 24h keeps 24h.
+    let mut e = open(long).await;
+    e.tick(now).await.unwrap();
+    let active = e.doc().active(now).unwrap();
+    let kid = e.doc().keys[active].kid.clone().unwrap();
+    let mut e = open(timing()).await;
+    let retires = e
+        .doc()
+        .keys
+        .iter()
+        .filter_map(|k| k.activate_at)
+        .filter(|t| *t > now)
+        .min()
+        .unwrap();
+    let mut t = now;
+    while t < retires + 24 * HOUR {
+        e.tick(t).await.unwrap();
+        assert!(
+            e.doc()
+                .published()
+                .any(|k| k.kid.as_deref() == Some(kid.as_str())),
+            "a key active under the 24h config left the JWKS {}s after it retired",
+            t - retires
+        );
+        t += 300;
+    }
+}
+
 /// Revoke: out of the JWKS at once, a new key active at once, exactly one active after.
 #[tokio::test]
 async fn revoke_takes_the_key_out_and_activates_another() {
@@ -279,6 +379,24 @@ async fn revoke_takes_the_key_out_and_activates_another() {
         e.revoke("nope", now).await,
         Err(LifecycleError::UnknownKid(_))
     ));
+}
+
+/// `Last-Modified` counts seconds: two JWKS changes within one second still give two
+/// different times, so a client sending only `If-Modified-Since` sees the second.
+#[tokio::test]
+async fn jwks_changes_within_one_second_get_later_times() {
+    let backend: Arc<dyn KeyBackend> = Arc::new(MemoryBackend::new());
+    let mut e = engine(backend, Schedule::Every(HOUR)).await;
+    e.tick(T0).await.unwrap();
+    let first = (e.doc().jwks_version, e.doc().jwks_changed_at);
+    let active = e.doc().keys[e.doc().active(T0).unwrap()]
+        .kid
+        .clone()
+        .unwrap();
+    e.revoke(&active, T0).await.unwrap();
+    let second = (e.doc().jwks_version, e.doc().jwks_changed_at);
+    assert!(second.0 > first.0, "{first:?} {second:?}");
+    assert!(second.1 > first.1, "{first:?} {second:?}");
 }
 
 /// Rotate now waits for the publish lead of the pending key, then activates it.

@@ -228,6 +228,46 @@ fn log_lines_with(d: &Daemon, needle: &str) -> Vec<String> {
         .collect()
 }
 
+/// A reload that points a key set at a backend holding none of its keys (here another key
+/// directory) is refused: it would start the key set over, and its published keys would
+/// leave the JWKS at once.
+#[tokio::test]
+async fn sighup_refuses_to_start_a_key_set_over_on_an_empty_backend() {
+    let dir = private_dir();
+    let (alpha, alpha_token) = token_client("alpha", &["default"], "");
+    let base = server_toml(dir.path());
+    let d = Daemon::start(
+        dir.path(),
+        &(base.clone() + &keyset_toml("default", "ES256", "") + &alpha),
+    );
+    let before = kids(&jwks(&d, "default").await);
+    let elsewhere = dir.path().join("elsewhere");
+    let moved = keyset_toml(
+        "default",
+        "ES256",
+        &format!(
+            "backend = {{ type = \"file\", dir = \"{}\" }}",
+            elsewhere.display()
+        ),
+    );
+    std::fs::write(&d.config_path, base + &moved + &alpha).unwrap();
+    d.signal("HUP");
+    crate::harness::eventually(Duration::from_secs(30), "reload refused", || async {
+        !log_lines_with(&d, "reload refused").is_empty()
+    })
+    .await;
+    let refused = log_lines_with(&d, "reload refused").join("\n");
+    assert!(refused.contains("holds no keys"), "{refused}");
+    assert_eq!(kids(&jwks(&d, "default").await), before);
+    signs_and_verifies(&d, "default", &alpha_token).await;
+    // Nothing was written there: the key set was not started over.
+    assert!(
+        !elsewhere.join("default.state").exists(),
+        "a lifecycle document was written in the new directory"
+    );
+    assert!(d.stop().success());
+}
+
 #[tokio::test]
 async fn sighup_applies_a_new_config_on_the_same_listeners_and_refuses_an_invalid_one() {
     let dir = private_dir();
