@@ -279,6 +279,13 @@ pub async fn run_with_backends(
             .await
             .with_context(|| format!("cannot bind api_listen {addr}"))?;
         api_addr = Some(listener.local_addr()?);
+        if tls.is_none() && !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "api_listen is reachable from other hosts without TLS: bearer tokens and \
+                 tokens cross the network in clear; set [server.tls] or listen on loopback"
+            );
+        }
         tasks.spawn(serve_tcp(
             listener,
             tls,

@@ -352,6 +352,21 @@ pub enum ClientAuth {
     Tls(String),
 }
 
+impl ClientAuth {
+    /// Whether one caller could match both.
+    fn overlaps(&self, other: &ClientAuth) -> bool {
+        let either = |a: Option<u32>, b: Option<u32>| a.is_none() || b.is_none() || a == b;
+        match (self, other) {
+            (ClientAuth::Token(a), ClientAuth::Token(b)) => a == b,
+            (ClientAuth::Tls(a), ClientAuth::Tls(b)) => a == b,
+            (ClientAuth::Unix { uid: u1, gid: g1 }, ClientAuth::Unix { uid: u2, gid: g2 }) => {
+                either(*u1, *u2) && either(*g1, *g2)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// One `[[client]]`, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientConfig {
@@ -621,21 +636,27 @@ impl RawConfig {
             }
             clients.push(raw.validate(&keysets, &env)?);
         }
-        // A token names one client: with two, the first would silently win.
+        // A caller is one client: with two that match it, the first would silently win.
         for (i, client) in clients.iter().enumerate() {
-            let ClientAuth::Token(hash) = &client.auth else {
+            let Some(other) = clients[..i].iter().find(|o| o.auth.overlaps(&client.auth)) else {
                 continue;
             };
-            if let Some(other) = clients[..i]
-                .iter()
-                .find(|o| matches!(&o.auth, ClientAuth::Token(h) if h == hash))
-            {
-                return Err(invalid(format!(
-                    "clients {:?} and {:?} have the same token: give each client its own \
-                     (`keyturn client-token`)",
-                    other.name, client.name
-                )));
-            }
+            let how = match &client.auth {
+                ClientAuth::Token(_) => {
+                    "have the same token: give each client its own (`keyturn client-token`)"
+                }
+                ClientAuth::Tls(_) => {
+                    "accept the same certificate subject: give each client its own certificate"
+                }
+                ClientAuth::Unix { .. } => {
+                    "match the same Unix caller (a uid or gid left out matches any): make \
+                     their unix_uid/unix_gid pairs tell every caller apart"
+                }
+            };
+            return Err(invalid(format!(
+                "clients {:?} and {:?} {how}",
+                other.name, client.name
+            )));
         }
         Ok(Config {
             server,
@@ -1100,6 +1121,30 @@ mod tests {
         );
         let err = parse(&two).unwrap_err().to_string();
         assert!(err.contains("same token"), "{err}");
+        // One certificate subject or one Unix caller, two clients: refused too.
+        let pair = |a: &str, b: &str| {
+            parse(&format!(
+                "{MINIMAL}\n[[client]]\nname = \"a\"\nkeysets = [\"default\"]\n{a}\n\
+                 [[client]]\nname = \"b\"\nkeysets = [\"default\"]\n{b}\nadmin = true"
+            ))
+        };
+        for (a, b, says) in [
+            (
+                "unix_uid = 1000",
+                "unix_uid = 1000\nunix_gid = 50",
+                "same Unix caller",
+            ),
+            ("unix_gid = 50", "unix_uid = 1000", "same Unix caller"),
+        ] {
+            let err = pair(a, b).unwrap_err().to_string();
+            assert!(err.contains(says), "{a} / {b}: {err}");
+        }
+        pair("unix_uid = 1000", "unix_uid = 1001").unwrap();
+        pair(
+            "unix_uid = 1000\nunix_gid = 50",
+            "unix_uid = 1000\nunix_gid = 51",
+        )
+        .unwrap();
         assert!(parse(&two.replace(
             &format!("\"{hex}\"\nadmin"),
             &format!("\"{}\"\nadmin", "b".repeat(64))

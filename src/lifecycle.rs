@@ -403,10 +403,7 @@ impl Engine {
     async fn write(&mut self, mut doc: KeySetDoc, now: i64) -> Result<(), LifecycleError> {
         if doc.published_kids() != self.doc.published_kids() {
             doc.jwks_version = self.doc.jwks_version + 1;
-            // Strictly later than the last change: `Last-Modified` counts seconds, and a
-            // client that sends only `If-Modified-Since` must see a second change within
-            // the same second.
-            doc.jwks_changed_at = now.max(self.doc.jwks_changed_at.saturating_add(1));
+            doc.jwks_changed_at = now;
         }
         let bytes = serde_json::to_vec(&doc).map_err(|e| LifecycleError::Corrupt {
             keyset: self.keyset.clone(),

@@ -17,6 +17,7 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
 /// What the listener answers with.
 pub type Response = http::Response<Full<Bytes>>;
@@ -118,8 +119,10 @@ fn answer(state: &AppState, method: &Method, path: &str, req: &HeaderMap) -> Res
             "method_not_allowed",
             "this path is read-only: use GET or HEAD",
         )),
-        Route::Jwks(name) => published(state, name).map(|p| respond(req, &p, &p.jwks)),
-        Route::Discovery(name) => published(state, name).map(|p| respond(req, &p, &p.discovery)),
+        Route::Jwks(name) => published(state, name).map(|p| respond(state, req, &p, &p.jwks)),
+        Route::Discovery(name) => {
+            published(state, name).map(|p| respond(state, req, &p, &p.discovery))
+        }
         Route::Jwk(name, kid) => jwk(state, req, name, kid),
         Route::Healthz => return plain(StatusCode::OK, TEXT, Bytes::from_static(b"ok\n")),
         Route::Readyz => return readyz(state),
@@ -210,11 +213,11 @@ fn jwk(state: &AppState, req: &HeaderMap, name: &str, kid: &str) -> Result<Respo
             "no published key with that kid in this key set",
         )
     })?;
-    Ok(respond(req, &p, served))
+    Ok(respond(state, req, &p, served))
 }
 
 /// A conditional response over a pre-serialized body and its pre-built headers.
-fn respond(req: &HeaderMap, p: &Published, served: &Served) -> Response {
+fn respond(state: &AppState, req: &HeaderMap, p: &Published, served: &Served) -> Response {
     let fresh = match req.get(header::IF_NONE_MATCH) {
         Some(inm) => etag_matches(inm, &served.etag),
         None => req
@@ -231,7 +234,28 @@ fn respond(req: &HeaderMap, p: &Published, served: &Served) -> Response {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     *response.headers_mut() = headers.clone();
+    let changed = p.doc.jwks_changed_at;
+    let dated = last_modified(changed, state.clock.now());
+    if dated != changed {
+        let at = UNIX_EPOCH + Duration::from_secs(dated.max(0).unsigned_abs());
+        if let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
+            response.headers_mut().insert(header::LAST_MODIFIED, value);
+        }
+    }
     response
+}
+
+/// The `Last-Modified` to send at `now` for a set that changed at `changed` (seconds).
+/// Dates count whole seconds: a set that changed during this second may change again
+/// within it, under the same date, and a client holding the first would take it for the
+/// second. Dated a second earlier until its second is over, it is not: the client's
+/// `If-Modified-Since` then asks once more (and gets this set again).
+fn last_modified(changed: i64, now: i64) -> i64 {
+    if changed >= now {
+        changed.saturating_sub(1)
+    } else {
+        changed
+    }
 }
 
 /// RFC 9110 section 13.1.2: `*`, or any listed tag equal to ours (weak comparison).
@@ -312,6 +336,16 @@ mod tests {
         ] {
             assert_eq!(Route::of(path), route, "{path}");
         }
+    }
+
+    #[test]
+    fn a_set_is_dated_a_second_early_during_the_second_it_changed() {
+        const T: i64 = 1_800_000_000;
+        // Changed during this second: a second change within it would share the date.
+        assert_eq!(last_modified(T, T), T - 1);
+        // A later second: its own date, so If-Modified-Since with it gets 304.
+        assert_eq!(last_modified(T, T + 1), T);
+        assert_eq!(last_modified(T, T + 3600), T);
     }
 
     #[test]

@@ -296,6 +296,23 @@ async fn sign_batch_checks_each_item_and_keeps_their_order() {
     }
 }
 
+/// An API listener that other hosts can reach without TLS is a warning at start (bearer
+/// tokens would cross the network in clear); a loopback one is not.
+#[tokio::test]
+async fn a_cleartext_api_listener_off_loopback_is_warned_about() {
+    for (listen, warned) in [("127.0.0.1:0", false), ("0.0.0.0:0", true)] {
+        let dir = private_dir();
+        let config = server_toml(dir.path()).replace(
+            "api_listen = \"127.0.0.1:0\"",
+            &format!("api_listen = \"{listen}\""),
+        ) + &keyset_toml("default", "ES256", "");
+        let d = Daemon::start(dir.path(), &config);
+        let log = d.log_text();
+        assert_eq!(log.contains("in clear"), warned, "{listen}: {log}");
+        assert!(d.stop().success());
+    }
+}
+
 #[tokio::test]
 async fn bad_input_gets_a_clear_4xx_and_never_a_signature() {
     let dir = private_dir();
