@@ -268,6 +268,11 @@ impl Signer {
                 "the key set's signing key cannot be used; an operator must restore it",
             ));
         }
+        if !keyset.in_sync(now) {
+            return Err(Status::unavailable(
+                "the key set's shared state could not be read lately; retry shortly",
+            ));
+        }
         let signer = published.signer(now).ok_or_else(|| {
             Status::unavailable("the key set has no active key yet; retry shortly")
         })?;

@@ -35,6 +35,8 @@ pub struct KeySet {
     unsigned_since: AtomicI64,
     // The longest retention of the settings this key set had before a reload changed them.
     retention_floor: AtomicI64,
+    // When a tick last read the shared state (backends shared by replicas only).
+    synced_at: AtomicI64,
     wake: Notify,
     // Cancelled when a reload replaces or drops this key set.
     stopped: CancellationToken,
@@ -75,6 +77,7 @@ impl KeySet {
             keys_ok: AtomicBool::new(true),
             unsigned_since: AtomicI64::new(i64::MAX),
             retention_floor: AtomicI64::new(0),
+            synced_at: AtomicI64::new(i64::MIN),
             wake: Notify::new(),
             stopped: CancellationToken::new(),
         }))
@@ -102,10 +105,28 @@ impl KeySet {
         Arc::ptr_eq(&now, published) || now.by_kid.contains_key(kid)
     }
 
-    /// Whether a key signs at `now`, it can be used, and the backend's last answer was a
-    /// success.
+    /// Whether a key signs at `now`, it can be used, the backend's last answer was a
+    /// success, and the shared state was read recently enough.
     pub fn ready(&self, now: i64) -> bool {
-        self.keys_usable() && self.backend_ok() && self.published().signer(now).is_some()
+        self.keys_usable()
+            && self.backend_ok()
+            && self.in_sync(now)
+            && self.published().signer(now).is_some()
+    }
+
+    /// Whether this replica's view of the shared state is recent (always, on a backend no
+    /// other replica shares). Reads come every half of the sync delay that the publish lead
+    /// and the retention allow for; a view older than that delay plus one more read and two
+    /// seconds (times are whole seconds, reads take time) means reads are failing, and
+    /// another replica may have published, rotated or revoked without this one knowing: it
+    /// must not sign (and is not ready) until a read succeeds again.
+    pub fn in_sync(&self, now: i64) -> bool {
+        let timing = &self.config.timing;
+        let Some(poll) = timing.poll_interval() else {
+            return true;
+        };
+        let age = now.saturating_sub(self.synced_at.load(Ordering::Relaxed));
+        age <= timing.sync_delay + poll + 2
     }
 
     /// Whether the active and next key could be used when last checked ([`Self::recheck_keys`]).
@@ -173,7 +194,10 @@ impl KeySet {
         .await;
         self.republish(&engine);
         match &result {
-            Ok(_) => self.note_backend(true),
+            Ok(_) => {
+                self.synced_at.fetch_max(now, Ordering::Relaxed);
+                self.note_backend(true)
+            }
             // Any backend failure, transient or not (a read-only or full disk), means the
             // key set cannot be kept in order: not ready until a tick succeeds again.
             Err(LifecycleError::Backend(_) | LifecycleError::Contention(_)) => {
@@ -317,8 +341,10 @@ impl KeySet {
                     (self.next_wake(now).await - now).max(1)
                 }
                 Err(e) => {
-                    tracing::warn!(keyset = %self.name(), error = %e, retry_in_s = backoff, "key set maintenance failed");
-                    let wait = backoff;
+                    // Shared state is read again at the poll interval at the latest.
+                    let poll = self.config.timing.poll_interval().unwrap_or(MAX_IDLE);
+                    let wait = backoff.min(poll);
+                    tracing::warn!(keyset = %self.name(), error = %e, retry_in_s = wait, "key set maintenance failed");
                     backoff = (backoff * 2).min(MAX_IDLE);
                     wait
                 }
@@ -331,5 +357,62 @@ impl KeySet {
                 () = tokio::time::sleep(wait) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Env};
+    use crate::testing::Rigged;
+    use crate::timing::Timing;
+
+    /// On a backend shared by replicas, a key set whose reads of the shared state fail
+    /// stops signing (and is not ready) once its view is older than the sync delay plus one
+    /// read and rounding; a good read brings it back.
+    #[tokio::test]
+    async fn a_replica_that_cannot_read_the_shared_state_stops_after_the_sync_delay() {
+        let mut config = Config::parse(
+            r#"
+            [[keyset]]
+            name = "default"
+            issuer = "https://issuer.test"
+            algorithm = "ES256"
+            rotate_every = "24h"
+            max_token_ttl = "10m"
+            jwks_max_age = "5m"
+            "#,
+            Env::default(),
+        )
+        .unwrap()
+        .keysets[0]
+            .clone();
+        assert_eq!(config.timing.sync_delay, 0, "a file backend is not shared");
+        config.timing = Timing::new(600, 300, 60, true);
+        assert_eq!(config.timing.sync_delay, 30);
+        assert_eq!(config.timing.poll_interval(), Some(15));
+        let backend = Arc::new(Rigged {
+            shared: true,
+            ..Default::default()
+        });
+        let keyset = KeySet::open(config, backend.clone()).await.unwrap();
+        let t0 = 1_700_000_000;
+        keyset.tick(t0).await.unwrap();
+        // Stale beyond the delay (30 s), one read (15 s) and two seconds of rounding.
+        assert!(keyset.ready(t0 + 47));
+        assert!(!keyset.in_sync(t0 + 48), "no read for too long");
+        keyset.tick(t0 + 15).await.unwrap();
+        assert!(keyset.in_sync(t0 + 62));
+        backend.fail_reads.store(true, Ordering::Relaxed);
+        assert!(keyset.tick(t0 + 30).await.is_err());
+        assert!(
+            keyset.in_sync(t0 + 62),
+            "within reach of the last good read"
+        );
+        assert!(!keyset.in_sync(t0 + 63));
+        assert!(!keyset.ready(t0 + 63));
+        backend.fail_reads.store(false, Ordering::Relaxed);
+        keyset.tick(t0 + 70).await.unwrap();
+        assert!(keyset.ready(t0 + 70));
     }
 }

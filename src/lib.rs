@@ -29,6 +29,8 @@ pub mod notify;
 pub mod policy;
 pub mod secret;
 pub mod signals;
+#[cfg(test)]
+mod testing;
 pub mod timing;
 pub mod tls;
 pub mod verify;

@@ -49,9 +49,11 @@ impl Timing {
         self.max_token_ttl + self.clock_skew + self.sync_delay
     }
 
-    /// How often replicas re-read the shared state (None for a single host).
+    /// How often replicas re-read the shared state (None for a single host): twice per
+    /// sync delay, so that a replica whose read fails once is past the delay and stops
+    /// signing ([`crate::keyset::KeySet::in_sync`]) while others stay within it.
     pub fn poll_interval(&self) -> Option<i64> {
-        (self.sync_delay > 0).then_some(self.sync_delay)
+        (self.sync_delay > 0).then_some((self.sync_delay / 2).max(1))
     }
 
     /// The bound on published keys (invariant I3): one pending, one active, and the retired
@@ -137,7 +139,8 @@ mod tests {
         assert_eq!(t.poll_interval(), None);
         let shared = Timing::new(900, 300, 60, true);
         assert_eq!(shared.publish_lead(), 390);
-        assert_eq!(shared.poll_interval(), Some(30));
+        // Twice per sync delay (30 s).
+        assert_eq!(shared.poll_interval(), Some(15));
         // hourly rotation, 16 min retention: pending + active + one retired.
         assert_eq!(t.max_published(3600), 3);
     }

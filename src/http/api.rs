@@ -294,6 +294,10 @@ fn active_key<'a>(
             "the key set's signing key cannot be used; an operator must restore it (see the daemon's log)",
         ));
     }
+    if !keyset.in_sync(now) {
+        // The shared state could not be read lately: the key set may have moved on.
+        return Err(ApiError::unavailable(1));
+    }
     published.signer(now).ok_or_else(|| {
         ApiError::retry_after(
             1,
@@ -889,7 +893,7 @@ async fn revoke(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keyturn_backend::{Algorithm, KeyBackend};
+    use crate::clock::Clock;
 
     fn signed(token: &str, kid: &str, jti: &str) -> Signed {
         Signed {
@@ -915,149 +919,173 @@ mod tests {
         }
     }
 
-    /// A backend that holds every signature until the test lets them through, counting
-    /// those that wait.
-    struct Held {
-        inner: keyturn_backend::memory::MemoryBackend,
-        waiting: tokio::sync::Semaphore,
-        released: tokio::sync::Semaphore,
+    /// The API on an in-process router: one ES256 key set (on `backend`, its timing that of
+    /// a shared backend if `backend.shared`), one client, a simulated clock, an audit log.
+    struct InProcess {
+        state: Arc<AppState>,
+        keyset: Arc<KeySet>,
+        backend: Arc<crate::testing::Rigged>,
+        clock: Arc<crate::clock::SimClock>,
+        writer: crate::audit::AuditWriter,
+        log: std::path::PathBuf,
+        _dir: tempfile::TempDir,
     }
 
-    #[async_trait::async_trait]
-    impl KeyBackend for Held {
-        fn kind(&self) -> &'static str {
-            "held"
+    const TOKEN: &str = "kt_in_process_test_token";
+
+    impl InProcess {
+        async fn new(backend: crate::testing::Rigged) -> Self {
+            use crate::config::{Config, Env};
+            let hash: String =
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, TOKEN.as_bytes())
+                    .as_ref()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+            let config = Config::parse(
+                &format!(
+                    r#"
+                    [[keyset]]
+                    name = "default"
+                    issuer = "https://issuer.test"
+                    algorithm = "ES256"
+                    rotate_every = "24h"
+                    max_token_ttl = "10m"
+
+                    [[client]]
+                    name = "issuer"
+                    token_sha256 = "{hash}"
+                    keysets = ["default"]
+                    "#
+                ),
+                Env::default(),
+            )
+            .unwrap();
+            let mut keyset_config = config.keysets[0].clone();
+            let t = keyset_config.timing;
+            keyset_config.timing = crate::timing::Timing::new(
+                t.max_token_ttl,
+                t.jwks_max_age,
+                t.clock_skew,
+                backend.shared,
+            );
+            let backend = Arc::new(backend);
+            let clock = Arc::new(crate::clock::SimClock::new(1_700_000_000));
+            let keyset = KeySet::open(keyset_config, backend.clone()).await.unwrap();
+            keyset.tick(clock.now()).await.unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let log = dir.path().join("audit.log");
+            let (audit, writer) = crate::audit::Audit::open(&log).unwrap();
+            let state = Arc::new(AppState {
+                keysets: arc_swap::ArcSwap::from_pointee(crate::app::KeySets::new(vec![
+                    keyset.clone()
+                ])),
+                clients: arc_swap::ArcSwap::from_pointee(config.clients),
+                clock: clock.clone(),
+                audit,
+                metrics: Arc::default(),
+                limits: crate::http::serve::Limits::default(),
+            });
+            InProcess {
+                state,
+                keyset,
+                backend,
+                clock,
+                writer,
+                log,
+                _dir: dir,
+            }
         }
-        fn supports(&self, alg: Algorithm) -> bool {
-            self.inner.supports(alg)
-        }
-        async fn create_key(
+
+        /// Sends `POST /v1/keysets/default/{route}` with `body` (not awaited).
+        fn post(
             &self,
-            name: &str,
-            key_type: keyturn_backend::KeyType,
-        ) -> Result<keyturn_backend::PublicKey, BackendError> {
-            self.inner.create_key(name, key_type).await
+            route: &str,
+            body: &serde_json::Value,
+        ) -> tokio::task::JoinHandle<(StatusCode, serde_json::Value)> {
+            use tower::ServiceExt;
+            let mut request = Request::post(format!("/v1/keysets/default/{route}"))
+                .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            request.extensions_mut().insert(Arc::new(Peer::default()));
+            let router = router(self.state.clone());
+            tokio::spawn(async move {
+                let response = router.oneshot(request).await.unwrap();
+                let status = response.status();
+                let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                (status, serde_json::from_slice(&body).unwrap())
+            })
         }
-        async fn public_key(&self, name: &str) -> Result<keyturn_backend::PublicKey, BackendError> {
-            self.inner.public_key(name).await
-        }
-        async fn sign(
-            &self,
-            name: &str,
-            alg: Algorithm,
-            message: &[u8],
-        ) -> Result<Vec<u8>, BackendError> {
-            self.waiting.add_permits(1);
-            // Never closed: the permit comes once the test releases it.
-            let _ = self.released.acquire().await.map(|p| p.forget());
-            self.inner.sign(name, alg, message).await
-        }
-        async fn destroy(&self, name: &str) -> Result<(), BackendError> {
-            self.inner.destroy(name).await
-        }
-        async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
-            self.inner.list_keys(prefix).await
-        }
-        async fn load_state(
-            &self,
-            keyset: &str,
-        ) -> Result<Option<keyturn_backend::StateBlob>, BackendError> {
-            self.inner.load_state(keyset).await
-        }
-        async fn store_state(
-            &self,
-            keyset: &str,
-            data: &[u8],
-            expected: Option<u64>,
-        ) -> Result<u64, BackendError> {
-            self.inner.store_state(keyset, data, expected).await
+
+        /// Stops it; returns the number of sign lines in the audit log.
+        fn finish(self) -> usize {
+            drop(self.state);
+            drop(self.keyset);
+            self.writer.finish();
+            std::fs::read_to_string(&self.log)
+                .unwrap()
+                .matches("\"event\":\"sign\"")
+                .count()
         }
     }
 
-    /// `POST /v1/keysets/default/{route}` with `body` on an in-process router, whose
-    /// backend holds the signatures until `held` of them wait; `meanwhile` runs then, and
-    /// they go through. Returns the response's status and body, and the sign lines in the
-    /// audit log.
+    /// `route` with `body`, whose backend holds the signatures until `held` of them wait;
+    /// `meanwhile` runs then, and they go through. Returns the response's status and body,
+    /// and the sign lines in the audit log.
     async fn held_signatures(
         route: &str,
         body: serde_json::Value,
         held: u32,
         meanwhile: impl AsyncFnOnce(&KeySet, i64),
     ) -> (StatusCode, serde_json::Value, usize) {
-        use crate::config::{Config, Env};
-        use tower::ServiceExt;
-        const TOKEN: &str = "kt_held_batch_test_token";
-        let hash: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, TOKEN.as_bytes())
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let config = Config::parse(
-            &format!(
-                r#"
-                [[keyset]]
-                name = "default"
-                issuer = "https://issuer.test"
-                algorithm = "ES256"
-                rotate_every = "24h"
-                max_token_ttl = "10m"
-
-                [[client]]
-                name = "issuer"
-                token_sha256 = "{hash}"
-                keysets = ["default"]
-                "#
-            ),
-            Env::default(),
-        )
-        .unwrap();
-        let backend = Arc::new(Held {
-            inner: keyturn_backend::memory::MemoryBackend::new(),
-            waiting: tokio::sync::Semaphore::new(0),
-            released: tokio::sync::Semaphore::new(0),
-        });
-        let now = 1_700_000_000;
-        let keyset = KeySet::open(config.keysets[0].clone(), backend.clone())
-            .await
-            .unwrap();
-        keyset.tick(now).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("audit.log");
-        let (audit, writer) = crate::audit::Audit::open(&log).unwrap();
-        let state = Arc::new(AppState {
-            keysets: arc_swap::ArcSwap::from_pointee(crate::app::KeySets::new(
-                vec![keyset.clone()],
-            )),
-            clients: arc_swap::ArcSwap::from_pointee(config.clients),
-            clock: Arc::new(crate::clock::SimClock::new(now)),
-            audit,
-            metrics: Arc::default(),
-            limits: crate::http::serve::Limits::default(),
-        });
-        let mut request = Request::post(format!("/v1/keysets/default/{route}"))
-            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        request.extensions_mut().insert(Arc::new(Peer::default()));
-        let response = tokio::spawn(router(state.clone()).oneshot(request));
-        let all = backend.waiting.acquire_many(held).await.unwrap();
+        let app = InProcess::new(crate::testing::Rigged {
+            hold: true,
+            ..Default::default()
+        })
+        .await;
+        let response = app.post(route, &body);
+        let all = app.backend.waiting.acquire_many(held).await.unwrap();
         all.forget();
-        meanwhile(&keyset, now).await;
-        backend.released.add_permits(held as usize);
-        let response = response.await.unwrap().unwrap();
-        let status = response.status();
-        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        drop(state);
-        drop(keyset);
-        writer.finish();
-        let signed = std::fs::read_to_string(&log)
-            .unwrap()
-            .matches("\"event\":\"sign\"")
-            .count();
-        (status, serde_json::from_slice(&body).unwrap(), signed)
+        meanwhile(&app.keyset, app.clock.now()).await;
+        app.backend.released.add_permits(held as usize);
+        let (status, body) = response.await.unwrap();
+        (status, body, app.finish())
+    }
+
+    /// A replica that could not read the shared state for longer than the sync delay (30 s
+    /// here) and one more read may have missed a rotation or a revoke by another replica:
+    /// it does not sign, though the backend would, until a read succeeds again.
+    #[tokio::test]
+    async fn a_replica_out_of_touch_with_the_shared_state_does_not_sign() {
+        let app = InProcess::new(crate::testing::Rigged {
+            shared: true,
+            ..Default::default()
+        })
+        .await;
+        let item = serde_json::json!({"claims": {"sub": "user:1"}});
+        assert_eq!(app.post("sign", &item).await.unwrap().0, StatusCode::OK);
+        app.backend
+            .fail_reads
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        app.clock.advance(15);
+        assert!(app.keyset.tick(app.clock.now()).await.is_err());
+        assert_eq!(app.post("sign", &item).await.unwrap().0, StatusCode::OK);
+        // Past 30 s of delay, 15 s for one more read and 2 s of rounding since the last
+        // good read.
+        app.clock.advance(33);
+        let (status, body) = app.post("sign", &item).await.unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"]["code"], "backend_unavailable");
+        app.backend
+            .fail_reads
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        app.keyset.tick(app.clock.now()).await.unwrap();
+        assert_eq!(app.post("sign", &item).await.unwrap().0, StatusCode::OK);
+        assert_eq!(app.finish(), 3);
     }
 
     /// A key revoked while it signs is out of the JWKS: the tokens would not verify, so
