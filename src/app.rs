@@ -153,23 +153,35 @@ async fn open_keysets(
 }
 
 /// A reload that changes where a key set's state lives (another backend, directory, mount,
-/// table) must not start it over: the new place holds no keys, bootstrap would make a new
-/// one active at once, and every published key would leave the JWKS, breaking their
-/// tokens.
+/// table) must not start it over or switch it to another key set's history: the new place
+/// does not know the keys published now, and every one of them would leave the JWKS,
+/// breaking their tokens. Each kid the running set publishes must have a record there
+/// (ended ones count: another replica may have removed or revoked it since our last read).
 fn refuse_a_fresh_start(
     running: &KeySet,
     reopened: &KeySet,
 ) -> Result<(), crate::lifecycle::LifecycleError> {
-    let published = running.published().doc.published().count();
-    if published == 0 || !reopened.published().doc.keys.is_empty() {
+    let running = &running.published().doc;
+    let reopened = &reopened.published().doc;
+    let published = running.published().count();
+    let unknown = running
+        .published()
+        .filter_map(|k| k.kid.as_deref())
+        .filter(|kid| !reopened.keys.iter().any(|r| r.kid.as_deref() == Some(kid)))
+        .count();
+    if unknown == 0 {
         return Ok(());
     }
+    let holds = if reopened.keys.is_empty() {
+        "holds no keys or history for it".to_owned()
+    } else {
+        format!("holds another history for it, without {unknown} of the {published}")
+    };
     Err(crate::lifecycle::LifecycleError::Refused(format!(
-        "its backend as now configured holds no keys or history for it, while the running key \
-         set publishes {published} key(s): starting over would take them out of the JWKS at \
-         once and break every token they signed. Point it at the backend that holds them, or \
-         set the new backend up under a new key set name and remove this one once its tokens \
-         have expired"
+        "its backend as now configured {holds} key(s) the running key set publishes: \
+         switching would take them out of the JWKS at once and break every token they \
+         signed. Point it at the backend that holds them, or set the new backend up under a \
+         new key set name and remove this one once its tokens have expired"
     )))
 }
 
@@ -352,6 +364,7 @@ pub async fn run_with_backends(
                     Ok(()) => tracing::info!("configuration reloaded"),
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "reload refused; the running configuration stays"),
                 }
+                factory.keep_used(&state.keysets.load());
                 crate::notify::ready();
             }
         }

@@ -1,6 +1,7 @@
 //! The backend factory: one arm per backend. A backend that exists but was not compiled in
 //! gives its own clear error.
 
+use crate::app::KeySets;
 use crate::config::{resolve_credential, BackendConfig, Env, ServerConfig};
 use crate::metrics::Metrics;
 use async_trait::async_trait;
@@ -35,6 +36,13 @@ impl Factory {
             custom,
             metrics,
         }
+    }
+
+    /// Forgets the backends no running key set uses (after a reload, applied or refused):
+    /// a file backend's directory is unlocked once the last key set on it has stopped.
+    pub fn keep_used(&mut self, keysets: &KeySets) {
+        self.built
+            .retain(|(c, _)| keysets.iter().any(|k| k.config.backend == *c));
     }
 
     /// The backend for `config`.

@@ -55,6 +55,9 @@ pub struct PublishedKey {
     pub spki_der: Vec<u8>,
     /// This JWK alone, serialized.
     pub jwk_json: Bytes,
+    /// Whether its record keeps it published at least this config's retention after it
+    /// retires (tokens signed under this config may live that long).
+    pub retained: bool,
 }
 
 /// A pre-serialized HTTP body with its validators and the complete header maps of its
@@ -156,6 +159,9 @@ impl Published {
                 activate_at: record.activate_at,
                 spki_der: public.spki_der().to_vec(),
                 jwk_json: Bytes::from(jwk_json),
+                retained: record
+                    .retain
+                    .is_some_and(|r| r >= config.timing.retention()),
             });
             jwks.push(jwk);
         }

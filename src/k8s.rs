@@ -213,6 +213,11 @@ pub fn check_claims(
     })
 }
 
+/// The signing key was revoked while it signed: no token may leave.
+fn revoked() -> Status {
+    Status::unavailable("the signing key was revoked while it signed; retry")
+}
+
 /// The JWT header kube-apiserver accepts from an external signer: `alg`, `kid` and
 /// `typ: JWT`, nothing else, as unpadded base64url JSON.
 pub fn header(alg: &str, kid: &str) -> String {
@@ -263,19 +268,9 @@ impl Signer {
         let now = self.state.clock.now();
         let checked = check_claims(claims, &keyset.config, now)?;
         let published = keyset.published();
-        if !keyset.keys_usable() {
-            return Err(Status::unavailable(
-                "the key set's signing key cannot be used; an operator must restore it",
-            ));
-        }
-        if !keyset.in_sync(now) {
-            return Err(Status::unavailable(
-                "the key set's shared state could not be read lately; retry shortly",
-            ));
-        }
-        let signer = published.signer(now).ok_or_else(|| {
-            Status::unavailable("the key set has no active key yet; retry shortly")
-        })?;
+        let signer = keyset
+            .signer(&published, now)
+            .map_err(|why| Status::unavailable(why.message()))?;
         let header = header(published.alg.as_str(), &signer.kid);
         let signing_input = format!("{header}.{claims}");
         let result = keyset
@@ -289,9 +284,7 @@ impl Signer {
             started.elapsed(),
         );
         if !keyset.still_publishes(&published, &signer.kid) {
-            return Err(Status::unavailable(
-                "the signing key was revoked while it signed; retry",
-            ));
+            return Err(revoked());
         }
         let sig = match result {
             Ok(sig) => sig,
@@ -326,6 +319,10 @@ impl Signer {
             .map_err(|()| {
                 Status::unavailable("the audit log is not writable; no token was issued")
             })?;
+        // A revoke while the audit line was queued withholds the token too.
+        if !keyset.still_publishes(&published, &signer.kid) {
+            return Err(revoked());
+        }
         Ok((header, B64.encode(sig)))
     }
 
@@ -776,5 +773,62 @@ mod tests {
         assert!(bind(file.to_str().unwrap()).is_err());
         assert!(file.exists());
         assert!(own_uid().is_ok());
+    }
+
+    /// Claims for the in-process key set (issuer https://issuer.test, max_token_ttl 10m).
+    fn in_process_claims(now: i64) -> String {
+        let mut v = kube_claims(now, now + 600);
+        v["iss"] = "https://issuer.test".into();
+        enc(v)
+    }
+
+    /// The signer refuses as the signing API does: a replica out of touch with the shared
+    /// state for longer than the sync delay and one read, and a key revoked while it signs
+    /// (no token, no audit line).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_signer_refuses_when_out_of_touch_or_revoked_while_signing() {
+        use crate::clock::Clock;
+        use crate::testing::{InProcess, Rigged};
+        use std::sync::atomic::Ordering;
+        let app = InProcess::new(Rigged {
+            shared: true,
+            ..Default::default()
+        })
+        .await;
+        let signer = Signer::new(app.state.clone(), "default".into());
+        signer
+            .sign_claims(&in_process_claims(app.clock.now()))
+            .await
+            .unwrap();
+        app.backend.fail_reads.store(true, Ordering::Relaxed);
+        app.clock.advance(15);
+        assert!(app.keyset.tick(app.clock.now()).await.is_err());
+        app.clock.advance(33);
+        let e = signer
+            .sign_claims(&in_process_claims(app.clock.now()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable);
+        assert!(e.message().contains("could not be read lately"), "{e:?}");
+        drop(signer);
+        assert_eq!(app.finish(), 1);
+
+        let app = InProcess::new(Rigged {
+            hold: true,
+            ..Default::default()
+        })
+        .await;
+        let signer = Signer::new(app.state.clone(), "default".into());
+        let claims = in_process_claims(app.clock.now());
+        let signing = tokio::spawn(async move { signer.sign_claims(&claims).await });
+        app.backend.waiting.acquire().await.unwrap().forget();
+        let now = app.clock.now();
+        let active = app.keyset.published().signer(now).unwrap().kid.clone();
+        app.keyset.revoke(&active, now).await.unwrap();
+        app.backend.released.add_permits(1);
+        let e = signing.await.unwrap().unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable);
+        assert!(e.message().contains("revoked"), "{e:?}");
+        assert_eq!(app.finish(), 0, "no sign line for a withheld token");
     }
 }

@@ -4,7 +4,7 @@
 use crate::audit::Audit;
 use crate::clock::Clock;
 use crate::config::KeySetConfig;
-use crate::jwks::Published;
+use crate::jwks::{Published, PublishedKey};
 use crate::lifecycle::{Engine, Event, LifecycleError};
 use arc_swap::ArcSwap;
 use keyturn_backend::KeyBackend;
@@ -17,6 +17,37 @@ use tokio_util::sync::CancellationToken;
 /// Longest wait between two ticks, even with nothing scheduled: picks up clock jumps and
 /// recovers a backend that came back.
 const MAX_IDLE: i64 = 60;
+
+/// Why a key set does not sign now (each a 503: the same request may do later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsigned {
+    /// Its active or next key failed the last check: an operator must restore it.
+    KeysUnusable,
+    /// The shared state could not be read lately.
+    OutOfSync,
+    /// No key is active yet.
+    NoActiveKey,
+    /// The active key's record does not yet keep it published for this config's tokens.
+    RetentionUnrecorded,
+}
+
+impl Unsigned {
+    /// What to tell the caller.
+    pub fn message(self) -> &'static str {
+        match self {
+            Unsigned::KeysUnusable => {
+                "the key set's signing key cannot be used; an operator must restore it (see the daemon's log)"
+            }
+            Unsigned::OutOfSync => {
+                "the key set's shared state could not be read lately; retry shortly"
+            }
+            Unsigned::NoActiveKey => "the key set has no active key yet; retry shortly",
+            Unsigned::RetentionUnrecorded => {
+                "the key set's shared state could not be brought in order for this configuration yet; retry shortly"
+            }
+        }
+    }
+}
 
 /// A key set in the daemon.
 pub struct KeySet {
@@ -105,13 +136,10 @@ impl KeySet {
         Arc::ptr_eq(&now, published) || now.by_kid.contains_key(kid)
     }
 
-    /// Whether a key signs at `now`, it can be used, the backend's last answer was a
-    /// success, and the shared state was read recently enough.
+    /// Whether it signs at `now` ([`Self::signer`]) and the backend's last answer was a
+    /// success.
     pub fn ready(&self, now: i64) -> bool {
-        self.keys_usable()
-            && self.backend_ok()
-            && self.in_sync(now)
-            && self.published().signer(now).is_some()
+        self.backend_ok() && self.signer(&self.published(), now).is_ok()
     }
 
     /// Whether this replica's view of the shared state is recent (always, on a backend no
@@ -127,6 +155,28 @@ impl KeySet {
         };
         let age = now.saturating_sub(self.synced_at.load(Ordering::Relaxed));
         age <= timing.sync_delay + poll + 2
+    }
+
+    /// The key that signs at `now` in `published`, if signing is safe.
+    pub fn signer<'a>(
+        &self,
+        published: &'a Published,
+        now: i64,
+    ) -> Result<&'a PublishedKey, Unsigned> {
+        if !self.keys_usable() {
+            return Err(Unsigned::KeysUnusable);
+        }
+        if !self.in_sync(now) {
+            return Err(Unsigned::OutOfSync);
+        }
+        let signer = published.signer(now).ok_or(Unsigned::NoActiveKey)?;
+        // A replica with a shorter max_token_ttl wrote the key and this one has not yet
+        // recorded its longer retention (its tick does that first, before signing; the write
+        // failed or is under way): its tokens could outlive the key in the JWKS.
+        if !signer.retained {
+            return Err(Unsigned::RetentionUnrecorded);
+        }
+        Ok(signer)
     }
 
     /// Whether the active and next key could be used when last checked ([`Self::recheck_keys`]).
@@ -367,28 +417,23 @@ mod tests {
     use crate::testing::Rigged;
     use crate::timing::Timing;
 
+    /// An ES256 key set rotated daily, with `timing` as on a backend shared by replicas.
+    fn shared_config(timing: Timing) -> KeySetConfig {
+        let mut config = Config::parse(crate::testing::KEYSET, Env::default())
+            .unwrap()
+            .keysets[0]
+            .clone();
+        assert_eq!(config.timing.sync_delay, 0, "a file backend is not shared");
+        config.timing = timing;
+        config
+    }
+
     /// On a backend shared by replicas, a key set whose reads of the shared state fail
     /// stops signing (and is not ready) once its view is older than the sync delay plus one
     /// read and rounding; a good read brings it back.
     #[tokio::test]
     async fn a_replica_that_cannot_read_the_shared_state_stops_after_the_sync_delay() {
-        let mut config = Config::parse(
-            r#"
-            [[keyset]]
-            name = "default"
-            issuer = "https://issuer.test"
-            algorithm = "ES256"
-            rotate_every = "24h"
-            max_token_ttl = "10m"
-            jwks_max_age = "5m"
-            "#,
-            Env::default(),
-        )
-        .unwrap()
-        .keysets[0]
-            .clone();
-        assert_eq!(config.timing.sync_delay, 0, "a file backend is not shared");
-        config.timing = Timing::new(600, 300, 60, true);
+        let config = shared_config(Timing::new(600, 300, 60, true));
         assert_eq!(config.timing.sync_delay, 30);
         assert_eq!(config.timing.poll_interval(), Some(15));
         let backend = Arc::new(Rigged {
@@ -414,5 +459,51 @@ mod tests {
         backend.fail_reads.store(false, Ordering::Relaxed);
         keyset.tick(t0 + 70).await.unwrap();
         assert!(keyset.ready(t0 + 70));
+    }
+
+    /// A replica does not sign with a key whose record keeps it published for less than
+    /// this replica's tokens live (written by a replica with a shorter max_token_ttl, or a
+    /// keyturn before keys recorded it) until its own write has recorded the longer one.
+    #[tokio::test]
+    async fn a_replica_signs_only_with_keys_recorded_to_outlive_its_tokens() {
+        let backend = Arc::new(Rigged {
+            shared: true,
+            ..Default::default()
+        });
+        let long = shared_config(Timing::new(24 * 3600, 300, 60, true));
+        let keyset = KeySet::open(long.clone(), backend.clone()).await.unwrap();
+        let t0 = 1_700_000_000;
+        keyset.tick(t0).await.unwrap();
+        assert!(keyset.signer(&keyset.published(), t0).is_ok());
+        // Another replica, with max_token_ttl 10m, records 10m-and-change with every key.
+        let blob = backend.load_state("default").await.unwrap().unwrap();
+        let mut doc = crate::lifecycle::KeySetDoc::from_bytes(&blob.data).unwrap();
+        let short = Timing::new(600, 300, 60, true).retention();
+        for k in &mut doc.keys {
+            k.retain = Some(short);
+        }
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        backend
+            .store_state("default", &bytes, Some(blob.version))
+            .await
+            .unwrap();
+        // This replica reads it, and its write of the 24h retention fails.
+        backend.fail_writes.store(true, Ordering::Relaxed);
+        assert!(keyset.tick(t0 + 10).await.is_err());
+        assert!(keyset.in_sync(t0 + 10), "the read was recent");
+        assert_eq!(
+            keyset.signer(&keyset.published(), t0 + 10).err(),
+            Some(Unsigned::RetentionUnrecorded)
+        );
+        assert!(!keyset.ready(t0 + 10));
+        backend.fail_writes.store(false, Ordering::Relaxed);
+        keyset.tick(t0 + 20).await.unwrap();
+        assert!(keyset.signer(&keyset.published(), t0 + 20).is_ok());
+        let stored = backend.load_state("default").await.unwrap().unwrap();
+        let doc = crate::lifecycle::KeySetDoc::from_bytes(&stored.data).unwrap();
+        assert!(doc
+            .keys
+            .iter()
+            .all(|k| k.retain == Some(long.timing.retention())));
     }
 }

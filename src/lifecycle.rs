@@ -29,8 +29,11 @@ use std::sync::Arc;
 const ENDED_HISTORY: usize = 16;
 
 /// The lifecycle document of one key set.
+///
+/// Fields this build does not know (written by a newer keyturn sharing the backend) are
+/// kept, in `other`, and written back unchanged, so replicas of two versions can share one
+/// key set during a rolling upgrade or a rollback.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KeySetDoc {
     /// Bumped whenever the set of published keys changes: the JWKS version.
     pub jwks_version: u64,
@@ -38,11 +41,13 @@ pub struct KeySetDoc {
     pub jwks_changed_at: i64,
     /// Keys, oldest first.
     pub keys: Vec<KeyRecord>,
+    /// Fields of a newer format, kept as read.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
-/// One key's history. Times are unix seconds.
+/// One key's history. Times are unix seconds. Unknown fields are kept, as in [`KeySetDoc`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KeyRecord {
     /// The backend's name for the key.
     pub name: String,
@@ -76,6 +81,9 @@ pub struct KeyRecord {
     /// restart or another replica runs a config with a shorter `max_token_ttl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retain: Option<i64>,
+    /// Fields of a newer format, kept as read.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A key's state at an instant.
@@ -172,14 +180,18 @@ impl KeySetDoc {
         self.retired_at(i, now).map(|t| t.saturating_add(retention))
     }
 
-    /// Keys that may still sign (not ended, not retired at `now`) whose recorded retention
-    /// is shorter than `retention`.
+    /// Keys whose recorded retention must be raised to `retention`: those that may still
+    /// sign (not ended, not retired at `now`) with a shorter one, and published retired keys
+    /// with none (recorded by a keyturn older than the field: the current retention is the
+    /// best known bound, and keeps them should a later config shorten it).
     fn retain_short(&self, now: i64, retention: i64) -> impl Iterator<Item = usize> + '_ {
         (0..self.keys.len()).filter(move |&i| {
             let k = &self.keys[i];
             !k.is_ended()
-                && k.retain.is_none_or(|r| r < retention)
-                && self.retired_at(i, now).is_none()
+                && match k.retain {
+                    None => true,
+                    Some(r) => r < retention && self.retired_at(i, now).is_none(),
+                }
         })
     }
 
@@ -484,6 +496,7 @@ impl Engine {
                     revoked_at: None,
                     destroyed_at: None,
                     retain: Some(self.timing.retention()),
+                    other: serde_json::Map::new(),
                 });
                 None
             }

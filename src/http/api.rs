@@ -9,7 +9,7 @@ use crate::audit::Record;
 use crate::auth::{identify, Peer};
 use crate::config::ClientConfig;
 use crate::jwks::{Published, PublishedKey};
-use crate::keyset::KeySet;
+use crate::keyset::{KeySet, Unsigned};
 use crate::lifecycle::LifecycleError;
 use crate::policy::{compact, new_jti, prepare, Prepared, SignRequest};
 use axum::body::{Body, Bytes};
@@ -287,23 +287,17 @@ fn active_key<'a>(
     published: &'a Published,
     now: i64,
 ) -> Result<&'a PublishedKey, ApiError> {
-    if !keyset.keys_usable() {
-        return Err(ApiError::new(
+    keyset.signer(published, now).map_err(|why| match why {
+        Unsigned::KeysUnusable => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "key_unavailable",
-            "the key set's signing key cannot be used; an operator must restore it (see the daemon's log)",
-        ));
-    }
-    if !keyset.in_sync(now) {
-        // The shared state could not be read lately: the key set may have moved on.
-        return Err(ApiError::unavailable(1));
-    }
-    published.signer(now).ok_or_else(|| {
-        ApiError::retry_after(
-            1,
-            "no_active_key",
-            "the key set has no active key yet; retry shortly",
-        )
+            why.message(),
+        ),
+        // The key set may have moved on without this replica knowing.
+        Unsigned::OutOfSync | Unsigned::RetentionUnrecorded => {
+            ApiError::retry_after(1, "backend_unavailable", why.message())
+        }
+        Unsigned::NoActiveKey => ApiError::retry_after(1, "no_active_key", why.message()),
     })
 }
 
@@ -406,7 +400,11 @@ async fn sign_one(
     let sig = signature(state, keyset, &published, signer, &prepared).await;
     still_published(keyset, &published, signer)?;
     let sig = sig?;
-    record(state, client, keyset, signer, now, prepared, &sig).await
+    let signed = record(state, client, keyset, signer, now, prepared, &sig).await?;
+    // Queuing the audit line may wait: a revoke in that time withholds the token too (its
+    // audit line then names a token never delivered).
+    still_published(keyset, &published, signer)?;
+    Ok(signed)
 }
 
 fn signing_client(
@@ -615,6 +613,11 @@ async fn sign_items(
             if unavailable {
                 return out;
             }
+        }
+        // A revoke while the audit lines were queued (see sign_one).
+        if let Err(e) = still_published(keyset, &published, signer) {
+            out.push((first, Err(e)));
+            return out;
         }
         if slice.elapsed() >= BATCH_SLICE {
             tokio::task::yield_now().await;
@@ -894,6 +897,7 @@ async fn revoke(
 mod tests {
     use super::*;
     use crate::clock::Clock;
+    use crate::testing::InProcess;
 
     fn signed(token: &str, kid: &str, jti: &str) -> Signed {
         Signed {
@@ -916,120 +920,6 @@ mod tests {
             s.write_json(&mut ours);
             assert_eq!(ours, serde_json::to_vec(&s).unwrap(), "{s:?}");
             assert!(ours.len() <= s.json_size() + 16, "{s:?}");
-        }
-    }
-
-    /// The API on an in-process router: one ES256 key set (on `backend`, its timing that of
-    /// a shared backend if `backend.shared`), one client, a simulated clock, an audit log.
-    struct InProcess {
-        state: Arc<AppState>,
-        keyset: Arc<KeySet>,
-        backend: Arc<crate::testing::Rigged>,
-        clock: Arc<crate::clock::SimClock>,
-        writer: crate::audit::AuditWriter,
-        log: std::path::PathBuf,
-        _dir: tempfile::TempDir,
-    }
-
-    const TOKEN: &str = "kt_in_process_test_token";
-
-    impl InProcess {
-        async fn new(backend: crate::testing::Rigged) -> Self {
-            use crate::config::{Config, Env};
-            let hash: String =
-                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, TOKEN.as_bytes())
-                    .as_ref()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
-            let config = Config::parse(
-                &format!(
-                    r#"
-                    [[keyset]]
-                    name = "default"
-                    issuer = "https://issuer.test"
-                    algorithm = "ES256"
-                    rotate_every = "24h"
-                    max_token_ttl = "10m"
-
-                    [[client]]
-                    name = "issuer"
-                    token_sha256 = "{hash}"
-                    keysets = ["default"]
-                    "#
-                ),
-                Env::default(),
-            )
-            .unwrap();
-            let mut keyset_config = config.keysets[0].clone();
-            let t = keyset_config.timing;
-            keyset_config.timing = crate::timing::Timing::new(
-                t.max_token_ttl,
-                t.jwks_max_age,
-                t.clock_skew,
-                backend.shared,
-            );
-            let backend = Arc::new(backend);
-            let clock = Arc::new(crate::clock::SimClock::new(1_700_000_000));
-            let keyset = KeySet::open(keyset_config, backend.clone()).await.unwrap();
-            keyset.tick(clock.now()).await.unwrap();
-            let dir = tempfile::tempdir().unwrap();
-            let log = dir.path().join("audit.log");
-            let (audit, writer) = crate::audit::Audit::open(&log).unwrap();
-            let state = Arc::new(AppState {
-                keysets: arc_swap::ArcSwap::from_pointee(crate::app::KeySets::new(vec![
-                    keyset.clone()
-                ])),
-                clients: arc_swap::ArcSwap::from_pointee(config.clients),
-                clock: clock.clone(),
-                audit,
-                metrics: Arc::default(),
-                limits: crate::http::serve::Limits::default(),
-            });
-            InProcess {
-                state,
-                keyset,
-                backend,
-                clock,
-                writer,
-                log,
-                _dir: dir,
-            }
-        }
-
-        /// Sends `POST /v1/keysets/default/{route}` with `body` (not awaited).
-        fn post(
-            &self,
-            route: &str,
-            body: &serde_json::Value,
-        ) -> tokio::task::JoinHandle<(StatusCode, serde_json::Value)> {
-            use tower::ServiceExt;
-            let mut request = Request::post(format!("/v1/keysets/default/{route}"))
-                .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(body.to_string()))
-                .unwrap();
-            request.extensions_mut().insert(Arc::new(Peer::default()));
-            let router = router(self.state.clone());
-            tokio::spawn(async move {
-                let response = router.oneshot(request).await.unwrap();
-                let status = response.status();
-                let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-                    .await
-                    .unwrap();
-                (status, serde_json::from_slice(&body).unwrap())
-            })
-        }
-
-        /// Stops it; returns the number of sign lines in the audit log.
-        fn finish(self) -> usize {
-            drop(self.state);
-            drop(self.keyset);
-            self.writer.finish();
-            std::fs::read_to_string(&self.log)
-                .unwrap()
-                .matches("\"event\":\"sign\"")
-                .count()
         }
     }
 

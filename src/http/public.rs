@@ -249,13 +249,11 @@ fn respond(state: &AppState, req: &HeaderMap, p: &Published, served: &Served) ->
 /// Dates count whole seconds: a set that changed during this second may change again
 /// within it, under the same date, and a client holding the first would take it for the
 /// second. Dated a second earlier until its second is over, it is not: the client's
-/// `If-Modified-Since` then asks once more (and gets this set again).
+/// `If-Modified-Since` then asks once more (and gets this set again). A change time ahead
+/// of our clock (written by a replica whose clock runs fast) is dated a second before now
+/// too: never after the response's `Date`, and never early enough for a `304`.
 fn last_modified(changed: i64, now: i64) -> i64 {
-    if changed >= now {
-        changed.saturating_sub(1)
-    } else {
-        changed
-    }
+    changed.min(now.saturating_sub(1))
 }
 
 /// RFC 9110 section 13.1.2: `*`, or any listed tag equal to ours (weak comparison).
@@ -346,6 +344,9 @@ mod tests {
         // A later second: its own date, so If-Modified-Since with it gets 304.
         assert_eq!(last_modified(T, T + 1), T);
         assert_eq!(last_modified(T, T + 3600), T);
+        // Changed "later" by a replica whose clock is ahead: not dated after now.
+        assert_eq!(last_modified(T + 30, T), T - 1);
+        assert_eq!(last_modified(T + 30, T + 10), T + 9);
     }
 
     #[test]

@@ -23,6 +23,20 @@ async fn engine(backend: Arc<dyn KeyBackend>, schedule: Schedule) -> Engine {
         .unwrap()
 }
 
+/// An engine on `backend` rotating hourly under `timing` (as after a reload or restart with
+/// another config, or on another replica).
+async fn hourly(backend: &Arc<dyn KeyBackend>, timing: Timing) -> Engine {
+    Engine::load(
+        "ks",
+        timing,
+        Schedule::Every(HOUR),
+        KeyType::EcP256,
+        backend.clone(),
+    )
+    .await
+    .unwrap()
+}
+
 fn rank(s: KeyState) -> u8 {
     match s {
         KeyState::Creating => 0,
@@ -257,21 +271,7 @@ async fn a_shorter_max_token_ttl_keeps_the_keys_that_signed_under_the_longer_one
     // max_token_ttl 24h: retention 24h + 60s skew + 60s drift.
     let long = Timing::new(24 * HOUR, 300, 60, false);
     let backend: Arc<dyn KeyBackend> = Arc::new(MemoryBackend::new());
-    let open = |timing: Timing| {
-        let backend = backend.clone();
-        async move {
-            Engine::load(
-                "ks",
-                timing,
-                Schedule::Every(HOUR),
-                KeyType::EcP256,
-                backend,
-            )
-            .await
-            .unwrap()
-        }
-    };
-    let mut e = open(long).await;
+    let mut e = hourly(&backend, long).await;
     e.tick(T0).await.unwrap();
     let first = e.doc().active(T0).unwrap();
     let first_kid = e.doc().keys[first].kid.clone().unwrap();
@@ -279,7 +279,7 @@ async fn a_shorter_max_token_ttl_keeps_the_keys_that_signed_under_the_longer_one
     let retires = T0 + HOUR;
     let token_exp = retires + 24 * HOUR;
     // Now the config says 15m (the same backend, as after a reload or restart).
-    let mut e = open(timing()).await;
+    let mut e = hourly(&backend, timing()).await;
     let mut now = T0 + 60;
     while now <= token_exp + timing().retention() {
         e.tick(now).await.unwrap();
@@ -320,11 +320,11 @@ async fn a_shorter_max_token_ttl_keeps_the_keys_that_signed_under_the_longer_one
 
     // Lengthened, then shortened again before the active key retires: the key that was
     // active under 24h keeps 24h.
-    let mut e = open(long).await;
+    let mut e = hourly(&backend, long).await;
     e.tick(now).await.unwrap();
     let active = e.doc().active(now).unwrap();
     let kid = e.doc().keys[active].kid.clone().unwrap();
-    let mut e = open(timing()).await;
+    let mut e = hourly(&backend, timing()).await;
     let retires = e
         .doc()
         .keys
@@ -345,6 +345,101 @@ async fn a_shorter_max_token_ttl_keeps_the_keys_that_signed_under_the_longer_one
         );
         t += 300;
     }
+}
+
+/// Rewrites the stored document of `ks` through `edit` of its JSON, as another keyturn
+/// version sharing the backend would.
+async fn rewrite_stored(backend: &Arc<dyn KeyBackend>, edit: impl FnOnce(&mut serde_json::Value)) {
+    let blob = backend.load_state("ks").await.unwrap().unwrap();
+    let mut json: serde_json::Value = serde_json::from_slice(&blob.data).unwrap();
+    edit(&mut json);
+    let bytes = serde_json::to_vec(&json).unwrap();
+    backend
+        .store_state("ks", &bytes, Some(blob.version))
+        .await
+        .unwrap();
+}
+
+/// A key retired before keys recorded their retention (written by an older keyturn) gets
+/// the current one recorded, so a later, shorter config does not drop it early.
+#[tokio::test]
+async fn a_key_retired_under_an_older_keyturn_keeps_the_retention_of_the_config_after_upgrade() {
+    let long = Timing::new(24 * HOUR, 300, 60, false);
+    let backend: Arc<dyn KeyBackend> = Arc::new(MemoryBackend::new());
+    let mut e = hourly(&backend, long).await;
+    e.tick(T0).await.unwrap();
+    let first_kid = e.doc().keys[e.doc().active(T0).unwrap()]
+        .kid
+        .clone()
+        .unwrap();
+    let now = T0 + HOUR + 60;
+    e.tick(now).await.unwrap();
+    let first = e
+        .doc()
+        .keys
+        .iter()
+        .position(|k| k.kid.as_deref() == Some(&first_kid))
+        .unwrap();
+    let retired = e
+        .doc()
+        .retired_at(first, now)
+        .expect("the first key has retired");
+    // The document as a keyturn without 'retain' wrote it.
+    rewrite_stored(&backend, |doc| {
+        for k in doc["keys"].as_array_mut().unwrap() {
+            k.as_object_mut().unwrap().remove("retain");
+        }
+    })
+    .await;
+    // The upgraded replica, still under the 24h config, ticks once...
+    let mut e = hourly(&backend, long).await;
+    e.tick(now).await.unwrap();
+    assert_eq!(e.doc().keys[first].retain, Some(long.retention()));
+    // ... and a later config of 15m keeps the first key for the 24h its tokens may live.
+    let mut e = hourly(&backend, timing()).await;
+    let mut t = now;
+    while t < retired + 24 * HOUR {
+        e.tick(t).await.unwrap();
+        assert!(
+            e.doc()
+                .published()
+                .any(|k| k.kid.as_deref() == Some(&first_kid)),
+            "the key retired before the upgrade left the JWKS {}s after it retired",
+            t - retired
+        );
+        t += 600;
+    }
+}
+
+/// A document written by a newer keyturn (fields this one does not know, at the top and in
+/// a key) is read, and the fields survive this build's writes.
+#[tokio::test]
+async fn fields_of_a_newer_format_are_kept_through_writes() {
+    let backend: Arc<dyn KeyBackend> = Arc::new(MemoryBackend::new());
+    let mut e = engine(backend.clone(), Schedule::Every(HOUR)).await;
+    e.tick(T0).await.unwrap();
+    rewrite_stored(&backend, |doc| {
+        doc["format_note"] = serde_json::json!({"from": "a newer keyturn"});
+        doc["keys"][0]["rotation_hint"] = serde_json::json!(7);
+    })
+    .await;
+    let mut e = engine(backend.clone(), Schedule::Every(HOUR)).await;
+    let before = e.doc().keys.len();
+    // Past the rotation and the first key's retention: several writes.
+    let mut now = T0;
+    while now < T0 + 3 * HOUR {
+        now += 300;
+        e.tick(now).await.unwrap();
+    }
+    assert!(e.doc().jwks_version > 2 && e.doc().keys.len() > before);
+    let stored = backend.load_state("ks").await.unwrap().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&stored.data).unwrap();
+    assert_eq!(json["format_note"]["from"], "a newer keyturn");
+    assert_eq!(json["keys"][0]["rotation_hint"], 7);
+    assert!(
+        json["keys"][0]["removed_at"].is_i64(),
+        "the first key was written since"
+    );
 }
 
 /// Revoke: out of the JWKS at once, a new key active at once, exactly one active after.

@@ -265,6 +265,25 @@ async fn sighup_refuses_to_start_a_key_set_over_on_an_empty_backend() {
         !elsewhere.join("default.state").exists(),
         "a lifecycle document was written in the new directory"
     );
+
+    // The new directory now holds another key set's history under the same name (another
+    // daemon made it; the refused reload let go of the directory): switching to it is
+    // refused as well.
+    let other = private_dir();
+    let d2 = Daemon::start(other.path(), &(server_toml(other.path()) + &moved + &alpha));
+    let theirs = kids(&jwks(&d2, "default").await);
+    assert!(d2.stop().success());
+    assert!(elsewhere.join("default.state").exists());
+    assert!(theirs.iter().all(|kid| !before.contains(kid)));
+    d.signal("HUP");
+    crate::harness::eventually(Duration::from_secs(30), "second reload refused", || async {
+        log_lines_with(&d, "reload refused").len() >= 2
+    })
+    .await;
+    let refused = log_lines_with(&d, "reload refused").join("\n");
+    assert!(refused.contains("holds another history"), "{refused}");
+    assert_eq!(kids(&jwks(&d, "default").await), before);
+    signs_and_verifies(&d, "default", &alpha_token).await;
     assert!(d.stop().success());
 }
 
