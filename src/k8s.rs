@@ -783,7 +783,7 @@ mod tests {
     }
 
     /// The signer refuses as the signing API does: a replica out of touch with the shared
-    /// state for longer than the sync delay and one read, and a key revoked while it signs
+    /// state for longer than the sync delay, and a key revoked while it signs
     /// (no token, no audit line).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_signer_refuses_when_out_of_touch_or_revoked_while_signing() {

@@ -143,18 +143,17 @@ impl KeySet {
     }
 
     /// Whether this replica's view of the shared state is recent (always, on a backend no
-    /// other replica shares). Reads come every half of the sync delay that the publish lead
-    /// and the retention allow for; a view older than that delay plus one more read and two
-    /// seconds (times are whole seconds, reads take time) means reads are failing, and
-    /// another replica may have published, rotated or revoked without this one knowing: it
-    /// must not sign (and is not ready) until a read succeeds again.
+    /// other replica shares). A view older than the sync delay, which the publish lead and
+    /// the retention allow for, means reads are failing, and another replica may have
+    /// published, rotated or revoked without this one knowing: it must not sign (and is
+    /// not ready) until a read succeeds again.
     pub fn in_sync(&self, now: i64) -> bool {
         let timing = &self.config.timing;
-        let Some(poll) = timing.poll_interval() else {
+        if timing.poll_interval().is_none() {
             return true;
-        };
+        }
         let age = now.saturating_sub(self.synced_at.load(Ordering::Relaxed));
-        age <= timing.sync_delay + poll + 2
+        age <= timing.sync_delay
     }
 
     /// The key that signs at `now` in `published`, if signing is safe.
@@ -429,12 +428,12 @@ mod tests {
     }
 
     /// On a backend shared by replicas, a key set whose reads of the shared state fail
-    /// stops signing (and is not ready) once its view is older than the sync delay plus one
-    /// read and rounding; a good read brings it back.
+    /// stops signing (and is not ready) once its view is older than the sync delay (which
+    /// the publish lead and retention include); a good read brings it back.
     #[tokio::test]
     async fn a_replica_that_cannot_read_the_shared_state_stops_after_the_sync_delay() {
         let config = shared_config(Timing::new(600, 300, 60, true));
-        assert_eq!(config.timing.sync_delay, 30);
+        assert_eq!(config.timing.sync_delay, 47);
         assert_eq!(config.timing.poll_interval(), Some(15));
         let backend = Arc::new(Rigged {
             shared: true,
@@ -443,7 +442,8 @@ mod tests {
         let keyset = KeySet::open(config, backend.clone()).await.unwrap();
         let t0 = 1_700_000_000;
         keyset.tick(t0).await.unwrap();
-        // Stale beyond the delay (30 s), one read (15 s) and two seconds of rounding.
+        // Stale beyond the delay: a 30 s window, one read (15 s) and two seconds of rounding.
+        assert_eq!(keyset.config.timing.publish_lead(), 300 + 60 + 47);
         assert!(keyset.ready(t0 + 47));
         assert!(!keyset.in_sync(t0 + 48), "no read for too long");
         keyset.tick(t0 + 15).await.unwrap();

@@ -15,24 +15,34 @@ pub struct Timing {
     pub jwks_max_age: i64,
     /// Tolerated clock difference between keyturn and verifiers.
     pub clock_skew: i64,
-    /// How long another replica may take to see a write (0 for a single host).
+    /// How often a replica re-reads the shared state (0 for a single host).
+    pub poll: i64,
+    /// The longest a replica may act on a view of the shared state older than another
+    /// replica's write (0 for a single host): a replica whose last good read is older than
+    /// this does not sign ([`crate::keyset::KeySet::in_sync`]).
     pub sync_delay: i64,
 }
 
 impl Timing {
     /// Timing for a key set; `shared` when replicas share its backend.
     pub fn new(max_token_ttl: i64, jwks_max_age: i64, clock_skew: i64, shared: bool) -> Self {
-        let sync_delay = if shared {
-            // Poll often enough that a fast demo lifecycle still converges, never more
-            // often than once a second, never less often than every 30 s.
-            (jwks_max_age / 4).clamp(1, 30)
+        let (poll, sync_delay) = if shared {
+            // Reads twice per window of a quarter of jwks_max_age (1 s to 30 s), so that a
+            // fast demo lifecycle still converges: a replica whose read fails once is still
+            // within the window. The delay adds one more read and 2 s (times are whole
+            // seconds, reads take time) to the window, so that a replica whose reads fail
+            // stops signing within the delay the windows below allow for.
+            let window = (jwks_max_age / 4).clamp(1, 30);
+            let poll = (window / 2).max(1);
+            (poll, window + poll + 2)
         } else {
-            0
+            (0, 0)
         };
         Timing {
             max_token_ttl,
             jwks_max_age,
             clock_skew,
+            poll,
             sync_delay,
         }
     }
@@ -49,11 +59,9 @@ impl Timing {
         self.max_token_ttl + self.clock_skew + self.sync_delay
     }
 
-    /// How often replicas re-read the shared state (None for a single host): twice per
-    /// sync delay, so that a replica whose read fails once is past the delay and stops
-    /// signing ([`crate::keyset::KeySet::in_sync`]) while others stay within it.
+    /// How often replicas re-read the shared state (None for a single host).
     pub fn poll_interval(&self) -> Option<i64> {
-        (self.sync_delay > 0).then_some((self.sync_delay / 2).max(1))
+        (self.poll > 0).then_some(self.poll)
     }
 
     /// The bound on published keys (invariant I3): one pending, one active, and the retired
@@ -138,9 +146,14 @@ mod tests {
         assert_eq!(t.retention(), 960);
         assert_eq!(t.poll_interval(), None);
         let shared = Timing::new(900, 300, 60, true);
-        assert_eq!(shared.publish_lead(), 390);
-        // Twice per sync delay (30 s).
+        // A read every 15 s; the delay: a 30 s window, one more read and 2 s.
         assert_eq!(shared.poll_interval(), Some(15));
+        assert_eq!(shared.sync_delay, 47);
+        assert_eq!(shared.publish_lead(), 300 + 60 + 47);
+        assert_eq!(shared.retention(), 900 + 60 + 47);
+        // The shortest: jwks_max_age 1 s reads every second and allows 4 s.
+        let fast = Timing::new(2, 1, 0, true);
+        assert_eq!((fast.poll_interval(), fast.sync_delay), (Some(1), 4));
         // hourly rotation, 16 min retention: pending + active + one retired.
         assert_eq!(t.max_published(3600), 3);
     }

@@ -946,9 +946,9 @@ mod tests {
         (status, body, app.finish())
     }
 
-    /// A replica that could not read the shared state for longer than the sync delay (30 s
-    /// here) and one more read may have missed a rotation or a revoke by another replica:
-    /// it does not sign, though the backend would, until a read succeeds again.
+    /// A replica that could not read the shared state for longer than the sync delay (47 s
+    /// here) may have missed a rotation or a revoke by another replica: it does not sign,
+    /// though the backend would, until a read succeeds again.
     #[tokio::test]
     async fn a_replica_out_of_touch_with_the_shared_state_does_not_sign() {
         let app = InProcess::new(crate::testing::Rigged {
@@ -964,7 +964,7 @@ mod tests {
         app.clock.advance(15);
         assert!(app.keyset.tick(app.clock.now()).await.is_err());
         assert_eq!(app.post("sign", &item).await.unwrap().0, StatusCode::OK);
-        // Past 30 s of delay, 15 s for one more read and 2 s of rounding since the last
+        // Past the delay (a 30 s window, 15 s for one more read, 2 s of rounding) since the last
         // good read.
         app.clock.advance(33);
         let (status, body) = app.post("sign", &item).await.unwrap();

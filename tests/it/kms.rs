@@ -60,7 +60,7 @@ async fn kms_every_algorithm_signs_tokens_that_an_independent_library_verifies()
     }
 }
 
-/// Two real daemons on one moto share one key set rotating every 3 s: one rotation per due
+/// Two real daemons on one moto share one key set rotating every 5 s: one rotation per due
 /// time (each kid `published` once across both audit logs), the same JWKS within the poll
 /// interval, and each replica's tokens verify against the other's JWKS.
 #[tokio::test]
@@ -80,14 +80,14 @@ async fn kms_two_replicas_share_one_key_set_across_rotations() {
             format!(
                 "{}{}{client}",
                 server_toml(dir),
-                fast_keyset("shared", "ES256", "3s", &backend)
+                fast_keyset("shared", "ES256", "5s", &backend)
             )
         },
         &AWS_ENV,
     );
     let refs: Vec<&Daemon> = replicas.iter().collect();
     let signers =
-        watch_rotations(&refs, "shared", "ES256", &token, 2, Duration::from_secs(3)).await;
+        watch_rotations(&refs, "shared", "ES256", &token, 2, Duration::from_secs(5)).await;
     let logs: Vec<PathBuf> = replicas.iter().map(audit_log).collect();
     let publishers = assert_published_once(&refs, &logs, "shared", &signers).await;
     eprintln!("kid -> publishing replica: {publishers:?}");
@@ -229,7 +229,7 @@ async fn kms_outage_serves_jwks_from_memory_and_recovers() {
         fast_keyset(
             "default",
             "ES256",
-            "3s",
+            "5s",
             &kms_backend(&relay.borrow().address())
         )
     );

@@ -41,8 +41,8 @@ fn vault_backend(bao: &OpenBao, dir: &Path) -> String {
 }
 
 /// A key set on a shortened clock: rotations `every` apart, a 1 s JWKS max-age and no
-/// skew. On a shared backend the poll interval is 1 s, so the publish lead is 2 s and
-/// retention 3 s: validation accepts `every` from 2 s on.
+/// skew. On a shared backend the poll interval is 1 s and the sync delay 4 s, so the
+/// publish lead is 5 s and retention 6 s: validation accepts `every` from 5 s on.
 pub(crate) fn fast_keyset(name: &str, alg: &str, every: &str, extra: &str) -> String {
     format!(
         "[[keyset]]\nname = \"{name}\"\nissuer = \"https://issuer.test/{name}\"\nalgorithm = \"{alg}\"\nrotate_every = \"{every}\"\nmax_token_ttl = \"2s\"\njwks_max_age = \"1s\"\nclock_skew = \"0s\"\n{extra}\n"
@@ -297,7 +297,7 @@ async fn vault_every_algorithm_signs_tokens_that_an_independent_library_verifies
     }
 }
 
-/// Three real daemons on one OpenBao share one key set rotating every 3 s: each rotation is
+/// Three real daemons on one OpenBao share one key set rotating every 5 s: each rotation is
 /// done by exactly one of them (each kid is `published` once across the three audit logs),
 /// they serve the same JWKS within the poll interval, and every replica's tokens verify
 /// against every replica's JWKS.
@@ -318,14 +318,14 @@ async fn vault_three_replicas_share_one_key_set_across_rotations() {
             format!(
                 "{}{}{client}",
                 server_toml(dir),
-                fast_keyset("shared", "ES256", "3s", &backend)
+                fast_keyset("shared", "ES256", "5s", &backend)
             )
         },
         &[],
     );
     let refs: Vec<&Daemon> = replicas.iter().collect();
     let signers =
-        watch_rotations(&refs, "shared", "ES256", &token, 3, Duration::from_secs(3)).await;
+        watch_rotations(&refs, "shared", "ES256", &token, 3, Duration::from_secs(5)).await;
     let logs: Vec<PathBuf> = replicas.iter().map(audit_log).collect();
     let publishers = assert_published_once(&refs, &logs, "shared", &signers).await;
     eprintln!("kid -> publishing replica: {publishers:?}");
@@ -350,7 +350,7 @@ async fn vault_three_replicas_share_one_key_set_across_rotations() {
 /// How the kill lands there deterministically: the two other replicas are frozen with
 /// SIGSTOP at a quiet moment early in a period (no step under way, the next rotation at
 /// least a second away), so the victim is the only process that can act when the rotation
-/// is due. The key set uses 4096-bit RSA keys (rotating every 6 s, room for their slow
+/// is due. The key set uses 4096-bit RSA keys (rotating every 8 s, room for their slow
 /// generation), so the window between the intent write and the publish write is wide. The test polls
 /// the lifecycle document in OpenBao every few milliseconds and sends SIGKILL as soon as the
 /// intent is there; it then reads the document again and asserts the intent is still
@@ -369,7 +369,7 @@ async fn vault_replica_killed_mid_rotation_leaves_a_state_the_others_finish() {
         &["shared"],
         "audiences = [\"orders\"]\nadmin = true",
     );
-    let every = Duration::from_secs(6);
+    let every = Duration::from_secs(8);
     let mut replicas = start_replicas(
         root.path(),
         3,
@@ -380,7 +380,7 @@ async fn vault_replica_killed_mid_rotation_leaves_a_state_the_others_finish() {
                 fast_keyset(
                     "shared",
                     "RS256",
-                    "6s",
+                    "8s",
                     &format!("rsa_bits = 4096\n{backend}")
                 )
             )
@@ -489,7 +489,7 @@ async fn vault_outage_serves_jwks_from_memory_and_recovers() {
     let config = format!(
         "{}{}{client}",
         server_toml(root.path()),
-        fast_keyset("default", "ES256", "3s", &backend)
+        fast_keyset("default", "ES256", "5s", &backend)
     );
     let d = Daemon::start(root.path(), &config);
     let doc_before = stored_doc(&bao, "default");
@@ -523,7 +523,7 @@ async fn vault_outage_serves_jwks_from_memory_and_recovers() {
 }
 
 /// The outage scenario, shared with the kms tests, on one daemon whose key set `default`
-/// rotates every 3 s (client `token` may sign for audience "orders" and read admin views):
+/// rotates every 5 s (client `token` may sign for audience "orders" and read admin views):
 /// `down()` makes the backend unreachable, `up()` brings it back with its data.
 ///
 /// While down: /readyz turns 503 through the maintenance poll alone (before any signing
