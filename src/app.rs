@@ -7,6 +7,7 @@ use crate::clock::Clock;
 use crate::config::{ClientConfig, Config};
 use crate::http::serve::{serve_tcp, serve_unix, Limits};
 use crate::keyset::KeySet;
+use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
@@ -80,12 +81,15 @@ pub struct Bound {
 
 /// Opens every key set and brings it in order (bootstrap included), retrying a backend
 /// that is not reachable yet until `shutdown`.
+/// At start, `ledger` is what the last run remembered; at a reload, `reuse` holds the
+/// running key sets.
 async fn open_keysets(
     config: &Config,
     factory: &mut Factory,
     clock: &Arc<dyn Clock>,
     audit: &Audit,
     reuse: Option<&KeySets>,
+    ledger: &Ledger,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Vec<Arc<KeySet>>> {
     let mut list = Vec::new();
@@ -115,12 +119,21 @@ async fn open_keysets(
                 ks.algorithm
             );
         }
+        // The history the key set must have: the running one's, or the last run's.
+        let remembered = ledger.keysets.get(&ks.name);
+        let history = match reuse.and_then(|r| r.get(&ks.name)) {
+            Some(running) => running.published().doc.history.clone(),
+            None => remembered.map(|e| e.history.clone()),
+        };
         let mut delay = Duration::from_millis(250);
         let keyset = loop {
             let attempt = async {
                 let keyset = KeySet::open(ks.clone(), backend.clone()).await?;
-                if let Some(running) = reuse.and_then(|r| r.get(&ks.name)) {
-                    refuse_a_fresh_start(running, &keyset)?;
+                if let Some(history) = &history {
+                    refuse_a_fresh_start(history, &keyset)?;
+                }
+                if let Some(entry) = remembered {
+                    keyset.remember(entry);
                 }
                 keyset.recheck_keys(clock.now()).await?;
                 let events = keyset.tick(clock.now()).await?;
@@ -152,36 +165,28 @@ async fn open_keysets(
     Ok(list)
 }
 
-/// A reload that changes where a key set's state lives (another backend, directory, mount,
-/// table) must not start it over or switch it to another key set's history: the new place
-/// does not know the keys published now, and every one of them would leave the JWKS,
-/// breaking their tokens. Each kid the running set publishes must have a record there
-/// (ended ones count: another replica may have removed or revoked it since our last read).
+/// A reload or restart that changes where a key set's state lives (another backend,
+/// directory, mount, table), or finds it lost, must not start it over or switch it to
+/// another key set's history: the keys published until now would leave the JWKS at once,
+/// breaking their tokens. The reopened state must carry the `history` the key set had.
 fn refuse_a_fresh_start(
-    running: &KeySet,
+    history: &str,
     reopened: &KeySet,
 ) -> Result<(), crate::lifecycle::LifecycleError> {
-    let running = &running.published().doc;
-    let reopened = &reopened.published().doc;
-    let published = running.published().count();
-    let unknown = running
-        .published()
-        .filter_map(|k| k.kid.as_deref())
-        .filter(|kid| !reopened.keys.iter().any(|r| r.kid.as_deref() == Some(kid)))
-        .count();
-    if unknown == 0 {
+    let doc = &reopened.published().doc;
+    if doc.history.as_deref() == Some(history) {
         return Ok(());
     }
-    let holds = if reopened.keys.is_empty() {
-        "holds no keys or history for it".to_owned()
+    let holds = if doc.keys.is_empty() && doc.history.is_none() {
+        "holds no keys or history for it"
     } else {
-        format!("holds another history for it, without {unknown} of the {published}")
+        "holds another history for it"
     };
     Err(crate::lifecycle::LifecycleError::Refused(format!(
-        "its backend as now configured {holds} key(s) the running key set publishes: \
-         switching would take them out of the JWKS at once and break every token they \
-         signed. Point it at the backend that holds them, or set the new backend up under a \
-         new key set name and remove this one once its tokens have expired"
+        "its backend as now configured {holds}: starting it there would take the keys it \
+         published until now out of the JWKS at once and break every token they signed. \
+         Point it at the backend that holds its state, or set the new backend up under a new \
+         key set name and remove this one once its tokens have expired"
     )))
 }
 
@@ -236,12 +241,18 @@ pub async fn run_with_backends(
     let metrics = Arc::new(Metrics::default());
     let mut factory = Factory::new(custom, metrics.clone());
 
+    // What the last run knew: a key set it served may not leave the config early, nor
+    // start over on a backend without its history.
+    let ledger_path = crate::ledger::path(&config.server.data_dir);
+    let ledger = Ledger::load(&ledger_path)?;
+    ledger.check_removed(&config, clock.now(), &ledger_path)?;
+
     // SIGTERM during a long start (RSA-4096 keys being made, a backend not up yet) stops
     // it there: every step is safe to cut, as a crash would.
     let opened = tokio::select! {
         biased;
         () = shutdown.cancelled() => None,
-        r = open_keysets(&config, &mut factory, &clock, &audit, None, &shutdown) => Some(r),
+        r = open_keysets(&config, &mut factory, &clock, &audit, None, &ledger, &shutdown) => Some(r),
     };
     let Some(list) = opened else {
         tracing::info!("stopped during start");
@@ -253,9 +264,13 @@ pub async fn run_with_backends(
         // Tokens signed before this start may still be live.
         keyset.note_signers(&config.clients, clock.now());
     }
+    let list = KeySets::new(list);
+    Ledger::of(&list)
+        .store(&ledger_path)
+        .context("cannot record the key sets in the data directory")?;
 
     let state = Arc::new(AppState {
-        keysets: ArcSwap::from_pointee(KeySets::new(list)),
+        keysets: ArcSwap::from_pointee(list),
         clients: ArcSwap::from_pointee(config.clients.clone()),
         clock: clock.clone(),
         audit: audit.clone(),
@@ -361,10 +376,14 @@ pub async fn run_with_backends(
             () = signals.reload() => {
                 crate::notify::reloading();
                 match reload(&state, &mut current, config_path.as_deref(), &mut factory, &clock, &audit, &keyset_shutdown, &mut maintenance).await {
-                    Ok(()) => tracing::info!("configuration reloaded"),
+                    Ok(()) => {
+                        tracing::info!("configuration reloaded");
+                        if let Err(e) = Ledger::of(&state.keysets.load()).store(&ledger_path) {
+                            tracing::error!(error = %format!("{e:#}"), path = %ledger_path.display(), "cannot record the key sets: a restart will hold the config to the previous ones");
+                        }
+                    }
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "reload refused; the running configuration stays"),
                 }
-                factory.keep_used(&state.keysets.load());
                 crate::notify::ready();
             }
         }
@@ -433,7 +452,16 @@ async fn reload(
             Some(_) => {}
         }
     }
-    let list = open_keysets(&new, factory, clock, audit, Some(&old), keyset_shutdown).await?;
+    let list = open_keysets(
+        &new,
+        factory,
+        clock,
+        audit,
+        Some(&old),
+        &Ledger::default(),
+        keyset_shutdown,
+    )
+    .await?;
     for keyset in &list {
         if !old.iter().any(|o| Arc::ptr_eq(o, keyset)) {
             // A key set rebuilt because its settings changed keeps what the old one knew.

@@ -1,18 +1,19 @@
 //! The backend factory: one arm per backend. A backend that exists but was not compiled in
 //! gives its own clear error.
 
-use crate::app::KeySets;
 use crate::config::{resolve_credential, BackendConfig, Env, ServerConfig};
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use keyturn_backend::{Algorithm, BackendError, KeyBackend, KeyType, PublicKey, StateBlob};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 /// Builds backends, sharing one instance between key sets with the same settings (the file
-/// backend locks its directory, so it must be opened once).
+/// backend locks its directory, so it must be opened once). It holds them weakly: a backend
+/// lives as long as a key set (or a request) uses it, and one that no key set uses any
+/// more, after a reload or a refused one, is closed (a file backend's directory unlocked).
 pub struct Factory {
-    built: Vec<(BackendConfig, Arc<dyn KeyBackend>)>,
+    built: Vec<(BackendConfig, Weak<dyn KeyBackend>)>,
     custom: Vec<(String, Arc<dyn KeyBackend>)>,
     metrics: Arc<Metrics>,
 }
@@ -38,21 +39,20 @@ impl Factory {
         }
     }
 
-    /// Forgets the backends no running key set uses (after a reload, applied or refused):
-    /// a file backend's directory is unlocked once the last key set on it has stopped.
-    pub fn keep_used(&mut self, keysets: &KeySets) {
-        self.built
-            .retain(|(c, _)| keysets.iter().any(|k| k.config.backend == *c));
-    }
-
     /// The backend for `config`.
     pub async fn get(
         &mut self,
         config: &BackendConfig,
         server: &ServerConfig,
     ) -> Result<Arc<dyn KeyBackend>, String> {
-        if let Some((_, backend)) = self.built.iter().find(|(c, _)| c == config) {
-            return Ok(backend.clone());
+        self.built.retain(|(_, b)| b.strong_count() > 0);
+        if let Some(backend) = self
+            .built
+            .iter()
+            .find(|(c, _)| c == config)
+            .and_then(|(_, b)| b.upgrade())
+        {
+            return Ok(backend);
         }
         let backend = match config {
             BackendConfig::Custom { name } => self
@@ -72,7 +72,7 @@ impl Factory {
             inner: backend,
             metrics: self.metrics.clone(),
         });
-        self.built.push((config.clone(), backend.clone()));
+        self.built.push((config.clone(), Arc::downgrade(&backend)));
         Ok(backend)
     }
 }

@@ -283,10 +283,9 @@ impl Signer {
             result.is_ok(),
             started.elapsed(),
         );
-        if !keyset.still_publishes(&published, &signer.kid) {
-            return Err(revoked());
-        }
         let sig = match result {
+            // A key revoked meanwhile may be why the backend refused.
+            Err(_) if !keyset.still_publishes(&published, &signer.kid) => return Err(revoked()),
             Ok(sig) => sig,
             Err(e) if e.is_retryable() => {
                 keyset.note_backend(false);
@@ -319,7 +318,8 @@ impl Signer {
             .map_err(|()| {
                 Status::unavailable("the audit log is not writable; no token was issued")
             })?;
-        // A revoke while the audit line was queued withholds the token too.
+        // Last, after every wait: a revoke meanwhile withholds the token (see the API's
+        // sign_one).
         if !keyset.still_publishes(&published, &signer.kid) {
             return Err(revoked());
         }
@@ -829,6 +829,6 @@ mod tests {
         let e = signing.await.unwrap().unwrap_err();
         assert_eq!(e.code(), Code::Unavailable);
         assert!(e.message().contains("revoked"), "{e:?}");
-        assert_eq!(app.finish(), 0, "no sign line for a withheld token");
+        assert_eq!(app.finish(), 1, "the withheld token's audit line");
     }
 }

@@ -290,16 +290,34 @@ impl KeySet {
         );
     }
 
+    /// Takes over what the ledger remembered of it from the last run (as [`Self::inherit`]
+    /// does across a reload).
+    pub fn remember(&self, entry: &crate::ledger::Entry) {
+        self.retention_floor
+            .fetch_max(entry.retention, Ordering::Relaxed);
+        self.unsigned_since
+            .store(entry.unsigned_since.unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    /// Since when no client may sign with it; None while one may.
+    pub fn unsigned_since(&self) -> Option<i64> {
+        let since = self.unsigned_since.load(Ordering::Relaxed);
+        (since != i64::MAX).then_some(since)
+    }
+
+    /// The longest retention its settings had: how long its last token may live.
+    pub fn retention(&self) -> i64 {
+        self.config
+            .timing
+            .retention()
+            .max(self.retention_floor.load(Ordering::Relaxed))
+    }
+
     /// From when the key set may leave the config: every token it signed has expired, so
     /// no verifier needs its keys. None while a client may still sign with it.
     pub fn removable_at(&self) -> Option<i64> {
-        let since = self.unsigned_since.load(Ordering::Relaxed);
-        let retention = self
-            .config
-            .timing
-            .retention()
-            .max(self.retention_floor.load(Ordering::Relaxed));
-        (since != i64::MAX).then(|| since.saturating_add(retention))
+        self.unsigned_since()
+            .map(|since| since.saturating_add(self.retention()))
     }
 
     /// Asks the backend for the key that signs at `now` and the one that signs next, and

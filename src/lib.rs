@@ -22,6 +22,7 @@ pub mod json;
 pub mod jwks;
 pub mod k8s;
 pub mod keyset;
+pub mod ledger;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;

@@ -28,19 +28,33 @@ use std::sync::Arc;
 /// `status` and audits; older ones are dropped so the document stays bounded.
 const ENDED_HISTORY: usize = 16;
 
+/// The newest document format this build acts on (see [`KeySetDoc::min_reader`]).
+pub const FORMAT: u32 = 1;
+
 /// The lifecycle document of one key set.
 ///
 /// Fields this build does not know (written by a newer keyturn sharing the backend) are
-/// kept, in `other`, and written back unchanged, so replicas of two versions can share one
-/// key set during a rolling upgrade or a rollback.
+/// kept, in `other`, and written back, so replicas of two versions can share one key set
+/// during a rolling upgrade or a rollback. A newer keyturn that adds a field an older one
+/// must not ignore raises `min_reader`, and an older one then refuses the document.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct KeySetDoc {
+    /// The oldest format a keyturn must read to act on this document (0: any). A keyturn
+    /// whose [`FORMAT`] is lower treats it as unreadable: it does not sign (past the sync
+    /// delay, on a shared backend) and does not write it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_reader: u32,
     /// Bumped whenever the set of published keys changes: the JWKS version.
     pub jwks_version: u64,
     /// When the published set last changed (unix seconds): `Last-Modified`.
     pub jwks_changed_at: i64,
     /// Keys, oldest first.
     pub keys: Vec<KeyRecord>,
+    /// This key set's history: random, given by its first write and never changed, so
+    /// that a reload or restart can tell it from another (a backend that holds another key
+    /// set's state under the same name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<String>,
     /// Fields of a newer format, kept as read.
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
@@ -121,10 +135,35 @@ impl KeyRecord {
     }
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 impl KeySetDoc {
-    /// Parses a stored document.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
+    /// Parses a stored document this build may act on.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        let doc: KeySetDoc = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if doc.min_reader > FORMAT {
+            return Err(format!(
+                "it was written by a newer keyturn, for readers of format {} and later (this \
+                 one reads format {FORMAT}); upgrade this keyturn",
+                doc.min_reader
+            ));
+        }
+        Ok(doc)
+    }
+
+    /// The names of fields this build does not know, at the top and in each key.
+    pub fn unknown_fields(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .other
+            .keys()
+            .chain(self.keys.iter().flat_map(|k| k.other.keys()))
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
     }
 
     /// Index of the key that signs at `now`: the published key with the latest
@@ -240,10 +279,16 @@ pub enum Step {
     /// Record the current retention with every key that may still sign, before any token
     /// is signed under it (a write).
     Retain,
+    /// Give the document its history (the first write; a document from a keyturn before
+    /// histories gets one too).
+    Identify,
 }
 
 /// The next step for `doc` at `now`, or `None` when the key set is in order.
 pub fn plan(doc: &KeySetDoc, now: i64, timing: &Timing) -> Option<Step> {
+    if doc.history.is_none() {
+        return Some(Step::Identify);
+    }
     if doc.retain_short(now, timing.retention()).next().is_some() {
         return Some(Step::Retain);
     }
@@ -398,14 +443,18 @@ impl Engine {
         let (doc, version) = match blob {
             None => (KeySetDoc::default(), None),
             Some(b) => (
-                KeySetDoc::from_bytes(&b.data).map_err(|e| LifecycleError::Corrupt {
+                KeySetDoc::from_bytes(&b.data).map_err(|message| LifecycleError::Corrupt {
                     keyset: self.keyset.clone(),
-                    message: e.to_string(),
+                    message,
                 })?,
                 Some(b.version),
             ),
         };
         let changed = doc != self.doc || version != self.version;
+        let unknown = doc.unknown_fields();
+        if changed && !unknown.is_empty() {
+            tracing::warn!(keyset = %self.keyset, fields = ?unknown, "the lifecycle document has fields this keyturn does not know (written by a newer keyturn, or edited by hand); they are kept as they are");
+        }
         self.doc = doc;
         self.version = version;
         Ok(changed)
@@ -498,6 +547,10 @@ impl Engine {
                     retain: Some(self.timing.retention()),
                     other: serde_json::Map::new(),
                 });
+                None
+            }
+            Step::Identify => {
+                doc.history = Some(random_hex(16)?);
                 None
             }
             Step::Retain => {
@@ -647,12 +700,17 @@ impl Engine {
 
 /// A fresh backend key name: the key set's name and 64 random bits.
 fn new_key_name(keyset: &str) -> Result<String, LifecycleError> {
+    Ok(format!("{keyset}-{}", random_hex(8)?))
+}
+
+/// `n` random bytes, in hex.
+fn random_hex(n: usize) -> Result<String, LifecycleError> {
     use aws_lc_rs::rand::SecureRandom;
-    let mut bytes = [0u8; 8];
+    let mut bytes = vec![0u8; n];
     aws_lc_rs::rand::SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| LifecycleError::Refused("no randomness available".into()))?;
-    Ok(format!("{keyset}-{}", crate::auth::to_hex(&bytes)))
+    Ok(crate::auth::to_hex(&bytes))
 }
 
 #[cfg(test)]

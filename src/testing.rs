@@ -37,7 +37,7 @@ pub struct Rigged {
     pub fail_reads: AtomicBool,
     /// While set, `store_state` fails with [`BackendError::Unavailable`].
     pub fail_writes: AtomicBool,
-    /// Whether signatures wait for [`Rigged::released`].
+    /// Whether signatures, once made, wait for [`Rigged::released`] before they return.
     pub hold: bool,
     /// One permit per signature that has arrived (and, with `hold`, waits).
     pub waiting: Semaphore,
@@ -82,12 +82,15 @@ impl KeyBackend for Rigged {
         alg: Algorithm,
         message: &[u8],
     ) -> Result<Vec<u8>, BackendError> {
+        // Signed before the hold: a held signature is one the backend has made and not yet
+        // returned (a key destroyed meanwhile does not change it).
+        let signature = self.inner.sign(name, alg, message).await;
         self.waiting.add_permits(1);
         if self.hold {
             // Never closed: the permit comes once the test releases it.
             let _ = self.released.acquire().await.map(|p| p.forget());
         }
-        self.inner.sign(name, alg, message).await
+        signature
     }
     async fn destroy(&self, name: &str) -> Result<(), BackendError> {
         self.inner.destroy(name).await

@@ -370,7 +370,9 @@ async fn record(
 }
 
 /// A key revoked while it signed is out of the JWKS: its tokens would not verify, so none
-/// may leave (503 `key_revoked`, whatever the backend answered).
+/// may leave (503 `key_revoked`, whatever the backend answered). Checked after the audit
+/// line is queued, so the log may name a token that was withheld (never one that left
+/// without a line).
 fn still_published(
     keyset: &KeySet,
     published: &Arc<Published>,
@@ -397,12 +399,17 @@ async fn sign_one(
     let published = keyset.published();
     let signer = active_key(keyset, &published, now)?;
     let prepared = prepare(req, client, &keyset.config, now, &signer.kid, new_jti()?)?;
-    let sig = signature(state, keyset, &published, signer, &prepared).await;
-    still_published(keyset, &published, signer)?;
-    let sig = sig?;
+    let sig = match signature(state, keyset, &published, signer, &prepared).await {
+        Ok(sig) => sig,
+        Err(e) => {
+            // A key revoked meanwhile may be why the backend refused.
+            still_published(keyset, &published, signer)?;
+            return Err(e);
+        }
+    };
     let signed = record(state, client, keyset, signer, now, prepared, &sig).await?;
-    // Queuing the audit line may wait: a revoke in that time withholds the token too (its
-    // audit line then names a token never delivered).
+    // Last, after every wait (the signature, queuing the audit line): a revoke in that time
+    // withholds the token, whose audit line is then the only trace of it.
     still_published(keyset, &published, signer)?;
     Ok(signed)
 }
@@ -594,11 +601,6 @@ async fn sign_items(
                 Err(e) => *token = Err(e),
             }
         }
-        // The batch fails (503) and the client asks again.
-        if let Err(e) = still_published(keyset, &published, signer) {
-            out.push((first, Err(e)));
-            return out;
-        }
         // Audit log: a token is returned only once its line is queued.
         for (i, token) in (first..).zip(tokens) {
             let result = match token {
@@ -614,7 +616,8 @@ async fn sign_items(
                 return out;
             }
         }
-        // A revoke while the audit lines were queued (see sign_one).
+        // A revoke while the chunk signed or its audit lines were queued (see sign_one):
+        // the batch fails (503) and the client asks again.
         if let Err(e) = still_published(keyset, &published, signer) {
             out.push((first, Err(e)));
             return out;
@@ -979,8 +982,9 @@ mod tests {
     }
 
     /// A key revoked while it signs is out of the JWKS: the tokens would not verify, so
-    /// none is returned or audited, for one token or a batch (whose 16 items are 16 tasks
-    /// of one, all in the backend at once).
+    /// none is returned, for one token or a batch (whose 16 items are 16 tasks of one, all
+    /// in the backend at once). An audit line queued before the last check names a
+    /// withheld token.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_key_revoked_while_it_signs_gives_no_token() {
         let item = serde_json::json!({"claims": {"sub": "user:1"}});
@@ -999,7 +1003,10 @@ mod tests {
             let (status, answer, signed) = held_signatures(route, body, held, revoke).await;
             assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{route}: {answer}");
             assert_eq!(answer["error"]["code"], "key_revoked", "{route}");
-            assert_eq!(signed, 0, "{route}");
+            assert!(answer.get("token").is_none() && answer.get("results").is_none());
+            // The batch fails at the first item that sees the revoke; items not yet audited
+            // then are cancelled.
+            assert!((1..=held as usize).contains(&signed), "{route}: {signed}");
         }
     }
 

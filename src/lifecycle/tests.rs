@@ -440,6 +440,37 @@ async fn fields_of_a_newer_format_are_kept_through_writes() {
         json["keys"][0]["removed_at"].is_i64(),
         "the first key was written since"
     );
+    assert_eq!(e.doc().unknown_fields(), ["format_note", "rotation_hint"]);
+
+    // A newer keyturn that this one must not act for raises min_reader: refused, unwritten.
+    rewrite_stored(&backend, |doc| {
+        doc["min_reader"] = serde_json::json!(FORMAT + 1)
+    })
+    .await;
+    let before = backend.load_state("ks").await.unwrap().unwrap();
+    let err = e.reload().await.unwrap_err().to_string();
+    assert!(err.contains("newer keyturn"), "{err}");
+    let err = Engine::load(
+        "ks",
+        timing(),
+        Schedule::Every(HOUR),
+        KeyType::EcP256,
+        backend.clone(),
+    )
+    .await
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("upgrade this keyturn"), "{err}");
+    let after = backend.load_state("ks").await.unwrap().unwrap();
+    assert_eq!(after.version, before.version);
+    // Its own format is fine.
+    rewrite_stored(&backend, |doc| {
+        doc["min_reader"] = serde_json::json!(FORMAT)
+    })
+    .await;
+    e.reload().await.unwrap();
+    assert_eq!(e.doc().min_reader, FORMAT);
 }
 
 /// Revoke: out of the JWKS at once, a new key active at once, exactly one active after.

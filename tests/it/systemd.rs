@@ -241,15 +241,7 @@ async fn sighup_refuses_to_start_a_key_set_over_on_an_empty_backend() {
         &(base.clone() + &keyset_toml("default", "ES256", "") + &alpha),
     );
     let before = kids(&jwks(&d, "default").await);
-    let elsewhere = dir.path().join("elsewhere");
-    let moved = keyset_toml(
-        "default",
-        "ES256",
-        &format!(
-            "backend = {{ type = \"file\", dir = \"{}\" }}",
-            elsewhere.display()
-        ),
-    );
+    let (elsewhere, moved) = moved_default(dir.path());
     std::fs::write(&d.config_path, base + &moved + &alpha).unwrap();
     d.signal("HUP");
     crate::harness::eventually(Duration::from_secs(30), "reload refused", || async {
@@ -284,6 +276,91 @@ async fn sighup_refuses_to_start_a_key_set_over_on_an_empty_backend() {
     assert!(refused.contains("holds another history"), "{refused}");
     assert_eq!(kids(&jwks(&d, "default").await), before);
     signs_and_verifies(&d, "default", &alpha_token).await;
+    assert!(d.stop().success());
+}
+
+/// `dir/elsewhere`, and key set "default" (ES256) with its file backend there.
+fn moved_default(dir: &Path) -> (PathBuf, String) {
+    let elsewhere = dir.join("elsewhere");
+    let backend = format!(
+        "backend = {{ type = \"file\", dir = \"{}\" }}",
+        elsewhere.display()
+    );
+    let config = keyset_toml("default", "ES256", &backend);
+    (elsewhere, config)
+}
+
+/// Runs `keyturn serve` on `config` (written to `dir/keyturn.toml`), which must refuse to
+/// start: returns its stderr.
+fn refused_start(dir: &Path, config: &str) -> String {
+    let path = dir.join("keyturn.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyturn"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("keyturn started on a config it should refuse:\n{config}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A restart is held to what a reload is: the data directory remembers the key sets it
+/// served (`keysets.json`), so a key set whose tokens may be live cannot leave the config,
+/// and cannot start over on a backend without its history; the config that ran before
+/// starts again with every key as it was.
+#[tokio::test]
+async fn a_restart_is_refused_where_a_reload_would_be() {
+    let dir = private_dir();
+    let (alpha, alpha_token) = token_client("alpha", &["default", "second"], "");
+    let base = server_toml(dir.path());
+    let second = keyset_toml("second", "EdDSA", "");
+    let full = base.clone() + &keyset_toml("default", "ES256", "") + &second + &alpha;
+    let d = Daemon::start(dir.path(), &full);
+    let before = (
+        kids(&jwks(&d, "default").await),
+        kids(&jwks(&d, "second").await),
+    );
+    assert!(d.stop().success());
+    let ledger = dir.path().join("data/keysets.json");
+    assert!(ledger.exists());
+
+    // "second" left out while alpha could sign with it.
+    let (alpha_default, _) = token_client("alpha", &["default"], "");
+    let without = base.clone() + &keyset_toml("default", "ES256", "") + &alpha_default;
+    let err = refused_start(dir.path(), &without);
+    assert!(
+        err.contains("key set \"second\" was removed") && err.contains("keysets.json"),
+        "{err}"
+    );
+
+    // "default" moved to an empty directory.
+    let (elsewhere, moved) = moved_default(dir.path());
+    let err = refused_start(dir.path(), &(base.clone() + &moved + &second + &alpha));
+    assert!(err.contains("holds no keys or history"), "{err}");
+    assert!(!elsewhere.join("default.state").exists());
+
+    // The config that ran: everything as it was.
+    let d = Daemon::start(dir.path(), &full);
+    let after = (
+        kids(&jwks(&d, "default").await),
+        kids(&jwks(&d, "second").await),
+    );
+    assert_eq!(after, before);
+    signs_and_verifies(&d, "second", &alpha_token).await;
     assert!(d.stop().success());
 }
 

@@ -1,0 +1,177 @@
+//! What the data directory remembers of the key sets the daemon served, so that a restart
+//! is held to the rules a reload follows: a key set leaves the config only once every token
+//! it signed has expired, and is never started over on a backend that does not hold its
+//! history (another directory, mount or table, or a lost state). Written at start and after
+//! each reload; one entry per key set.
+
+use crate::app::KeySets;
+use crate::config::{human, Config};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The file's name in `data_dir`.
+pub const FILE: &str = "keysets.json";
+
+/// The remembered key sets, by name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ledger {
+    /// One entry per key set of the last config that ran.
+    pub keysets: BTreeMap<String, Entry>,
+}
+
+/// What a restart must know of one key set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Its history (the lifecycle document's `history`).
+    pub history: String,
+    /// Since when no client of the config may sign with it (absent while one may).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsigned_since: Option<i64>,
+    /// The longest retention its settings had (seconds).
+    pub retention: i64,
+}
+
+impl Entry {
+    /// From when it may leave the config: its last token has expired.
+    pub fn removable_at(&self) -> Option<i64> {
+        self.unsigned_since
+            .map(|since| since.saturating_add(self.retention))
+    }
+}
+
+/// Where the ledger of `data_dir` lives.
+pub fn path(data_dir: &Path) -> PathBuf {
+    data_dir.join(FILE)
+}
+
+impl Ledger {
+    /// Reads the ledger (an empty one if there is none: a first start, or a keyturn from
+    /// before it).
+    pub fn load(path: &Path) -> anyhow::Result<Ledger> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ledger::default()),
+            Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+        };
+        serde_json::from_slice(&bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is damaged ({e}); restore it from a backup, or remove it to forget what \
+                 it remembers of the key sets (see README, \"Install as a service\")",
+                path.display()
+            )
+        })
+    }
+
+    /// What the running key sets need remembered.
+    pub fn of(keysets: &KeySets) -> Ledger {
+        Ledger {
+            keysets: keysets
+                .iter()
+                .filter_map(|k| {
+                    let history = k.published().doc.history.clone()?;
+                    Some((
+                        k.name().to_owned(),
+                        Entry {
+                            history,
+                            unsigned_since: k.unsigned_since(),
+                            retention: k.retention(),
+                        },
+                    ))
+                })
+                .collect(),
+        }
+    }
+
+    /// Writes it (atomically, 0600).
+    pub fn store(&self, path: &Path) -> anyhow::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self)?;
+        keyturn_backend::fsutil::write_atomic(path, &bytes).map_err(anyhow::Error::msg)
+    }
+
+    /// Refuses a config that leaves out a key set whose tokens may still be live at `now`.
+    /// `path` names the ledger in the message.
+    pub fn check_removed(&self, config: &Config, now: i64, path: &Path) -> anyhow::Result<()> {
+        for (name, entry) in &self.keysets {
+            if config.keysets.iter().any(|k| k.name == *name) {
+                continue;
+            }
+            let why = match entry.removable_at() {
+                Some(at) if now >= at => continue,
+                Some(at) => format!("tokens it signed may be valid for {} more", human(at - now)),
+                None => "clients could sign with it until the last run".to_owned(),
+            };
+            anyhow::bail!(
+                "key set {name:?} was removed from the config, but {why}, and verifiers need \
+                 its keys until they expire. Put it back; to remove it, first run a config in \
+                 which no client lists it in `keysets`, then remove it {} later. To drop it \
+                 anyway (its live tokens will no longer verify), remove the entry {name:?} \
+                 from {}",
+                human(entry.retention),
+                path.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Env;
+
+    fn entry(unsigned_since: Option<i64>) -> Entry {
+        Entry {
+            history: "h".into(),
+            unsigned_since,
+            retention: 960,
+        }
+    }
+
+    #[test]
+    fn a_key_set_leaves_the_config_only_once_its_tokens_have_expired() {
+        let config = Config::parse(crate::testing::KEYSET, Env::default()).unwrap();
+        let path = Path::new("/var/lib/keyturn/keysets.json");
+        let now = 1_800_000_000;
+        let with = |name: &str, e: Entry| Ledger {
+            keysets: [(name.to_owned(), e)].into(),
+        };
+        // In the config: nothing to check.
+        with("default", entry(None))
+            .check_removed(&config, now, path)
+            .unwrap();
+        // Gone while clients could sign.
+        let err = with("gone", entry(None))
+            .check_removed(&config, now, path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"gone\"") && err.contains("no client lists it"),
+            "{err}"
+        );
+        assert!(err.contains("/var/lib/keyturn/keysets.json"), "{err}");
+        // Gone before its retention passed, then after.
+        let ledger = with("gone", entry(Some(now - 900)));
+        let err = ledger
+            .check_removed(&config, now, path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("valid for 1m more"), "{err}");
+        ledger.check_removed(&config, now + 60, path).unwrap();
+    }
+
+    #[test]
+    fn a_missing_ledger_is_empty_and_a_damaged_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = path(dir.path());
+        assert_eq!(Ledger::load(&p).unwrap(), Ledger::default());
+        let ledger = Ledger {
+            keysets: [("a".to_owned(), entry(Some(5)))].into(),
+        };
+        ledger.store(&p).unwrap();
+        assert_eq!(Ledger::load(&p).unwrap(), ledger);
+        std::fs::write(&p, b"{\"keysets\": [").unwrap();
+        let err = Ledger::load(&p).unwrap_err().to_string();
+        assert!(err.contains("damaged"), "{err}");
+    }
+}
