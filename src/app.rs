@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
@@ -81,15 +81,15 @@ pub struct Bound {
 
 /// Opens every key set and brings it in order (bootstrap included), retrying a backend
 /// that is not reachable yet until `shutdown`.
-/// At start, `ledger` is what the last run remembered; at a reload, `reuse` holds the
-/// running key sets.
+/// At start, `ledger` is what the last run remembered (and where); at a reload, `reuse`
+/// holds the running key sets.
 async fn open_keysets(
     config: &Config,
     factory: &mut Factory,
     clock: &Arc<dyn Clock>,
     audit: &Audit,
     reuse: Option<&KeySets>,
-    ledger: &Ledger,
+    ledger: Option<(&Ledger, &Path)>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Vec<Arc<KeySet>>> {
     let mut list = Vec::new();
@@ -120,19 +120,30 @@ async fn open_keysets(
             );
         }
         // The history the key set must have: the running one's, or the last run's.
-        let remembered = ledger.keysets.get(&ks.name);
-        let history = match reuse.and_then(|r| r.get(&ks.name)) {
-            Some(running) => running.published().doc.history.clone(),
-            None => remembered.map(|e| e.history.clone()),
+        let remembered = ledger.and_then(|(l, path)| Some((l.keysets.get(&ks.name)?, path)));
+        let expected = match reuse.and_then(|r| r.get(&ks.name)) {
+            Some(running) => {
+                let published = running.published();
+                published.doc.history.clone().map(|history| Expected {
+                    history,
+                    kids: published.keys.iter().map(|k| k.kid.clone()).collect(),
+                    ledger: None,
+                })
+            }
+            None => remembered.map(|(e, path)| Expected {
+                history: e.history.clone(),
+                kids: e.kids.clone(),
+                ledger: Some((ks.name.as_str(), path)),
+            }),
         };
         let mut delay = Duration::from_millis(250);
         let keyset = loop {
             let attempt = async {
                 let keyset = KeySet::open(ks.clone(), backend.clone()).await?;
-                if let Some(history) = &history {
-                    refuse_a_fresh_start(history, &keyset)?;
+                if let Some(expected) = &expected {
+                    refuse_a_fresh_start(expected, &keyset)?;
                 }
-                if let Some(entry) = remembered {
+                if let Some((entry, _)) = remembered {
                     keyset.remember(entry);
                 }
                 keyset.recheck_keys(clock.now()).await?;
@@ -165,29 +176,61 @@ async fn open_keysets(
     Ok(list)
 }
 
+/// What a key set's reopened state must be: the running key set's, or the last run's.
+struct Expected<'a> {
+    history: String,
+    /// The kids it published.
+    kids: Vec<String>,
+    /// The key set's entry in the ledger, and the ledger's path, when that is the source.
+    ledger: Option<(&'a str, &'a Path)>,
+}
+
 /// A reload or restart that changes where a key set's state lives (another backend,
 /// directory, mount, table), or finds it lost, must not start it over or switch it to
 /// another key set's history: the keys published until now would leave the JWKS at once,
-/// breaking their tokens. The reopened state must carry the `history` the key set had.
+/// breaking their tokens. The reopened state must carry the `history` the key set had, or
+/// (restored from before histories existed) none and a record of every kid it published.
 fn refuse_a_fresh_start(
-    history: &str,
+    expected: &Expected<'_>,
     reopened: &KeySet,
 ) -> Result<(), crate::lifecycle::LifecycleError> {
     let doc = &reopened.published().doc;
-    if doc.history.as_deref() == Some(history) {
-        return Ok(());
+    let knows = |kid: &String| doc.keys.iter().any(|r| r.kid.as_ref() == Some(kid));
+    match &doc.history {
+        Some(h) if *h == expected.history => return Ok(()),
+        None if !expected.kids.is_empty() && expected.kids.iter().all(knows) => return Ok(()),
+        _ => {}
     }
     let holds = if doc.keys.is_empty() && doc.history.is_none() {
         "holds no keys or history for it"
+    } else if doc.history.is_none() {
+        "holds a state without a history that lacks keys it published"
     } else {
         "holds another history for it"
+    };
+    let anyway = match expected.ledger {
+        Some((name, path)) => format!(
+            " To start it there anyway (its live tokens will no longer verify), remove the \
+             entry {name:?} from {} while keyturn is stopped.",
+            path.display()
+        ),
+        None => String::new(),
     };
     Err(crate::lifecycle::LifecycleError::Refused(format!(
         "its backend as now configured {holds}: starting it there would take the keys it \
          published until now out of the JWKS at once and break every token they signed. \
-         Point it at the backend that holds its state, or set the new backend up under a new \
-         key set name and remove this one once its tokens have expired"
+         Point it at the backend that holds its state (restored from a backup, the state \
+         must be of the same history), or set the new backend up under a new key set name \
+         and remove this one once its tokens have expired.{anyway}"
     )))
+}
+
+/// Writes the ledger of `keysets`. A failure is logged, not fatal (a read-only data
+/// directory on Vault or KMS): the next start then checks against the last ledger written.
+fn record_keysets(keysets: &KeySets, path: &Path) {
+    if let Err(e) = Ledger::of(keysets).store(path) {
+        tracing::error!(error = %format!("{e:#}"), path = %path.display(), "cannot record the key sets for the next start: it will check its config against the last record written");
+    }
 }
 
 fn bind_unix(path: &PathBuf) -> anyhow::Result<UnixListener> {
@@ -252,7 +295,7 @@ pub async fn run_with_backends(
     let opened = tokio::select! {
         biased;
         () = shutdown.cancelled() => None,
-        r = open_keysets(&config, &mut factory, &clock, &audit, None, &ledger, &shutdown) => Some(r),
+        r = open_keysets(&config, &mut factory, &clock, &audit, None, Some((&ledger, &ledger_path)), &shutdown) => Some(r),
     };
     let Some(list) = opened else {
         tracing::info!("stopped during start");
@@ -262,12 +305,10 @@ pub async fn run_with_backends(
     let list = list?;
     for keyset in &list {
         // Tokens signed before this start may still be live.
-        keyset.note_signers(&config.clients, clock.now());
+        keyset.note_signers(&config, clock.now());
     }
     let list = KeySets::new(list);
-    Ledger::of(&list)
-        .store(&ledger_path)
-        .context("cannot record the key sets in the data directory")?;
+    record_keysets(&list, &ledger_path);
 
     let state = Arc::new(AppState {
         keysets: ArcSwap::from_pointee(list),
@@ -378,9 +419,7 @@ pub async fn run_with_backends(
                 match reload(&state, &mut current, config_path.as_deref(), &mut factory, &clock, &audit, &keyset_shutdown, &mut maintenance).await {
                     Ok(()) => {
                         tracing::info!("configuration reloaded");
-                        if let Err(e) = Ledger::of(&state.keysets.load()).store(&ledger_path) {
-                            tracing::error!(error = %format!("{e:#}"), path = %ledger_path.display(), "cannot record the key sets: a restart will hold the config to the previous ones");
-                        }
+                        record_keysets(&state.keysets.load(), &ledger_path);
                     }
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "reload refused; the running configuration stays"),
                 }
@@ -437,7 +476,7 @@ async fn reload(
         .filter(|o| !new.keysets.iter().any(|k| k.name == o.name()))
     {
         let name = gone.name();
-        let retention = crate::config::human(gone.config.timing.retention());
+        let retention = crate::config::human(gone.retention());
         match gone.removable_at() {
             None => bail!(
                 "key set {name:?} was removed while clients may still sign with it, and its \
@@ -458,7 +497,7 @@ async fn reload(
         clock,
         audit,
         Some(&old),
-        &Ledger::default(),
+        None,
         keyset_shutdown,
     )
     .await?;
@@ -474,7 +513,7 @@ async fn reload(
                 keyset_shutdown.clone(),
             ));
         }
-        keyset.note_signers(&new.clients, now);
+        keyset.note_signers(&new, now);
     }
     state.clients.store(Arc::new(new.clients.clone()));
     state.keysets.store(Arc::new(KeySets::new(list.clone())));

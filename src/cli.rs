@@ -255,6 +255,18 @@ pub async fn run_client(cli: Cli) -> ExitCode {
             Command::Serve { .. } => Err("serve is not a client command".into()),
             Command::CheckConfig { file } => {
                 let config = Config::load(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+                // What the last run remembered (if this user may read it): a key set may not
+                // leave the config while its tokens live.
+                let ledger_path = crate::ledger::path(&config.server.data_dir);
+                match crate::ledger::Ledger::load(&ledger_path) {
+                    Ok(ledger) => {
+                        let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+                        ledger
+                            .check_removed(&config, now, &ledger_path)
+                            .map_err(|e| format!("{}: {e}", file.display()))?;
+                    }
+                    Err(e) => println!("  not checked against the last run's key sets: {e}"),
+                }
                 println!("{}: OK", file.display());
                 for ks in &config.keysets {
                     let t = &ks.timing;

@@ -257,12 +257,20 @@ impl KeySet {
         result
     }
 
-    /// Records, at start and at each reload, whether any of `clients` may sign with this
-    /// key set; `now` is when the last one lost the right.
-    pub fn note_signers(&self, clients: &[crate::config::ClientConfig], now: i64) {
-        if clients
-            .iter()
-            .any(|c| c.keysets.iter().any(|k| k == self.name()))
+    /// Records, at start and at each reload, whether anyone may sign with this key set
+    /// under `config` (a client, or the Kubernetes signer); `now` is when the last one lost
+    /// the right.
+    pub fn note_signers(&self, config: &crate::config::Config, now: i64) {
+        let k8s = config
+            .server
+            .k8s_signer
+            .as_ref()
+            .is_some_and(|(_, keyset)| keyset == self.name());
+        if k8s
+            || config
+                .clients
+                .iter()
+                .any(|c| c.keysets.iter().any(|k| k == self.name()))
         {
             self.unsigned_since.store(i64::MAX, Ordering::Relaxed);
         } else {
@@ -477,6 +485,28 @@ mod tests {
         backend.fail_reads.store(false, Ordering::Relaxed);
         keyset.tick(t0 + 70).await.unwrap();
         assert!(keyset.ready(t0 + 70));
+    }
+
+    /// The key set of the Kubernetes signer is signed with though no client lists it: it
+    /// may not leave the config as if unused.
+    #[tokio::test]
+    async fn the_kubernetes_signer_counts_as_a_signer() {
+        let toml = format!(
+            "[server]\nk8s_signer_socket = \"@kt-test\"\nk8s_signer_keyset = \"default\"\n{}",
+            crate::testing::KEYSET
+        );
+        let config = Config::parse(&toml, Env::default()).unwrap();
+        assert!(config.clients.is_empty());
+        let keyset = KeySet::open(config.keysets[0].clone(), Arc::new(Rigged::default()))
+            .await
+            .unwrap();
+        keyset.note_signers(&config, 1_700_000_000);
+        assert_eq!(keyset.unsigned_since(), None);
+        assert_eq!(keyset.removable_at(), None);
+        let mut without = config.clone();
+        without.server.k8s_signer = None;
+        keyset.note_signers(&without, 1_700_000_000);
+        assert_eq!(keyset.unsigned_since(), Some(1_700_000_000));
     }
 
     /// A replica does not sign with a key whose record keeps it published for less than

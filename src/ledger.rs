@@ -25,6 +25,10 @@ pub struct Ledger {
 pub struct Entry {
     /// Its history (the lifecycle document's `history`).
     pub history: String,
+    /// The kids it published: a document restored from before histories existed is the
+    /// same key set's if it knows them all.
+    #[serde(default)]
+    pub kids: Vec<String>,
     /// Since when no client of the config may sign with it (absent while one may).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsigned_since: Option<i64>,
@@ -69,11 +73,13 @@ impl Ledger {
             keysets: keysets
                 .iter()
                 .filter_map(|k| {
-                    let history = k.published().doc.history.clone()?;
+                    let published = k.published();
+                    let history = published.doc.history.clone()?;
                     Some((
                         k.name().to_owned(),
                         Entry {
                             history,
+                            kids: published.keys.iter().map(|p| p.kid.clone()).collect(),
                             unsigned_since: k.unsigned_since(),
                             retention: k.retention(),
                         },
@@ -98,16 +104,23 @@ impl Ledger {
             }
             let why = match entry.removable_at() {
                 Some(at) if now >= at => continue,
-                Some(at) => format!("tokens it signed may be valid for {} more", human(at - now)),
-                None => "clients could sign with it until the last run".to_owned(),
+                Some(at) => format!(
+                    "tokens it signed may be valid for {} more, and verifiers need its keys \
+                     until they expire: put it back and remove it then",
+                    human(at - now)
+                ),
+                None => format!(
+                    "it could sign until the last run, and verifiers need its keys until its \
+                     tokens expire: put it back; to remove it, first run a config in which no \
+                     client lists it in `keysets` (nor k8s_signer_keyset names it), then \
+                     remove it {} later",
+                    human(entry.retention)
+                ),
             };
             anyhow::bail!(
-                "key set {name:?} was removed from the config, but {why}, and verifiers need \
-                 its keys until they expire. Put it back; to remove it, first run a config in \
-                 which no client lists it in `keysets`, then remove it {} later. To drop it \
-                 anyway (its live tokens will no longer verify), remove the entry {name:?} \
-                 from {}",
-                human(entry.retention),
+                "key set {name:?} was removed from the config, but {why}. To drop it anyway \
+                 (its live tokens will no longer verify), remove the entry {name:?} from {} \
+                 while keyturn is stopped",
                 path.display()
             );
         }
@@ -123,6 +136,7 @@ mod tests {
     fn entry(unsigned_since: Option<i64>) -> Entry {
         Entry {
             history: "h".into(),
+            kids: vec!["k1".into()],
             unsigned_since,
             retention: 960,
         }
@@ -156,7 +170,10 @@ mod tests {
             .check_removed(&config, now, path)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("valid for 1m more"), "{err}");
+        assert!(
+            err.contains("valid for 1m more") && err.contains("remove it then"),
+            "{err}"
+        );
         ledger.check_removed(&config, now + 60, path).unwrap();
     }
 

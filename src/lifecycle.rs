@@ -140,17 +140,9 @@ fn is_zero(n: &u32) -> bool {
 }
 
 impl KeySetDoc {
-    /// Parses a stored document this build may act on.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
-        let doc: KeySetDoc = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        if doc.min_reader > FORMAT {
-            return Err(format!(
-                "it was written by a newer keyturn, for readers of format {} and later (this \
-                 one reads format {FORMAT}); upgrade this keyturn",
-                doc.min_reader
-            ));
-        }
-        Ok(doc)
+    /// Parses a stored document (see [`Engine::reload`] for the format check).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
     }
 
     /// The names of fields this build does not know, at the top and in each key.
@@ -346,6 +338,18 @@ pub enum LifecycleError {
     /// A backend call failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The stored document is for newer readers than this build.
+    #[error(
+        "the stored lifecycle document of key set {keyset:?} was written by a newer keyturn, \
+         for readers of format {min_reader} and later (this one reads format {FORMAT}); \
+         upgrade this keyturn"
+    )]
+    TooNew {
+        /// The key set.
+        keyset: String,
+        /// The document's `min_reader`.
+        min_reader: u32,
+    },
     /// The stored document does not parse.
     #[error("the stored lifecycle document of key set {keyset:?} is corrupt: {message}")]
     Corrupt {
@@ -443,13 +447,19 @@ impl Engine {
         let (doc, version) = match blob {
             None => (KeySetDoc::default(), None),
             Some(b) => (
-                KeySetDoc::from_bytes(&b.data).map_err(|message| LifecycleError::Corrupt {
+                KeySetDoc::from_bytes(&b.data).map_err(|e| LifecycleError::Corrupt {
                     keyset: self.keyset.clone(),
-                    message,
+                    message: e.to_string(),
                 })?,
                 Some(b.version),
             ),
         };
+        if doc.min_reader > FORMAT {
+            return Err(LifecycleError::TooNew {
+                keyset: self.keyset.clone(),
+                min_reader: doc.min_reader,
+            });
+        }
         let changed = doc != self.doc || version != self.version;
         let unknown = doc.unknown_fields();
         if changed && !unknown.is_empty() {

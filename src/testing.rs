@@ -39,6 +39,8 @@ pub struct Rigged {
     pub fail_writes: AtomicBool,
     /// Whether signatures, once made, wait for [`Rigged::released`] before they return.
     pub hold: bool,
+    /// With `hold`: sign once released instead (with the key as it is then).
+    pub sign_when_released: bool,
     /// One permit per signature that has arrived (and, with `hold`, waits).
     pub waiting: Semaphore,
     /// One permit per held signature the test lets through.
@@ -53,6 +55,7 @@ impl Default for Rigged {
             fail_reads: AtomicBool::new(false),
             fail_writes: AtomicBool::new(false),
             hold: false,
+            sign_when_released: false,
             waiting: Semaphore::new(0),
             released: Semaphore::new(0),
         }
@@ -82,15 +85,23 @@ impl KeyBackend for Rigged {
         alg: Algorithm,
         message: &[u8],
     ) -> Result<Vec<u8>, BackendError> {
-        // Signed before the hold: a held signature is one the backend has made and not yet
-        // returned (a key destroyed meanwhile does not change it).
-        let signature = self.inner.sign(name, alg, message).await;
+        // Unless told otherwise, signed before the hold: a held signature is one the backend
+        // has made and not yet returned (a key destroyed meanwhile does not change it).
+        let early = !self.sign_when_released;
+        let signature = if early {
+            Some(self.inner.sign(name, alg, message).await)
+        } else {
+            None
+        };
         self.waiting.add_permits(1);
         if self.hold {
             // Never closed: the permit comes once the test releases it.
             let _ = self.released.acquire().await.map(|p| p.forget());
         }
-        signature
+        match signature {
+            Some(signature) => signature,
+            None => self.inner.sign(name, alg, message).await,
+        }
     }
     async fn destroy(&self, name: &str) -> Result<(), BackendError> {
         self.inner.destroy(name).await

@@ -595,6 +595,10 @@ async fn sign_items(
             match signature(state, keyset, &published, signer, prepared).await {
                 Ok(s) => *sig = s,
                 Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
+                    // A key revoked meanwhile may be why the backend refused.
+                    let e = still_published(keyset, &published, signer)
+                        .err()
+                        .unwrap_or(e);
                     out.push((i, Err(e)));
                     return out;
                 }
@@ -933,10 +937,12 @@ mod tests {
         route: &str,
         body: serde_json::Value,
         held: u32,
+        sign_when_released: bool,
         meanwhile: impl AsyncFnOnce(&KeySet, i64),
     ) -> (StatusCode, serde_json::Value, usize) {
         let app = InProcess::new(crate::testing::Rigged {
             hold: true,
+            sign_when_released,
             ..Default::default()
         })
         .await;
@@ -997,16 +1003,25 @@ mod tests {
         for (route, body, held) in [("sign", item, 1), ("sign-batch", batch, 16)] {
             // As a control, nothing in between: every token returned and audited.
             let (status, answer, signed) =
-                held_signatures(route, body.clone(), held, async |_, _| {}).await;
+                held_signatures(route, body.clone(), held, false, async |_, _| {}).await;
             assert_eq!(status, StatusCode::OK, "{route}: {answer}");
             assert_eq!(signed, held as usize, "{route}");
-            let (status, answer, signed) = held_signatures(route, body, held, revoke).await;
-            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{route}: {answer}");
-            assert_eq!(answer["error"]["code"], "key_revoked", "{route}");
-            assert!(answer.get("token").is_none() && answer.get("results").is_none());
-            // The batch fails at the first item that sees the revoke; items not yet audited
-            // then are cancelled.
-            assert!((1..=held as usize).contains(&signed), "{route}: {signed}");
+            // Signed before the revoke (caught by the last check) or after it, once the key
+            // is destroyed (the backend refuses; no token, so no audit line).
+            for late in [false, true] {
+                let (status, answer, signed) =
+                    held_signatures(route, body.clone(), held, late, revoke).await;
+                assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{route}: {answer}");
+                assert_eq!(answer["error"]["code"], "key_revoked", "{route}: {answer}");
+                assert!(answer.get("token").is_none() && answer.get("results").is_none());
+                if late {
+                    assert_eq!(signed, 0, "{route}");
+                } else {
+                    // The batch fails at the first item that sees the revoke; items not yet
+                    // audited then are cancelled.
+                    assert!((1..=held as usize).contains(&signed), "{route}: {signed}");
+                }
+            }
         }
     }
 

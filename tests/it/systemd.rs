@@ -318,6 +318,29 @@ fn refused_start(dir: &Path, config: &str) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Runs `keyturn check-config` on `config` (written to `dir/keyturn.toml`): its stdout if it
+/// passes, its stderr if not.
+fn check_config(dir: &Path, config: &str) -> Result<String, String> {
+    let path = dir.join("keyturn.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keyturn"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The entry of `keyset` in the ledger at `path`.
+fn entry(path: &Path, keyset: &str) -> serde_json::Value {
+    let ledger: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    ledger["keysets"][keyset].clone()
+}
+
 /// A restart is held to what a reload is: the data directory remembers the key sets it
 /// served (`keysets.json`), so a key set whose tokens may be live cannot leave the config,
 /// and cannot start over on a backend without its history; the config that ran before
@@ -346,12 +369,36 @@ async fn a_restart_is_refused_where_a_reload_would_be() {
         err.contains("key set \"second\" was removed") && err.contains("keysets.json"),
         "{err}"
     );
+    // check-config says so before a restart.
+    let err = check_config(dir.path(), &without).unwrap_err();
+    assert!(err.contains("key set \"second\" was removed"), "{err}");
 
     // "default" moved to an empty directory.
     let (elsewhere, moved) = moved_default(dir.path());
     let err = refused_start(dir.path(), &(base.clone() + &moved + &second + &alpha));
     assert!(err.contains("holds no keys or history"), "{err}");
     assert!(!elsewhere.join("default.state").exists());
+
+    // No client lists "second": the ledger notes since when, and a further restart keeps
+    // that time, and keeps the longer retention when "second"'s tokens get shorter.
+    let unlisted = base.clone() + &keyset_toml("default", "ES256", "") + &second + &alpha_default;
+    assert!(Daemon::start(dir.path(), &unlisted).stop().success());
+    let first = entry(&ledger, "second");
+    let since = first["unsigned_since"]
+        .as_i64()
+        .expect("unsigned_since noted");
+    let shorter = second.replace("max_token_ttl = \"10m\"", "max_token_ttl = \"1m\"");
+    let unlisted_shorter =
+        base.clone() + &keyset_toml("default", "ES256", "") + &shorter + &alpha_default;
+    assert!(Daemon::start(dir.path(), &unlisted_shorter)
+        .stop()
+        .success());
+    let again = entry(&ledger, "second");
+    assert_eq!(again["unsigned_since"].as_i64(), Some(since));
+    assert_eq!(again["retention"], first["retention"]);
+    // Its removal is still early: the wait is the 10m tokens'.
+    let err = check_config(dir.path(), &without).unwrap_err();
+    assert!(err.contains("may be valid for"), "{err}");
 
     // The config that ran: everything as it was.
     let d = Daemon::start(dir.path(), &full);
