@@ -5,6 +5,7 @@ use crate::config::{resolve_credential, BackendConfig, Env, ServerConfig};
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use keyturn_backend::{Algorithm, BackendError, KeyBackend, KeyType, PublicKey, StateBlob};
+use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -46,13 +47,32 @@ impl Factory {
         server: &ServerConfig,
     ) -> Result<Arc<dyn KeyBackend>, String> {
         self.built.retain(|(_, b)| b.strong_count() > 0);
-        if let Some(backend) = self
-            .built
-            .iter()
-            .find(|(c, _)| c == config)
-            .and_then(|(_, b)| b.upgrade())
-        {
-            return Ok(backend);
+        let wanted = identity(config, server);
+        for (built, backend) in &self.built {
+            let Some(backend) = backend.upgrade() else {
+                continue;
+            };
+            match (built, &wanted) {
+                (a, b) if a == b => return Ok(backend),
+                (
+                    BackendConfig::File {
+                        dir: a,
+                        kek_file: ka,
+                    },
+                    BackendConfig::File {
+                        dir: b,
+                        kek_file: kb,
+                    },
+                ) if a == b && ka != kb => {
+                    return Err(format!(
+                        "the key directory {} is used with two kek_file settings; key sets \
+                         that share a directory share its backend and its key-encryption \
+                         key: give them the same kek_file",
+                        a.as_deref().unwrap_or(Path::new("")).display()
+                    ))
+                }
+                _ => {}
+            }
         }
         let backend = match config {
             BackendConfig::Custom { name } => self
@@ -72,8 +92,26 @@ impl Factory {
             inner: backend,
             metrics: self.metrics.clone(),
         });
-        self.built.push((config.clone(), Arc::downgrade(&backend)));
+        // Once built, a new directory exists and resolves.
+        self.built
+            .push((identity(config, server), Arc::downgrade(&backend)));
         Ok(backend)
+    }
+}
+
+/// What makes two settings one backend: a file backend is its directory, however it is
+/// written (the default or spelled out, through a symlink, with a trailing slash), so that
+/// key sets sharing it share one backend rather than fail on its lock.
+fn identity(config: &BackendConfig, server: &ServerConfig) -> BackendConfig {
+    match config {
+        BackendConfig::File { dir, kek_file } => {
+            let dir = dir.clone().unwrap_or_else(|| server.data_dir.join("keys"));
+            BackendConfig::File {
+                dir: Some(std::fs::canonicalize(&dir).unwrap_or(dir)),
+                kek_file: kek_file.clone(),
+            }
+        }
+        other => other.clone(),
     }
 }
 
@@ -297,5 +335,56 @@ mod tests {
             with_causes(&e),
             format!("backend storage error: cannot open /k: {}", missing())
         );
+    }
+
+    /// Key sets that name one key directory in different ways share one backend (a second
+    /// would fail on the directory's lock); two KEKs for one directory are refused clearly.
+    #[cfg(feature = "file")]
+    #[tokio::test]
+    async fn one_directory_is_one_backend_however_it_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        std::os::unix::fs::symlink(&data, tmp.path().join("link")).unwrap();
+        let toml = format!(
+            "[server]\ndata_dir = \"{}\"\n{}",
+            data.display(),
+            crate::testing::KEYSET
+        );
+        let config = crate::config::Config::parse(&toml, Env::default()).unwrap();
+        let mut factory = Factory::new(Vec::new(), Arc::new(Metrics::default()));
+        let file = |dir: Option<std::path::PathBuf>, kek_file: Option<&str>| BackendConfig::File {
+            dir,
+            kek_file: kek_file.map(Into::into),
+        };
+        let first = factory
+            .get(&file(None, None), &config.server)
+            .await
+            .unwrap();
+        for alias in [
+            data.join("keys/"),
+            tmp.path().join("link/keys"),
+            data.join("keys/../keys"),
+        ] {
+            let again = factory
+                .get(&file(Some(alias.clone()), None), &config.server)
+                .await;
+            assert!(Arc::ptr_eq(&first, &again.unwrap()), "{}", alias.display());
+        }
+        let kek = data.join("kek");
+        let err = factory
+            .get(&file(None, kek.to_str()), &config.server)
+            .await
+            .err()
+            .unwrap();
+        assert!(err.contains("two kek_file settings"), "{err}");
+        // Another directory is another backend.
+        let other = factory
+            .get(&file(Some(data.join("other")), None), &config.server)
+            .await
+            .unwrap();
+        assert!(!Arc::ptr_eq(&first, &other));
     }
 }
