@@ -513,10 +513,16 @@ async fn reload(
                 keyset_shutdown.clone(),
             ));
         }
-        keyset.note_signers(&new, now);
     }
     state.clients.store(Arc::new(new.clients.clone()));
     state.keysets.store(Arc::new(KeySets::new(list.clone())));
+    // Since now (not since the reload began, which may have waited on a backend), the old
+    // clients are gone; a request one of them started signs no later than this second (a
+    // key set signs nothing from its `unsigned_since` on).
+    let swapped = clock.now().saturating_add(1);
+    for keyset in &list {
+        keyset.note_signers(&new, swapped);
+    }
     for gone in old
         .iter()
         .filter(|o| !list.iter().any(|k| Arc::ptr_eq(o, k)))

@@ -124,7 +124,9 @@ impl Published {
     /// Builds the view of `doc`.
     pub fn build(config: &KeySetConfig, doc: KeySetDoc) -> Self {
         let alg = config.algorithm;
-        let modified = UNIX_EPOCH + Duration::from_secs(doc.jwks_changed_at.max(0).unsigned_abs());
+        // Within what an HTTP date can say (a damaged document may hold any number).
+        let changed = doc.jwks_changed_at.clamp(0, LAST_HTTP_DATE);
+        let modified = UNIX_EPOCH + Duration::from_secs(changed.unsigned_abs());
         let common = Common {
             last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(modified))
                 .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT")),
@@ -186,11 +188,79 @@ impl Published {
         }
     }
 
-    /// The key that signs at `now`.
+    /// The key that signs at `now`: the document's active key, if its record could be
+    /// read (never an older key in its place, whose retention would not cover the tokens).
     pub fn signer(&self, now: i64) -> Option<&PublishedKey> {
-        self.keys
-            .iter()
-            .filter(|k| k.activate_at.is_some_and(|t| t <= now))
-            .max_by_key(|k| k.activate_at)
+        let active = self.doc.keys.get(self.doc.active(now)?)?;
+        self.keys.iter().find(|k| k.name == active.name)
+    }
+}
+
+/// 9999-12-31T23:59:59Z, the last instant an HTTP date can hold.
+const LAST_HTTP_DATE: i64 = 253_402_300_799;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Env};
+    use base64::Engine as _;
+    use keyturn_backend::{KeyBackend, KeyType};
+
+    /// A document with two published keys, "old" active since 100 and "new" since 200,
+    /// changed at `changed`.
+    async fn doc(changed: i64) -> KeySetDoc {
+        let backend = keyturn_backend::memory::MemoryBackend::new();
+        let record = |name: &str, activate_at: i64, spki: &[u8]| {
+            serde_json::json!({
+                "name": name, "key_type": KeyType::EcP256, "created_at": 0,
+                "public_key": base64::engine::general_purpose::STANDARD.encode(spki),
+                "kid": name, "published_at": 0, "activate_at": activate_at,
+            })
+        };
+        let mut keys = Vec::new();
+        for (name, at) in [("old", 100), ("new", 200)] {
+            let public = backend.create_key(name, KeyType::EcP256).await.unwrap();
+            keys.push(record(name, at, public.spki_der()));
+        }
+        serde_json::from_value(serde_json::json!({
+            "jwks_version": 1, "jwks_changed_at": changed, "keys": keys,
+        }))
+        .unwrap()
+    }
+
+    fn config() -> KeySetConfig {
+        Config::parse(crate::testing::KEYSET, Env::default())
+            .unwrap()
+            .keysets[0]
+            .clone()
+    }
+
+    /// A damaged document's change time past what an HTTP date holds is served as the
+    /// last one it can (the formatter would panic).
+    #[tokio::test]
+    async fn any_change_time_gives_a_last_modified() {
+        for (changed, date) in [
+            (i64::MAX, "Fri, 31 Dec 9999 23:59:59 GMT"),
+            (253_402_300_800, "Fri, 31 Dec 9999 23:59:59 GMT"),
+            (-5, "Thu, 01 Jan 1970 00:00:00 GMT"),
+        ] {
+            let published = Published::build(&config(), doc(changed).await);
+            assert_eq!(httpdate::fmt_http_date(published.modified), date);
+        }
+    }
+
+    /// The active key signs; if its record cannot be read, nothing does (not the key
+    /// before it, whose retention would not cover the tokens).
+    #[tokio::test]
+    async fn an_unreadable_active_key_is_not_replaced_by_an_older_one() {
+        let mut doc = doc(0).await;
+        let published = Published::build(&config(), doc.clone());
+        assert_eq!(published.signer(150).unwrap().kid, "old");
+        assert_eq!(published.signer(250).unwrap().kid, "new");
+        doc.keys[1].public_key = Some("not base64".into());
+        let published = Published::build(&config(), doc);
+        assert_eq!(published.signer(150).unwrap().kid, "old");
+        assert!(published.signer(250).is_none());
+        assert!(!published.by_kid.contains_key("new"));
     }
 }

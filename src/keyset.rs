@@ -29,6 +29,9 @@ pub enum Unsigned {
     NoActiveKey,
     /// The active key's record does not yet keep it published for this config's tokens.
     RetentionUnrecorded,
+    /// No one may sign with it any more (a reload took the right from the request's
+    /// client after it was let in): its removal counts from then.
+    NoSigners,
 }
 
 impl Unsigned {
@@ -45,6 +48,9 @@ impl Unsigned {
             Unsigned::RetentionUnrecorded => {
                 "the key set's shared state could not be brought in order for this configuration yet; retry shortly"
             }
+            Unsigned::NoSigners => {
+                "no client may sign with this key set any more (the configuration changed)"
+            }
         }
     }
 }
@@ -55,7 +61,8 @@ pub struct KeySet {
     pub config: KeySetConfig,
     /// Its backend.
     pub backend: Arc<dyn KeyBackend>,
-    published: ArcSwap<Published>,
+    // Rebuilt by the engine's `on_change` as each document is written or read.
+    published: Arc<ArcSwap<Published>>,
     engine: Mutex<Engine>,
     /// Whether the last backend round trip succeeded.
     backend_ok: AtomicBool,
@@ -79,7 +86,7 @@ impl KeySet {
         config: KeySetConfig,
         backend: Arc<dyn KeyBackend>,
     ) -> Result<Arc<Self>, LifecycleError> {
-        let engine = Engine::load(
+        let mut engine = Engine::load(
             &config.name,
             config.timing,
             config.schedule.clone(),
@@ -98,11 +105,18 @@ impl KeySet {
                 config.name, k.key_type, config.algorithm, config.key_type
             )));
         }
-        let published = Published::build(&config, engine.doc().clone());
+        let published = Arc::new(ArcSwap::from_pointee(Published::build(
+            &config,
+            engine.doc().clone(),
+        )));
+        let (view, view_config) = (published.clone(), config.clone());
+        engine.on_change(Box::new(move |doc| {
+            view.store(Arc::new(Published::build(&view_config, doc.clone())));
+        }));
         Ok(Arc::new(KeySet {
             config,
             backend,
-            published: ArcSwap::from_pointee(published),
+            published,
             engine: Mutex::new(engine),
             backend_ok: AtomicBool::new(false),
             keys_ok: AtomicBool::new(true),
@@ -139,7 +153,11 @@ impl KeySet {
     /// Whether it signs at `now` ([`Self::signer`]) and the backend's last answer was a
     /// success.
     pub fn ready(&self, now: i64) -> bool {
-        self.backend_ok() && self.signer(&self.published(), now).is_ok()
+        self.backend_ok()
+            && matches!(
+                self.signer(&self.published(), now),
+                Ok(_) | Err(Unsigned::NoSigners)
+            )
     }
 
     /// Whether this replica's view of the shared state is recent (always, on a backend no
@@ -174,6 +192,9 @@ impl KeySet {
         // failed or is under way): its tokens could outlive the key in the JWKS.
         if !signer.retained {
             return Err(Unsigned::RetentionUnrecorded);
+        }
+        if self.unsigned_since.load(Ordering::Relaxed) <= now {
+            return Err(Unsigned::NoSigners);
         }
         Ok(signer)
     }
@@ -221,16 +242,6 @@ impl KeySet {
         }
     }
 
-    fn republish(&self, engine: &Engine) {
-        let current = self.published.load();
-        if current.doc != *engine.doc() {
-            self.published.store(Arc::new(Published::build(
-                &self.config,
-                engine.doc().clone(),
-            )));
-        }
-    }
-
     /// One round: re-read shared state, bring the key set in order, publish the result.
     pub async fn tick(&self, now: i64) -> Result<Vec<Event>, LifecycleError> {
         let mut engine = self.engine.lock().await;
@@ -241,7 +252,6 @@ impl KeySet {
             engine.tick(now).await
         }
         .await;
-        self.republish(&engine);
         match &result {
             Ok(_) => {
                 self.synced_at.fetch_max(now, Ordering::Relaxed);
@@ -367,7 +377,6 @@ impl KeySet {
     pub async fn rotate_now(&self, now: i64) -> Result<i64, LifecycleError> {
         let mut engine = self.engine.lock().await;
         let result = engine.rotate_now(now).await;
-        self.republish(&engine);
         self.wake.notify_one();
         result
     }
@@ -376,7 +385,6 @@ impl KeySet {
     pub async fn revoke(&self, kid: &str, now: i64) -> Result<Option<String>, LifecycleError> {
         let mut engine = self.engine.lock().await;
         let result = engine.revoke(kid, now).await;
-        self.republish(&engine);
         self.wake.notify_one();
         result
     }
@@ -453,6 +461,42 @@ mod tests {
         config
     }
 
+    /// A revoke takes the key out of the JWKS and out of signing as soon as the revoking
+    /// write lands, not once the successor's successor is made (a slow RSA key, a remote
+    /// backend's round trip): a token it signed then would not verify.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revoked_key_stops_signing_when_its_revoke_is_written() {
+        let config = Config::parse(crate::testing::KEYSET, Env::default())
+            .unwrap()
+            .keysets[0]
+            .clone();
+        let backend = Arc::new(Rigged::default());
+        let keyset = KeySet::open(config, backend.clone()).await.unwrap();
+        let t0 = 1_700_000_000;
+        keyset.tick(t0).await.unwrap();
+        let before = keyset.published();
+        let active = keyset.signer(&before, t0).unwrap().kid.clone();
+        backend.hold_creates.store(true, Ordering::Relaxed);
+        let revoking = {
+            let keyset = keyset.clone();
+            let kid = active.clone();
+            tokio::spawn(async move { keyset.revoke(&kid, t0).await })
+        };
+        // The revoke is written; the next key is being made.
+        backend.waiting.acquire().await.unwrap().forget();
+        let blob = backend.inner.load_state("default").await.unwrap().unwrap();
+        let stored = crate::lifecycle::KeySetDoc::from_bytes(&blob.data).unwrap();
+        assert!(stored.published().all(|k| k.kid.as_ref() != Some(&active)));
+        let now = keyset.published();
+        assert!(!now.by_kid.contains_key(&active));
+        let signer = keyset.signer(&now, t0).unwrap();
+        assert_ne!(signer.kid, active);
+        assert!(!keyset.still_publishes(&before, &active));
+        backend.released.add_permits(1);
+        let after = revoking.await.unwrap().unwrap();
+        assert_eq!(after.as_deref(), Some(signer.kid.as_str()));
+    }
+
     /// On a backend shared by replicas, a key set whose reads of the shared state fail
     /// stops signing (and is not ready) once its view is older than the sync delay (which
     /// the publish lead and retention include); a good read brings it back.
@@ -507,6 +551,37 @@ mod tests {
         without.server.k8s_signer = None;
         keyset.note_signers(&without, 1_700_000_000);
         assert_eq!(keyset.unsigned_since(), Some(1_700_000_000));
+    }
+
+    /// From its `unsigned_since` on, a key set signs nothing, even for a request let in
+    /// before the reload took its client's right: its removal counts from then. It stays
+    /// ready (its JWKS is served until it leaves).
+    #[tokio::test]
+    async fn a_key_set_signs_nothing_once_no_one_may_sign() {
+        let toml = format!(
+            "{}\n[[client]]\nname = \"svc\"\nunix_uid = 1\nkeysets = [\"default\"]",
+            crate::testing::KEYSET
+        );
+        let config = Config::parse(&toml, Env::default()).unwrap();
+        let keyset = KeySet::open(config.keysets[0].clone(), Arc::new(Rigged::default()))
+            .await
+            .unwrap();
+        let t0 = 1_700_000_000;
+        keyset.tick(t0).await.unwrap();
+        keyset.note_signers(&config, t0);
+        assert!(keyset.signer(&keyset.published(), t0 + 5).is_ok());
+        let mut without = config.clone();
+        without.clients.clear();
+        keyset.note_signers(&without, t0 + 5);
+        assert!(keyset.signer(&keyset.published(), t0 + 4).is_ok());
+        assert_eq!(
+            keyset.signer(&keyset.published(), t0 + 5).err(),
+            Some(Unsigned::NoSigners)
+        );
+        assert!(keyset.ready(t0 + 5));
+        // A client back: it signs again.
+        keyset.note_signers(&config, t0 + 6);
+        assert!(keyset.signer(&keyset.published(), t0 + 6).is_ok());
     }
 
     /// A replica does not sign with a key whose record keeps it published for less than

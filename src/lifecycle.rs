@@ -403,7 +403,12 @@ pub struct Engine {
     // Events of steps already written by a tick that then failed: reported by the next
     // successful tick, so a later failure never drops them from the audit log.
     unreported: Vec<Event>,
+    // Told of each document written or read, before the engine goes on (see `on_change`).
+    on_change: Option<OnChange>,
 }
+
+/// What an engine tells of each new document.
+pub type OnChange = Box<dyn Fn(&KeySetDoc) + Send + Sync>;
 
 /// At most this many steps per tick: a healthy key set needs two or three.
 const MAX_STEPS: usize = 64;
@@ -426,9 +431,23 @@ impl Engine {
             doc: KeySetDoc::default(),
             version: None,
             unreported: Vec::new(),
+            on_change: None,
         };
         engine.reload().await?;
         Ok(engine)
+    }
+
+    /// Has `f` called with each document the engine writes or reads that differs from the
+    /// one before, at once: before the engine's next backend call (a revoke's successor key,
+    /// the rest of a tick), so what is published and signs never lags what is stored.
+    pub fn on_change(&mut self, f: OnChange) {
+        self.on_change = Some(f);
+    }
+
+    fn changed(&self) {
+        if let Some(f) = &self.on_change {
+            f(&self.doc);
+        }
     }
 
     /// The document as last read or written.
@@ -467,13 +486,16 @@ impl Engine {
         }
         self.doc = doc;
         self.version = version;
+        if changed {
+            self.changed();
+        }
         Ok(changed)
     }
 
     /// Writes `doc` with check-and-set against the version we read.
     async fn write(&mut self, mut doc: KeySetDoc, now: i64) -> Result<(), LifecycleError> {
         if doc.published_kids() != self.doc.published_kids() {
-            doc.jwks_version = self.doc.jwks_version + 1;
+            doc.jwks_version = self.doc.jwks_version.saturating_add(1);
             doc.jwks_changed_at = now;
         }
         let bytes = serde_json::to_vec(&doc).map_err(|e| LifecycleError::Corrupt {
@@ -486,6 +508,7 @@ impl Engine {
             .await?;
         self.doc = doc;
         self.version = Some(version);
+        self.changed();
         Ok(())
     }
 

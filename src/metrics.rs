@@ -224,13 +224,15 @@ impl Metrics {
             let timing = &keyset.config.timing;
             if let Some(active) = p.signer(now) {
                 age.get_or_create(&label)
-                    .set(now - active.activate_at.unwrap_or(now));
+                    .set(now.saturating_sub(active.activate_at.unwrap_or(now)));
             }
             if let Some(i) = doc.pending(now) {
                 let k = &doc.keys[i];
                 if let Some(at) = k.activate_at {
-                    next_activation.get_or_create(&label).set(at - now);
-                    let lead = at - k.published_at.unwrap_or(at);
+                    next_activation
+                        .get_or_create(&label)
+                        .set(at.saturating_sub(now));
+                    let lead = at.saturating_sub(k.published_at.unwrap_or(at));
                     unsafe_lead
                         .get_or_create(&label)
                         .set(i64::from(lead < timing.jwks_max_age));
@@ -241,7 +243,9 @@ impl Metrics {
                 .filter_map(|i| doc.remove_at(i, now, timing))
                 .min();
             if let Some(t) = removal {
-                next_removal.get_or_create(&label).set(t - now);
+                next_removal
+                    .get_or_create(&label)
+                    .set(t.saturating_sub(now));
             }
             version
                 .get_or_create(&label)

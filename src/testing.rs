@@ -41,7 +41,9 @@ pub struct Rigged {
     pub hold: bool,
     /// With `hold`: sign once released instead (with the key as it is then).
     pub sign_when_released: bool,
-    /// One permit per signature that has arrived (and, with `hold`, waits).
+    /// While set, `create_key` waits for [`Rigged::released`] too.
+    pub hold_creates: AtomicBool,
+    /// One permit per signature (or held key creation) that has arrived (and waits).
     pub waiting: Semaphore,
     /// One permit per held signature the test lets through.
     pub released: Semaphore,
@@ -56,6 +58,7 @@ impl Default for Rigged {
             fail_writes: AtomicBool::new(false),
             hold: false,
             sign_when_released: false,
+            hold_creates: AtomicBool::new(false),
             waiting: Semaphore::new(0),
             released: Semaphore::new(0),
         }
@@ -74,6 +77,10 @@ impl KeyBackend for Rigged {
         self.shared
     }
     async fn create_key(&self, name: &str, key_type: KeyType) -> Result<PublicKey, BackendError> {
+        if self.hold_creates.load(Ordering::Relaxed) {
+            self.waiting.add_permits(1);
+            let _ = self.released.acquire().await.map(|p| p.forget());
+        }
         self.inner.create_key(name, key_type).await
     }
     async fn public_key(&self, name: &str) -> Result<PublicKey, BackendError> {

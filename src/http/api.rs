@@ -298,6 +298,7 @@ fn active_key<'a>(
             ApiError::retry_after(1, "backend_unavailable", why.message())
         }
         Unsigned::NoActiveKey => ApiError::retry_after(1, "no_active_key", why.message()),
+        Unsigned::NoSigners => ApiError::forbidden("keyset_not_allowed", why.message()),
     })
 }
 

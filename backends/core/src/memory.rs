@@ -109,7 +109,7 @@ impl KeyBackend for MemoryBackend {
         if current != expected {
             return Err(BackendError::Conflict);
         }
-        let version = current.unwrap_or(0) + 1;
+        let version = current.unwrap_or(0).saturating_add(1);
         states.insert(
             keyset.to_owned(),
             StateBlob {

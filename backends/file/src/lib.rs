@@ -364,7 +364,7 @@ impl KeyBackend for FileBackend {
         if current != expected {
             return Err(BackendError::Conflict);
         }
-        let version = current.unwrap_or(0) + 1;
+        let version = current.unwrap_or(0).saturating_add(1);
         let bytes = serde_json::to_vec(&StateFile { version, data })
             .map_err(|e| BackendError::storage("cannot encode state", e))?;
         let path = self.state_path(keyset);
