@@ -9,6 +9,25 @@ use http::Method;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// `println!` that ends the command quietly once stdout is closed (`keyturn status | head`)
+/// instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            stdout_failed(&e)
+        }
+    }};
+}
+
+fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0)
+    }
+    eprintln!("keyturn: cannot write to stdout: {e}");
+    std::process::exit(1)
+}
+
 /// keyturn: signing keys for JWT issuers, rotated on schedule, served as a JWKS.
 #[derive(Debug, Parser)]
 #[command(name = "keyturn", version, about)]
@@ -147,6 +166,9 @@ pub enum Command {
         /// Write the token to this file (0600) instead of printing it; never overwrites.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// An admin client: it may also read key sets, rotate and revoke.
+        #[arg(long)]
+        admin: bool,
     },
 }
 
@@ -200,7 +222,7 @@ async fn call(
 }
 
 fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    say!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 fn when(now: i64, t: i64) -> String {
@@ -216,7 +238,7 @@ fn when(now: i64, t: i64) -> String {
 
 fn print_plan(view: &serde_json::Value) {
     let now = view["now"].as_i64().unwrap_or(0);
-    println!(
+    say!(
         "key set {} ({}, {} backend)",
         view["name"].as_str().unwrap_or("?"),
         view["algorithm"].as_str().unwrap_or("?"),
@@ -234,12 +256,12 @@ fn print_plan(view: &serde_json::Value) {
     }
     events.sort();
     if events.is_empty() {
-        println!("  nothing scheduled");
+        say!("  nothing scheduled");
     }
     for (t, what) in events {
-        println!("  {}  {what}", when(now, t));
+        say!("  {}  {what}", when(now, t));
     }
-    println!(
+    say!(
         "  publish lead {}, retention {}, JWKS max-age {}",
         crate::config::human(view["publish_lead"].as_i64().unwrap_or(0)),
         crate::config::human(view["retention"].as_i64().unwrap_or(0)),
@@ -265,12 +287,12 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                             .check_removed(&config, now, &ledger_path)
                             .map_err(|e| format!("{}: {e}", file.display()))?;
                     }
-                    Err(e) => println!("  not checked against the last run's key sets: {e}"),
+                    Err(e) => say!("  not checked against the last run's key sets: {e}"),
                 }
-                println!("{}: OK", file.display());
+                say!("{}: OK", file.display());
                 for ks in &config.keysets {
                     let t = &ks.timing;
-                    println!(
+                    say!(
                         "  key set {:?}: {} on {}; publish lead {}, retention {}, at most {} keys in the JWKS",
                         ks.name,
                         ks.algorithm,
@@ -280,7 +302,7 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                         t.max_published(crate::timing::min_period(&ks.schedule).unwrap_or(1)),
                     );
                 }
-                println!("  {} client(s)", config.clients.len());
+                say!("  {} client(s)", config.clients.len());
                 Ok(())
             }
             Command::Status { keyset } => {
@@ -318,7 +340,7 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                 let claims: &serde_json::value::RawValue = serde_json::from_str(&claims).map_err(|e| format!("--claims is not JSON: {e}"))?;
                 let body = serde_json::to_vec(&Body { claims, ttl, typ }).map_err(|e| e.to_string())?;
                 let out = call(conn, Method::POST, &format!("/v1/keysets/{keyset}/sign"), Some(body)).await?;
-                println!("{}", out["token"].as_str().unwrap_or_default());
+                say!("{}", out["token"].as_str().unwrap_or_default());
                 Ok(())
             }
             Command::Verify { token, jwks, issuer, audience, typ, leeway } => {
@@ -351,7 +373,7 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                 let found = crate::audit::verify(&file)?;
                 let shown = file.display();
                 if found.torn.is_empty() {
-                    println!("{shown}: {} lines, hash chain intact", found.lines);
+                    say!("{shown}: {} lines, hash chain intact", found.lines);
                     Ok(())
                 } else {
                     let torn: Vec<String> = found.torn.iter().map(u64::to_string).collect();
@@ -364,7 +386,7 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                     ))
                 }
             }
-            Command::ClientToken { name, keysets, audiences, out } => client_token(&name, &keysets, &audiences, out),
+            Command::ClientToken { name, keysets, audiences, out, admin } => client_token(&name, &keysets, &audiences, out, admin),
         }
     }
     .await;
@@ -379,6 +401,7 @@ fn client_token(
     keysets: &[String],
     audiences: &[String],
     out: Option<PathBuf>,
+    admin: bool,
 ) -> Result<(), String> {
     use aws_lc_rs::rand::SecureRandom;
     use base64::Engine as _;
@@ -442,7 +465,8 @@ fn client_token(
         }
         None => eprintln!("token (shown once; give it to the client): {token}"),
     }
-    println!("[[client]]\nname = {name:?}\ntoken_sha256 = \"{hash}\"\nkeysets = [{list}]\n{audiences}\n# max_ttl = \"10m\"");
+    let admin = if admin { "admin = true\n" } else { "" };
+    say!("[[client]]\nname = {name:?}\ntoken_sha256 = \"{hash}\"\nkeysets = [{list}]\n{audiences}\n{admin}# max_ttl = \"10m\"");
     Ok(())
 }
 

@@ -698,6 +698,13 @@ impl RawKeySet {
                 at_most(&format!("{ctx}: "), key, value, MAX_SPAN)?;
             }
         }
+        // The backends' own `supports` is checked again when they open (custom backends).
+        if matches!(self.backend, BackendConfig::Kms { .. }) && self.algorithm == Algorithm::EdDSA {
+            return Err(invalid(format!(
+                "{ctx}: the kms backend cannot sign EdDSA; use ES256, ES384, ES512, RS* or \
+                 PS* with kms, or EdDSA with the file or vault backend"
+            )));
+        }
         let key_type = match (self.algorithm.is_rsa(), self.rsa_bits) {
             (true, bits) => self
                 .algorithm
@@ -1058,6 +1065,11 @@ mod tests {
             ),
             ("\"ES256\"", "\"ES256\"\nrsa_bits = 2048", "rsa_bits"),
             ("\"ES256\"", "\"RS256\"\nrsa_bits = 1024", "rsa_bits"),
+            (
+                "\"ES256\"",
+                "\"EdDSA\"\nbackend = { type = \"kms\" }",
+                "kms backend cannot sign EdDSA",
+            ),
         ] {
             let err = parse(&MINIMAL.replace(from, to)).unwrap_err().to_string();
             assert!(err.contains(needle), "{to}: {err}");

@@ -26,7 +26,10 @@ const READ_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD");
 const DOCUMENT_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD, OPTIONS");
 const PREFLIGHT_MAX_AGE: HeaderValue = HeaderValue::from_static("86400");
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
-const PROMETHEUS: HeaderValue = HeaderValue::from_static("text/plain; version=0.0.4");
+// What the body is (prometheus-client writes OpenMetrics: `_total` samples of a counter
+// family, `# EOF`); Prometheus reads it as such.
+const PROMETHEUS: HeaderValue =
+    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// The public listener's service; one per connection, all sharing the state.

@@ -17,4 +17,5 @@ mod kms;
 mod leak;
 mod metrics;
 mod systemd;
+mod tour;
 mod vault;

@@ -34,11 +34,12 @@ async fn metrics_cover_signatures_backend_calls_and_key_timing() {
         .send()
         .await
         .unwrap();
-    assert!(r.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain"));
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
     let text = r.text().await.unwrap();
+    assert!(text.ends_with("# EOF\n"), "an OpenMetrics body: {text}");
     for needle in [
         "keyturn_signatures_total{keyset=\"default\",algorithm=\"ES256\",outcome=\"ok\"} 3",
         "keyturn_sign_duration_seconds_count{keyset=\"default\"} 3",
