@@ -225,14 +225,6 @@ fn refuse_a_fresh_start(
     )))
 }
 
-/// Writes the ledger of `keysets`. A failure is logged, not fatal (a read-only data
-/// directory on Vault or KMS): the next start then checks against the last ledger written.
-fn record_keysets(keysets: &KeySets, path: &Path) {
-    if let Err(e) = Ledger::of(keysets).store(path) {
-        tracing::error!(error = %format!("{e:#}"), path = %path.display(), "cannot record the key sets for the next start: it will check its config against the last record written");
-    }
-}
-
 fn bind_unix(path: &PathBuf) -> anyhow::Result<UnixListener> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
@@ -303,12 +295,15 @@ pub async fn run_with_backends(
         return Ok(());
     };
     let list = list?;
+    // Tokens signed before this start may still be live: what the ledger said of each key
+    // set was taken over by open_keysets. Recorded for the next start, or no start.
+    let now = clock.now();
+    let mut recorded = ledger;
+    Ledger::under(&list, &config, now).record(&mut recorded, &ledger_path)?;
     for keyset in &list {
-        // Tokens signed before this start may still be live.
-        keyset.note_signers(&config, clock.now());
+        keyset.note_signers(&config, now);
     }
     let list = KeySets::new(list);
-    record_keysets(&list, &ledger_path);
 
     let state = Arc::new(AppState {
         keysets: ArcSwap::from_pointee(list),
@@ -416,11 +411,8 @@ pub async fn run_with_backends(
             () = shutdown.cancelled() => break,
             () = signals.reload() => {
                 crate::notify::reloading();
-                match reload(&state, &mut current, config_path.as_deref(), &mut factory, &clock, &audit, &keyset_shutdown, &mut maintenance).await {
-                    Ok(()) => {
-                        tracing::info!("configuration reloaded");
-                        record_keysets(&state.keysets.load(), &ledger_path);
-                    }
+                match reload(&state, &mut current, config_path.as_deref(), &mut factory, &clock, &audit, &keyset_shutdown, &mut maintenance, (&mut recorded, &ledger_path)).await {
+                    Ok(()) => tracing::info!("configuration reloaded"),
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "reload refused; the running configuration stays"),
                 }
                 crate::notify::ready();
@@ -459,6 +451,7 @@ async fn reload(
     audit: &Audit,
     keyset_shutdown: &CancellationToken,
     maintenance: &mut JoinSet<()>,
+    (ledger, ledger_path): (&mut Ledger, &Path),
 ) -> anyhow::Result<()> {
     let Some(path) = path else {
         bail!("running the embedded default config; nothing to reload")
@@ -501,28 +494,31 @@ async fn reload(
         keyset_shutdown,
     )
     .await?;
+    let fresh = |keyset: &Arc<KeySet>| !old.iter().any(|o| Arc::ptr_eq(o, keyset));
+    for keyset in list.iter().filter(|k| fresh(k)) {
+        // A key set rebuilt because its settings changed keeps what the old one knew.
+        if let Some(previous) = old.get(keyset.name()) {
+            keyset.inherit(previous);
+        }
+    }
+    // The clients change now (not when the reload began, which may have waited on a
+    // backend): a key set no one may sign with any more signs nothing from the next second
+    // on, so no request an old client started outlives its recorded removal time. The
+    // ledger records that first; if it cannot, the reload is refused.
+    let swapped = clock.now().saturating_add(1);
+    Ledger::under(&list, &new, swapped).record(ledger, ledger_path)?;
     for keyset in &list {
-        if !old.iter().any(|o| Arc::ptr_eq(o, keyset)) {
-            // A key set rebuilt because its settings changed keeps what the old one knew.
-            if let Some(previous) = old.get(keyset.name()) {
-                keyset.inherit(previous);
-            }
+        if fresh(keyset) {
             maintenance.spawn(keyset.clone().run(
                 clock.clone(),
                 audit.clone(),
                 keyset_shutdown.clone(),
             ));
         }
+        keyset.note_signers(&new, swapped);
     }
     state.clients.store(Arc::new(new.clients.clone()));
     state.keysets.store(Arc::new(KeySets::new(list.clone())));
-    // Since now (not since the reload began, which may have waited on a backend), the old
-    // clients are gone; a request one of them started signs no later than this second (a
-    // key set signs nothing from its `unsigned_since` on).
-    let swapped = clock.now().saturating_add(1);
-    for keyset in &list {
-        keyset.note_signers(&new, swapped);
-    }
     for gone in old
         .iter()
         .filter(|o| !list.iter().any(|k| Arc::ptr_eq(o, k)))

@@ -242,13 +242,13 @@ impl KeySet {
         }
     }
 
-    /// One round: re-read shared state, bring the key set in order, publish the result.
+    /// One round: re-read the state (another replica's writes; a state deleted or replaced
+    /// under a backend of one daemon shows here too), bring the key set in order, publish
+    /// the result.
     pub async fn tick(&self, now: i64) -> Result<Vec<Event>, LifecycleError> {
         let mut engine = self.engine.lock().await;
         let result = async {
-            if self.backend.shared() {
-                engine.reload().await?;
-            }
+            engine.reload().await?;
             engine.tick(now).await
         }
         .await;
@@ -257,40 +257,44 @@ impl KeySet {
                 self.synced_at.fetch_max(now, Ordering::Relaxed);
                 self.note_backend(true)
             }
-            // Any backend failure, transient or not (a read-only or full disk), means the
-            // key set cannot be kept in order: not ready until a tick succeeds again.
-            Err(LifecycleError::Backend(_) | LifecycleError::Contention(_)) => {
-                self.note_backend(false)
-            }
+            // Any backend failure, transient or not (a read-only or full disk), or a state
+            // replaced under it, means the key set cannot be kept in order: not ready until
+            // a tick succeeds again.
+            Err(
+                LifecycleError::Backend(_)
+                | LifecycleError::Contention(_)
+                | LifecycleError::Replaced { .. },
+            ) => self.note_backend(false),
             Err(_) => {}
         }
         result
     }
 
-    /// Records, at start and at each reload, whether anyone may sign with this key set
-    /// under `config` (a client, or the Kubernetes signer); `now` is when the last one lost
-    /// the right.
-    pub fn note_signers(&self, config: &crate::config::Config, now: i64) {
+    /// Since when no one may sign with this key set under `config` (a client, or the
+    /// Kubernetes signer): None while one may; else since it was first so, or `now`.
+    pub fn unsigned_since_under(&self, config: &crate::config::Config, now: i64) -> Option<i64> {
         let k8s = config
             .server
             .k8s_signer
             .as_ref()
             .is_some_and(|(_, keyset)| keyset == self.name());
-        if k8s
-            || config
-                .clients
-                .iter()
-                .any(|c| c.keysets.iter().any(|k| k == self.name()))
-        {
-            self.unsigned_since.store(i64::MAX, Ordering::Relaxed);
+        let client = config
+            .clients
+            .iter()
+            .any(|c| c.keysets.iter().any(|k| k == self.name()));
+        if k8s || client {
+            None
         } else {
-            let _ = self.unsigned_since.compare_exchange(
-                i64::MAX,
-                now,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
+            Some(self.unsigned_since().unwrap_or(now))
         }
+    }
+
+    /// Records, at start and at each reload, what [`Self::unsigned_since_under`] says of
+    /// `config`: from then on the key set signs nothing.
+    pub fn note_signers(&self, config: &crate::config::Config, now: i64) {
+        let since = self.unsigned_since_under(config, now);
+        self.unsigned_since
+            .store(since.unwrap_or(i64::MAX), Ordering::Relaxed);
     }
 
     /// Takes over what `previous` (the same key set before a reload changed its settings)

@@ -4,11 +4,12 @@
 //! history (another directory, mount or table, or a lost state). Written at start and after
 //! each reload; one entry per key set.
 
-use crate::app::KeySets;
 use crate::config::{human, Config};
+use crate::keyset::KeySet;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The file's name in `data_dir`.
 pub const FILE: &str = "keysets.json";
@@ -67,8 +68,8 @@ impl Ledger {
         })
     }
 
-    /// What the running key sets need remembered.
-    pub fn of(keysets: &KeySets) -> Ledger {
+    /// What `keysets` need remembered once `config` runs, from `now` on.
+    pub fn under(keysets: &[Arc<KeySet>], config: &Config, now: i64) -> Ledger {
         Ledger {
             keysets: keysets
                 .iter()
@@ -80,7 +81,7 @@ impl Ledger {
                         Entry {
                             history,
                             kids: published.keys.iter().map(|p| p.kid.clone()).collect(),
-                            unsigned_since: k.unsigned_since(),
+                            unsigned_since: k.unsigned_since_under(config, now),
                             retention: k.retention(),
                         },
                     ))
@@ -89,10 +90,23 @@ impl Ledger {
         }
     }
 
-    /// Writes it (atomically, 0600).
-    pub fn store(&self, path: &Path) -> anyhow::Result<()> {
-        let bytes = serde_json::to_vec_pretty(self)?;
-        keyturn_backend::fsutil::write_atomic(path, &bytes).map_err(anyhow::Error::msg)
+    /// Writes it (atomically, 0600) unless `last`, what the file holds, says the same;
+    /// `last` is then this. A failure is for the caller to refuse what it was about to
+    /// apply: a ledger left behind could let the next start drop a key set early.
+    pub fn record(self, last: &mut Ledger, path: &Path) -> anyhow::Result<()> {
+        if self == *last {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec_pretty(&self)?;
+        keyturn_backend::fsutil::write_atomic(path, &bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot record the key sets in {} ({e}); keyturn needs its data directory \
+                 writable, so that its next start keeps every key set as long as its tokens live",
+                path.display()
+            )
+        })?;
+        *last = self;
+        Ok(())
     }
 
     /// Refuses a config that leaves out a key set whose tokens may still be live at `now`.
@@ -185,10 +199,34 @@ mod tests {
         let ledger = Ledger {
             keysets: [("a".to_owned(), entry(Some(5)))].into(),
         };
-        ledger.store(&p).unwrap();
+        let mut last = Ledger::default();
+        ledger.clone().record(&mut last, &p).unwrap();
+        assert_eq!(last, ledger);
         assert_eq!(Ledger::load(&p).unwrap(), ledger);
         std::fs::write(&p, b"{\"keysets\": [").unwrap();
         let err = Ledger::load(&p).unwrap_err().to_string();
         assert!(err.contains("damaged"), "{err}");
+    }
+
+    /// A ledger that cannot be written is an error for the caller (start or reload) to
+    /// refuse on; one that says what the file holds is not written at all.
+    #[test]
+    fn a_ledger_that_cannot_be_recorded_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("missing-dir").join(FILE);
+        let ledger = Ledger {
+            keysets: [("a".to_owned(), entry(None))].into(),
+        };
+        let mut last = Ledger::default();
+        let err = ledger
+            .clone()
+            .record(&mut last, &p)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot record the key sets"), "{err}");
+        assert_eq!(last, Ledger::default(), "unchanged: nothing was written");
+        let mut same = ledger.clone();
+        ledger.record(&mut same, &p).unwrap();
+        assert!(!p.exists());
     }
 }

@@ -367,6 +367,20 @@ pub enum LifecycleError {
     /// Replicas kept overwriting each other; try again.
     #[error("too many concurrent writers on key set {0:?}; try again")]
     Contention(String),
+    /// The stored document is no longer this key set's (deleted, or another history) while
+    /// keyturn ran: acting on it would drop every key published until now.
+    #[error(
+        "the stored lifecycle document of key set {keyset:?} was replaced while keyturn ran \
+         ({how}); not acted on: the keys published until now stay served. Restore the state \
+         (a backup of the same history); to start the key set over instead, stop keyturn \
+         and remove the key set's entry from <data_dir>/keysets.json"
+    )]
+    Replaced {
+        /// The key set.
+        keyset: String,
+        /// What the backend holds now.
+        how: &'static str,
+    },
 }
 
 impl LifecycleError {
@@ -479,6 +493,12 @@ impl Engine {
                 min_reader: doc.min_reader,
             });
         }
+        if let Some(how) = self.replaced_by(&doc) {
+            return Err(LifecycleError::Replaced {
+                keyset: self.keyset.clone(),
+                how,
+            });
+        }
         let changed = doc != self.doc || version != self.version;
         let unknown = doc.unknown_fields();
         if changed && !unknown.is_empty() {
@@ -490,6 +510,26 @@ impl Engine {
             self.changed();
         }
         Ok(changed)
+    }
+
+    /// Whether `doc`, just read, is another key set's than the one this engine knows: of
+    /// another history, or (where one of the two has none yet) without every key this one
+    /// published. None if it is this key set's, or if the engine knows nothing yet.
+    fn replaced_by(&self, doc: &KeySetDoc) -> Option<&'static str> {
+        let ours = &self.doc;
+        match (&ours.history, &doc.history) {
+            (Some(a), Some(b)) if a == b => return None,
+            (Some(_), Some(_)) => return Some("by a document of another history"),
+            _ => {}
+        }
+        let knows = |kid: &String| doc.keys.iter().any(|k| k.kid.as_ref() == Some(kid));
+        if ours.published().filter_map(|k| k.kid.as_ref()).all(knows) {
+            None
+        } else if doc.keys.is_empty() {
+            Some("it is gone")
+        } else {
+            Some("by a document without keys this one published")
+        }
     }
 
     /// Writes `doc` with check-and-set against the version we read.

@@ -473,6 +473,55 @@ async fn fields_of_a_newer_format_are_kept_through_writes() {
     assert_eq!(e.doc().min_reader, FORMAT);
 }
 
+/// A document that is no longer the key set's while it runs (deleted, or replaced by one
+/// of another history or without its keys) is not acted on: no fresh start drops the keys
+/// it published. Its own document, restored, is taken back.
+#[tokio::test]
+async fn a_document_replaced_while_running_is_not_acted_on() {
+    let backend: Arc<dyn KeyBackend> = Arc::new(MemoryBackend::new());
+    let mut e = engine(backend.clone(), Schedule::Every(HOUR)).await;
+    e.tick(T0).await.unwrap();
+    let own = backend.load_state("ks").await.unwrap().unwrap();
+    let published: Vec<_> = e.doc().published_kids();
+    for (edit, how) in [
+        (
+            serde_json::json!({"jwks_version": 0, "jwks_changed_at": 0, "keys": []}),
+            "it is gone",
+        ),
+        (
+            serde_json::json!({"history": "another", "jwks_version": 0, "jwks_changed_at": 0, "keys": []}),
+            "another history",
+        ),
+    ] {
+        let current = backend.load_state("ks").await.unwrap().unwrap();
+        let bytes = serde_json::to_vec(&edit).unwrap();
+        backend
+            .store_state("ks", &bytes, Some(current.version))
+            .await
+            .unwrap();
+        let err = e.reload().await.unwrap_err();
+        assert!(matches!(err, LifecycleError::Replaced { .. }), "{err}");
+        assert!(err.to_string().contains(how), "{err}");
+        assert!(!err.is_retryable());
+        // A tick that writes (the next key is due; its write conflicts, and the re-read
+        // finds the replacement) neither starts over nor drops a key.
+        let err = e.tick(T0 + 2 * HOUR).await.unwrap_err();
+        assert!(matches!(err, LifecycleError::Replaced { .. }), "{err}");
+        assert_eq!(e.doc().published_kids(), published);
+        let stored = backend.load_state("ks").await.unwrap().unwrap();
+        assert_eq!(stored.data, bytes, "nothing written");
+    }
+    // The key set's own document, restored: taken back.
+    let current = backend.load_state("ks").await.unwrap().unwrap();
+    backend
+        .store_state("ks", &own.data, Some(current.version))
+        .await
+        .unwrap();
+    e.reload().await.unwrap();
+    e.tick(T0 + 60).await.unwrap();
+    assert_eq!(e.doc().published_kids(), published);
+}
+
 /// Revoke: out of the JWKS at once, a new key active at once, exactly one active after.
 #[tokio::test]
 async fn revoke_takes_the_key_out_and_activates_another() {

@@ -288,3 +288,64 @@ async fn keys_that_cannot_sign_are_refused_and_reported() {
     let d = Daemon::spawn(config_path, &[]);
     assert_eq!(sign(&d, "default", &token, body).await.0, 200);
 }
+
+/// The key set's state deleted while the daemon runs (a file backend's `.state` file): the
+/// next write finds it gone and is not made. No fresh start drops the published keys; the
+/// daemon keeps serving its JWKS, says in /readyz and the log what happened, refuses the
+/// admin operation with 503 `state_replaced`, and takes its state back once restored.
+#[tokio::test]
+async fn a_state_deleted_while_running_is_not_started_over() {
+    let dir = private_dir();
+    let (client, token) = token_client("ops", &["default"], "admin = true");
+    let config = format!(
+        "{}{}{client}",
+        server_toml(dir.path()),
+        keyset_toml("default", "ES256", "")
+    );
+    let d = Daemon::start(dir.path(), &config);
+    let before = kids(&jwks(&d, "default").await);
+    let state = dir.path().join("data/keys/default.state");
+    let saved = std::fs::read(&state).unwrap();
+    std::fs::remove_file(&state).unwrap();
+    let (status, err) = admin(
+        &d,
+        &token,
+        reqwest::Method::POST,
+        "/v1/keysets/default/rotate",
+    )
+    .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (503, Some("state_replaced")),
+        "{err}"
+    );
+    assert_eq!(kids(&jwks(&d, "default").await), before);
+    assert!(!state.exists(), "nothing written in its place");
+    assert_eq!(ready(&d).await, 503);
+    assert!(
+        d.log_text()
+            .contains("was replaced while keyturn ran (it is gone)"),
+        "{}",
+        d.log_text()
+    );
+    // Restored: taken back at the next write.
+    write_secret(&state, &saved);
+    let (status, err) = admin(
+        &d,
+        &token,
+        reqwest::Method::POST,
+        "/v1/keysets/default/rotate",
+    )
+    .await;
+    assert_eq!(status, 200, "{err}");
+    let after = kids(&jwks(&d, "default").await);
+    assert!(
+        before.iter().all(|k| after.contains(k)),
+        "{before:?} {after:?}"
+    );
+    eventually(Duration::from_secs(10), "ready again", || async {
+        ready(&d).await == 200
+    })
+    .await;
+    assert!(d.stop().success());
+}

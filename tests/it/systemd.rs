@@ -411,6 +411,44 @@ async fn a_restart_is_refused_where_a_reload_would_be() {
     assert!(d.stop().success());
 }
 
+/// A reload whose ledger cannot be written is refused: a ledger left behind could let the
+/// next start drop a key set whose tokens are live. Once it can be written, the same reload
+/// applies.
+#[tokio::test]
+async fn a_reload_that_cannot_be_recorded_is_refused() {
+    let dir = private_dir();
+    let (alpha, _) = token_client("alpha", &["default"], "");
+    let (beta, beta_token) = token_client("beta", &["second"], "");
+    let base = server_toml(dir.path()) + &keyset_toml("default", "ES256", "") + &alpha;
+    let d = Daemon::start(dir.path(), &base);
+    let ledger = dir.path().join("data/keysets.json");
+    std::fs::remove_file(&ledger).unwrap();
+    std::fs::create_dir(&ledger).unwrap(); // a rename cannot replace it
+    std::fs::write(
+        &d.config_path,
+        base.clone() + &keyset_toml("second", "EdDSA", "") + &beta,
+    )
+    .unwrap();
+    d.signal("HUP");
+    crate::harness::eventually(Duration::from_secs(30), "reload refused", || async {
+        !log_lines_with(&d, "reload refused").is_empty()
+    })
+    .await;
+    let refused = log_lines_with(&d, "reload refused").join("\n");
+    assert!(refused.contains("cannot record the key sets"), "{refused}");
+    assert_eq!(jwks_status(&d, "second").await, 404);
+    std::fs::remove_dir(&ledger).unwrap();
+    d.signal("HUP");
+    crate::harness::eventually(Duration::from_secs(30), "reload applied", || async {
+        !log_lines_with(&d, "configuration reloaded").is_empty()
+    })
+    .await;
+    signs_and_verifies(&d, "second", &beta_token).await;
+    let recorded = std::fs::read_to_string(&ledger).unwrap();
+    assert!(recorded.contains("\"second\""), "{recorded}");
+    assert!(d.stop().success());
+}
+
 #[tokio::test]
 async fn sighup_applies_a_new_config_on_the_same_listeners_and_refuses_an_invalid_one() {
     let dir = private_dir();
