@@ -397,7 +397,8 @@ impl LifecycleError {
 /// What a completed engine operation reports, for the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    /// "published", "activated", "removed", "revoked", "destroyed", "rotation-scheduled".
+    /// "published", "activated", "retired", "removed", "revoked", "destroyed",
+    /// "rotation-scheduled".
     pub kind: &'static str,
     /// The key's kid (or backend name when it has none yet).
     pub kid: String,
@@ -419,6 +420,9 @@ pub struct Engine {
     unreported: Vec<Event>,
     // Told of each document written or read, before the engine goes on (see `on_change`).
     on_change: Option<OnChange>,
+    // The key active at the last successful tick (None before the first): a scheduled
+    // activation is no write, so a tick that finds another key active reports it.
+    seen_active: Option<Option<String>>,
 }
 
 /// What an engine tells of each new document.
@@ -446,6 +450,7 @@ impl Engine {
             version: None,
             unreported: Vec::new(),
             on_change: None,
+            seen_active: None,
         };
         engine.reload().await?;
         Ok(engine)
@@ -579,6 +584,7 @@ impl Engine {
     pub async fn tick(&mut self, now: i64) -> Result<Vec<Event>, LifecycleError> {
         for _ in 0..MAX_STEPS {
             let Some(step) = plan(&self.doc, now, &self.timing) else {
+                self.note_activation(now);
                 return Ok(std::mem::take(&mut self.unreported));
             };
             match self.run(step, now).await {
@@ -591,6 +597,47 @@ impl Engine {
             }
         }
         Err(LifecycleError::Contention(self.keyset.clone()))
+    }
+
+    /// Reports a key that became active since the last tick (by its schedule, a revoke, or
+    /// this tick's own start of the key set) and, if still published, the key it took over
+    /// from. Before its first tick the engine knows of no earlier key: it reports only a
+    /// key active from this very instant.
+    fn note_activation(&mut self, now: i64) {
+        let doc = &self.doc;
+        let active = doc.active(now);
+        let kid = active.and_then(|i| doc.keys[i].kid.clone());
+        let at = active.and_then(|i| doc.keys[i].activate_at).unwrap_or(now);
+        let changed = match &self.seen_active {
+            Some(seen) => *seen != kid,
+            None => at == now,
+        };
+        if changed {
+            let reported = self
+                .unreported
+                .iter()
+                .any(|e| e.kind == "activated" && Some(&e.kid) == kid.as_ref());
+            let mut events = Vec::new();
+            if let Some(kid) = kid.clone().filter(|_| !reported) {
+                events.push(Event {
+                    kind: "activated",
+                    kid,
+                    at,
+                });
+            }
+            let before = self.seen_active.clone().flatten();
+            if let Some(kid) = before.filter(|s| {
+                doc.published().any(|k| k.kid.as_ref() == Some(s)) && Some(s) != kid.as_ref()
+            }) {
+                events.push(Event {
+                    kind: "retired",
+                    kid,
+                    at,
+                });
+            }
+            self.unreported.extend(events);
+        }
+        self.seen_active = Some(kid);
     }
 
     /// A tick inside an admin operation: its events stay for the maintenance task's next

@@ -522,6 +522,69 @@ async fn a_document_replaced_while_running_is_not_acted_on() {
     assert_eq!(e.doc().published_kids(), published);
 }
 
+/// A scheduled activation is no write, yet the audit log hears of it: the tick at its time
+/// reports the key that became active and the one it retired, each once, at the
+/// activation time; a revoke reports the key it activated (the revoked one is not retired).
+#[tokio::test]
+async fn scheduled_activations_are_reported() {
+    let backend: Arc<dyn KeyBackend> = Arc::new(MemoryBackend::new());
+    let mut e = engine(backend.clone(), Schedule::Every(HOUR)).await;
+    let kinds = |events: &[Event]| -> Vec<(&'static str, String)> {
+        events.iter().map(|e| (e.kind, e.kid.clone())).collect()
+    };
+    let first = e.tick(T0).await.unwrap();
+    let activated: Vec<_> = kinds(&first)
+        .into_iter()
+        .filter(|(k, _)| *k == "activated")
+        .collect();
+    assert_eq!(activated.len(), 1, "{first:?}");
+    let old = e
+        .doc()
+        .active(T0)
+        .and_then(|i| e.doc().keys[i].kid.clone())
+        .unwrap();
+    let p = e.doc().pending(T0).unwrap();
+    let (new, at) = (
+        e.doc().keys[p].kid.clone().unwrap(),
+        e.doc().keys[p].activate_at.unwrap(),
+    );
+    assert!(e
+        .tick(at - 1)
+        .await
+        .unwrap()
+        .iter()
+        .all(|e| e.kind != "activated"));
+    let events = e.tick(at).await.unwrap();
+    let mut reported = kinds(&events);
+    reported.retain(|(k, _)| *k == "activated" || *k == "retired");
+    assert_eq!(
+        reported,
+        [("activated", new.clone()), ("retired", old.clone())],
+        "{events:?}"
+    );
+    assert!(events
+        .iter()
+        .filter(|e| e.kind != "published")
+        .all(|e| e.at == at));
+    assert!(e
+        .tick(at + 60)
+        .await
+        .unwrap()
+        .iter()
+        .all(|e| e.kind != "activated"));
+    // A revoke of the active key: its successor is reported active, nothing retired.
+    let next = e
+        .doc()
+        .pending(at + 60)
+        .and_then(|i| e.doc().keys[i].kid.clone())
+        .unwrap();
+    e.revoke(&new, at + 60).await.unwrap();
+    let events = e.tick(at + 60).await.unwrap();
+    let mut reported = kinds(&events);
+    reported.retain(|(k, _)| *k == "activated" || *k == "retired");
+    assert_eq!(reported, [("activated", next)], "{events:?}");
+}
+
 /// Revoke: out of the JWKS at once, a new key active at once, exactly one active after.
 #[tokio::test]
 async fn revoke_takes_the_key_out_and_activates_another() {
