@@ -507,6 +507,17 @@ async fn reload(
     // ledger records that first; if it cannot, the reload is refused.
     let swapped = clock.now().saturating_add(1);
     Ledger::under(&list, &new, swapped).record(ledger, ledger_path)?;
+    // A revoke on a replaced key set may have landed after its successor read the state:
+    // the successor reads it again once no admin operation can reach the old one, before
+    // it serves (a failed read is retried by its first round, which re-reads too).
+    for keyset in list.iter().filter(|k| fresh(k)) {
+        if let Some(previous) = old.get(keyset.name()) {
+            previous.hand_over().await;
+            if let Err(e) = keyset.refresh().await {
+                tracing::warn!(keyset = %keyset.name(), error = %e, "cannot re-read the key set's state after the reload; its first round retries");
+            }
+        }
+    }
     for keyset in &list {
         if fresh(keyset) {
             maintenance.spawn(keyset.clone().run(

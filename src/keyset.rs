@@ -133,6 +133,19 @@ impl KeySet {
         self.stopped.cancel();
     }
 
+    /// Stops this key set for a reload that replaces it, and returns once an admin
+    /// operation under way on it has finished (none starts after): its successor then
+    /// re-reads the state ([`Self::refresh`]) and misses no revoke made here.
+    pub async fn hand_over(&self) {
+        self.stopped.cancel();
+        drop(self.engine.lock().await);
+    }
+
+    /// Re-reads the state and publishes what it holds.
+    pub async fn refresh(&self) -> Result<(), LifecycleError> {
+        self.engine.lock().await.reload().await.map(drop)
+    }
+
     /// The name.
     pub fn name(&self) -> &str {
         &self.config.name
@@ -380,6 +393,7 @@ impl KeySet {
     /// Admin: rotate now (as soon as safe). Returns when the new key signs.
     pub async fn rotate_now(&self, now: i64) -> Result<i64, LifecycleError> {
         let mut engine = self.engine.lock().await;
+        self.running()?;
         let result = engine.rotate_now(now).await;
         self.wake.notify_one();
         result
@@ -388,9 +402,19 @@ impl KeySet {
     /// Admin: revoke `kid`. Returns the kid active afterwards.
     pub async fn revoke(&self, kid: &str, now: i64) -> Result<Option<String>, LifecycleError> {
         let mut engine = self.engine.lock().await;
+        self.running()?;
         let result = engine.revoke(kid, now).await;
         self.wake.notify_one();
         result
+    }
+
+    /// Refuses an admin operation on a key set a reload has replaced (the request began
+    /// before it): the client asks again and reaches the successor.
+    fn running(&self) -> Result<(), LifecycleError> {
+        if self.stopped.is_cancelled() {
+            return Err(LifecycleError::Reloading(self.name().to_owned()));
+        }
+        Ok(())
     }
 
     /// The next instant the key set needs a tick.
@@ -499,6 +523,48 @@ mod tests {
         backend.released.add_permits(1);
         let after = revoking.await.unwrap().unwrap();
         assert_eq!(after.as_deref(), Some(signer.kid.as_str()));
+    }
+
+    /// A reload that replaces a key set while an admin revoke runs on it: the hand-over
+    /// waits for the revoke, the successor (which read the state before it) re-reads and
+    /// no longer publishes the key, and no admin operation lands on the old one after.
+    /// (One thread: a yield runs the hand-over as far as it can go.)
+    #[tokio::test]
+    async fn a_revoke_during_a_reload_reaches_the_successor() {
+        let config = Config::parse(crate::testing::KEYSET, Env::default())
+            .unwrap()
+            .keysets[0]
+            .clone();
+        let backend = Arc::new(Rigged::default());
+        let old = KeySet::open(config.clone(), backend.clone()).await.unwrap();
+        let t0 = 1_700_000_000;
+        old.tick(t0).await.unwrap();
+        let successor = KeySet::open(config, backend.clone()).await.unwrap();
+        let active = old.signer(&old.published(), t0).unwrap().kid.clone();
+        backend.hold_creates.store(true, Ordering::Relaxed);
+        let revoking = {
+            let (old, kid) = (old.clone(), active.clone());
+            tokio::spawn(async move { old.revoke(&kid, t0).await })
+        };
+        backend.waiting.acquire().await.unwrap().forget();
+        let handing = {
+            let old = old.clone();
+            tokio::spawn(async move { old.hand_over().await })
+        };
+        assert!(
+            successor.published().by_kid.contains_key(&active),
+            "read before"
+        );
+        tokio::task::yield_now().await;
+        assert!(!handing.is_finished(), "waits for the revoke under way");
+        backend.released.add_permits(1);
+        revoking.await.unwrap().unwrap();
+        handing.await.unwrap();
+        successor.refresh().await.unwrap();
+        assert!(!successor.published().by_kid.contains_key(&active));
+        let err = old.rotate_now(t0).await.unwrap_err();
+        assert!(matches!(err, LifecycleError::Reloading(_)), "{err}");
+        assert!(err.is_retryable());
     }
 
     /// On a backend shared by replicas, a key set whose reads of the shared state fail

@@ -367,6 +367,9 @@ pub enum LifecycleError {
     /// Replicas kept overwriting each other; try again.
     #[error("too many concurrent writers on key set {0:?}; try again")]
     Contention(String),
+    /// A reload is replacing the key set; try again.
+    #[error("key set {0:?} is being reloaded; try again")]
+    Reloading(String),
     /// The stored document is no longer this key set's (deleted, or another history) while
     /// keyturn ran: acting on it would drop every key published until now.
     #[error(
@@ -388,7 +391,7 @@ impl LifecycleError {
     pub fn is_retryable(&self) -> bool {
         match self {
             LifecycleError::Backend(e) => e.is_retryable(),
-            LifecycleError::Contention(_) => true,
+            LifecycleError::Contention(_) | LifecycleError::Reloading(_) => true,
             _ => false,
         }
     }

@@ -818,6 +818,7 @@ fn lifecycle_error(keyset: &KeySet, e: LifecycleError) -> ApiError {
                  restore it (see the daemon's log)",
             )
         }
+        e @ LifecycleError::Reloading(_) => ApiError::retry_after(1, "reloading", e.to_string()),
         e if e.is_retryable() => {
             keyset.note_backend(false);
             ApiError::unavailable(5)
