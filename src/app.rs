@@ -127,12 +127,14 @@ async fn open_keysets(
                 published.doc.history.clone().map(|history| Expected {
                     history,
                     kids: published.keys.iter().map(|k| k.kid.clone()).collect(),
+                    jwks_version: published.doc.jwks_version,
                     ledger: None,
                 })
             }
             None => remembered.map(|(e, path)| Expected {
                 history: e.history.clone(),
                 kids: e.kids.clone(),
+                jwks_version: e.jwks_version,
                 ledger: Some((ks.name.as_str(), path)),
             }),
         };
@@ -181,6 +183,8 @@ struct Expected<'a> {
     history: String,
     /// The kids it published.
     kids: Vec<String>,
+    /// Its JWKS version then (it only grows).
+    jwks_version: u64,
     /// The key set's entry in the ledger, and the ledger's path, when that is the source.
     ledger: Option<(&'a str, &'a Path)>,
 }
@@ -196,12 +200,15 @@ fn refuse_a_fresh_start(
 ) -> Result<(), crate::lifecycle::LifecycleError> {
     let doc = &reopened.published().doc;
     let knows = |kid: &String| doc.keys.iter().any(|r| r.kid.as_ref() == Some(kid));
+    let older = doc.jwks_version < expected.jwks_version;
     match &doc.history {
-        Some(h) if *h == expected.history => return Ok(()),
+        Some(h) if *h == expected.history && !older => return Ok(()),
         None if !expected.kids.is_empty() && expected.kids.iter().all(knows) => return Ok(()),
         _ => {}
     }
-    let holds = if doc.keys.is_empty() && doc.history.is_none() {
+    let holds = if doc.history.as_ref() == Some(&expected.history) {
+        "holds an older state of its history (a backup or rollback without the keys published since)"
+    } else if doc.keys.is_empty() && doc.history.is_none() {
         "holds no keys or history for it"
     } else if doc.history.is_none() {
         "holds a state without a history that lacks keys it published"
@@ -403,7 +410,7 @@ pub async fn run_with_backends(
         api_addr.map(|a| format!("{scheme}://{a}/v1/keysets/{{name}}/sign")).unwrap_or_else(|| "the API socket".into()),
     );
     crate::notify::ready();
-    let watchdog = crate::notify::spawn_watchdog(state.clone(), shutdown.clone());
+    let watchdog = crate::notify::spawn_watchdog(shutdown.clone());
 
     let mut current = config;
     loop {
@@ -507,6 +514,11 @@ async fn reload(
     // ledger records that first; if it cannot, the reload is refused.
     let swapped = clock.now().saturating_add(1);
     Ledger::under(&list, &new, swapped).record(ledger, ledger_path)?;
+    // Nothing fails from here on. The cut-off holds at once, before any wait below, and on
+    // the old key set objects too: a request under way may hold one.
+    for keyset in list.iter().chain(old.iter()) {
+        keyset.note_signers(&new, swapped);
+    }
     // A revoke on a replaced key set may have landed after its successor read the state:
     // the successor reads it again once no admin operation can reach the old one, before
     // it serves (a failed read is retried by its first round, which re-reads too).
@@ -517,16 +529,11 @@ async fn reload(
                 tracing::warn!(keyset = %keyset.name(), error = %e, "cannot re-read the key set's state after the reload; its first round retries");
             }
         }
-    }
-    for keyset in &list {
-        if fresh(keyset) {
-            maintenance.spawn(keyset.clone().run(
-                clock.clone(),
-                audit.clone(),
-                keyset_shutdown.clone(),
-            ));
-        }
-        keyset.note_signers(&new, swapped);
+        maintenance.spawn(keyset.clone().run(
+            clock.clone(),
+            audit.clone(),
+            keyset_shutdown.clone(),
+        ));
     }
     state.clients.store(Arc::new(new.clients.clone()));
     state.keysets.store(Arc::new(KeySets::new(list.clone())));
@@ -538,4 +545,48 @@ async fn reload(
     }
     *current = new;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Env;
+    use crate::testing::Rigged;
+
+    /// A start or reload takes a key set's state only if it is the one it had: its history,
+    /// and no older (a backup or rollback from before keys it published since).
+    #[tokio::test]
+    async fn a_start_refuses_another_or_an_older_state() {
+        let config = Config::parse(crate::testing::KEYSET, Env::default())
+            .unwrap()
+            .keysets[0]
+            .clone();
+        let keyset = KeySet::open(config.clone(), Arc::new(Rigged::default()))
+            .await
+            .unwrap();
+        keyset.tick(1_700_000_000).await.unwrap();
+        let doc = keyset.published().doc.clone();
+        let history = doc.history.clone().unwrap();
+        let kids: Vec<String> = keyset
+            .published()
+            .keys
+            .iter()
+            .map(|k| k.kid.clone())
+            .collect();
+        let expect = |history: &str, jwks_version| Expected {
+            history: history.to_owned(),
+            kids: kids.clone(),
+            jwks_version,
+            ledger: None,
+        };
+        refuse_a_fresh_start(&expect(&history, doc.jwks_version), &keyset).unwrap();
+        let err = refuse_a_fresh_start(&expect(&history, doc.jwks_version + 1), &keyset)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("older state of its history"), "{err}");
+        let err = refuse_a_fresh_start(&expect("another", doc.jwks_version), &keyset)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("another history"), "{err}");
+    }
 }

@@ -99,18 +99,31 @@ impl Factory {
     }
 }
 
-/// What makes two settings one backend: a file backend is its directory, however it is
-/// written (the default or spelled out, through a symlink, with a trailing slash), so that
-/// key sets sharing it share one backend rather than fail on its lock.
+/// The key-encryption key file a file backend uses: `kek_file` (a relative path names a
+/// credential), else the `keyturn-kek` credential if there is one, else `<data_dir>/kek`.
+fn kek_path(kek_file: Option<&Path>, server: &ServerConfig) -> std::path::PathBuf {
+    let env = Env {
+        credentials_directory: server.credentials_dir.clone(),
+        ..Env::default()
+    };
+    match (kek_file, &server.credentials_dir) {
+        (Some(path), _) => resolve_credential(path, &env),
+        (None, Some(creds)) if creds.join("keyturn-kek").exists() => creds.join("keyturn-kek"),
+        (None, _) => server.data_dir.join("kek"),
+    }
+}
+
+/// What makes two settings one backend: a file backend is its directory and its KEK file,
+/// however each is written (the default or spelled out, through a symlink, with a trailing
+/// slash), so that key sets sharing a directory share one backend rather than fail on its
+/// lock.
 fn identity(config: &BackendConfig, server: &ServerConfig) -> BackendConfig {
+    let real = |path: std::path::PathBuf| Some(std::fs::canonicalize(&path).unwrap_or(path));
     match config {
-        BackendConfig::File { dir, kek_file } => {
-            let dir = dir.clone().unwrap_or_else(|| server.data_dir.join("keys"));
-            BackendConfig::File {
-                dir: Some(std::fs::canonicalize(&dir).unwrap_or(dir)),
-                kek_file: kek_file.clone(),
-            }
-        }
+        BackendConfig::File { dir, kek_file } => BackendConfig::File {
+            dir: real(dir.clone().unwrap_or_else(|| server.data_dir.join("keys"))),
+            kek_file: real(kek_path(kek_file.as_deref(), server)),
+        },
         other => other.clone(),
     }
 }
@@ -142,20 +155,12 @@ async fn build(
         BackendConfig::File { dir, kek_file } => {
             use keyturn_backend_file::{FileBackend, FileBackendConfig, KekSource};
             let dir = dir.clone().unwrap_or_else(|| server.data_dir.join("keys"));
-            let kek = match kek_file {
-                Some(path) => {
-                    let path = resolve_credential(path, &env);
-                    match &server.credentials_dir {
-                        Some(creds) if path.starts_with(creds) => KekSource::Credential(path),
-                        _ => KekSource::Existing(path),
-                    }
-                }
-                None => match &server.credentials_dir {
-                    Some(creds) if creds.join("keyturn-kek").exists() => {
-                        KekSource::Credential(creds.join("keyturn-kek"))
-                    }
-                    _ => KekSource::File(server.data_dir.join("kek")),
-                },
+            let path = kek_path(kek_file.as_deref(), server);
+            let kek = match &server.credentials_dir {
+                Some(creds) if path.starts_with(creds) => KekSource::Credential(path),
+                _ if kek_file.is_some() => KekSource::Existing(path),
+                // <data_dir>/kek, made on the first start.
+                _ => KekSource::File(path),
             };
             let backend =
                 FileBackend::open(&FileBackendConfig { dir, kek }).map_err(|e| with_causes(&e))?;
@@ -373,9 +378,16 @@ mod tests {
                 .await;
             assert!(Arc::ptr_eq(&first, &again.unwrap()), "{}", alias.display());
         }
-        let kek = data.join("kek");
+        // The default KEK spelled out is the same KEK; another one is refused.
+        let same = factory
+            .get(&file(None, data.join("kek").to_str()), &config.server)
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &same));
+        let other_kek = data.join("other.kek");
+        std::fs::write(&other_kek, [7u8; 32]).unwrap();
         let err = factory
-            .get(&file(None, kek.to_str()), &config.server)
+            .get(&file(None, other_kek.to_str()), &config.server)
             .await
             .err()
             .unwrap();

@@ -9,8 +9,9 @@ use http::Method;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// `println!` that ends the command quietly once stdout is closed (`keyturn status | head`)
-/// instead of panicking.
+/// `println!` that ends the command once stdout is closed (`keyturn status | head`) instead
+/// of panicking: quietly, with the status a SIGPIPE would give (141), so that a pipeline
+/// that lost the output (a token, a config block) does not pass for a success.
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
@@ -22,7 +23,7 @@ macro_rules! say {
 
 fn stdout_failed(e: &std::io::Error) -> ! {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(0)
+        std::process::exit(141)
     }
     eprintln!("keyturn: cannot write to stdout: {e}");
     std::process::exit(1)

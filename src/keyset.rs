@@ -441,6 +441,10 @@ impl KeySet {
     ) {
         let mut backoff = 1i64;
         loop {
+            // A reload that replaced it (a wake may be pending too) ends it before a tick.
+            if self.stopped.is_cancelled() {
+                return;
+            }
             let now = clock.now();
             let wait = match self.tick(now).await {
                 Ok(events) => {
@@ -462,6 +466,7 @@ impl KeySet {
             };
             let wait = Duration::from_secs(wait.unsigned_abs());
             tokio::select! {
+                biased;
                 () = shutdown.cancelled() => return,
                 () = self.stopped.cancelled() => return,
                 () = self.wake.notified() => {}

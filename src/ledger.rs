@@ -30,6 +30,9 @@ pub struct Entry {
     /// same key set's if it knows them all.
     #[serde(default)]
     pub kids: Vec<String>,
+    /// Its JWKS version (it only grows: a state restored with a lower one is older).
+    #[serde(default)]
+    pub jwks_version: u64,
     /// Since when no client of the config may sign with it (absent while one may).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsigned_since: Option<i64>,
@@ -81,6 +84,7 @@ impl Ledger {
                         Entry {
                             history,
                             kids: published.keys.iter().map(|p| p.kid.clone()).collect(),
+                            jwks_version: published.doc.jwks_version,
                             unsigned_since: k.unsigned_since_under(config, now),
                             retention: k.retention(),
                         },
@@ -151,6 +155,7 @@ mod tests {
         Entry {
             history: "h".into(),
             kids: vec!["k1".into()],
+            jwks_version: 1,
             unsigned_since,
             retention: 960,
         }

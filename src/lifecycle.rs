@@ -374,9 +374,10 @@ pub enum LifecycleError {
     /// keyturn ran: acting on it would drop every key published until now.
     #[error(
         "the stored lifecycle document of key set {keyset:?} was replaced while keyturn ran \
-         ({how}); not acted on: the keys published until now stay served. Restore the state \
-         (a backup of the same history); to start the key set over instead, stop keyturn \
-         and remove the key set's entry from <data_dir>/keysets.json"
+         ({how}); not acted on: the keys published until now stay served. Restore its latest \
+         state (of the same history, no older than what keyturn last read); to start the key \
+         set over instead, stop keyturn and remove the key set's entry from \
+         <data_dir>/keysets.json"
     )]
     Replaced {
         /// The key set.
@@ -507,6 +508,13 @@ impl Engine {
                 how,
             });
         }
+        // A copy from before histories, restored, is ours (it knows our keys): it keeps our
+        // history (its next write stores it), not a fresh one that would set it apart from
+        // the other replicas and from what the ledger remembers.
+        let mut doc = doc;
+        if doc.history.is_none() {
+            doc.history.clone_from(&self.doc.history);
+        }
         let changed = doc != self.doc || version != self.version;
         let unknown = doc.unknown_fields();
         if changed && !unknown.is_empty() {
@@ -526,6 +534,11 @@ impl Engine {
     fn replaced_by(&self, doc: &KeySetDoc) -> Option<&'static str> {
         let ours = &self.doc;
         match (&ours.history, &doc.history) {
+            // Its JWKS version only grows: a lower one is an older copy (a backup restored,
+            // a KV rollback), without the keys published since.
+            (Some(a), Some(b)) if a == b && doc.jwks_version < ours.jwks_version => {
+                return Some("by an older document of its history")
+            }
             (Some(a), Some(b)) if a == b => return None,
             (Some(_), Some(_)) => return Some("by a document of another history"),
             _ => {}

@@ -3,9 +3,7 @@
 //! WATCHDOG=1 from a health loop that pings only while the daemon is healthy.
 //! Outside systemd (no $NOTIFY_SOCKET) every call is a no-op.
 
-use crate::app::AppState;
 use sd_notify::NotifyState;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -34,10 +32,11 @@ pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("draining")]);
 }
 
-/// Pings the watchdog at half its interval while the daemon is healthy: the async runtime
-/// answers (this task runs) and every key set has a key that signs now. A daemon that is
-/// wedged, or has lost its active key, stops pinging and systemd restarts it.
-pub fn spawn_watchdog(state: Arc<AppState>, shutdown: CancellationToken) -> JoinHandle<()> {
+/// Pings the watchdog at half its interval while the async runtime answers (this task
+/// runs): a wedged daemon stops pinging and systemd restarts it. A key set without a key
+/// that signs is not a reason: a restart would not mend it (its state is what it is), and
+/// would take every other key set's JWKS down with it; /readyz and the log report it.
+pub fn spawn_watchdog(shutdown: CancellationToken) -> JoinHandle<()> {
     let mut usec = 0u64;
     let enabled = sd_notify::watchdog_enabled(false, &mut usec);
     tokio::spawn(async move {
@@ -46,17 +45,7 @@ pub fn spawn_watchdog(state: Arc<AppState>, shutdown: CancellationToken) -> Join
         }
         let period = Duration::from_micros(usec / 2);
         loop {
-            let now = state.clock.now();
-            let healthy = state
-                .keysets
-                .load()
-                .iter()
-                .all(|k| k.published().signer(now).is_some());
-            if healthy {
-                send(&[NotifyState::Watchdog]);
-            } else {
-                tracing::warn!("not pinging the watchdog: a key set has no active key");
-            }
+            send(&[NotifyState::Watchdog]);
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(period) => {}

@@ -520,6 +520,41 @@ async fn a_document_replaced_while_running_is_not_acted_on() {
     e.reload().await.unwrap();
     e.tick(T0 + 60).await.unwrap();
     assert_eq!(e.doc().published_kids(), published);
+
+    // Rotations later, that copy is an older state of the history (a backup, a rollback):
+    // it lacks the keys published since, so it is not taken.
+    let mut now = T0;
+    while e.doc().jwks_version < 4 {
+        now += 300;
+        e.tick(now).await.unwrap();
+    }
+    let latest = backend.load_state("ks").await.unwrap().unwrap();
+    backend
+        .store_state("ks", &own.data, Some(latest.version))
+        .await
+        .unwrap();
+    let err = e.reload().await.unwrap_err().to_string();
+    assert!(err.contains("older document of its history"), "{err}");
+    // The latest copy, without its history (as a keyturn before histories would write it):
+    // taken, and it keeps the history rather than getting a new one.
+    let history = e.doc().history.clone();
+    let mut json: serde_json::Value = serde_json::from_slice(&latest.data).unwrap();
+    json.as_object_mut().unwrap().remove("history");
+    let current = backend.load_state("ks").await.unwrap().unwrap();
+    backend
+        .store_state(
+            "ks",
+            &serde_json::to_vec(&json).unwrap(),
+            Some(current.version),
+        )
+        .await
+        .unwrap();
+    e.reload().await.unwrap();
+    assert_eq!(e.doc().history, history);
+    e.tick(now + 3 * HOUR).await.unwrap();
+    let stored = backend.load_state("ks").await.unwrap().unwrap();
+    let stored = KeySetDoc::from_bytes(&stored.data).unwrap();
+    assert_eq!(stored.history, history, "written back with its history");
 }
 
 /// A scheduled activation is no write, yet the audit log hears of it: the tick at its time
