@@ -301,12 +301,21 @@ pub async fn run_with_backends(
         close_audit(audit, audit_writer).await;
         return Ok(());
     };
-    let list = list?;
+    let list = match list {
+        Ok(list) => list,
+        Err(e) => {
+            close_audit(audit, audit_writer).await;
+            return Err(e);
+        }
+    };
     // Tokens signed before this start may still be live: what the ledger said of each key
     // set was taken over by open_keysets. Recorded for the next start, or no start.
     let now = clock.now();
     let mut recorded = ledger;
-    Ledger::under(&list, &config, now).record(&mut recorded, &ledger_path)?;
+    if let Err(e) = Ledger::under(&list, &config, now).record(&mut recorded, &ledger_path) {
+        close_audit(audit, audit_writer).await;
+        return Err(e);
+    }
     for keyset in &list {
         keyset.note_signers(&config, now);
     }
