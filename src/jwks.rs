@@ -9,6 +9,7 @@ use http::{header, HeaderMap, HeaderValue};
 use keyturn_backend::{Algorithm, Jwk};
 use serde::Serialize;
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const JWK_SET: HeaderValue = HeaderValue::from_static("application/jwk-set+json");
@@ -118,6 +119,9 @@ pub struct Published {
     pub discovery: Served,
     /// When the JWK Set last changed (`Last-Modified`, whole seconds).
     pub modified: SystemTime,
+    /// Set once a response found the change's second over: from then on `Last-Modified`
+    /// is the change time and responses need not read the clock.
+    pub settled: AtomicBool,
 }
 
 impl Published {
@@ -185,6 +189,7 @@ impl Published {
             by_kid,
             discovery,
             modified,
+            settled: AtomicBool::new(false),
         }
     }
 

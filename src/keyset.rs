@@ -156,6 +156,12 @@ impl KeySet {
         self.published.load_full()
     }
 
+    /// The current published view for a moment (a response): no reference count is
+    /// touched, so the JWKS listener's threads share no written cache line.
+    pub fn view(&self) -> arc_swap::Guard<Arc<Published>> {
+        self.published.load()
+    }
+
     /// Whether key `kid` of `published` (a view taken earlier) is still in the JWKS: a key
     /// revoked since is not, and tokens it signed would not verify.
     pub fn still_publishes(&self, published: &Arc<Published>, kid: &str) -> bool {

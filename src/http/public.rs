@@ -16,6 +16,7 @@ use hyper::body::Body as _;
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::{ready, Ready};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -189,7 +190,10 @@ fn decoded(segment: &str) -> Result<Cow<'_, str>, ApiError> {
 
 /// The published view of the key set named by a still percent-encoded path segment, or of
 /// the default key set.
-fn published(state: &AppState, name: Option<&str>) -> Result<Arc<Published>, ApiError> {
+fn published(
+    state: &AppState,
+    name: Option<&str>,
+) -> Result<arc_swap::Guard<Arc<Published>>, ApiError> {
     let keysets = state.keysets.load();
     let keyset = match name {
         Some(name) => {
@@ -202,7 +206,7 @@ fn published(state: &AppState, name: Option<&str>) -> Result<Arc<Published>, Api
             .default()
             .ok_or_else(|| ApiError::unknown_keyset("default"))?,
     };
-    Ok(keyset.published())
+    Ok(keyset.view())
 }
 
 fn jwk(state: &AppState, req: &HeaderMap, name: &str, kid: &str) -> Result<Response, ApiError> {
@@ -237,12 +241,18 @@ fn respond(state: &AppState, req: &HeaderMap, p: &Published, served: &Served) ->
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     *response.headers_mut() = headers.clone();
-    let changed = p.doc.jwks_changed_at;
-    let dated = last_modified(changed, state.clock.now());
-    if dated != changed {
-        let at = UNIX_EPOCH + Duration::from_secs(dated.max(0).unsigned_abs());
-        if let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
-            response.headers_mut().insert(header::LAST_MODIFIED, value);
+    // Until the change's second is over, dated earlier (see `last_modified`); after, the
+    // pre-built header holds, and the clock is no longer read.
+    if !p.settled.load(Ordering::Relaxed) {
+        let changed = p.doc.jwks_changed_at;
+        let dated = last_modified(changed, state.clock.now());
+        if dated == changed {
+            p.settled.store(true, Ordering::Relaxed);
+        } else {
+            let at = UNIX_EPOCH + Duration::from_secs(dated.max(0).unsigned_abs());
+            if let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
+                response.headers_mut().insert(header::LAST_MODIFIED, value);
+            }
         }
     }
     response
