@@ -175,7 +175,10 @@ impl<A: PerConnection> Shared<A> {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
-            .max_buf_size(64 * 1024);
+            .max_buf_size(64 * 1024)
+            // Headers and body in one buffer, one write: for the small responses here
+            // (a JWKS, a token) 4% less CPU per JWKS GET than vectored writes (BENCHMARKS.md).
+            .writev(false);
         builder
             .http2()
             .timer(TokioTimer::new())
