@@ -7,7 +7,7 @@ use crate::clock::Clock;
 use crate::config::{ClientConfig, Config};
 use crate::http::serve::{serve_tcp, serve_unix, Limits};
 use crate::keyset::KeySet;
-use crate::ledger::Ledger;
+use crate::ledger::{Identity, Ledger};
 use crate::metrics::Metrics;
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
@@ -122,19 +122,12 @@ async fn open_keysets(
         // The history the key set must have: the running one's, or the last run's.
         let remembered = ledger.and_then(|(l, path)| Some((l.keysets.get(&ks.name)?, path)));
         let expected = match reuse.and_then(|r| r.get(&ks.name)) {
-            Some(running) => {
-                let published = running.published();
-                published.doc.history.clone().map(|history| Expected {
-                    history,
-                    kids: published.keys.iter().map(|k| k.kid.clone()).collect(),
-                    jwks_version: published.doc.jwks_version,
-                    ledger: None,
-                })
-            }
+            Some(running) => Identity::of(&running.published()).map(|identity| Expected {
+                identity,
+                ledger: None,
+            }),
             None => remembered.map(|(e, path)| Expected {
-                history: e.history.clone(),
-                kids: e.kids.clone(),
-                jwks_version: e.jwks_version,
+                identity: e.identity.clone(),
                 ledger: Some((ks.name.as_str(), path)),
             }),
         };
@@ -180,11 +173,7 @@ async fn open_keysets(
 
 /// What a key set's reopened state must be: the running key set's, or the last run's.
 struct Expected<'a> {
-    history: String,
-    /// The kids it published.
-    kids: Vec<String>,
-    /// Its JWKS version then (it only grows).
-    jwks_version: u64,
+    identity: Identity,
     /// The key set's entry in the ledger, and the ledger's path, when that is the source.
     ledger: Option<(&'a str, &'a Path)>,
 }
@@ -199,14 +188,15 @@ fn refuse_a_fresh_start(
     reopened: &KeySet,
 ) -> Result<(), crate::lifecycle::LifecycleError> {
     let doc = &reopened.published().doc;
+    let expected_id = &expected.identity;
     let knows = |kid: &String| doc.keys.iter().any(|r| r.kid.as_ref() == Some(kid));
-    let older = doc.jwks_version < expected.jwks_version;
+    let older = doc.jwks_version < expected_id.jwks_version;
     match &doc.history {
-        Some(h) if *h == expected.history && !older => return Ok(()),
-        None if !expected.kids.is_empty() && expected.kids.iter().all(knows) => return Ok(()),
+        Some(h) if *h == expected_id.history && !older => return Ok(()),
+        None if !expected_id.kids.is_empty() && expected_id.kids.iter().all(knows) => return Ok(()),
         _ => {}
     }
-    let holds = if doc.history.as_ref() == Some(&expected.history) {
+    let holds = if doc.history.as_ref() == Some(&expected_id.history) {
         "holds an older state of its history (a backup or rollback without the keys published since)"
     } else if doc.keys.is_empty() && doc.history.is_none() {
         "holds no keys or history for it"
@@ -301,6 +291,14 @@ pub async fn run_with_backends(
         close_audit(audit, audit_writer).await;
         return Ok(());
     };
+    // Tokens signed before this start may still be live: what the ledger said of each key
+    // set was taken over by open_keysets. Recorded for the next start, or no start.
+    let now = clock.now();
+    let mut recorded = ledger;
+    let list = list.and_then(|list| {
+        Ledger::under(&list, &config, now).record(&mut recorded, &ledger_path)?;
+        Ok(list)
+    });
     let list = match list {
         Ok(list) => list,
         Err(e) => {
@@ -308,14 +306,6 @@ pub async fn run_with_backends(
             return Err(e);
         }
     };
-    // Tokens signed before this start may still be live: what the ledger said of each key
-    // set was taken over by open_keysets. Recorded for the next start, or no start.
-    let now = clock.now();
-    let mut recorded = ledger;
-    if let Err(e) = Ledger::under(&list, &config, now).record(&mut recorded, &ledger_path) {
-        close_audit(audit, audit_writer).await;
-        return Err(e);
-    }
     for keyset in &list {
         keyset.note_signers(&config, now);
     }
@@ -574,26 +564,21 @@ mod tests {
             .await
             .unwrap();
         keyset.tick(1_700_000_000).await.unwrap();
-        let doc = keyset.published().doc.clone();
-        let history = doc.history.clone().unwrap();
-        let kids: Vec<String> = keyset
-            .published()
-            .keys
-            .iter()
-            .map(|k| k.kid.clone())
-            .collect();
+        let own = Identity::of(&keyset.published()).unwrap();
         let expect = |history: &str, jwks_version| Expected {
-            history: history.to_owned(),
-            kids: kids.clone(),
-            jwks_version,
+            identity: Identity {
+                history: history.to_owned(),
+                jwks_version,
+                ..own.clone()
+            },
             ledger: None,
         };
-        refuse_a_fresh_start(&expect(&history, doc.jwks_version), &keyset).unwrap();
-        let err = refuse_a_fresh_start(&expect(&history, doc.jwks_version + 1), &keyset)
+        refuse_a_fresh_start(&expect(&own.history, own.jwks_version), &keyset).unwrap();
+        let err = refuse_a_fresh_start(&expect(&own.history, own.jwks_version + 1), &keyset)
             .unwrap_err()
             .to_string();
         assert!(err.contains("older state of its history"), "{err}");
-        let err = refuse_a_fresh_start(&expect("another", doc.jwks_version), &keyset)
+        let err = refuse_a_fresh_start(&expect("another", own.jwks_version), &keyset)
             .unwrap_err()
             .to_string();
         assert!(err.contains("another history"), "{err}");

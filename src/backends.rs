@@ -99,6 +99,11 @@ impl Factory {
     }
 }
 
+/// The directory a file backend keeps its keys in: `dir`, else `<data_dir>/keys`.
+fn key_dir(dir: Option<&Path>, server: &ServerConfig) -> std::path::PathBuf {
+    dir.map_or_else(|| server.data_dir.join("keys"), Path::to_path_buf)
+}
+
 /// The key-encryption key file a file backend uses: `kek_file` (a relative path names a
 /// credential), else the `keyturn-kek` credential if there is one, else `<data_dir>/kek`.
 fn kek_path(kek_file: Option<&Path>, server: &ServerConfig) -> std::path::PathBuf {
@@ -121,7 +126,7 @@ fn identity(config: &BackendConfig, server: &ServerConfig) -> BackendConfig {
     let real = |path: std::path::PathBuf| Some(std::fs::canonicalize(&path).unwrap_or(path));
     match config {
         BackendConfig::File { dir, kek_file } => BackendConfig::File {
-            dir: real(dir.clone().unwrap_or_else(|| server.data_dir.join("keys"))),
+            dir: real(key_dir(dir.as_deref(), server)),
             kek_file: real(kek_path(kek_file.as_deref(), server)),
         },
         other => other.clone(),
@@ -154,7 +159,7 @@ async fn build(
         #[cfg(feature = "file")]
         BackendConfig::File { dir, kek_file } => {
             use keyturn_backend_file::{FileBackend, FileBackendConfig, KekSource};
-            let dir = dir.clone().unwrap_or_else(|| server.data_dir.join("keys"));
+            let dir = key_dir(dir.as_deref(), server);
             let path = kek_path(kek_file.as_deref(), server);
             let kek = match &server.credentials_dir {
                 Some(creds) if path.starts_with(creds) => KekSource::Credential(path),

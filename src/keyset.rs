@@ -489,6 +489,16 @@ mod tests {
     use crate::testing::Rigged;
     use crate::timing::Timing;
 
+    /// `toml` parsed, and its first key set opened on a rigged backend of its own.
+    async fn opened(toml: &str) -> (Config, Arc<KeySet>, Arc<Rigged>) {
+        let config = Config::parse(toml, Env::default()).unwrap();
+        let backend = Arc::new(Rigged::default());
+        let keyset = KeySet::open(config.keysets[0].clone(), backend.clone())
+            .await
+            .unwrap();
+        (config, keyset, backend)
+    }
+
     /// An ES256 key set rotated daily, with `timing` as on a backend shared by replicas.
     fn shared_config(timing: Timing) -> KeySetConfig {
         let mut config = Config::parse(crate::testing::KEYSET, Env::default())
@@ -505,12 +515,7 @@ mod tests {
     /// backend's round trip): a token it signed then would not verify.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_revoked_key_stops_signing_when_its_revoke_is_written() {
-        let config = Config::parse(crate::testing::KEYSET, Env::default())
-            .unwrap()
-            .keysets[0]
-            .clone();
-        let backend = Arc::new(Rigged::default());
-        let keyset = KeySet::open(config, backend.clone()).await.unwrap();
+        let (_, keyset, backend) = opened(crate::testing::KEYSET).await;
         let t0 = 1_700_000_000;
         keyset.tick(t0).await.unwrap();
         let before = keyset.published();
@@ -542,15 +547,12 @@ mod tests {
     /// (One thread: a yield runs the hand-over as far as it can go.)
     #[tokio::test]
     async fn a_revoke_during_a_reload_reaches_the_successor() {
-        let config = Config::parse(crate::testing::KEYSET, Env::default())
-            .unwrap()
-            .keysets[0]
-            .clone();
-        let backend = Arc::new(Rigged::default());
-        let old = KeySet::open(config.clone(), backend.clone()).await.unwrap();
+        let (config, old, backend) = opened(crate::testing::KEYSET).await;
         let t0 = 1_700_000_000;
         old.tick(t0).await.unwrap();
-        let successor = KeySet::open(config, backend.clone()).await.unwrap();
+        let successor = KeySet::open(config.keysets[0].clone(), backend.clone())
+            .await
+            .unwrap();
         let active = old.signer(&old.published(), t0).unwrap().kid.clone();
         backend.hold_creates.store(true, Ordering::Relaxed);
         let revoking = {
@@ -620,11 +622,8 @@ mod tests {
             "[server]\nk8s_signer_socket = \"@kt-test\"\nk8s_signer_keyset = \"default\"\n{}",
             crate::testing::KEYSET
         );
-        let config = Config::parse(&toml, Env::default()).unwrap();
+        let (config, keyset, _) = opened(&toml).await;
         assert!(config.clients.is_empty());
-        let keyset = KeySet::open(config.keysets[0].clone(), Arc::new(Rigged::default()))
-            .await
-            .unwrap();
         keyset.note_signers(&config, 1_700_000_000);
         assert_eq!(keyset.unsigned_since(), None);
         assert_eq!(keyset.removable_at(), None);
@@ -643,10 +642,7 @@ mod tests {
             "{}\n[[client]]\nname = \"svc\"\nunix_uid = 1\nkeysets = [\"default\"]",
             crate::testing::KEYSET
         );
-        let config = Config::parse(&toml, Env::default()).unwrap();
-        let keyset = KeySet::open(config.keysets[0].clone(), Arc::new(Rigged::default()))
-            .await
-            .unwrap();
+        let (config, keyset, _) = opened(&toml).await;
         let t0 = 1_700_000_000;
         keyset.tick(t0).await.unwrap();
         keyset.note_signers(&config, t0);

@@ -5,6 +5,7 @@
 //! each reload; one entry per key set.
 
 use crate::config::{human, Config};
+use crate::jwks::Published;
 use crate::keyset::KeySet;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -24,6 +25,19 @@ pub struct Ledger {
 /// What a restart must know of one key set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
+    /// Which state is its own.
+    #[serde(flatten)]
+    pub identity: Identity,
+    /// Since when no client of the config may sign with it (absent while one may).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsigned_since: Option<i64>,
+    /// The longest retention its settings had (seconds).
+    pub retention: i64,
+}
+
+/// What tells a key set's state from another's, or from an older copy of itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
     /// Its history (the lifecycle document's `history`).
     pub history: String,
     /// The kids it published: a document restored from before histories existed is the
@@ -33,11 +47,17 @@ pub struct Entry {
     /// Its JWKS version (it only grows: a state restored with a lower one is older).
     #[serde(default)]
     pub jwks_version: u64,
-    /// Since when no client of the config may sign with it (absent while one may).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unsigned_since: Option<i64>,
-    /// The longest retention its settings had (seconds).
-    pub retention: i64,
+}
+
+impl Identity {
+    /// Of a published view (None before its first write gives it a history).
+    pub fn of(published: &Published) -> Option<Identity> {
+        Some(Identity {
+            history: published.doc.history.clone()?,
+            kids: published.keys.iter().map(|k| k.kid.clone()).collect(),
+            jwks_version: published.doc.jwks_version,
+        })
+    }
 }
 
 impl Entry {
@@ -77,14 +97,10 @@ impl Ledger {
             keysets: keysets
                 .iter()
                 .filter_map(|k| {
-                    let published = k.published();
-                    let history = published.doc.history.clone()?;
                     Some((
                         k.name().to_owned(),
                         Entry {
-                            history,
-                            kids: published.keys.iter().map(|p| p.kid.clone()).collect(),
-                            jwks_version: published.doc.jwks_version,
+                            identity: Identity::of(&k.published())?,
                             unsigned_since: k.unsigned_since_under(config, now),
                             retention: k.retention(),
                         },
@@ -153,9 +169,11 @@ mod tests {
 
     fn entry(unsigned_since: Option<i64>) -> Entry {
         Entry {
-            history: "h".into(),
-            kids: vec!["k1".into()],
-            jwks_version: 1,
+            identity: Identity {
+                history: "h".into(),
+                kids: vec!["k1".into()],
+                jwks_version: 1,
+            },
             unsigned_since,
             retention: 960,
         }

@@ -486,7 +486,7 @@ impl Engine {
     /// Re-reads the document; returns whether it changed.
     pub async fn reload(&mut self) -> Result<bool, LifecycleError> {
         let blob = self.backend.load_state(&self.keyset).await?;
-        let (doc, version) = match blob {
+        let (mut doc, version) = match blob {
             None => (KeySetDoc::default(), None),
             Some(b) => (
                 KeySetDoc::from_bytes(&b.data).map_err(|e| LifecycleError::Corrupt {
@@ -511,7 +511,6 @@ impl Engine {
         // A copy from before histories, restored, is ours (it knows our keys): it keeps our
         // history (its next write stores it), not a fresh one that would set it apart from
         // the other replicas and from what the ledger remembers.
-        let mut doc = doc;
         if doc.history.is_none() {
             doc.history.clone_from(&self.doc.history);
         }
@@ -641,10 +640,10 @@ impl Engine {
                     at,
                 });
             }
+            // Changed: the key seen before is not the one active now.
             let before = self.seen_active.clone().flatten();
-            if let Some(kid) = before.filter(|s| {
-                doc.published().any(|k| k.kid.as_ref() == Some(s)) && Some(s) != kid.as_ref()
-            }) {
+            if let Some(kid) = before.filter(|s| doc.published().any(|k| k.kid.as_ref() == Some(s)))
+            {
                 events.push(Event {
                     kind: "retired",
                     kid,

@@ -65,6 +65,14 @@ impl Default for Rigged {
     }
 }
 
+impl Rigged {
+    /// Waits for one permit of [`Rigged::released`] (never closed: it comes once the test
+    /// lets one through).
+    async fn until_released(&self) {
+        let _ = self.released.acquire().await.map(|p| p.forget());
+    }
+}
+
 #[async_trait]
 impl KeyBackend for Rigged {
     fn kind(&self) -> &'static str {
@@ -79,7 +87,7 @@ impl KeyBackend for Rigged {
     async fn create_key(&self, name: &str, key_type: KeyType) -> Result<PublicKey, BackendError> {
         if self.hold_creates.load(Ordering::Relaxed) {
             self.waiting.add_permits(1);
-            let _ = self.released.acquire().await.map(|p| p.forget());
+            self.until_released().await;
         }
         self.inner.create_key(name, key_type).await
     }
@@ -94,16 +102,14 @@ impl KeyBackend for Rigged {
     ) -> Result<Vec<u8>, BackendError> {
         // Unless told otherwise, signed before the hold: a held signature is one the backend
         // has made and not yet returned (a key destroyed meanwhile does not change it).
-        let early = !self.sign_when_released;
-        let signature = if early {
-            Some(self.inner.sign(name, alg, message).await)
-        } else {
+        let signature = if self.sign_when_released {
             None
+        } else {
+            Some(self.inner.sign(name, alg, message).await)
         };
         self.waiting.add_permits(1);
         if self.hold {
-            // Never closed: the permit comes once the test releases it.
-            let _ = self.released.acquire().await.map(|p| p.forget());
+            self.until_released().await;
         }
         match signature {
             Some(signature) => signature,
