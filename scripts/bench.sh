@@ -2,8 +2,9 @@
 # Benchmarks, from a fresh machine, in one run: keyturn (file backend) against OpenBao
 # transit (dev server) and nginx on loopback, plus the raw aws-lc-rs primitive, start-up
 # time and memory. Prints a table of rates, latencies and CPU per request, then the HTTP
-# floors (nginx answering the sign and sign-batch requests with no work) and the ceilings
-# they put on any signer here; BENCHMARKS.md explains both and records results.
+# floors (nginx answering the sign and sign-batch requests with no work), the ceilings
+# they put on any signer here, and a bare signer on keyturn's own stack with nothing but
+# the signature (benches/bare.rs); BENCHMARKS.md explains them and records results.
 #
 #   scripts/bench.sh                      # 15 s per wrk run, 32 connections
 #   BENCH_DURATION=5 scripts/bench.sh     # quicker, noisier
@@ -43,6 +44,11 @@ else
   BIN=$CARGO_TARGET_DIR/release/keyturn
 fi
 cargo bench --quiet --bench primitive --no-run 2>/dev/null
+BARE_BIN=$(cargo bench --quiet --bench bare --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for m in map(json.loads, sys.stdin):
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "bare" and m.get("executable"):
+        print(m["executable"])')
 
 WORK=$(mktemp -d /tmp/keyturn-bench.XXXXXX)
 chmod 700 "$WORK"
@@ -233,6 +239,15 @@ cmp -s "$WORK/batch.signed" <(curl -sf --data-binary @"$WORK/batch.json" "http:/
 NGINX_PIDS=("$NGINX_PID" $(pgrep -P "$NGINX_PID"))
 
 # ---------------------------------------------------------------------------------------
+# The bare signer: keyturn's stack (tokio, hyper, aws-lc-rs) and nothing but the signature.
+BARE_PORT=$(free_port)
+taskset -c "$SERVER_CPUS" "$BARE_BIN" "$BARE_PORT" >"$WORK/bare.log" 2>&1 &
+BARE_PID=$!
+PIDS+=("$BARE_PID")
+wait_for "$WORK/bare.log" "BARE READY" 20
+BARE=http://127.0.0.1:$BARE_PORT
+
+# ---------------------------------------------------------------------------------------
 # Load. Each run: "<requests/s> <p50 ms> <p99 ms> <server CPU us per request>"; a run with
 # errors stops the bench. The CPU figure is the server processes' own time (user + system,
 # from /proc) divided by the requests they answered: what a request costs the server,
@@ -283,6 +298,13 @@ R[batch_floor]=$(wrk_run "nginx HTTP floor for sign-batch (256 per request, no w
   BENCH_BODY="$WORK/batch.json" BENCH_AUTH_VALUE="Bearer $TOKEN")
 R[kt_batch]=$(wrk_run "keyturn sign-batch es256 (256 per request)" "$API/v1/keysets/es256/sign-batch" \
   post.lua "$BATCH_CONNS" "$KT_PID" BENCH_BODY="$WORK/batch.json" BENCH_AUTH_VALUE="Bearer $TOKEN")
+for alg in ES256 EdDSA RS256; do # the same requests as keyturn's; the body is read, not parsed
+  R[bare_$alg]=$(wrk_run "bare signer $alg" "$BARE/$alg" post.lua "$CONNS" "$BARE_PID" \
+    BENCH_BODY="$WORK/sign.json" BENCH_AUTH_VALUE="Bearer $TOKEN")
+done
+R[bare_batch]=$(wrk_run "bare signer, 256 ES256 per request" "$BARE/batch" post.lua "$BATCH_CONNS" "$BARE_PID" \
+  BENCH_BODY="$WORK/batch.json" BENCH_AUTH_VALUE="Bearer $TOKEN")
+kill "$BARE_PID"
 
 # ES256 signing while the RSA-4096 key set rotates: each rotation activates the pending key
 # (publish lead 1 s) and generates a new RSA-4096 pending key (spawn_blocking).
@@ -368,21 +390,31 @@ echo "(p50 $(field floor 2) ms, p99 $(field floor 3) ms, $(field floor 4) us of 
 echo "Batch floor: nginx answers the 256-item sign-batch request with a 256-token response at"
 echo "$(field batch_floor 1) req/s, $BATCH_FLOOR tokens/s ($(field batch_floor 4) us of nginx CPU per request)."
 echo "Ceiling for a zero-overhead signer on these CPUs: 1 / (1/floor + 1/primitive(2 threads))."
+echo "Bare signer: keyturn's stack (tokio, hyper, aws-lc-rs) answering the same requests with"
+echo "nothing but the signature (benches/bare.rs), measured; \"bare vs\" is its ratio to the"
+echo "target's baseline, \"keyturn of bare\" keyturn's rate as a fraction of it."
 echo
-printf '| %-16s | %9s | %9s | %16s | %-34s |\n' "" "ceiling" "keyturn" "of the ceiling" "the target needs"
-printf '|%s|%s|%s|%s|%s|\n' "------------------" "-----------" "-----------" "------------------" "------------------------------------"
-cel_row() { # what kt-rps primitive-2 target-text [floor]
+printf '| %-16s | %9s | %11s | %-18s | %9s | %15s | %-34s |\n' "" "ceiling" "bare signer" "bare vs" "keyturn" "keyturn of bare" "the target needs"
+printf '|%s|%s|%s|%s|%s|%s|%s|\n' "------------------" "-----------" "-------------" "--------------------" "-----------" "-----------------" "------------------------------------"
+cel_row() { # what kt-rps bare-rps primitive-2 baseline-rps baseline-name target-text [floor]
   local c
-  c=$(ceiling "$3" "${5:-}")
-  printf '| %-16s | %9s | %9s | %16s | %-34s |\n' "$1" "$c" "$2" "$(ratio "$2" "$c")" "$4"
+  c=$(ceiling "$4" "${8:-}")
+  printf '| %-16s | %9s | %11s | %-18s | %9s | %15s | %-34s |\n' "$1" "$c" "$3" \
+    "$(ratio "$3" "$5") $6" "$2" "$(ratio "$2" "$3")" "$7"
 }
 ES_NEED=$(awk -v b="$(field bao_es256 1)" 'BEGIN {printf "%.0f", 8 * b}')
 RS_NEED=$(awk -v p="$RS2" 'BEGIN {printf "%.0f", 0.9 * p}')
-cel_row "sign ES256" "$(field kt_es256 1)" "$ES2" "8x OpenBao: $ES_NEED req/s"
-cel_row "sign EdDSA" "$(field kt_eddsa 1)" "$ED2" ""
-cel_row "sign RS256-2048" "$(field kt_rs256 1)" "$RS2" "0.9x primitive: $RS_NEED req/s"
+cel_row "sign ES256" "$(field kt_es256 1)" "$(field bare_ES256 1)" "$ES2" "$(field bao_es256 1)" "OpenBao" \
+  "8x OpenBao: $ES_NEED req/s"
+cel_row "sign EdDSA" "$(field kt_eddsa 1)" "$(field bare_EdDSA 1)" "$ED2" "$(field bao_eddsa 1)" "OpenBao" ""
+cel_row "sign RS256-2048" "$(field kt_rs256 1)" "$(field bare_RS256 1)" "$RS2" "$RS2" "primitive" \
+  "0.9x primitive: $RS_NEED req/s"
 BATCH_NEED=$(awk -v p="$ES2" 'BEGIN {printf "%.0f", 0.8 * p}')
-cel_row "sign-batch ES256" "$BATCH_TPS" "$ES2" "0.8x primitive: $BATCH_NEED tokens/s" "$BATCH_FLOOR"
+BARE_BATCH_TPS=$(awk -v r="$(field bare_batch 1)" 'BEGIN {printf "%.0f", r * 256}')
+cel_row "sign-batch ES256" "$BATCH_TPS" "$BARE_BATCH_TPS" "$ES2" "$ES2" "primitive" \
+  "0.8x primitive: $BATCH_NEED tokens/s" "$BATCH_FLOOR"
+echo "Bare signer p99 at $CONNS connections, ms: ES256 $(field bare_ES256 3), EdDSA $(field bare_EdDSA 3), RS256 $(field bare_RS256 3);"
+echo "its CPU per request, us: ES256 $(field bare_ES256 4), EdDSA $(field bare_EdDSA 4), RS256 $(field bare_RS256 4), per batch token $(awk -v c="$(field bare_batch 4)" 'BEGIN {printf "%.1f", c / 256}')."
 echo
 read -r _ runs median max <<<"$READY"
 echo "keyturn RSS: idle $((IDLE_RSS / 1024)) MB ($IDLE_RSS kB, target <= 20 MB), after ES256 load $((LOADED_RSS / 1024)) MB, peak $((PEAK_RSS / 1024)) MB"

@@ -358,7 +358,7 @@ pub async fn run_with_backends(
         tasks.spawn(serve_tcp(
             listener,
             tls,
-            crate::http::api::router(state.clone()),
+            crate::http::serve::traced(crate::http::api::router(state.clone())),
             limits,
             shutdown.clone(),
             "api",
@@ -368,7 +368,7 @@ pub async fn run_with_backends(
         let listener = bind_unix(path)?;
         tasks.spawn(serve_unix(
             listener,
-            crate::http::api::router(state.clone()),
+            crate::http::serve::traced(crate::http::api::router(state.clone())),
             limits,
             shutdown.clone(),
             "api-socket",

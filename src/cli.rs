@@ -153,7 +153,7 @@ pub enum Command {
         #[command(subcommand)]
         action: AuditCommand,
     },
-    /// Create a client token and print it with the [[client]] lines for the config.
+    /// Create a client token and print it with the `[[client]]` lines for the config.
     ClientToken {
         /// The client's name.
         name: String,

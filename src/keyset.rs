@@ -223,7 +223,7 @@ impl KeySet {
         self.keys_ok.load(Ordering::Relaxed)
     }
 
-    /// Runs [`Self::check_keys`]. A key the backend cannot use does not stop the daemon:
+    /// Runs `check_keys`. A key the backend cannot use does not stop the daemon:
     /// the key set keeps serving its JWKS (verifiers still need it) but is not ready and
     /// refuses to sign, with the cause in the log, until a reload or restart finds the key
     /// usable again. Only an unreachable backend is an error (to retry).

@@ -32,7 +32,7 @@ const JSON: http::HeaderValue = http::HeaderValue::from_static("application/json
 
 /// The API router.
 pub fn router(state: Arc<AppState>) -> Router {
-    let router = Router::new()
+    Router::new()
         .route("/v1/keysets/{name}/sign", post(sign))
         .route("/v1/keysets/{name}/sign-batch", post(sign_batch))
         .route("/v1/keysets", get(list_keysets))
@@ -41,8 +41,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/keysets/{name}/keys/{kid}/revoke", post(revoke))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state);
-    super::serve::traced(router)
+        .with_state(state)
 }
 
 async fn method_not_allowed() -> ApiError {

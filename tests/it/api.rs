@@ -131,6 +131,31 @@ async fn authentication_and_policy_refusals() {
         ids.push(r.headers()["x-request-id"].to_str().unwrap().to_owned());
     }
     assert!(!ids[0].is_empty() && ids[0] != ids[1], "{ids:?}");
+    // A client's own id is kept, so that its logs and ours meet; a 404 is named too.
+    let r = http()
+        .post(format!("{}/v1/keysets/default/sign", d.api))
+        .header("x-request-id", "client-7")
+        .json(&ok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.headers()["x-request-id"].to_str().unwrap()
+        ),
+        (401, "client-7")
+    );
+    let long = "x".repeat(129);
+    let r = http()
+        .get(format!("{}/nowhere", d.api))
+        .header("x-request-id", &long)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let id = r.headers()["x-request-id"].to_str().unwrap();
+    assert!(id != long && id != ids[1] && id.contains('-'), "{id}");
     let (status, body) = sign(&d, "default", "wrong-token", ok.clone()).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),

@@ -283,6 +283,27 @@ async fn no_private_key_appears_in_any_response_log_or_audit_line() {
         "the trace log is suspiciously short: {} bytes",
         log.len()
     );
+    // Every API request is traced (its id, method and path, then its status and latency);
+    // no credential is, whatever the level.
+    let finished: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "finished processing request")
+        .collect();
+    assert!(
+        finished.iter().any(|l| l["status"] == 200
+            && l["latency_us"].is_u64()
+            && l["span"]["path"] == "/v1/keysets/ec/sign"
+            && l["span"]["method"] == "POST"
+            && l["span"]["id"].as_str().is_some_and(|id| id.contains('-'))),
+        "no trace of a signed request: {finished:?}"
+    );
+    for secret in [&token, &ops_token] {
+        assert!(
+            !log.contains(secret.as_str()),
+            "a bearer token is in the log"
+        );
+    }
     seen.extend_from_slice(log.as_bytes());
     seen.extend_from_slice(&std::fs::read(dir.path().join("data/audit.log")).unwrap());
     for entry in std::fs::read_dir(dir.path().join("data/keys")).unwrap() {
