@@ -593,7 +593,7 @@ fn internal() -> ApiError {
 }
 
 /// A fresh `jti`: 128 random bits, base64url. The bits come from a per-thread pool that
-/// `SystemRandom` refills [`JTI_POOL`] bytes at a time (one call per 256 tokens: a call
+/// `SystemRandom` refills `JTI_POOL` bytes at a time (one call per 256 tokens: a call
 /// per token cost more than the bits); each `jti`'s bytes are wiped from the pool as it
 /// takes them.
 pub fn new_jti() -> Result<String, ApiError> {
