@@ -1,6 +1,7 @@
 //! A bare HTTP signer, the peer `scripts/bench.sh` measures beside keyturn: keyturn's own
-//! stack (tokio's default two-worker runtime, hyper HTTP/1 with one write per response,
-//! aws-lc-rs) with nothing but the signature between reading a request and answering it.
+//! stack (tokio's default runtime, a worker per CPU; hyper HTTP/1 with one write per
+//! response; aws-lc-rs) with nothing but the signature between reading a request and
+//! answering it.
 //! No authentication, no JSON parsing, no policy, no audit log, no metrics. What it
 //! reaches on a machine is what any signer built on this stack can reach there, measured
 //! rather than computed: the bench reports keyturn's rate as a fraction of it.
@@ -11,8 +12,9 @@
 //!
 //! `POST /ES256`, `/EdDSA`, `/RS256`: reads the body, signs a typical JWS signing input
 //! with a key made at start, answers `{"token":"<input>.<signature>"}`. `POST /batch`:
-//! 256 ES256 tokens, `{"results":[{"token":...},...]}`. Prints `BARE READY` once it
-//! listens. Loopback only; a benchmark tool, not a server to deploy.
+//! 256 ES256 tokens, `{"results":[{"token":...},...]}`, signed in chunks of 16 spread over
+//! the workers as keyturn spreads a batch. Prints `BARE READY` once it listens. Loopback
+//! only; a benchmark tool, not a server to deploy.
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
@@ -32,6 +34,8 @@ const INPUT: &str = "eyJhbGciOiJFUzI1NiIsImtpZCI6IlRmX2VZZDJ6WHh6R0Z5b3pYd2ZJcXF
 
 /// Tokens per `/batch` request: the bench's sign-batch size.
 const BATCH: usize = 256;
+/// Tokens per batch task, as keyturn's sign-batch chunks.
+const CHUNK: usize = 16;
 
 struct Keys {
     ec: EcdsaKeyPair,
@@ -85,14 +89,35 @@ async fn answer(
     }
     let mut out = String::with_capacity(512);
     let signed = if path == "batch" {
+        let chunks: Vec<_> = (0..BATCH / CHUNK)
+            .map(|_| {
+                let keys = keys.clone();
+                tokio::spawn(async move {
+                    let mut chunk = String::with_capacity(CHUNK * 512);
+                    for i in 0..CHUNK {
+                        if i > 0 {
+                            chunk.push(',');
+                        }
+                        keys.push_token("ES256", &mut chunk)?;
+                    }
+                    Some(chunk)
+                })
+            })
+            .collect();
         out.reserve(BATCH * 512);
         out.push_str("{\"results\":[");
-        let all = (0..BATCH).try_for_each(|i| {
-            if i > 0 {
-                out.push(',');
+        let mut all = Some(());
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            match chunk.await {
+                Ok(Some(chunk)) => {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&chunk);
+                }
+                _ => all = None,
             }
-            keys.push_token("ES256", &mut out)
-        });
+        }
         out.push_str("]}");
         all
     } else {
@@ -133,8 +158,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         println!("BARE READY");
         loop {
-            let (stream, _) = listener.accept().await?;
-            stream.set_nodelay(true)?;
+            // A failed accept (a reset, out of descriptors) ends one connection, not the run.
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
             let keys = keys.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| answer(keys.clone(), req));

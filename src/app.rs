@@ -335,6 +335,8 @@ pub async fn run_with_backends(
         "jwks",
     ));
 
+    // One for every API listener: request ids are unique across them.
+    let api = crate::http::serve::traced(crate::http::api::router(state.clone()));
     let mut api_addr = None;
     if let Some(addr) = config.server.api_listen {
         let tls = config
@@ -358,7 +360,7 @@ pub async fn run_with_backends(
         tasks.spawn(serve_tcp(
             listener,
             tls,
-            crate::http::serve::traced(crate::http::api::router(state.clone())),
+            api.clone(),
             limits,
             shutdown.clone(),
             "api",
@@ -368,12 +370,15 @@ pub async fn run_with_backends(
         let listener = bind_unix(path)?;
         tasks.spawn(serve_unix(
             listener,
-            crate::http::serve::traced(crate::http::api::router(state.clone())),
+            api.clone(),
             limits,
             shutdown.clone(),
             "api-socket",
         ));
     }
+    // The listeners hold the state (and its audit log handle) from here on: a copy kept
+    // here would keep the audit writer waiting at the stop.
+    drop(api);
     if let Some((socket, keyset)) = &config.server.k8s_signer {
         let listener = crate::k8s::bind(socket)?;
         tasks.spawn(crate::k8s::serve(

@@ -78,8 +78,10 @@ pub struct Traced {
 }
 
 /// Gives every request of `app` an id, `x-request-id` in its response (the client's own
-/// if it sent one of at most 128 bytes), and a DEBUG span with the id,
-/// method and path, closed by a DEBUG event with the status and latency. Headers are never logged. The API listeners
+/// if it sent one of at most 128 bytes of `[A-Za-z0-9._:-]`, so that its logs and ours
+/// meet; else `<process start in hex>-<counter>`), and a DEBUG span with the id, method
+/// and path, closed by a DEBUG event, in the span, with the status and `latency_us`.
+/// One `Traced` serves every API listener, so that ids are unique across them. Headers are never logged. The API listeners
 /// use it; the public listener, which only serves pre-serialized documents to anonymous
 /// readers, does not pay for it.
 ///
@@ -120,8 +122,14 @@ impl RequestIds {
 }
 
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-/// The longest request id a client may choose; a longer one is replaced by ours.
-const MAX_CLIENT_ID: usize = 128;
+
+/// A client's own request id, if it is one to keep: at most 128 bytes, all of them
+/// `[A-Za-z0-9._:-]`, so that it reads the same in the response and in the logs.
+fn client_id(id: &http::HeaderValue) -> Option<http::HeaderValue> {
+    let ok = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-');
+    let bytes = id.as_bytes();
+    (!bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(ok)).then(|| id.clone())
+}
 
 /// An axum router sees the caller: every request carries its connection's `Arc<Peer>`.
 impl PerConnection for Traced {
@@ -149,10 +157,11 @@ impl hyper::service::Service<http::Request<Incoming>> for WithPeer {
 
     fn call(&self, mut req: http::Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(self.peer.clone());
-        let id = match req.headers().get(X_REQUEST_ID) {
-            Some(id) if !id.is_empty() && id.len() <= MAX_CLIENT_ID => id.clone(),
-            _ => self.api.ids.next(),
-        };
+        let id = req
+            .headers()
+            .get(X_REQUEST_ID)
+            .and_then(client_id)
+            .unwrap_or_else(|| self.api.ids.next());
         let span = tracing::debug_span!(
             "request",
             id = id.to_str().unwrap_or("-"),
@@ -195,12 +204,16 @@ where
                 res.headers_mut().insert(X_REQUEST_ID, id);
             }
             if let Some(started) = *this.started {
-                tracing::debug!(
-                    parent: this.inner.span(),
-                    status = res.status().as_u16(),
-                    latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                    "finished processing request"
-                );
+                // In the span, not only under it: span filters (`RUST_LOG=[request]=debug`)
+                // select what runs inside a span.
+                this.inner.span().in_scope(|| {
+                    tracing::debug!(
+                        status = res.status().as_u16(),
+                        latency_us =
+                            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                        "finished processing request"
+                    );
+                });
             }
         }
         std::task::Poll::Ready(res)

@@ -146,16 +146,37 @@ async fn authentication_and_policy_refusals() {
         ),
         (401, "client-7")
     );
-    let long = "x".repeat(129);
-    let r = http()
-        .get(format!("{}/nowhere", d.api))
-        .header("x-request-id", &long)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    let id = r.headers()["x-request-id"].to_str().unwrap();
-    assert!(id != long && id != ids[1] && id.contains('-'), "{id}");
+    // Ours: <process start in hex>-<counter>.
+    let ours = |id: &str| {
+        id.split_once('-').is_some_and(|(start, n)| {
+            !start.is_empty()
+                && start.bytes().all(|b| b.is_ascii_hexdigit())
+                && n.parse::<u64>().is_ok()
+        })
+    };
+    assert!(ids.iter().all(|id| ours(id)), "{ids:?}");
+    // A client id of up to 128 bytes of [A-Za-z0-9._:-] is kept; any other is replaced
+    // (too long, or what would read differently in the logs), also on a 404.
+    for (sent, kept) in [
+        ("a.B_9:z-".repeat(16), true),
+        ("x".repeat(129), false),
+        ("two words".to_owned(), false),
+        ("quote\"".to_owned(), false),
+    ] {
+        let r = http()
+            .get(format!("{}/nowhere", d.api))
+            .header("x-request-id", &sent)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        let id = r.headers()["x-request-id"].to_str().unwrap();
+        assert_eq!(
+            (id == sent, kept || ours(id)),
+            (kept, true),
+            "{sent} -> {id}"
+        );
+    }
     let (status, body) = sign(&d, "default", "wrong-token", ok.clone()).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),

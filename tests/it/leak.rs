@@ -295,7 +295,12 @@ async fn no_private_key_appears_in_any_response_log_or_audit_line() {
             && l["latency_us"].is_u64()
             && l["span"]["path"] == "/v1/keysets/ec/sign"
             && l["span"]["method"] == "POST"
-            && l["span"]["id"].as_str().is_some_and(|id| id.contains('-'))),
+            && l["span"]["id"]
+                .as_str()
+                .and_then(|id| id.split_once('-'))
+                .is_some_and(
+                    |(start, n)| u64::from_str_radix(start, 16).is_ok() && n.parse::<u64>().is_ok()
+                )),
         "no trace of a signed request: {finished:?}"
     );
     for secret in [&token, &ops_token] {
