@@ -81,9 +81,9 @@ pub struct Traced {
 /// if it sent one of at most 128 bytes of `[A-Za-z0-9._:-]`, so that its logs and ours
 /// meet; else `<process start in hex>-<counter>`), and a DEBUG span with the id, method
 /// and path, closed by a DEBUG event, in the span, with the status and `latency_us`.
-/// One `Traced` serves every API listener, so that ids are unique across them. Headers are never logged. The API listeners
-/// use it; the public listener, which only serves pre-serialized documents to anonymous
-/// readers, does not pay for it.
+/// Headers are never logged. One `Traced` serves every API listener, so that ids are
+/// unique across them; the public listener, which only serves pre-serialized documents to
+/// anonymous readers, does not pay for it.
 ///
 /// This is tower-http's `SetRequestId`, `PropagateRequestId` and `TraceLayer` in one step
 /// around the router: those layers cost 3.7 us of CPU per sign request (8%), mostly in
