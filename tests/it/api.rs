@@ -561,13 +561,7 @@ async fn admin_rotate_and_revoke_and_the_audit_chain() {
     let first = view["active_kid"].as_str().unwrap().to_owned();
 
     // Rotate: with a 1 s publish lead the pending key takes over within a second or two.
-    let (status, rotated) = admin(
-        &d,
-        &ops,
-        reqwest::Method::POST,
-        "/v1/keysets/default/rotate",
-    )
-    .await;
+    let (status, rotated) = rotate(&d, &ops, "default").await;
     assert_eq!(status, 200, "{rotated}");
     let next = rotated["kid"].as_str().unwrap().to_owned();
     assert_ne!(next, first);

@@ -138,13 +138,7 @@ async fn a_full_data_dir_fails_clearly_and_recovers() {
             ready(&d).await == 200
         })
         .await;
-        let (status, r) = admin(
-            &d,
-            &token,
-            reqwest::Method::POST,
-            "/v1/keysets/default/rotate",
-        )
-        .await;
+        let (status, r) = rotate(&d, &token, "default").await;
         assert_eq!(status, 200, "{fault}: rotate after recovery: {r}");
     }
     let log = d.log_text();
@@ -307,13 +301,7 @@ async fn a_state_deleted_while_running_is_not_started_over() {
     let state = dir.path().join("data/keys/default.state");
     let saved = std::fs::read(&state).unwrap();
     std::fs::remove_file(&state).unwrap();
-    let (status, err) = admin(
-        &d,
-        &token,
-        reqwest::Method::POST,
-        "/v1/keysets/default/rotate",
-    )
-    .await;
+    let (status, err) = rotate(&d, &token, "default").await;
     assert_eq!(
         (status, err["error"]["code"].as_str()),
         (503, Some("state_replaced")),
@@ -330,13 +318,7 @@ async fn a_state_deleted_while_running_is_not_started_over() {
     );
     // Restored: taken back at the next write.
     write_secret(&state, &saved);
-    let (status, err) = admin(
-        &d,
-        &token,
-        reqwest::Method::POST,
-        "/v1/keysets/default/rotate",
-    )
-    .await;
+    let (status, err) = rotate(&d, &token, "default").await;
     assert_eq!(status, 200, "{err}");
     let after = kids(&jwks(&d, "default").await);
     assert!(

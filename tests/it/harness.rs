@@ -227,6 +227,17 @@ pub async fn admin(
     (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }
 
+/// An admin rotation of `keyset`; returns (status, body).
+pub async fn rotate(d: &Daemon, token: &str, keyset: &str) -> (u16, serde_json::Value) {
+    admin(
+        d,
+        token,
+        reqwest::Method::POST,
+        &format!("/v1/keysets/{keyset}/rotate"),
+    )
+    .await
+}
+
 /// A `[[client]]` with a bearer token: (toml, token).
 pub fn token_client(name: &str, keysets: &[&str], extra: &str) -> (String, String) {
     let token = format!("tok-{name}-0123456789abcdef");

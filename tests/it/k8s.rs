@@ -356,13 +356,7 @@ async fn kube_apiserver_signs_and_verifies_across_a_rotation_and_a_revoke() {
 
     // Rotation: the new key is in FetchKeys at once, and for at least one refresh interval
     // before it signs (the publish lead).
-    let (status, rotated) = admin(
-        &d,
-        &ops,
-        reqwest::Method::POST,
-        "/v1/keysets/cluster/rotate",
-    )
-    .await;
+    let (status, rotated) = rotate(&d, &ops, "cluster").await;
     assert_eq!(status, 200, "{rotated}");
     let next = rotated["kid"].as_str().unwrap().to_owned();
     let activates_at = rotated["activates_at"].as_i64().unwrap();

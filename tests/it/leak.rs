@@ -249,13 +249,7 @@ async fn no_private_key_appears_in_any_response_log_or_audit_line() {
     };
     snapshot(&mut keys);
     for ks in ["ec", "rsa", "ed"] {
-        let (_, view) = admin(
-            &d,
-            &ops_token,
-            reqwest::Method::POST,
-            &format!("/v1/keysets/{ks}/rotate"),
-        )
-        .await;
+        let (_, view) = rotate(&d, &ops_token, ks).await;
         seen.extend_from_slice(view.to_string().as_bytes());
         let (_, view) = admin(
             &d,
