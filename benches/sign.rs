@@ -182,7 +182,7 @@ fn bench(c: &mut Criterion) {
             let sig = ready(backend.sign(&key_name, alg, p.signing_input.as_bytes())).unwrap();
             Signed {
                 token: compact(p.signing_input, &sig),
-                kid: "kid-0123456789".into(),
+                kid: "kid-0123456789",
                 jti: p.jti,
                 exp: p.exp,
             }

@@ -227,20 +227,20 @@ fn parse<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> 
     })
 }
 
-/// The sign response.
+/// The sign response. Its kid is borrowed from the published key, not copied per token.
 #[derive(Debug, Serialize)]
-pub struct Signed {
+pub struct Signed<'k> {
     /// The compact JWS.
     pub token: String,
     /// Its key.
-    pub kid: String,
+    pub kid: &'k str,
     /// Its id.
     pub jti: String,
     /// Its expiry.
     pub exp: i64,
 }
 
-impl Signed {
+impl Signed<'_> {
     /// At least the size of its JSON, for sizing buffers once.
     fn json_size(&self) -> usize {
         self.token.len() + self.kid.len() + self.jti.len() + 64
@@ -253,8 +253,8 @@ impl Signed {
     fn write_json(&self, out: &mut Vec<u8>) {
         use crate::json::{push_int, push_str};
         for (key, value) in [
-            (&b"{\"token\":"[..], &self.token),
-            (b",\"kid\":", &self.kid),
+            (&b"{\"token\":"[..], self.token.as_str()),
+            (b",\"kid\":", self.kid),
             (b",\"jti\":", &self.jti),
         ] {
             out.extend_from_slice(key);
@@ -301,15 +301,16 @@ fn active_key<'a>(
     })
 }
 
-/// The backend's signature over a prepared token.
+/// The backend's signature over a prepared token, timed from `started`, and when it ended
+/// (a batch times its next signature from there: one clock reading per signature).
 async fn signature(
     state: &AppState,
     keyset: &KeySet,
     published: &Published,
     signer: &PublishedKey,
     prepared: &Prepared<'_>,
-) -> Result<Vec<u8>, ApiError> {
-    let started = Instant::now();
+    started: Instant,
+) -> (Result<Vec<u8>, ApiError>, Instant) {
     let result = keyset
         .backend
         .sign(
@@ -318,28 +319,34 @@ async fn signature(
             prepared.signing_input.as_bytes(),
         )
         .await;
+    let ended = Instant::now();
     state.metrics.observe_sign(
         keyset.name(),
         published.alg,
         result.is_ok(),
-        started.elapsed(),
+        ended.saturating_duration_since(started),
     );
-    let sig = result.map_err(|e| backend_error(keyset, &e))?;
-    keyset.note_backend(true);
-    Ok(sig)
+    let result = match result {
+        Ok(sig) => {
+            keyset.note_backend(true);
+            Ok(sig)
+        }
+        Err(e) => Err(backend_error(keyset, &e)),
+    };
+    (result, ended)
 }
 
 /// Queues a signed token's audit line, then returns the token: if the audit log is gone,
 /// no token leaves.
-async fn record(
+async fn record<'k>(
     state: &AppState,
     client: &ClientConfig,
     keyset: &KeySet,
-    signer: &PublishedKey,
+    signer: &'k PublishedKey,
     now: i64,
     prepared: Prepared<'_>,
     sig: &[u8],
-) -> Result<Signed, ApiError> {
+) -> Result<Signed<'k>, ApiError> {
     state
         .audit
         .record(Record {
@@ -363,7 +370,7 @@ async fn record(
         })?;
     Ok(Signed {
         token: compact(prepared.signing_input, sig),
-        kid: signer.kid.clone(),
+        kid: &signer.kid,
         jti: prepared.jti,
         exp: prepared.exp,
     })
@@ -388,18 +395,21 @@ fn still_published(
     ))
 }
 
-/// Signs one request: policy, backend signature, audit line.
+/// Signs one request: policy, backend signature, audit line. Returns the response's JSON.
 async fn sign_one(
     state: &AppState,
     client: &ClientConfig,
     keyset: &KeySet,
     req: &SignRequest<'_>,
-) -> Result<Signed, ApiError> {
+) -> Result<Vec<u8>, ApiError> {
     let now = state.clock.now();
     let published = keyset.published();
     let signer = active_key(keyset, &published, now)?;
     let prepared = prepare(req, client, &keyset.config, now, &signer.kid, new_jti()?)?;
-    let sig = match signature(state, keyset, &published, signer, &prepared).await {
+    let sig = match signature(state, keyset, &published, signer, &prepared, Instant::now())
+        .await
+        .0
+    {
         Ok(sig) => sig,
         Err(e) => {
             // A key revoked meanwhile may be why the backend refused.
@@ -411,7 +421,9 @@ async fn sign_one(
     // Last, after every wait (the signature, queuing the audit line): a revoke in that time
     // withholds the token, whose audit line is then the only trace of it.
     still_published(keyset, &published, signer)?;
-    Ok(signed)
+    let mut body = Vec::with_capacity(signed.json_size());
+    signed.write_json(&mut body);
+    Ok(body)
 }
 
 fn signing_client(
@@ -458,9 +470,7 @@ async fn sign(
     let (parts, body) = request.into_parts();
     let (client, keyset) = signing_client(&state, peer(&parts)?, &parts.headers, &name)?;
     let body = json_body(&parts.headers, body, state.limits.body_timeout).await?;
-    let signed = sign_one(&state, &client, &keyset, &parse(&body)?).await?;
-    let mut body = Vec::with_capacity(signed.json_size());
-    signed.write_json(&mut body);
+    let body = sign_one(&state, &client, &keyset, &parse(&body)?).await?;
     Ok(json_response(body))
 }
 
@@ -473,47 +483,75 @@ struct BatchRequest<'a> {
     requests: Vec<&'a serde_json::value::RawValue>,
 }
 
-/// One result of a batch: a token, or why this item was refused.
-enum BatchItem {
-    Ok(Signed),
-    Err(BatchError),
+/// What one batch task wrote: the JSON result of each item it took (a token as
+/// [`Signed::write_json`] writes it, or `{"error": {...}}`), back to back in one buffer,
+/// and for each its index in the batch and where its JSON ends: one buffer per task, freed
+/// by the connection's task, instead of three strings per item.
+#[derive(Default)]
+struct Written {
+    json: Vec<u8>,
+    ends: Vec<(usize, usize)>,
 }
 
-#[derive(Serialize)]
-struct BatchError {
-    code: &'static str,
-    message: String,
+impl Written {
+    /// Appends item `index`'s result; `Err` for an error that fails the whole batch (503).
+    fn push(&mut self, index: usize, result: Result<Signed<'_>, ApiError>) -> Result<(), ApiError> {
+        match result {
+            Ok(signed) => signed.write_json(&mut self.json),
+            Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => return Err(e),
+            Err(e) => write_refused(&mut self.json, &e),
+        }
+        self.ends.push((index, self.json.len()));
+        Ok(())
+    }
 }
 
-/// `{"results": [...]}`, each result as `Signed::write_json` writes it or `{"error": {...}}`.
-fn batch_response(results: &[BatchItem]) -> Response {
-    let size: usize = results
-        .iter()
-        .map(|r| match r {
-            BatchItem::Ok(signed) => signed.json_size(),
-            BatchItem::Err(e) => e.message.len() + 64,
-        })
-        .sum();
-    let mut body = Vec::with_capacity(16 + size);
+/// `{"error": {"code", "message"}}`: why a batch item was refused.
+fn write_refused(out: &mut Vec<u8>, e: &ApiError) {
+    #[derive(Serialize)]
+    struct Refused<'a> {
+        error: Why<'a>,
+    }
+    #[derive(Serialize)]
+    struct Why<'a> {
+        code: &'a str,
+        message: &'a str,
+    }
+    // Strings only: serializing into a Vec cannot fail.
+    let _ = serde_json::to_writer(
+        out,
+        &Refused {
+            error: Why {
+                code: e.code,
+                message: &e.message,
+            },
+        },
+    );
+}
+
+/// `{"results": [...]}`: each item's result from the task that wrote it, in item order.
+/// `None` if an item has no result (a task failed to return one): the results would no
+/// longer line up with the items, so no token may leave.
+fn batch_response(n: usize, written: &[Written]) -> Option<Response> {
+    let mut slots: Vec<Option<&[u8]>> = vec![None; n];
+    for w in written {
+        let mut start = 0;
+        for &(index, end) in &w.ends {
+            *slots.get_mut(index)? = Some(w.json.get(start..end)?);
+            start = end;
+        }
+    }
+    let size: usize = written.iter().map(|w| w.json.len()).sum();
+    let mut body = Vec::with_capacity(size + n + 16);
     body.extend_from_slice(b"{\"results\":[");
-    for (i, result) in results.iter().enumerate() {
+    for (i, slot) in slots.into_iter().enumerate() {
         if i > 0 {
             body.push(b',');
         }
-        match result {
-            BatchItem::Ok(signed) => signed.write_json(&mut body),
-            BatchItem::Err(error) => {
-                #[derive(Serialize)]
-                struct Refused<'a> {
-                    error: &'a BatchError,
-                }
-                // Strings only: serializing into a Vec cannot fail.
-                let _ = serde_json::to_writer(&mut body, &Refused { error });
-            }
-        }
+        body.extend_from_slice(slot?);
     }
     body.extend_from_slice(b"]}");
-    json_response(body)
+    Some(json_response(body))
 }
 
 /// Tasks signing one batch at the same time. Each takes the next chunk of unsigned items
@@ -543,34 +581,29 @@ struct BatchItems {
 /// [`BATCH_SLICE`], between two signatures.
 const BATCH_CHUNK: usize = 16;
 
-/// Signs chunks of `items` until none is left or an item gets a 503 (the batch then
-/// fails as a whole). Returns each result with its item's index. The items of a chunk
-/// share one reading of the clock and the key active then.
+/// Signs chunks of `items` until none is left, and writes their results. An error that
+/// concerns the whole key set (no key to sign with, a 503) fails the batch: the items
+/// taken so far are dropped. The items of a chunk share one reading of the clock and the
+/// key active then.
 async fn sign_items(
     state: &AppState,
     client: &ClientConfig,
     keyset: &KeySet,
     items: &BatchItems,
-) -> Vec<(usize, Result<Signed, ApiError>)> {
+) -> Result<Written, ApiError> {
     use std::sync::atomic::Ordering;
-    let mut out = Vec::new();
+    let mut out = Written::default();
     let mut slice = Instant::now();
     loop {
         let first = items.next.fetch_add(items.chunk, Ordering::Relaxed);
         let chunk = items.requests.get(first..).unwrap_or_default();
         let chunk = chunk.get(..items.chunk).unwrap_or(chunk);
         if chunk.is_empty() {
-            return out;
+            return Ok(out);
         }
         let now = state.clock.now();
         let published = keyset.published();
-        let signer = match active_key(keyset, &published, now) {
-            Ok(signer) => signer,
-            Err(e) => {
-                out.push((first, Err(e)));
-                return out;
-            }
-        };
+        let signer = active_key(keyset, &published, now)?;
         // Policy: each item parsed (serde's line and column count from the item's start)
         // and checked alone.
         let mut tokens: Vec<_> = (first..)
@@ -584,23 +617,25 @@ async fn sign_items(
                 Ok((prepared, Vec::new()))
             })
             .collect();
-        // Backend: the signatures, back to back. An outage (503) fails the batch: no
-        // further calls.
-        for (i, token) in (first..).zip(&mut tokens) {
+        // Backend: the signatures, back to back, each timed from the end of the one before.
+        // An outage (503) fails the batch: no further calls.
+        let mut clock = Instant::now();
+        for token in &mut tokens {
             let Ok((prepared, sig)) = token else { continue };
-            if slice.elapsed() >= BATCH_SLICE {
+            if clock.saturating_duration_since(slice) >= BATCH_SLICE {
                 tokio::task::yield_now().await;
                 slice = Instant::now();
+                clock = slice;
             }
-            match signature(state, keyset, &published, signer, prepared).await {
+            let (result, ended) =
+                signature(state, keyset, &published, signer, prepared, clock).await;
+            clock = ended;
+            match result {
                 Ok(s) => *sig = s,
                 Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
                     // A key revoked meanwhile may be why the backend refused.
-                    let e = still_published(keyset, &published, signer)
-                        .err()
-                        .unwrap_or(e);
-                    out.push((i, Err(e)));
-                    return out;
+                    still_published(keyset, &published, signer)?;
+                    return Err(e);
                 }
                 Err(e) => *token = Err(e),
             }
@@ -613,19 +648,11 @@ async fn sign_items(
                 }
                 Err(e) => Err(e),
             };
-            let unavailable =
-                matches!(&result, Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE);
-            out.push((i, result));
-            if unavailable {
-                return out;
-            }
+            out.push(i, result)?;
         }
         // A revoke while the chunk signed or its audit lines were queued (see sign_one):
         // the batch fails (503) and the client asks again.
-        if let Err(e) = still_published(keyset, &published, signer) {
-            out.push((first, Err(e)));
-            return out;
-        }
+        still_published(keyset, &published, signer)?;
         if slice.elapsed() >= BATCH_SLICE {
             tokio::task::yield_now().await;
             slice = Instant::now();
@@ -668,43 +695,27 @@ async fn sign_batch(
             (state.clone(), client.clone(), keyset.clone(), items.clone());
         tasks.spawn(async move { sign_items(&state, &client, &keyset, &items).await });
     }
-    let mut slots: Vec<Option<BatchItem>> = (0..n).map(|_| None).collect();
-    while let Some(joined) = tasks.join_next().await {
-        let results = joined.map_err(|e| {
-            tracing::error!(keyset = %keyset.name(), error = %e, "batch signing task failed");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-        })?;
-        for (i, result) in results {
-            let item = match result {
-                Ok(signed) => BatchItem::Ok(signed),
-                // Dropping `tasks` cancels the items still in flight.
-                Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => return Err(e),
-                Err(e) => BatchItem::Err(BatchError {
-                    code: e.code,
-                    message: e.message,
-                }),
-            };
-            if let Some(slot) = slots.get_mut(i) {
-                *slot = Some(item);
-            }
-        }
-    }
-    // Every index below n was taken by exactly one task, which returned its result: no
-    // slot is empty once every task has finished without a 503. Were one empty, the
-    // results would no longer line up with the items: no token leaves.
-    let Some(results) = slots.into_iter().collect::<Option<Vec<BatchItem>>>() else {
-        tracing::error!(keyset = %keyset.name(), "a batch item got no result");
-        return Err(ApiError::new(
+    let internal = || {
+        ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "internal error",
-        ));
+        )
     };
-    Ok(batch_response(&results))
+    let mut written = Vec::with_capacity(tasks.len());
+    while let Some(joined) = tasks.join_next().await {
+        let joined = joined.map_err(|e| {
+            tracing::error!(keyset = %keyset.name(), error = %e, "batch signing task failed");
+            internal()
+        })?;
+        // Dropping `tasks` cancels the items still in flight.
+        written.push(joined?);
+    }
+    // Every index below n was taken by exactly one task, which wrote its result.
+    batch_response(n, &written).ok_or_else(|| {
+        tracing::error!(keyset = %keyset.name(), "a batch item got no result");
+        internal()
+    })
 }
 
 /// A JSON body, written into a buffer sized up front (axum's `Json` starts at 128 bytes and
@@ -917,10 +928,10 @@ mod tests {
     use crate::clock::Clock;
     use crate::testing::InProcess;
 
-    fn signed(token: &str, kid: &str, jti: &str) -> Signed {
+    fn signed<'k>(token: &str, kid: &'k str, jti: &str) -> Signed<'k> {
         Signed {
             token: token.into(),
-            kid: kid.into(),
+            kid,
             jti: jti.into(),
             exp: 1_700_000_000,
         }
@@ -1036,17 +1047,46 @@ mod tests {
         }
     }
 
+    /// A reload that leaves nobody allowed to sign with the key set takes the right from
+    /// requests already let in: each is refused whole, one token or a batch (whose 32 items
+    /// are 16 chunks of two), with the 403 that says why: no token, no audit line.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_set_nobody_may_sign_with_any_more_refuses_whole_requests() {
+        let app = InProcess::new(crate::testing::Rigged::default()).await;
+        let nobody =
+            crate::config::Config::parse(crate::testing::KEYSET, Default::default()).unwrap();
+        app.keyset.note_signers(&nobody, app.clock.now());
+        let item = serde_json::json!({"claims": {"sub": "user:1"}});
+        let batch = serde_json::json!({"requests": vec![item.clone(); 32]});
+        for (route, body) in [("sign", item), ("sign-batch", batch)] {
+            let (status, answer) = app.post(route, &body).await.unwrap();
+            assert_eq!(status, StatusCode::FORBIDDEN, "{route}: {answer}");
+            assert_eq!(answer["error"]["code"], "keyset_not_allowed", "{route}");
+        }
+        assert_eq!(app.finish(), 0);
+    }
+
+    /// Two tasks' results, taken in turn, come out in item order; a refused item carries
+    /// its error; a 503 fails the batch; an item left without a result lets no token out.
     #[tokio::test]
     async fn batch_response_keeps_order_and_errors() {
-        let results = [
-            BatchItem::Ok(signed("t.1.s", "k", "j1")),
-            BatchItem::Err(BatchError {
-                code: "claim_not_allowed",
-                message: "no \"x\"".into(),
-            }),
-            BatchItem::Ok(signed("t.2.s", "k", "j2")),
-        ];
-        let response = batch_response(&results);
+        let refused = ApiError::forbidden("claim_not_allowed", "no \"x\"");
+        let mut a = Written::default();
+        let mut b = Written::default();
+        b.push(1, Err(refused)).unwrap();
+        a.push(0, Ok(signed("t.1.s", "k", "j1"))).unwrap();
+        a.push(2, Ok(signed("t.2.s", "k", "j2"))).unwrap();
+        let down = b.push(3, Err(ApiError::unavailable(5))).unwrap_err();
+        assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(batch_response(4, &[a, b]).is_none(), "item 3 has no result");
+
+        let mut a = Written::default();
+        let mut b = Written::default();
+        b.push(1, Err(ApiError::forbidden("claim_not_allowed", "no \"x\"")))
+            .unwrap();
+        a.push(0, Ok(signed("t.1.s", "k", "j1"))).unwrap();
+        a.push(2, Ok(signed("t.2.s", "k", "j2"))).unwrap();
+        let response = batch_response(3, &[a, b]).unwrap();
         let body = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .unwrap();
