@@ -131,10 +131,20 @@ async fn open_keysets(
                 ledger: Some((ks.name.as_str(), path)),
             }),
         };
+        // Up to when the audit log has heard of the key set's activations: the running one's
+        // last tick at a reload, the log's last record at a start (nothing of a key set new
+        // at this reload). Its first tick reports those since.
+        let audited = match reuse {
+            Some(running) => running.get(&ks.name).and_then(|k| k.synced_at()),
+            None => audit.last_ts(),
+        };
         let mut delay = Duration::from_millis(250);
         let keyset = loop {
             let attempt = async {
                 let keyset = KeySet::open(ks.clone(), backend.clone()).await?;
+                if let Some(at) = audited {
+                    keyset.audited_until(at).await;
+                }
                 if let Some(expected) = &expected {
                     refuse_a_fresh_start(expected, &keyset)?;
                 }

@@ -127,13 +127,15 @@ struct Shared {
     room: Notify,
     /// False while the log cannot be written (read-only or full disk): signing stops.
     healthy: AtomicBool,
+    /// The `ts` of the last record the log held when opened.
+    last_ts: Option<i64>,
 }
 
 /// Most bytes of lines queued for the writer (about 16k lines); beyond it records wait.
 const MAX_QUEUED: usize = 4 << 20;
 
 impl Shared {
-    fn new(lines: Vec<u8>) -> Shared {
+    fn new(lines: Vec<u8>, last_ts: Option<i64>) -> Shared {
         Shared {
             queue: Mutex::new(Queue {
                 lines,
@@ -143,6 +145,7 @@ impl Shared {
             arrived: Condvar::new(),
             room: Notify::new(),
             healthy: AtomicBool::new(true),
+            last_ts,
         }
     }
 
@@ -242,9 +245,9 @@ impl Audit {
             .mode(0o600)
             .open(path)
             .map_err(|e| format!("cannot open audit log {}: {e}", path.display()))?;
-        let mut prev = last_line_hash(&mut file)
+        let (mut prev, last_ts) = last_line(&mut file)
             .map_err(|e| format!("cannot read audit log {}: {e}", path.display()))?;
-        let shared = Arc::new(Shared::new(Vec::with_capacity(64 * 1024)));
+        let shared = Arc::new(Shared::new(Vec::with_capacity(64 * 1024), last_ts));
         let shown = path.display().to_string();
         let writer = shared.clone();
         let handle = std::thread::Builder::new()
@@ -268,6 +271,13 @@ impl Audit {
     pub fn is_healthy(&self) -> bool {
         self.shared()
             .is_none_or(|shared| shared.healthy.load(Ordering::Relaxed))
+    }
+
+    /// The time (`ts`) of the last record the log held when it was opened: what happened
+    /// after it and before this start was seen by no daemon writing this log. None for a
+    /// new log.
+    pub fn last_ts(&self) -> Option<i64> {
+        self.shared()?.last_ts
     }
 
     /// A handle that records nothing (for tests and tools that have no log).
@@ -467,13 +477,14 @@ fn hex_sha256_into(bytes: &[u8], hex: &mut String) {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// The hash of the file's last line (the genesis value for an empty file). A last line
+/// The hash of the file's last line (the genesis value for an empty file), and the `ts` of
+/// the last record among the final lines. A last line
 /// without its newline (torn by a crash, or left when the disk stayed full at exit) is
 /// ended first, so the next line starts on a line of its own; `verify` reports the torn one.
-fn last_line_hash(file: &mut File) -> std::io::Result<String> {
+fn last_line(file: &mut File) -> std::io::Result<(String, Option<i64>)> {
     let len = file.seek(SeekFrom::End(0))?;
     if len == 0 {
-        return Ok(GENESIS.to_owned());
+        return Ok((GENESIS.to_owned(), None));
     }
     // Lines are short; the last one is inside the final 64 KiB.
     let start = len.saturating_sub(64 * 1024);
@@ -497,7 +508,16 @@ fn last_line_hash(file: &mut File) -> std::io::Result<String> {
              keyturn); new lines chain onto its bytes and `keyturn audit verify` reports it"
         );
     }
-    Ok(hex_sha256(line))
+    #[derive(serde::Deserialize)]
+    struct Ts {
+        ts: i64,
+    }
+    // A torn or foreign last line has none: the record before it does.
+    let last_ts = body
+        .rsplit(|b| *b == b'\n')
+        .find_map(|line| serde_json::from_slice::<Ts>(line).ok())
+        .map(|r| r.ts);
+    Ok((hex_sha256(line), last_ts))
 }
 
 /// What [`verify`] found.
@@ -706,7 +726,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_holds_records_back_until_the_writer_takes_it() {
-        let shared = Arc::new(Shared::new(vec![b'x'; MAX_QUEUED]));
+        let shared = Arc::new(Shared::new(vec![b'x'; MAX_QUEUED], None));
         let audit = Audit(Some(Arc::new(Handles(shared.clone()))));
         let aud = AUD;
         let mut waiting = tokio_test::task::spawn(audit.record(record(1, "j", &aud)));
@@ -729,6 +749,27 @@ mod tests {
             line,
             [unchained(&record(1, "j", &aud)), b"\n".to_vec()].concat()
         );
+    }
+
+    /// The log tells when its last record was written: none for a new log, the last
+    /// record's `ts`, the one before a torn line's.
+    #[tokio::test]
+    async fn last_ts_is_the_last_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let opened = |path: &Path| {
+            let (audit, writer) = Audit::open(path).unwrap();
+            let ts = audit.last_ts();
+            drop(audit);
+            writer.finish();
+            ts
+        };
+        assert_eq!(opened(&path), None);
+        write(&path, 10..13).await;
+        assert_eq!(opened(&path), Some(12));
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"ts\":99,\"ev").unwrap();
+        assert_eq!(opened(&path), Some(12));
     }
 
     #[tokio::test]

@@ -261,6 +261,17 @@ impl KeySet {
         }
     }
 
+    /// The time of its last successful tick (None before the first).
+    pub fn synced_at(&self) -> Option<i64> {
+        Some(self.synced_at.load(Ordering::Relaxed)).filter(|t| *t != i64::MIN)
+    }
+
+    /// Tells the engine, before its first tick, when the audit log's last record was
+    /// written: that tick reports the activations since (see `Engine::audited_until`).
+    pub async fn audited_until(&self, at: i64) {
+        self.engine.lock().await.audited_until(at);
+    }
+
     /// One round: re-read the state (another replica's writes; a state deleted or replaced
     /// under a backend of one daemon shows here too), bring the key set in order, publish
     /// the result.

@@ -427,6 +427,9 @@ pub struct Engine {
     // The key active at the last successful tick (None before the first): a scheduled
     // activation is no write, so a tick that finds another key active reports it.
     seen_active: Option<Option<String>>,
+    // Before the first tick after a restart: the time of the audit log's last record. The
+    // first tick reports the activations since then, which no running daemon saw.
+    audited_until: Option<i64>,
 }
 
 /// What an engine tells of each new document.
@@ -455,6 +458,7 @@ impl Engine {
             unreported: Vec::new(),
             on_change: None,
             seen_active: None,
+            audited_until: None,
         };
         engine.reload().await?;
         Ok(engine)
@@ -614,14 +618,37 @@ impl Engine {
         Err(LifecycleError::Contention(self.keyset.clone()))
     }
 
+    /// Tells the engine, before its first tick, that the audit log's last record is from
+    /// `at`: the first tick then reports every activation since (by schedule while the
+    /// daemon was down), not only one from that very instant.
+    pub fn audited_until(&mut self, at: i64) {
+        if self.seen_active.is_none() {
+            self.audited_until = Some(at);
+        }
+    }
+
     /// Reports a key that became active since the last tick (by its schedule, a revoke, or
     /// this tick's own start of the key set) and, if still published, the key it took over
-    /// from. Before its first tick the engine knows of no earlier key: it reports only a
-    /// key active from this very instant.
+    /// from. Before its first tick the engine knows of no earlier key: it reports the
+    /// activations since the audit log's last record ([`Self::audited_until`]), else only
+    /// a key active from this very instant.
     fn note_activation(&mut self, now: i64) {
         let doc = &self.doc;
         let active = doc.active(now);
         let kid = active.and_then(|i| doc.keys[i].kid.clone());
+        if self.seen_active.is_none() {
+            if let Some(since) = self.audited_until.take() {
+                let missed: Vec<Event> = self
+                    .activations_since(since, now)
+                    .into_iter()
+                    .filter(|e| !self.unreported.contains(e))
+                    .collect();
+                // Before this tick's own events: they are older.
+                self.unreported.splice(0..0, missed);
+                self.seen_active = Some(kid);
+                return;
+            }
+        }
         let at = active.and_then(|i| doc.keys[i].activate_at).unwrap_or(now);
         let changed = match &self.seen_active {
             Some(seen) => *seen != kid,
@@ -653,6 +680,40 @@ impl Engine {
             self.unreported.extend(events);
         }
         self.seen_active = Some(kid);
+    }
+
+    /// Each key that became active in (`since`, `now`], in order, and the key it took
+    /// over from unless that one was revoked (a revoke reports itself).
+    fn activations_since(&self, since: i64, now: i64) -> Vec<Event> {
+        let mut order: Vec<(i64, &KeyRecord)> = self
+            .doc
+            .keys
+            .iter()
+            .filter(|k| k.kid.is_some())
+            .filter_map(|k| Some((k.activate_at?, k)))
+            .filter(|(at, _)| *at <= now)
+            .collect();
+        order.sort_unstable_by_key(|(at, _)| *at);
+        let split = order.partition_point(|(at, _)| *at <= since);
+        let mut before = split.checked_sub(1).map(|i| order[i].1);
+        let mut events = Vec::new();
+        for &(at, key) in &order[split..] {
+            let kid = |k: &KeyRecord| k.kid.clone().unwrap_or_default();
+            events.push(Event {
+                kind: "activated",
+                kid: kid(key),
+                at,
+            });
+            if let Some(prev) = before.filter(|p| p.revoked_at.is_none_or(|r| r > at)) {
+                events.push(Event {
+                    kind: "retired",
+                    kid: kid(prev),
+                    at,
+                });
+            }
+            before = Some(key);
+        }
+        events
     }
 
     /// A tick inside an admin operation: its events stay for the maintenance task's next

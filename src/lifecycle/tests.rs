@@ -620,6 +620,70 @@ async fn scheduled_activations_are_reported() {
     assert_eq!(reported, [("activated", next)], "{events:?}");
 }
 
+/// A key that activated by schedule while the daemon was down is reported by the first
+/// tick after the restart, at its activation time and before that tick's own events, with
+/// the key it retired; once, whatever the restart's audit log had seen after it. Without
+/// the log's last record the engine cannot tell, and reports only a key active from that
+/// very instant (here none).
+#[tokio::test]
+async fn an_activation_while_down_is_reported_after_the_restart() {
+    let backend: Arc<dyn KeyBackend> = Arc::new(MemoryBackend::new());
+    let mut e = engine(backend.clone(), Schedule::Every(HOUR)).await;
+    let mut now = T0;
+    while now < T0 + HOUR / 2 {
+        e.tick(now).await.unwrap();
+        now += 60;
+    }
+    let down = now - 60; // the last tick, and the audit log's last record
+    let doc = e.doc().clone();
+    let kid = |i: usize| doc.keys[i].kid.clone().unwrap();
+    let old = kid(doc.active(down).unwrap());
+    let pending = doc.pending(down).unwrap();
+    let (new, at) = (kid(pending), doc.keys[pending].activate_at.unwrap());
+    assert!(at > down && at < down + 2 * HOUR, "{at}");
+    drop(e);
+    let resume = down + 2 * HOUR;
+
+    let kinds = |events: &[Event]| -> Vec<(&'static str, String, i64)> {
+        events
+            .iter()
+            .map(|e| (e.kind, e.kid.clone(), e.at))
+            .collect()
+    };
+    let mut e = engine(backend.clone(), Schedule::Every(HOUR)).await;
+    e.audited_until(down);
+    let events = e.tick(resume).await.unwrap();
+    assert_eq!(
+        kinds(&events[..2]),
+        [("activated", new.clone(), at), ("retired", old.clone(), at)],
+        "{events:?}"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.kind == "activated" && e.kid == new)
+            .count(),
+        1,
+        "{events:?}"
+    );
+    let later = e.tick(resume + 60).await.unwrap();
+    assert!(later.iter().all(|e| e.kind != "activated"), "{later:?}");
+
+    // Restarts whose log had heard of it, or that do not know what the log heard, report
+    // nothing of it.
+    for audited in [Some(at), Some(resume), None] {
+        let mut e = engine(backend.clone(), Schedule::Every(HOUR)).await;
+        if let Some(t) = audited {
+            e.audited_until(t);
+        }
+        let events = e.tick(resume + 120).await.unwrap();
+        assert!(
+            events.iter().all(|e| e.kid != new && e.kid != old),
+            "{audited:?}: {events:?}"
+        );
+    }
+}
+
 /// Revoke: out of the JWKS at once, a new key active at once, exactly one active after.
 #[tokio::test]
 async fn revoke_takes_the_key_out_and_activates_another() {

@@ -4,8 +4,8 @@
 //! in-flight requests on SIGTERM.
 
 use crate::harness::{
-    http, jwks, keyset_toml, kids, metrics_text, private_dir, server_toml, sign, token_client,
-    Daemon,
+    admin, audit_field, http, jwks, keyset_toml, kids, metrics_text, private_dir, rotate,
+    server_toml, sign, token_client, Daemon,
 };
 use serde_json::json;
 use std::os::unix::net::UnixDatagram;
@@ -409,6 +409,84 @@ async fn a_restart_is_refused_where_a_reload_would_be() {
     assert_eq!(after, before);
     signs_and_verifies(&d, "second", &alpha_token).await;
     assert!(d.stop().success());
+}
+
+/// A key that activates by schedule while the daemon is stopped is in the audit log after
+/// the restart: "activated" at its activation time, and the key it retired, each once.
+#[tokio::test]
+async fn an_activation_while_stopped_is_audited_at_the_restart() {
+    let dir = private_dir();
+    let (ops, token) = token_client("ops", &["default"], "admin = true");
+    // A publish lead of 3 s: the rotation's key activates 3 s after it is asked for, well
+    // after the stop below (milliseconds).
+    let keyset = keyset_toml("default", "ES256", "")
+        .replace("jwks_max_age = \"1s\"", "jwks_max_age = \"3s\"");
+    let d = Daemon::start(dir.path(), &(server_toml(dir.path()) + &keyset + &ops));
+    let view = admin(&d, &token, reqwest::Method::GET, "/v1/keysets/default")
+        .await
+        .1;
+    let state_of = |view: &serde_json::Value, kid: &str| {
+        view["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == kid)
+            .map(|k| k["state"].clone())
+    };
+    let old = view["active_kid"].as_str().unwrap().to_owned();
+    assert_eq!(state_of(&view, &old), Some(json!("active")), "{view}");
+    let (status, rotation) = rotate(&d, &token, "default").await;
+    assert_eq!(status, 200, "{rotation}");
+    let new = rotation["kid"].as_str().unwrap().to_owned();
+    let at = rotation["activates_at"].as_i64().unwrap();
+    assert!(d.stop().success());
+    let log = dir.path().join("data/audit.log");
+    let activated = || audit_field(&log, "activated", "default", "kid");
+    assert!(
+        !activated().contains(&new),
+        "activated before the stop: the stop took over 3 s"
+    );
+
+    // Stopped across the activation.
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    crate::harness::eventually(
+        Duration::from_secs(10),
+        "the activation time to pass",
+        || async { unix_now() > at },
+    )
+    .await;
+    let d = Daemon::spawn(dir.path().join("keyturn.toml"), &[]);
+    let view = admin(&d, &token, reqwest::Method::GET, "/v1/keysets/default")
+        .await
+        .1;
+    assert!(d.stop().success());
+    assert_eq!(state_of(&view, &new), Some(json!("active")), "{view}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["event"] == "activated" || v["event"] == "retired")
+        .collect();
+    let of = |event: &str, kid: &str| {
+        lines
+            .iter()
+            .filter(|v| v["event"] == event && v["kid"] == kid)
+            .map(|v| v["ts"].as_i64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of("activated", &new), [at], "{lines:?}");
+    assert_eq!(of("retired", &old), [at], "{lines:?}");
+    let verified = std::process::Command::new(env!("CARGO_BIN_EXE_keyturn"))
+        .args(["audit", "verify"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(verified.status.success(), "{verified:?}");
 }
 
 /// A reload whose ledger cannot be written is refused: a ledger left behind could let the
