@@ -445,6 +445,13 @@ pub async fn run_with_backends(
     watchdog.abort();
     while tasks.join_next().await.is_some() {}
     while maintenance.join_next().await.is_some() {}
+    // What each key set's state is now, for the next start: a backend restored from a
+    // backup taken before this moment (without the keys published since) is refused then.
+    if let Err(e) = Ledger::under(state.keysets.load().iter(), &current, clock.now())
+        .record(&mut recorded, &ledger_path)
+    {
+        tracing::error!(error = %format!("{e:#}"), "the key sets' state could not be recorded at the stop");
+    }
     // Every request handler is done.
     drop(state);
     close_audit(audit, audit_writer).await;

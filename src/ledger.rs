@@ -1,8 +1,9 @@
 //! What the data directory remembers of the key sets the daemon served, so that a restart
 //! is held to the rules a reload follows: a key set leaves the config only once every token
 //! it signed has expired, and is never started over on a backend that does not hold its
-//! history (another directory, mount or table, or a lost state). Written at start and after
-//! each reload; one entry per key set.
+//! history (another directory, mount or table, or a lost state, or a backup older than the
+//! state the last run left). Written at start, after each reload and at the stop; one
+//! entry per key set.
 
 use crate::config::{human, Config};
 use crate::jwks::Published;
@@ -92,10 +93,14 @@ impl Ledger {
     }
 
     /// What `keysets` need remembered once `config` runs, from `now` on.
-    pub fn under(keysets: &[Arc<KeySet>], config: &Config, now: i64) -> Ledger {
+    pub fn under<'a>(
+        keysets: impl IntoIterator<Item = &'a Arc<KeySet>>,
+        config: &Config,
+        now: i64,
+    ) -> Ledger {
         Ledger {
             keysets: keysets
-                .iter()
+                .into_iter()
                 .filter_map(|k| {
                     Some((
                         k.name().to_owned(),

@@ -411,6 +411,58 @@ async fn a_restart_is_refused_where_a_reload_would_be() {
     assert!(d.stop().success());
 }
 
+/// A backend restored from a backup taken before the last stop, without the keys published
+/// since, is refused at the next start (the stop recorded the state's JWKS version); the
+/// state the stop left starts again.
+#[tokio::test]
+async fn a_backup_older_than_the_last_stop_is_refused_at_the_start() {
+    let dir = private_dir();
+    let (ops, token) = token_client("ops", &["default"], "admin = true");
+    let config = server_toml(dir.path()) + &keyset_toml("default", "ES256", "") + &ops;
+    let keys = dir.path().join("data/keys");
+    // The backend's files (the file backend's directory is flat).
+    let copy = |from: &Path, to: &Path| {
+        use std::os::unix::fs::DirBuilderExt;
+        let _ = std::fs::remove_dir_all(to);
+        std::fs::DirBuilder::new().mode(0o700).create(to).unwrap();
+        for file in std::fs::read_dir(from).unwrap() {
+            let file = file.unwrap();
+            assert!(file.file_type().unwrap().is_file(), "{file:?}");
+            std::fs::copy(file.path(), to.join(file.file_name())).unwrap();
+        }
+    };
+    let version = |view: &serde_json::Value| view["jwks_version"].as_u64().unwrap();
+
+    let d = Daemon::start(dir.path(), &config);
+    let started = admin(&d, &token, reqwest::Method::GET, "/v1/keysets/default")
+        .await
+        .1;
+    let backup = dir.path().join("backup");
+    copy(&keys, &backup);
+    let (status, rotation) = rotate(&d, &token, "default").await;
+    assert_eq!(status, 200, "{rotation}");
+    // Its key activates one publish lead (1 s) later; then a new next key is published.
+    crate::harness::eventually(Duration::from_secs(20), "a new key published", || async {
+        let view = admin(&d, &token, reqwest::Method::GET, "/v1/keysets/default")
+            .await
+            .1;
+        version(&view) > version(&started)
+    })
+    .await;
+    let served = kids(&jwks(&d, "default").await);
+    assert!(d.stop().success());
+    let at_stop = dir.path().join("at-stop");
+    copy(&keys, &at_stop);
+
+    copy(&backup, &keys);
+    let err = refused_start(dir.path(), &config);
+    assert!(err.contains("older state of its history"), "{err}");
+    copy(&at_stop, &keys);
+    let d = Daemon::start(dir.path(), &config);
+    assert_eq!(kids(&jwks(&d, "default").await), served);
+    assert!(d.stop().success());
+}
+
 /// A key that activates by schedule while the daemon is stopped is in the audit log after
 /// the restart: "activated" at its activation time, and the key it retired, each once.
 #[tokio::test]
