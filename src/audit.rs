@@ -7,12 +7,12 @@
 //! key set, kid, jti, sub, aud and exp.
 //!
 //! Signing threads append their lines to one shared buffer; one writer thread takes the
-//! whole buffer at a time, chains and appends the lines, and calls fdatasync at most every
-//! 5 ms. Signing waits only when the buffer is full.
-//! Durability: a signature's line is queued before its token is returned (no line, no
-//! token), written within milliseconds and synced within about 5 ms more. A daemon crash
-//! loses only lines still queued in memory; a power loss can also lose lines written in
-//! the last ~5 ms (plus the time of one fdatasync).
+//! whole buffer at a time, chains the lines and appends them with one write, then wakes
+//! the signatures waiting for them, and calls fdatasync at most every 5 ms.
+//! Durability: a token is returned only once its line is written to the file (no line, no
+//! token), so a crash of the daemon, however abrupt (SIGKILL, the OOM killer), loses no
+//! line of a token that left; a power loss can lose lines written in the last ~5 ms (plus
+//! the time of one fdatasync).
 
 use crate::lifecycle::Event;
 use aws_lc_rs::digest;
@@ -21,7 +21,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -116,6 +116,8 @@ struct Queue {
     closed: bool,
     /// The writer is waiting for lines and must be woken.
     writer_idle: bool,
+    /// Lines queued since the log was opened: a line's number is the count with it.
+    queued: u64,
 }
 
 /// What the handles and the writer thread share.
@@ -123,8 +125,11 @@ struct Shared {
     queue: Mutex<Queue>,
     /// Wakes the idle writer when lines arrive or the last handle goes.
     arrived: Condvar,
-    /// Wakes records waiting for room in a full queue.
-    room: Notify,
+    /// Lines written to the file so far (numbered as `Queue::queued` counts them).
+    written: AtomicU64,
+    /// Wakes records waiting for room in a full queue or for their line to be written:
+    /// the writer took or wrote lines, failed, or stopped.
+    progress: Notify,
     /// False while the log cannot be written (read-only or full disk): signing stops.
     healthy: AtomicBool,
     /// The `ts` of the last record the log held when opened.
@@ -141,9 +146,11 @@ impl Shared {
                 lines,
                 closed: false,
                 writer_idle: false,
+                queued: 0,
             }),
             arrived: Condvar::new(),
-            room: Notify::new(),
+            written: AtomicU64::new(0),
+            progress: Notify::new(),
             healthy: AtomicBool::new(true),
             last_ts,
         }
@@ -154,36 +161,38 @@ impl Shared {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues `record`: `Ok(false)` when the queue is full, `Err` when the writer has
-    /// stopped.
-    fn push(&self, record: &Record<'_>) -> Result<bool, ()> {
+    /// Queues `record`: its line's number, `Ok(None)` when the queue is full, `Err` when
+    /// the writer has stopped.
+    fn push(&self, record: &Record<'_>) -> Result<Option<u64>, ()> {
         let mut queue = self.queue();
         if queue.closed {
             return Err(());
         }
         if queue.lines.len() >= MAX_QUEUED {
-            return Ok(false);
+            return Ok(None);
         }
         record.write_unchained(&mut queue.lines);
         queue.lines.push(b'\n');
+        queue.queued += 1;
+        let line = queue.queued;
         let wake = std::mem::take(&mut queue.writer_idle);
         drop(queue);
         if wake {
             self.arrived.notify_one();
         }
-        Ok(true)
+        Ok(Some(line))
     }
 
     /// Moves the queued lines into the empty `into` and wakes records waiting for room.
-    /// Returns whether any handle is left.
-    fn take(&self, into: &mut Vec<u8>) -> bool {
-        let open = {
+    /// Returns the number of the last line taken, and whether any handle is left.
+    fn take(&self, into: &mut Vec<u8>) -> (u64, bool) {
+        let taken = {
             let mut queue = self.queue();
             std::mem::swap(&mut queue.lines, into);
-            !queue.closed
+            (queue.queued, !queue.closed)
         };
-        self.room.notify_waiters();
-        open
+        self.progress.notify_waiters();
+        taken
     }
 }
 
@@ -196,7 +205,7 @@ impl Drop for WriterStopped<'_> {
     fn drop(&mut self) {
         self.0.healthy.store(false, Ordering::Relaxed);
         self.0.queue().closed = true;
-        self.0.room.notify_waiters();
+        self.0.progress.notify_waiters();
     }
 }
 
@@ -209,6 +218,10 @@ impl Drop for Handles {
         self.0.arrived.notify_one();
     }
 }
+
+/// A queued line, for [`Audit::written`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Line(u64);
 
 /// A handle to the audit log; cheap to clone.
 #[derive(Clone)]
@@ -285,29 +298,58 @@ impl Audit {
         Audit(None)
     }
 
-    /// Records `record`, waiting only if the writer is far behind. Fails when the log
-    /// cannot be written (read-only or full disk) or the writer has stopped: the caller must
-    /// then refuse to sign.
+    /// Records `record`: returns once its line is written to the file (see [`Self::queue`]
+    /// and [`Self::written`]).
     pub async fn record(&self, record: Record<'_>) -> Result<(), ()> {
+        let line = self.queue(record).await?;
+        self.written(line).await
+    }
+
+    /// Queues `record`'s line, waiting only if the writer is far behind, and returns it for
+    /// [`Self::written`]. Fails when the log cannot be written (read-only or full disk) or
+    /// the writer has stopped: the caller must then refuse to sign.
+    pub async fn queue(&self, record: Record<'_>) -> Result<Line, ()> {
         let Some(shared) = self.shared() else {
-            return Ok(());
+            return Ok(Line(0));
         };
         loop {
             if !shared.healthy.load(Ordering::Relaxed) {
                 return Err(());
             }
-            if shared.push(&record)? {
-                return Ok(());
+            if let Some(line) = shared.push(&record)? {
+                return Ok(Line(line));
             }
             // Full: wait for the writer to take the queue. Registered before trying again,
             // so a take between the two is not missed.
-            let room = shared.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            if shared.push(&record)? {
+            let progress = shared.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            if let Some(line) = shared.push(&record)? {
+                return Ok(Line(line));
+            }
+            progress.await;
+        }
+    }
+
+    /// Waits until `line` and every line queued before it are written to the file. Fails
+    /// when the log cannot be written or the writer has stopped: the caller must then
+    /// withhold the token (its line may still reach the file later: the log may name a
+    /// token that never left, never the reverse).
+    pub async fn written(&self, line: Line) -> Result<(), ()> {
+        let Some(shared) = self.shared() else {
+            return Ok(());
+        };
+        loop {
+            let progress = shared.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            if shared.written.load(Ordering::Acquire) >= line.0 {
                 return Ok(());
             }
-            room.await;
+            if !shared.healthy.load(Ordering::Relaxed) {
+                return Err(());
+            }
+            progress.await;
         }
     }
 
@@ -325,7 +367,7 @@ impl Audit {
             exp: None,
         };
         if let Some(shared) = self.shared() {
-            if shared.push(&record) != Ok(true) {
+            if !matches!(shared.push(&record), Ok(Some(_))) {
                 tracing::error!(
                     keyset,
                     "audit log is full or stopped; lifecycle event not recorded"
@@ -348,13 +390,16 @@ const RETRIES_AT_EXIT: u32 = 40;
 const SYNC_EVERY: Duration = Duration::from_millis(5);
 
 /// The writer thread: takes the queued lines, chains them, appends them with one write,
-/// and fdatasyncs at most every [`SYNC_EVERY`] (once that long has passed since the last
-/// sync, and at exit). When the disk refuses (read-only, full), it keeps the bytes not yet
-/// written, resumes a partial write where it stopped (so no line is torn or doubled), marks
-/// the log unhealthy so signing stops, and retries until the disk takes the bytes again.
+/// tells the records waiting for them, and fdatasyncs at most every [`SYNC_EVERY`] (once
+/// that long has passed since the last sync, and at exit). When the disk refuses
+/// (read-only, full), it keeps the bytes not yet written, resumes a partial write where it
+/// stopped (so no line is torn or doubled), marks the log unhealthy so signing stops, and
+/// retries until the disk takes the bytes again.
 fn write_loop(shared: &Shared, file: &mut File, prev: &mut String, shown: &str) {
     let mut taken: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut pending: Vec<u8> = Vec::with_capacity(64 * 1024);
+    // The number of the last line in `pending`, and how many of its bytes are in the file.
+    let mut pending_through = 0;
     let mut written = 0usize;
     let mut open = true;
     let mut retries_at_exit = 0;
@@ -362,35 +407,49 @@ fn write_loop(shared: &Shared, file: &mut File, prev: &mut String, shown: &str) 
     let mut unsynced = false;
     loop {
         if pending.is_empty() {
-            if unsynced && open {
-                // Written, not yet synced: collect what comes until the sync is due.
-                std::thread::sleep(SYNC_EVERY.saturating_sub(synced_at.elapsed()));
-            } else if !unsynced {
-                let mut queue = shared.queue();
-                while queue.lines.is_empty() && !queue.closed {
-                    queue.writer_idle = true;
-                    queue = shared
+            let mut queue = shared.queue();
+            // Wait for lines; with lines written but not synced, only until the sync is due.
+            while queue.lines.is_empty() && !queue.closed {
+                let due = SYNC_EVERY.saturating_sub(synced_at.elapsed());
+                if unsynced && due.is_zero() {
+                    break;
+                }
+                queue.writer_idle = true;
+                queue = if unsynced {
+                    match shared.arrived.wait_timeout(queue, due) {
+                        Ok((queue, _)) => queue,
+                        Err(poisoned) => poisoned.into_inner().0,
+                    }
+                } else {
+                    shared
                         .arrived
                         .wait(queue)
-                        .unwrap_or_else(PoisonError::into_inner);
-                }
-                if queue.lines.is_empty() {
-                    return; // closed, and everything is on disk
-                }
+                        .unwrap_or_else(PoisonError::into_inner)
+                };
+            }
+            queue.writer_idle = false;
+            if queue.lines.is_empty() && queue.closed && !unsynced {
+                return; // closed, and everything is on disk
             }
         }
         if pending.len() < MAX_PENDING {
-            open = shared.take(&mut taken);
+            let (through, still_open) = shared.take(&mut taken);
+            open = still_open;
             let mut start = 0;
             for end in memchr::memchr_iter(b'\n', &taken) {
                 append(&mut pending, &taken[start..end], prev);
                 start = end + 1;
             }
             taken.clear();
+            pending_through = through;
         }
         let outcome = write_from(file, &pending, &mut written).and_then(|()| {
-            unsynced = true;
-            if !open || synced_at.elapsed() >= SYNC_EVERY {
+            if !pending.is_empty() {
+                shared.written.store(pending_through, Ordering::Release);
+                shared.progress.notify_waiters();
+                unsynced = true;
+            }
+            if unsynced && (!open || synced_at.elapsed() >= SYNC_EVERY) {
                 file.sync_data()?;
                 synced_at = Instant::now();
                 unsynced = false;
@@ -412,9 +471,10 @@ fn write_loop(shared: &Shared, file: &mut File, prev: &mut String, shown: &str) 
                 if shared.healthy.swap(false, Ordering::Relaxed) {
                     tracing::error!(path = shown, error = %e, "cannot write the audit log; refusing to sign until it is writable");
                 }
-                // Records waiting for room see the log is unhealthy and give up; with the
-                // pending bytes at their limit nothing is taken, so learn of a stop here.
-                shared.room.notify_waiters();
+                // Records waiting for room or for their line see the log is unhealthy and
+                // give up; with the pending bytes at their limit nothing is taken, so learn
+                // of a stop here.
+                shared.progress.notify_waiters();
                 open = open && !shared.queue().closed;
                 if !open {
                     retries_at_exit += 1;
@@ -724,31 +784,55 @@ mod tests {
         assert!(verify(&path).unwrap_err().contains("line 8"));
     }
 
+    /// A record waits for room in a full queue, then until the writer has written its
+    /// line (taken is not enough), and gives up if the log becomes unwritable first.
     #[tokio::test]
-    async fn a_full_queue_holds_records_back_until_the_writer_takes_it() {
+    async fn a_record_waits_for_room_then_for_its_line_to_be_written() {
         let shared = Arc::new(Shared::new(vec![b'x'; MAX_QUEUED], None));
         let audit = Audit(Some(Arc::new(Handles(shared.clone()))));
         let aud = AUD;
-        let mut waiting = tokio_test::task::spawn(audit.record(record(1, "j", &aud)));
-        assert!(
-            waiting.poll().is_pending(),
-            "a full queue must hold the record"
-        );
-        assert!(waiting.poll().is_pending());
+        let mut queued = tokio_test::task::spawn(audit.queue(record(1, "j", &aud)));
+        assert!(queued.poll().is_pending(), "a full queue must hold the record");
+        assert!(queued.poll().is_pending());
         let mut taken = Vec::new();
-        assert!(shared.take(&mut taken));
+        assert_eq!(shared.take(&mut taken), (0, true));
         assert_eq!(taken.len(), MAX_QUEUED);
         assert!(
-            waiting.is_woken(),
+            queued.is_woken(),
             "taking the queue must wake the waiting record"
         );
-        assert!(waiting.poll().is_ready());
-        let mut line = Vec::new();
-        assert!(shared.take(&mut line));
+        let std::task::Poll::Ready(Ok(line)) = queued.poll() else {
+            panic!("queued once there is room");
+        };
+        drop(queued);
+
+        let mut written = tokio_test::task::spawn(audit.written(line));
+        assert!(written.poll().is_pending());
+        let mut taken = Vec::new();
+        assert_eq!(shared.take(&mut taken), (1, true));
         assert_eq!(
-            line,
+            taken,
             [unchained(&record(1, "j", &aud)), b"\n".to_vec()].concat()
         );
+        assert!(written.poll().is_pending(), "taken, not yet written");
+        shared.written.store(1, Ordering::Release);
+        shared.progress.notify_waiters();
+        assert!(written.is_woken());
+        assert_eq!(written.poll(), std::task::Poll::Ready(Ok(())));
+        drop(written);
+
+        // The next line: the disk refuses it.
+        let std::task::Poll::Ready(Ok(line)) =
+            tokio_test::task::spawn(audit.queue(record(2, "k", &aud))).poll()
+        else {
+            panic!("room in the queue");
+        };
+        let mut written = tokio_test::task::spawn(audit.written(line));
+        assert!(written.poll().is_pending());
+        shared.healthy.store(false, Ordering::Relaxed);
+        shared.progress.notify_waiters();
+        assert!(written.is_woken());
+        assert_eq!(written.poll(), std::task::Poll::Ready(Err(())));
     }
 
     /// The log tells when its last record was written: none for a new log, the last

@@ -5,7 +5,7 @@
 
 use super::error::ApiError;
 use crate::app::AppState;
-use crate::audit::Record;
+use crate::audit::{Line, Record};
 use crate::auth::{identify, Peer};
 use crate::config::ClientConfig;
 use crate::jwks::{Published, PublishedKey};
@@ -336,8 +336,8 @@ async fn signature(
     (result, ended)
 }
 
-/// Queues a signed token's audit line, then returns the token: if the audit log is gone,
-/// no token leaves.
+/// Queues a signed token's audit line, then returns the token and the line, which must be
+/// [`written`] before the token leaves: if the audit log is gone, no token leaves.
 async fn record<'k>(
     state: &AppState,
     client: &ClientConfig,
@@ -346,10 +346,10 @@ async fn record<'k>(
     now: i64,
     prepared: Prepared<'_>,
     sig: &[u8],
-) -> Result<Signed<'k>, ApiError> {
-    state
+) -> Result<(Signed<'k>, Line), ApiError> {
+    let line = state
         .audit
-        .record(Record {
+        .queue(Record {
             ts: now,
             event: "sign",
             caller: Some(&client.name),
@@ -361,19 +361,31 @@ async fn record<'k>(
             exp: Some(prepared.exp),
         })
         .await
-        .map_err(|()| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit_unavailable",
-                "the audit log is not writable; no token was issued",
-            )
-        })?;
-    Ok(Signed {
+        .map_err(|()| audit_unavailable())?;
+    let signed = Signed {
         token: compact(prepared.signing_input, sig),
         kid: &signer.kid,
         jti: prepared.jti,
         exp: prepared.exp,
-    })
+    };
+    Ok((signed, line))
+}
+
+/// Waits until `line`, and every audit line queued before it, is in the file.
+async fn written(state: &AppState, line: Line) -> Result<(), ApiError> {
+    state
+        .audit
+        .written(line)
+        .await
+        .map_err(|()| audit_unavailable())
+}
+
+fn audit_unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "audit_unavailable",
+        "the audit log is not writable; no token was issued",
+    )
 }
 
 /// A key revoked while it signed is out of the JWKS: its tokens would not verify, so none
@@ -417,8 +429,9 @@ async fn sign_one(
             return Err(e);
         }
     };
-    let signed = record(state, client, keyset, signer, now, prepared, &sig).await?;
-    // Last, after every wait (the signature, queuing the audit line): a revoke in that time
+    let (signed, line) = record(state, client, keyset, signer, now, prepared, &sig).await?;
+    written(state, line).await?;
+    // Last, after every wait (the signature, the audit line): a revoke in that time
     // withholds the token, whose audit line is then the only trace of it.
     still_published(keyset, &published, signer)?;
     let mut body = Vec::with_capacity(signed.json_size());
@@ -640,17 +653,24 @@ async fn sign_items(
                 Err(e) => *token = Err(e),
             }
         }
-        // Audit log: a token is returned only once its line is queued.
+        // Audit log: the chunk's lines queued, then one wait until they are written.
+        let mut last = None;
         for (i, token) in (first..).zip(tokens) {
             let result = match token {
-                Ok((prepared, sig)) => {
-                    record(state, client, keyset, signer, now, prepared, &sig).await
-                }
+                Ok((prepared, sig)) => record(state, client, keyset, signer, now, prepared, &sig)
+                    .await
+                    .map(|(signed, line)| {
+                        last = Some(line);
+                        signed
+                    }),
                 Err(e) => Err(e),
             };
             out.push(i, result)?;
         }
-        // A revoke while the chunk signed or its audit lines were queued (see sign_one):
+        if let Some(line) = last {
+            written(state, line).await?;
+        }
+        // A revoke while the chunk signed or its audit lines were written (see sign_one):
         // the batch fails (503) and the client asks again.
         still_published(keyset, &published, signer)?;
         if slice.elapsed() >= BATCH_SLICE {

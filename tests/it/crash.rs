@@ -100,3 +100,65 @@ async fn sigkill_during_rotations_loses_nothing() {
         rotations_seen.len()
     );
 }
+
+/// However abruptly the daemon stops, every token it returned is in its audit log: a
+/// line is written to the file before its token leaves. Clients sign single tokens and
+/// batches without pause; one SIGKILL; each jti they got back must be in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_no_audit_line_of_a_returned_token() {
+    use std::sync::{Arc, Mutex};
+    let dir = private_dir();
+    let (client, token) = token_client("issuer", &["default"], "");
+    let config = server_toml(dir.path()) + &keyset_toml("default", "ES256", "") + &client;
+    let d = Daemon::start(dir.path(), &config);
+    let returned = Arc::new(Mutex::new(Vec::new()));
+    let item = serde_json::json!({"claims": {"sub": "svc"}});
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let (returned, token) = (returned.clone(), token.clone());
+        let (route, body) = if c == 0 {
+            ("sign-batch", serde_json::json!({"requests": vec![item.clone(); 64]}))
+        } else {
+            ("sign", item.clone())
+        };
+        let url = format!("{}/v1/keysets/default/{route}", d.api);
+        clients.push(tokio::spawn(async move {
+            let http = http();
+            // Until the daemon is gone: a refused or cut request ends the client.
+            while let Ok(r) = http.post(&url).bearer_auth(&token).json(&body).send().await {
+                assert_eq!(r.status(), 200);
+                let Ok(answer) = r.json::<serde_json::Value>().await else {
+                    break;
+                };
+                let results = answer["results"].as_array().cloned();
+                let mut returned = returned.lock().unwrap();
+                for signed in results.unwrap_or_else(|| vec![answer]) {
+                    returned.push(signed["jti"].as_str().unwrap().to_owned());
+                }
+            }
+        }));
+    }
+    eventually(Duration::from_secs(60), "2000 tokens returned", || {
+        let n = returned.lock().unwrap().len();
+        async move { n >= 2000 }
+    })
+    .await;
+    d.signal("KILL");
+    for c in clients {
+        c.await.unwrap();
+    }
+    drop(d);
+    let audited: std::collections::HashSet<String> =
+        audit_field(&dir.path().join("data/audit.log"), "sign", "default", "jti")
+            .into_iter()
+            .collect();
+    let returned = returned.lock().unwrap();
+    let missing: Vec<_> = returned.iter().filter(|j| !audited.contains(*j)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} returned tokens are not in the audit log, e.g. {:?}",
+        missing.len(),
+        returned.len(),
+        missing.first()
+    );
+}
