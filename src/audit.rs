@@ -6,9 +6,11 @@
 //! `keyturn audit verify FILE` finds the first break. Tokens are never logged: only caller,
 //! key set, kid, jti, sub, aud and exp.
 //!
-//! Signing threads append their lines to one shared buffer; one writer thread takes the
-//! whole buffer at a time, chains the lines and appends them with one write, then wakes
-//! the signatures waiting for them, and calls fdatasync at most every 5 ms.
+//! Signing tasks append their lines to one shared buffer. A task that needs its line
+//! written takes the whole buffer, chains the lines and appends them with one write, then
+//! wakes the tasks whose lines it wrote; while it writes, others wait for it (group
+//! commit, with no thread between a signature and its write). The audit thread calls
+//! fdatasync within 5 ms of a write, and writes the lifecycle events.
 //! Durability: a token is returned only once its line is written to the file (no line, no
 //! token), so a crash of the daemon, however abrupt (SIGKILL, the OOM killer), loses no
 //! line of a token that left; a power loss can lose lines written in the last ~5 ms (plus
@@ -105,54 +107,83 @@ impl Record<'_> {
     }
 }
 
-/// Lines waiting for the writer.
+/// Lines waiting to be chained and written.
 struct Queue {
     /// Each record's unchained line followed by a newline (serde_json writes none inside
-    /// a line). Appending to it allocates nothing once it has grown: the writer swaps it
+    /// a line). Appending to it allocates nothing once it has grown: a writer swaps it
     /// with its own emptied buffer. A channel of one buffer per line cost an allocation per
     /// signature, freed on the writer's thread under the signing thread's malloc arena lock.
     lines: Vec<u8>,
-    /// Every handle is gone: the writer writes what is left and stops.
+    /// Every handle is gone: the audit thread writes what is left and stops.
     closed: bool,
-    /// The writer is waiting for lines and must be woken.
-    writer_idle: bool,
+    /// The audit thread is waiting and must be woken.
+    thread_idle: bool,
+    /// Lines no one waits for (lifecycle events) are queued: the audit thread writes them.
+    orphans: bool,
     /// Lines queued since the log was opened: a line's number is the count with it.
     queued: u64,
 }
 
-/// What the handles and the writer thread share.
+/// The file's side, held by whoever writes: a signing task that waits for its line (it
+/// writes the queued lines itself rather than wake a thread and wait to be woken), or the
+/// audit thread (lifecycle events, retries, the lines left at the stop).
+struct Chain {
+    file: File,
+    /// The hash of the last line chained.
+    prev: String,
+    /// Lines chained and not all in the file yet: kept across a failed write, which is
+    /// resumed where it stopped (no line torn or doubled).
+    pending: Vec<u8>,
+    /// How many of `pending`'s bytes are in the file.
+    pending_written: usize,
+    /// The number of `pending`'s last line.
+    pending_through: u64,
+    /// The queue's buffer, swapped out of it.
+    taken: Vec<u8>,
+}
+
+/// What the handles, the signing tasks and the audit thread share.
 struct Shared {
     queue: Mutex<Queue>,
-    /// Wakes the idle writer when lines arrive or the last handle goes.
+    chain: Mutex<Chain>,
+    /// Wakes the idle audit thread.
     arrived: Condvar,
-    /// Lines written to the file so far (numbered as `Queue::queued` counts them).
+    /// Lines in the file so far (numbered as `Queue::queued` counts them).
     written: AtomicU64,
+    /// Lines were written since the last fdatasync.
+    dirty: AtomicBool,
     /// Wakes records waiting for room in a full queue or for their line to be written:
-    /// the writer took or wrote lines, failed, or stopped.
+    /// lines were taken or written, a write failed, or the log stopped.
     progress: Notify,
     /// False while the log cannot be written (read-only or full disk): signing stops.
     healthy: AtomicBool,
     /// The `ts` of the last record the log held when opened.
     last_ts: Option<i64>,
+    /// The log's path, for messages.
+    shown: String,
 }
 
-/// Most bytes of lines queued for the writer (about 16k lines); beyond it records wait.
+/// Most bytes of lines queued (about 16k lines); beyond it records wait.
 const MAX_QUEUED: usize = 4 << 20;
 
 impl Shared {
-    fn new(lines: Vec<u8>, last_ts: Option<i64>) -> Shared {
+    fn new(chain: Chain, last_ts: Option<i64>, shown: String) -> Shared {
         Shared {
             queue: Mutex::new(Queue {
-                lines,
+                lines: Vec::with_capacity(64 * 1024),
                 closed: false,
-                writer_idle: false,
+                thread_idle: false,
+                orphans: false,
                 queued: 0,
             }),
+            chain: Mutex::new(chain),
             arrived: Condvar::new(),
             written: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
             progress: Notify::new(),
             healthy: AtomicBool::new(true),
             last_ts,
+            shown,
         }
     }
 
@@ -161,9 +192,22 @@ impl Shared {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn chain(&self) -> MutexGuard<'_, Chain> {
+        self.chain.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The chain, unless another writer holds it.
+    fn try_chain(&self) -> Option<MutexGuard<'_, Chain>> {
+        match self.chain.try_lock() {
+            Ok(chain) => Some(chain),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// Queues `record`: its line's number, `Ok(None)` when the queue is full, `Err` when
-    /// the writer has stopped.
-    fn push(&self, record: &Record<'_>) -> Result<Option<u64>, ()> {
+    /// the log has stopped. `wake`: the audit thread writes it (no one will wait for it).
+    fn push(&self, record: &Record<'_>, wake: bool) -> Result<Option<u64>, ()> {
         let mut queue = self.queue();
         if queue.closed {
             return Err(());
@@ -175,33 +219,103 @@ impl Shared {
         queue.lines.push(b'\n');
         queue.queued += 1;
         let line = queue.queued;
-        let wake = std::mem::take(&mut queue.writer_idle);
-        drop(queue);
         if wake {
-            self.arrived.notify_one();
+            queue.orphans = true;
+            self.wake_thread(queue);
         }
         Ok(Some(line))
     }
 
-    /// Moves the queued lines into the empty `into` and wakes records waiting for room.
-    /// Returns the number of the last line taken, and whether any handle is left.
-    fn take(&self, into: &mut Vec<u8>) -> (u64, bool) {
-        let taken = {
+    /// Wakes the audit thread if it is waiting (`queue` is its lock, held).
+    fn wake_thread(&self, mut queue: MutexGuard<'_, Queue>) {
+        if std::mem::take(&mut queue.thread_idle) {
+            drop(queue);
+            self.arrived.notify_one();
+        }
+    }
+
+    /// Moves the queued lines into the empty `into`, and wakes records waiting for room if
+    /// the queue was full. Returns the number of the last line taken.
+    fn take(&self, into: &mut Vec<u8>) -> u64 {
+        let through = {
             let mut queue = self.queue();
             std::mem::swap(&mut queue.lines, into);
-            (queue.queued, !queue.closed)
+            queue.orphans = false;
+            queue.queued
         };
+        if into.len() >= MAX_QUEUED {
+            self.progress.notify_waiters();
+        }
+        through
+    }
+
+    /// Chains the queued lines after the pending ones and writes them all with one write,
+    /// then tells the records waiting for them. A failed write keeps what did not reach
+    /// the file for the next attempt.
+    fn flush(&self, chain: &mut Chain) -> std::io::Result<()> {
+        if chain.pending.len() < MAX_PENDING {
+            let through = self.take(&mut chain.taken);
+            if !chain.taken.is_empty() {
+                let Chain {
+                    pending,
+                    taken,
+                    prev,
+                    ..
+                } = &mut *chain;
+                let mut start = 0;
+                for end in memchr::memchr_iter(b'\n', taken) {
+                    append(pending, &taken[start..end], prev);
+                    start = end + 1;
+                }
+                taken.clear();
+                chain.pending_through = through;
+            }
+        }
+        if chain.pending.is_empty() {
+            return Ok(());
+        }
+        write_from(&mut chain.file, &chain.pending, &mut chain.pending_written)?;
+        chain.pending.clear();
+        chain.pending_written = 0;
+        self.written.store(chain.pending_through, Ordering::Release);
         self.progress.notify_waiters();
-        taken
+        if !self.dirty.swap(true, Ordering::AcqRel) {
+            // The first write since a sync: the audit thread syncs it within SYNC_EVERY.
+            self.wake_thread(self.queue());
+        }
+        Ok(())
+    }
+
+    /// Notes the outcome of a write or a sync: signing stops while the log cannot be
+    /// written, and resumes once it can.
+    fn note(&self, outcome: &std::io::Result<()>) {
+        match outcome {
+            Ok(()) => {
+                if !self.healthy.swap(true, Ordering::Relaxed) {
+                    tracing::info!(
+                        path = self.shown,
+                        "the audit log is writable again; signing resumes"
+                    );
+                }
+            }
+            Err(e) => {
+                if self.healthy.swap(false, Ordering::Relaxed) {
+                    tracing::error!(path = self.shown, error = %e, "cannot write the audit log; refusing to sign until it is writable");
+                }
+                // Records waiting for room or for their line give up; the audit thread
+                // retries.
+                self.progress.notify_waiters();
+                self.wake_thread(self.queue());
+            }
+        }
     }
 }
 
-/// Marks the log unhealthy and closed when the writer thread ends, however it ends: records
-/// are then refused at once instead of piling up (or waiting for room) with nobody to
-/// write them.
-struct WriterStopped<'a>(&'a Shared);
+/// Marks the log unhealthy and closed when the audit thread ends, however it ends: records
+/// are then refused at once instead of piling up (or waiting) with nobody to write them.
+struct ThreadStopped<'a>(&'a Shared);
 
-impl Drop for WriterStopped<'_> {
+impl Drop for ThreadStopped<'_> {
     fn drop(&mut self) {
         self.0.healthy.store(false, Ordering::Relaxed);
         self.0.queue().closed = true;
@@ -209,12 +323,15 @@ impl Drop for WriterStopped<'_> {
     }
 }
 
-/// Closes the queue when the last [`Audit`] handle goes, so the writer finishes.
+/// Closes the queue when the last [`Audit`] handle goes, so the audit thread finishes.
 struct Handles(Arc<Shared>);
 
 impl Drop for Handles {
     fn drop(&mut self) {
-        self.0.queue().closed = true;
+        let mut queue = self.0.queue();
+        queue.closed = true;
+        queue.thread_idle = false;
+        drop(queue);
         self.0.arrived.notify_one();
     }
 }
@@ -227,7 +344,7 @@ pub struct Line(u64);
 #[derive(Clone)]
 pub struct Audit(Option<Arc<Handles>>);
 
-/// Waits for the writer thread to flush everything and stop.
+/// Waits for the audit thread to write and sync everything and stop.
 pub struct AuditWriter(Option<std::thread::JoinHandle<()>>);
 
 impl AuditWriter {
@@ -240,7 +357,7 @@ impl AuditWriter {
 }
 
 impl Audit {
-    /// Opens (creating, 0600) `path` for appending and starts the writer thread.
+    /// Opens (creating, 0600) `path` for appending and starts the audit thread.
     pub fn open(path: &Path) -> Result<(Audit, AuditWriter), String> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             // Directories it creates are keyturn's alone, like the log (existing ones keep
@@ -258,18 +375,29 @@ impl Audit {
             .mode(0o600)
             .open(path)
             .map_err(|e| format!("cannot open audit log {}: {e}", path.display()))?;
-        let (mut prev, last_ts) = last_line(&mut file)
+        let (prev, last_ts) = last_line(&mut file)
             .map_err(|e| format!("cannot read audit log {}: {e}", path.display()))?;
-        let shared = Arc::new(Shared::new(Vec::with_capacity(64 * 1024), last_ts));
-        let shown = path.display().to_string();
-        let writer = shared.clone();
+        // The audit thread's own handle, for fdatasync while others write.
+        let sync = file
+            .try_clone()
+            .map_err(|e| format!("cannot open audit log {}: {e}", path.display()))?;
+        let chain = Chain {
+            file,
+            prev,
+            pending: Vec::with_capacity(64 * 1024),
+            pending_written: 0,
+            pending_through: 0,
+            taken: Vec::with_capacity(64 * 1024),
+        };
+        let shared = Arc::new(Shared::new(chain, last_ts, path.display().to_string()));
+        let thread = shared.clone();
         let handle = std::thread::Builder::new()
             .name("keyturn-audit".into())
             .spawn(move || {
-                let _stopped = WriterStopped(&writer);
-                write_loop(&writer, &mut file, &mut prev, &shown);
+                let _stopped = ThreadStopped(&thread);
+                audit_thread(&thread, &sync);
             })
-            .map_err(|e| format!("cannot start the audit writer: {e}"))?;
+            .map_err(|e| format!("cannot start the audit thread: {e}"))?;
         Ok((
             Audit(Some(Arc::new(Handles(shared)))),
             AuditWriter(Some(handle)),
@@ -305,9 +433,9 @@ impl Audit {
         self.written(line).await
     }
 
-    /// Queues `record`'s line, waiting only if the writer is far behind, and returns it for
+    /// Queues `record`'s line, waiting only if the queue is full, and returns it for
     /// [`Self::written`]. Fails when the log cannot be written (read-only or full disk) or
-    /// the writer has stopped: the caller must then refuse to sign.
+    /// has stopped: the caller must then refuse to sign.
     pub async fn queue(&self, record: Record<'_>) -> Result<Line, ()> {
         let Some(shared) = self.shared() else {
             return Ok(Line(0));
@@ -316,29 +444,33 @@ impl Audit {
             if !shared.healthy.load(Ordering::Relaxed) {
                 return Err(());
             }
-            if let Some(line) = shared.push(&record)? {
+            if let Some(line) = shared.push(&record, false)? {
                 return Ok(Line(line));
             }
-            // Full: wait for the writer to take the queue. Registered before trying again,
+            // Full: wait for a writer to take the queue. Registered before trying again,
             // so a take between the two is not missed.
             let progress = shared.progress.notified();
             tokio::pin!(progress);
             progress.as_mut().enable();
-            if let Some(line) = shared.push(&record)? {
+            if let Some(line) = shared.push(&record, false)? {
                 return Ok(Line(line));
             }
             progress.await;
         }
     }
 
-    /// Waits until `line` and every line queued before it are written to the file. Fails
-    /// when the log cannot be written or the writer has stopped: the caller must then
-    /// withhold the token (its line may still reach the file later: the log may name a
-    /// token that never left, never the reverse).
+    /// Returns once `line` and every line queued before it are in the file. Unless another
+    /// task is writing (then it waits for it), it writes them itself: one write for all the
+    /// lines queued, however many tasks wait for them. Fails when the log cannot be written
+    /// or has stopped: the caller must then withhold the token (its line may still reach
+    /// the file later: the log may name a token that never left, never the reverse).
     pub async fn written(&self, line: Line) -> Result<(), ()> {
         let Some(shared) = self.shared() else {
             return Ok(());
         };
+        // Let the other tasks ready on this worker queue their lines first: one write then
+        // takes them all.
+        tokio::task::yield_now().await;
         loop {
             let progress = shared.progress.notified();
             tokio::pin!(progress);
@@ -349,11 +481,18 @@ impl Audit {
             if !shared.healthy.load(Ordering::Relaxed) {
                 return Err(());
             }
+            if let Some(mut chain) = shared.try_chain() {
+                let outcome = shared.flush(&mut chain);
+                drop(chain);
+                shared.note(&outcome);
+                continue;
+            }
             progress.await;
         }
     }
 
-    /// Records a lifecycle event without waiting (from maintenance tasks).
+    /// Records a lifecycle event without waiting (from maintenance tasks): the audit
+    /// thread writes it.
     pub fn lifecycle(&self, keyset: &str, event: &Event) {
         let record = Record {
             ts: event.at,
@@ -367,7 +506,7 @@ impl Audit {
             exp: None,
         };
         if let Some(shared) = self.shared() {
-            if !matches!(shared.push(&record), Ok(Some(_))) {
+            if !matches!(shared.push(&record, true), Ok(Some(_))) {
                 tracing::error!(
                     keyset,
                     "audit log is full or stopped; lifecycle event not recorded"
@@ -384,110 +523,89 @@ const RETRY: Duration = Duration::from_millis(250);
 const RETRIES_AT_EXIT: u32 = 40;
 
 /// Longest time between writing a line and its fdatasync. Under load one fdatasync covers
-/// everything written in this window instead of one per batch: on this kind of machine
+/// everything written in this window instead of one per request: on this kind of machine
 /// (a VM's virtio disk) each costs a trap to the hypervisor and a journal commit, and one per
 /// batch took a fifth of the daemon's CPU at 17k signatures/s (see BENCHMARKS.md).
 const SYNC_EVERY: Duration = Duration::from_millis(5);
 
-/// The writer thread: takes the queued lines, chains them, appends them with one write,
-/// tells the records waiting for them, and fdatasyncs at most every [`SYNC_EVERY`] (once
-/// that long has passed since the last sync, and at exit). When the disk refuses
-/// (read-only, full), it keeps the bytes not yet written, resumes a partial write where it
-/// stopped (so no line is torn or doubled), marks the log unhealthy so signing stops, and
-/// retries until the disk takes the bytes again.
-fn write_loop(shared: &Shared, file: &mut File, prev: &mut String, shown: &str) {
-    let mut taken: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut pending: Vec<u8> = Vec::with_capacity(64 * 1024);
-    // The number of the last line in `pending`, and how many of its bytes are in the file.
-    let mut pending_through = 0;
-    let mut written = 0usize;
-    let mut open = true;
-    let mut retries_at_exit = 0;
+/// The audit thread: fdatasyncs (on its own handle, `sync`, so that writers go on) within
+/// [`SYNC_EVERY`] of a write, writes the lines no one waits for (lifecycle events), retries
+/// every [`RETRY`] while the disk refuses writes (read-only, full), and at the stop writes
+/// and syncs what is left.
+fn audit_thread(shared: &Shared, sync: &File) {
     let mut synced_at = Instant::now();
-    let mut unsynced = false;
+    let mut retries_at_exit = 0;
     loop {
-        if pending.is_empty() {
+        // Wait for what is due: a sync, a retry, lines no one waits for, the stop.
+        let closed = {
             let mut queue = shared.queue();
-            // Wait for lines; with lines written but not synced, only until the sync is due.
-            while queue.lines.is_empty() && !queue.closed {
-                let due = SYNC_EVERY.saturating_sub(synced_at.elapsed());
-                if unsynced && due.is_zero() {
+            while !queue.closed && !queue.orphans {
+                let wait = if !shared.healthy.load(Ordering::Relaxed) {
+                    Some(RETRY)
+                } else if shared.dirty.load(Ordering::Acquire) {
+                    Some(SYNC_EVERY.saturating_sub(synced_at.elapsed()))
+                } else {
+                    None
+                };
+                if wait.is_some_and(|w| w.is_zero()) {
                     break;
                 }
-                queue.writer_idle = true;
-                queue = if unsynced {
-                    match shared.arrived.wait_timeout(queue, due) {
-                        Ok((queue, _)) => queue,
-                        Err(poisoned) => poisoned.into_inner().0,
+                queue.thread_idle = true;
+                match wait {
+                    Some(wait) => {
+                        let (q, timeout) = shared
+                            .arrived
+                            .wait_timeout(queue, wait)
+                            .unwrap_or_else(PoisonError::into_inner);
+                        queue = q;
+                        if timeout.timed_out() {
+                            break;
+                        }
                     }
-                } else {
-                    shared
-                        .arrived
-                        .wait(queue)
-                        .unwrap_or_else(PoisonError::into_inner)
-                };
+                    None => {
+                        queue = shared
+                            .arrived
+                            .wait(queue)
+                            .unwrap_or_else(PoisonError::into_inner)
+                    }
+                }
             }
-            queue.writer_idle = false;
-            if queue.lines.is_empty() && queue.closed && !unsynced {
-                return; // closed, and everything is on disk
+            queue.thread_idle = false;
+            queue.closed
+        };
+        let mut outcome = shared.flush(&mut shared.chain());
+        if outcome.is_ok()
+            && (closed || synced_at.elapsed() >= SYNC_EVERY)
+            && shared.dirty.swap(false, Ordering::AcqRel)
+        {
+            outcome = sync.sync_data();
+            synced_at = Instant::now();
+            if outcome.is_err() {
+                shared.dirty.store(true, Ordering::Release);
             }
         }
-        if pending.len() < MAX_PENDING {
-            let (through, still_open) = shared.take(&mut taken);
-            open = still_open;
-            let mut start = 0;
-            for end in memchr::memchr_iter(b'\n', &taken) {
-                append(&mut pending, &taken[start..end], prev);
-                start = end + 1;
-            }
-            taken.clear();
-            pending_through = through;
-        }
-        let outcome = write_from(file, &pending, &mut written).and_then(|()| {
-            if !pending.is_empty() {
-                shared.written.store(pending_through, Ordering::Release);
-                shared.progress.notify_waiters();
-                unsynced = true;
-            }
-            if unsynced && (!open || synced_at.elapsed() >= SYNC_EVERY) {
-                file.sync_data()?;
-                synced_at = Instant::now();
-                unsynced = false;
-            }
-            Ok(())
-        });
+        shared.note(&outcome);
         match outcome {
             Ok(()) => {
-                pending.clear();
-                written = 0;
-                if !shared.healthy.swap(true, Ordering::Relaxed) {
-                    tracing::info!(
-                        path = shown,
-                        "the audit log is writable again; signing resumes"
-                    );
+                let done = closed && shared.queue().lines.is_empty();
+                if done && !shared.dirty.load(Ordering::Acquire) {
+                    return; // closed, and everything is on disk
                 }
             }
-            Err(e) => {
-                if shared.healthy.swap(false, Ordering::Relaxed) {
-                    tracing::error!(path = shown, error = %e, "cannot write the audit log; refusing to sign until it is writable");
-                }
-                // Records waiting for room or for their line see the log is unhealthy and
-                // give up; with the pending bytes at their limit nothing is taken, so learn
-                // of a stop here.
-                shared.progress.notify_waiters();
-                open = open && !shared.queue().closed;
-                if !open {
+            Err(_) => {
+                if closed {
                     retries_at_exit += 1;
                     if retries_at_exit > RETRIES_AT_EXIT {
+                        let chain = shared.chain();
                         tracing::error!(
-                            path = shown,
-                            bytes = pending.len() - written,
+                            path = shared.shown,
+                            bytes = chain.pending.len() - chain.pending_written,
                             "audit lines lost at exit: the log stayed unwritable"
                         );
                         return;
                     }
+                    std::thread::sleep(RETRY);
                 }
-                std::thread::sleep(RETRY);
             }
         }
     }
@@ -784,55 +902,83 @@ mod tests {
         assert!(verify(&path).unwrap_err().contains("line 8"));
     }
 
-    /// A record waits for room in a full queue, then until the writer has written its
-    /// line (taken is not enough), and gives up if the log becomes unwritable first.
+    /// A log on `file` with no audit thread: the test drives it.
+    fn shared_on(file: File) -> Arc<Shared> {
+        let chain = Chain {
+            file,
+            prev: GENESIS.to_owned(),
+            pending: Vec::new(),
+            pending_written: 0,
+            pending_through: 0,
+            taken: Vec::new(),
+        };
+        Arc::new(Shared::new(chain, None, "test".into()))
+    }
+
+    /// A record waits for room in a full queue. Then waiting for its line writes it, with
+    /// every line queued before it, unless another task is writing: then it waits for that
+    /// one. If the write fails, it gives up and signing stops.
     #[tokio::test]
-    async fn a_record_waits_for_room_then_for_its_line_to_be_written() {
-        let shared = Arc::new(Shared::new(vec![b'x'; MAX_QUEUED], None));
+    async fn a_record_waits_for_room_then_writes_or_waits_for_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .unwrap();
+        let shared = shared_on(file);
         let audit = Audit(Some(Arc::new(Handles(shared.clone()))));
         let aud = AUD;
-        let mut queued = tokio_test::task::spawn(audit.queue(record(1, "j", &aud)));
-        assert!(queued.poll().is_pending(), "a full queue must hold the record");
-        assert!(queued.poll().is_pending());
+        shared.queue().lines = vec![b'x'; MAX_QUEUED];
+        let mut queued = tokio_test::task::spawn(audit.queue(record(1, "j1", &aud)));
+        assert!(
+            queued.poll().is_pending(),
+            "a full queue must hold the record"
+        );
         let mut taken = Vec::new();
-        assert_eq!(shared.take(&mut taken), (0, true));
+        shared.take(&mut taken);
         assert_eq!(taken.len(), MAX_QUEUED);
         assert!(
             queued.is_woken(),
-            "taking the queue must wake the waiting record"
+            "taking a full queue must wake the record"
         );
-        let std::task::Poll::Ready(Ok(line)) = queued.poll() else {
+        let std::task::Poll::Ready(Ok(first)) = queued.poll() else {
             panic!("queued once there is room");
         };
         drop(queued);
+        let second = audit.queue(record(2, "j2", &aud)).await.unwrap();
 
-        let mut written = tokio_test::task::spawn(audit.written(line));
-        assert!(written.poll().is_pending());
-        let mut taken = Vec::new();
-        assert_eq!(shared.take(&mut taken), (1, true));
-        assert_eq!(
-            taken,
-            [unchained(&record(1, "j", &aud)), b"\n".to_vec()].concat()
-        );
-        assert!(written.poll().is_pending(), "taken, not yet written");
-        shared.written.store(1, Ordering::Release);
-        shared.progress.notify_waiters();
-        assert!(written.is_woken());
-        assert_eq!(written.poll(), std::task::Poll::Ready(Ok(())));
-        drop(written);
+        // Another task is writing: the second line waits for it.
+        let mut waiting = tokio_test::task::spawn(audit.written(second));
+        {
+            let mut chain = shared.chain();
+            assert!(waiting.poll().is_pending(), "the yield to other tasks");
+            assert!(waiting.poll().is_pending(), "another task holds the chain");
+            shared.flush(&mut chain).unwrap();
+        }
+        assert!(waiting.is_woken());
+        assert_eq!(waiting.poll(), std::task::Poll::Ready(Ok(())));
+        drop(waiting);
+        // Written already, with the second.
+        audit.written(first).await.unwrap();
+        let lines = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(lines.lines().count(), 2, "{lines}");
+        assert!(lines.contains("\"jti\":\"j1\"") && lines.contains("\"jti\":\"j2\""));
+        verify(&path).unwrap();
 
-        // The next line: the disk refuses it.
-        let std::task::Poll::Ready(Ok(line)) =
-            tokio_test::task::spawn(audit.queue(record(2, "k", &aud))).poll()
-        else {
-            panic!("room in the queue");
-        };
-        let mut written = tokio_test::task::spawn(audit.written(line));
-        assert!(written.poll().is_pending());
-        shared.healthy.store(false, Ordering::Relaxed);
-        shared.progress.notify_waiters();
-        assert!(written.is_woken());
-        assert_eq!(written.poll(), std::task::Poll::Ready(Err(())));
+        // No one writing: waiting for the third line writes it.
+        let third = audit.queue(record(3, "j3", &aud)).await.unwrap();
+        audit.written(third).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3);
+
+        // A file that refuses writes: the wait fails, and signing stops.
+        let shared = shared_on(File::open(&path).unwrap());
+        let audit = Audit(Some(Arc::new(Handles(shared.clone()))));
+        let line = audit.queue(record(4, "j4", &aud)).await.unwrap();
+        assert_eq!(audit.written(line).await, Err(()));
+        assert!(!audit.is_healthy());
+        assert_eq!(audit.queue(record(5, "j5", &aud)).await, Err(()));
     }
 
     /// The log tells when its last record was written: none for a new log, the last
@@ -890,11 +1036,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn records_are_refused_once_the_writer_has_stopped() {
+    async fn records_are_refused_once_the_audit_thread_has_stopped() {
         let dir = tempfile::tempdir().unwrap();
         let (audit, writer) = Audit::open(&dir.path().join("audit.log")).unwrap();
         let shared = audit.0.as_ref().unwrap().0.clone();
-        drop(WriterStopped(&shared));
+        drop(ThreadStopped(&shared));
         assert!(!audit.is_healthy());
         let aud = AUD;
         assert_eq!(audit.record(record(1, "j", &aud)).await, Err(()));

@@ -117,7 +117,10 @@ async fn sigkill_loses_no_audit_line_of_a_returned_token() {
     for c in 0..8 {
         let (returned, token) = (returned.clone(), token.clone());
         let (route, body) = if c == 0 {
-            ("sign-batch", serde_json::json!({"requests": vec![item.clone(); 64]}))
+            (
+                "sign-batch",
+                serde_json::json!({"requests": vec![item.clone(); 64]}),
+            )
         } else {
             ("sign", item.clone())
         };

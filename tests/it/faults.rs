@@ -109,8 +109,10 @@ async fn a_full_data_dir_fails_clearly_and_recovers() {
             },
         )
         .await;
-        issued += 1; // the sign that first met the broken disk was accepted and is held
-                     // A batch fails as a whole, with no token in the answer.
+        // The sign that first met the broken disk: its token was withheld (503), its line
+        // is kept and written once the disk clears.
+        issued += 1;
+        // A batch fails as a whole, with no token in the answer.
         let r = http()
             .post(format!("{}/v1/keysets/default/sign-batch", d.api))
             .bearer_auth(&token)
@@ -148,8 +150,8 @@ async fn a_full_data_dir_fails_clearly_and_recovers() {
     );
     assert!(d.stop().success());
 
-    // Nothing is corrupt: the audit chain verifies and holds every token issued (the ones
-    // accepted while the disk was broken were held and written once it cleared), the state
+    // Nothing is corrupt: the audit chain verifies and holds every token issued (and the
+    // lines of tokens withheld when the disk broke, written once it cleared), the state
     // parses, and a restart serves the same keys.
     let audit = fs.0.join("data/audit.log");
     assert!(
