@@ -234,24 +234,18 @@ impl Shared {
         }
     }
 
-    /// Moves the queued lines into the empty `into`, and wakes records waiting for room if
-    /// the queue was full. Returns the number of the last line taken.
+    /// Moves the queued lines into the empty `into`. Returns the number of the last line
+    /// taken.
     fn take(&self, into: &mut Vec<u8>) -> u64 {
-        let through = {
-            let mut queue = self.queue();
-            std::mem::swap(&mut queue.lines, into);
-            queue.orphans = false;
-            queue.queued
-        };
-        if into.len() >= MAX_QUEUED {
-            self.progress.notify_waiters();
-        }
-        through
+        let mut queue = self.queue();
+        std::mem::swap(&mut queue.lines, into);
+        queue.orphans = false;
+        queue.queued
     }
 
-    /// Chains the queued lines after the pending ones and writes them all with one write,
-    /// then tells the records waiting for them. A failed write keeps what did not reach
-    /// the file for the next attempt.
+    /// Chains the queued lines after the pending ones and writes them all with one write.
+    /// A failed write keeps what did not reach the file for the next attempt. Called
+    /// through [`Self::write`].
     fn flush(&self, chain: &mut Chain) -> std::io::Result<()> {
         if chain.pending.len() < MAX_PENDING {
             let through = self.take(&mut chain.taken);
@@ -278,12 +272,26 @@ impl Shared {
         chain.pending.clear();
         chain.pending_written = 0;
         self.written.store(chain.pending_through, Ordering::Release);
-        self.progress.notify_waiters();
         if !self.dirty.swap(true, Ordering::AcqRel) {
             // The first write since a sync: the audit thread syncs it within SYNC_EVERY.
             self.wake_thread(self.queue());
         }
         Ok(())
+    }
+
+    /// Flushes as the holder of `chain`, notes the outcome (in the order of the writes),
+    /// lets the chain go, and only then wakes the records waiting for room or for their
+    /// line: one that found the chain taken is woken after it is free again.
+    ///
+    /// The write blocks the calling thread (a tokio worker when a signing task writes):
+    /// an append to the page cache, microseconds, but as long as the filesystem makes it
+    /// wait (some hold a file's appends during its fsync).
+    fn write(&self, mut chain: MutexGuard<'_, Chain>) -> std::io::Result<()> {
+        let outcome = self.flush(&mut chain);
+        self.note(&outcome);
+        drop(chain);
+        self.progress.notify_waiters();
+        outcome
     }
 
     /// Notes the outcome of a write or a sync: signing stops while the log cannot be
@@ -302,9 +310,8 @@ impl Shared {
                 if self.healthy.swap(false, Ordering::Relaxed) {
                     tracing::error!(path = self.shown, error = %e, "cannot write the audit log; refusing to sign until it is writable");
                 }
-                // Records waiting for room or for their line give up; the audit thread
-                // retries.
-                self.progress.notify_waiters();
+                // Records waiting for room or for their line give up (woken by the
+                // caller); the audit thread retries.
                 self.wake_thread(self.queue());
             }
         }
@@ -444,16 +451,18 @@ impl Audit {
             if !shared.healthy.load(Ordering::Relaxed) {
                 return Err(());
             }
-            if let Some(line) = shared.push(&record, false)? {
-                return Ok(Line(line));
-            }
-            // Full: wait for a writer to take the queue. Registered before trying again,
-            // so a take between the two is not missed.
+            // Registered before trying, so that a write that makes room meanwhile is not
+            // missed.
             let progress = shared.progress.notified();
             tokio::pin!(progress);
             progress.as_mut().enable();
             if let Some(line) = shared.push(&record, false)? {
                 return Ok(Line(line));
+            }
+            // Full: write the queue out, or wait for the task writing it.
+            if let Some(chain) = shared.try_chain() {
+                let _ = shared.write(chain);
+                continue;
             }
             progress.await;
         }
@@ -481,10 +490,8 @@ impl Audit {
             if !shared.healthy.load(Ordering::Relaxed) {
                 return Err(());
             }
-            if let Some(mut chain) = shared.try_chain() {
-                let outcome = shared.flush(&mut chain);
-                drop(chain);
-                shared.note(&outcome);
+            if let Some(chain) = shared.try_chain() {
+                let _ = shared.write(chain);
                 continue;
             }
             progress.await;
@@ -539,8 +546,13 @@ fn audit_thread(shared: &Shared, sync: &File) {
         // Wait for what is due: a sync, a retry, lines no one waits for, the stop.
         let closed = {
             let mut queue = shared.queue();
-            while !queue.closed && !queue.orphans {
-                let wait = if !shared.healthy.load(Ordering::Relaxed) {
+            loop {
+                // Orphan lines wait for the retry while the disk refuses writes.
+                let healthy = shared.healthy.load(Ordering::Relaxed);
+                if queue.closed || (queue.orphans && healthy) {
+                    break;
+                }
+                let wait = if !healthy {
                     Some(RETRY)
                 } else if shared.dirty.load(Ordering::Acquire) {
                     Some(SYNC_EVERY.saturating_sub(synced_at.elapsed()))
@@ -573,7 +585,7 @@ fn audit_thread(shared: &Shared, sync: &File) {
             queue.thread_idle = false;
             queue.closed
         };
-        let mut outcome = shared.flush(&mut shared.chain());
+        let mut outcome = shared.write(shared.chain());
         if outcome.is_ok()
             && (closed || synced_at.elapsed() >= SYNC_EVERY)
             && shared.dirty.swap(false, Ordering::AcqRel)
@@ -582,9 +594,11 @@ fn audit_thread(shared: &Shared, sync: &File) {
             synced_at = Instant::now();
             if outcome.is_err() {
                 shared.dirty.store(true, Ordering::Release);
+                // Records waiting for their line give up.
+                shared.note(&outcome);
+                shared.progress.notify_waiters();
             }
         }
-        shared.note(&outcome);
         match outcome {
             Ok(()) => {
                 let done = closed && shared.queue().lines.is_empty();
@@ -915,11 +929,12 @@ mod tests {
         Arc::new(Shared::new(chain, None, "test".into()))
     }
 
-    /// A record waits for room in a full queue. Then waiting for its line writes it, with
-    /// every line queued before it, unless another task is writing: then it waits for that
-    /// one. If the write fails, it gives up and signing stops.
+    /// A record finding the queue full writes it out, or waits while another task writes
+    /// it. Then waiting for its line writes it, with every line queued before it, unless
+    /// another task is writing: then it waits for that one. If the write fails, it gives
+    /// up and signing stops.
     #[tokio::test]
-    async fn a_record_waits_for_room_then_writes_or_waits_for_its_line() {
+    async fn a_record_writes_or_waits_for_the_queue_and_its_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         let file = OpenOptions::new()
@@ -930,47 +945,54 @@ mod tests {
         let shared = shared_on(file);
         let audit = Audit(Some(Arc::new(Handles(shared.clone()))));
         let aud = AUD;
+        let line_count = || std::fs::read_to_string(&path).unwrap().lines().count();
+
+        // Full while another task holds the chain: the record waits for it.
         shared.queue().lines = vec![b'x'; MAX_QUEUED];
         let mut queued = tokio_test::task::spawn(audit.queue(record(1, "j1", &aud)));
-        assert!(
-            queued.poll().is_pending(),
-            "a full queue must hold the record"
-        );
-        let mut taken = Vec::new();
-        shared.take(&mut taken);
-        assert_eq!(taken.len(), MAX_QUEUED);
-        assert!(
-            queued.is_woken(),
-            "taking a full queue must wake the record"
-        );
+        {
+            let _chain = shared.chain();
+            assert!(
+                queued.poll().is_pending(),
+                "a full queue must hold the record"
+            );
+            shared.take(&mut Vec::new());
+        }
+        shared.progress.notify_waiters();
+        assert!(queued.is_woken(), "room made must wake the record");
         let std::task::Poll::Ready(Ok(first)) = queued.poll() else {
             panic!("queued once there is room");
         };
         drop(queued);
+        // Full, no one writing: the record writes the queue out, then queues.
+        let mut full = 1;
+        while shared.push(&record(1, "jq", &aud), false) != Ok(None) {
+            full += 1;
+        }
         let second = audit.queue(record(2, "j2", &aud)).await.unwrap();
+        assert_eq!(line_count(), full);
+        audit.written(first).await.unwrap();
+        assert_eq!(line_count(), full, "written with the full queue");
 
         // Another task is writing: the second line waits for it.
         let mut waiting = tokio_test::task::spawn(audit.written(second));
-        {
-            let mut chain = shared.chain();
-            assert!(waiting.poll().is_pending(), "the yield to other tasks");
-            assert!(waiting.poll().is_pending(), "another task holds the chain");
-            shared.flush(&mut chain).unwrap();
-        }
-        assert!(waiting.is_woken());
+        let chain = shared.chain();
+        assert!(waiting.poll().is_pending(), "the yield to other tasks");
+        assert!(waiting.poll().is_pending(), "another task holds the chain");
+        shared.write(chain).unwrap();
+        assert!(waiting.is_woken(), "woken once the chain is free");
         assert_eq!(waiting.poll(), std::task::Poll::Ready(Ok(())));
         drop(waiting);
-        // Written already, with the second.
-        audit.written(first).await.unwrap();
+        assert_eq!(line_count(), full + 1);
         let lines = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(lines.lines().count(), 2, "{lines}");
-        assert!(lines.contains("\"jti\":\"j1\"") && lines.contains("\"jti\":\"j2\""));
-        verify(&path).unwrap();
+        assert!(lines.lines().next().unwrap().contains("\"jti\":\"j1\""));
+        assert!(lines.lines().last().unwrap().contains("\"jti\":\"j2\""));
+        assert_eq!(verify(&path).unwrap().lines, (full + 1) as u64);
 
         // No one writing: waiting for the third line writes it.
         let third = audit.queue(record(3, "j3", &aud)).await.unwrap();
         audit.written(third).await.unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3);
+        assert_eq!(line_count(), full + 2);
 
         // A file that refuses writes: the wait fails, and signing stops.
         let shared = shared_on(File::open(&path).unwrap());
@@ -979,6 +1001,41 @@ mod tests {
         assert_eq!(audit.written(line).await, Err(()));
         assert!(!audit.is_healthy());
         assert_eq!(audit.queue(record(5, "j5", &aud)).await, Err(()));
+    }
+
+    /// Many tasks recording at once, on two workers, with the audit thread syncing between
+    /// their writes: every record returns (no waiter is left without a wake), and the log
+    /// holds each line once, chained in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_records_all_return_and_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (audit, writer) = Audit::open(&path).unwrap();
+        let (tasks, each) = (16, 1500);
+        let mut set = tokio::task::JoinSet::new();
+        for t in 0..tasks {
+            let audit = audit.clone();
+            set.spawn(async move {
+                for i in 0..each {
+                    let jti = format!("t{t}-{i}");
+                    let aud = AUD;
+                    audit.record(record(i, &jti, &aud)).await.unwrap();
+                }
+            });
+        }
+        let all = async {
+            while let Some(done) = set.join_next().await {
+                done.unwrap();
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), all)
+            .await
+            .expect("a record never returned");
+        drop(audit);
+        writer.finish();
+        let verified = verify(&path).unwrap();
+        assert_eq!(verified.lines, tasks * each as u64);
+        assert!(verified.torn.is_empty());
     }
 
     /// The log tells when its last record was written: none for a new log, the last
