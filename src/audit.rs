@@ -157,6 +157,9 @@ struct Shared {
     progress: Notify,
     /// False while the log cannot be written (read-only or full disk): signing stops.
     healthy: AtomicBool,
+    /// The last fdatasync failed: writes that succeed do not make the log healthy again
+    /// until a sync does.
+    sync_failing: AtomicBool,
     /// The `ts` of the last record the log held when opened.
     last_ts: Option<i64>,
     /// The log's path, for messages.
@@ -182,6 +185,7 @@ impl Shared {
             dirty: AtomicBool::new(false),
             progress: Notify::new(),
             healthy: AtomicBool::new(true),
+            sync_failing: AtomicBool::new(false),
             last_ts,
             shown,
         }
@@ -299,7 +303,9 @@ impl Shared {
     fn note(&self, outcome: &std::io::Result<()>) {
         match outcome {
             Ok(()) => {
-                if !self.healthy.swap(true, Ordering::Relaxed) {
+                if !self.sync_failing.load(Ordering::Acquire)
+                    && !self.healthy.swap(true, Ordering::Relaxed)
+                {
                     tracing::info!(
                         path = self.shown,
                         "the audit log is writable again; signing resumes"
@@ -592,10 +598,13 @@ fn audit_thread(shared: &Shared, sync: &File) {
         {
             outcome = sync.sync_data();
             synced_at = Instant::now();
-            if outcome.is_err() {
+            let failed = outcome.is_err();
+            if failed {
                 shared.dirty.store(true, Ordering::Release);
-                // Records waiting for their line give up.
+            }
+            if shared.sync_failing.swap(failed, Ordering::AcqRel) != failed {
                 shared.note(&outcome);
+                // Records waiting for their line give up.
                 shared.progress.notify_waiters();
             }
         }
