@@ -542,7 +542,8 @@ const RETRIES_AT_EXIT: u32 = 40;
 const SYNC_EVERY: Duration = Duration::from_millis(5);
 
 /// The audit thread: fdatasyncs (on its own handle, `sync`, so that writers go on) within
-/// [`SYNC_EVERY`] of a write, writes the lines no one waits for (lifecycle events), retries
+/// [`SYNC_EVERY`] of a write, writes the lines no one waits for (lifecycle events, and
+/// within about [`SYNC_EVERY`] those of requests cancelled before their write), retries
 /// every [`RETRY`] while the disk refuses writes (read-only, full), and at the stop writes
 /// and syncs what is left.
 fn audit_thread(shared: &Shared, sync: &File) {
@@ -562,6 +563,10 @@ fn audit_thread(shared: &Shared, sync: &File) {
                     Some(RETRY)
                 } else if shared.dirty.load(Ordering::Acquire) {
                     Some(SYNC_EVERY.saturating_sub(synced_at.elapsed()))
+                } else if !queue.lines.is_empty() {
+                    // Lines whose task gave up before writing them (a request cancelled
+                    // between queuing and waiting): written if still there by then.
+                    Some(SYNC_EVERY)
                 } else {
                     None
                 };
@@ -1045,6 +1050,29 @@ mod tests {
         let verified = verify(&path).unwrap();
         assert_eq!(verified.lines, tasks * each as u64);
         assert!(verified.torn.is_empty());
+    }
+
+    /// A line queued by a task that then gave up waiting for it (a cancelled request) is
+    /// written by the audit thread, without any other write to carry it.
+    #[tokio::test]
+    async fn a_line_no_one_waits_for_is_written_by_the_audit_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (audit, writer) = Audit::open(&path).unwrap();
+        let aud = AUD;
+        // Queued, never waited for.
+        let _ = audit.queue(record(1, "abandoned", &aud)).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("\"jti\":\"abandoned\"")
+        {
+            assert!(Instant::now() < deadline, "the line was not written");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!writer.0.as_ref().unwrap().is_finished());
+        drop(audit);
+        writer.finish();
     }
 
     /// The log tells when its last record was written: none for a new log, the last
