@@ -548,6 +548,9 @@ const SYNC_EVERY: Duration = Duration::from_millis(5);
 /// and syncs what is left.
 fn audit_thread(shared: &Shared, sync: &File) {
     let mut synced_at = Instant::now();
+    // The last write attempt: retries while the disk refuses writes count from it, so
+    // that an early wake (a lifecycle event) does not put them off.
+    let mut tried_at = Instant::now();
     let mut retries_at_exit = 0;
     loop {
         // Wait for what is due: a sync, a retry, lines no one waits for, the stop.
@@ -560,7 +563,7 @@ fn audit_thread(shared: &Shared, sync: &File) {
                     break;
                 }
                 let wait = if !healthy {
-                    Some(RETRY)
+                    Some(RETRY.saturating_sub(tried_at.elapsed()))
                 } else if shared.dirty.load(Ordering::Acquire) {
                     Some(SYNC_EVERY.saturating_sub(synced_at.elapsed()))
                 } else if !queue.lines.is_empty() {
@@ -596,6 +599,7 @@ fn audit_thread(shared: &Shared, sync: &File) {
             queue.thread_idle = false;
             queue.closed
         };
+        tried_at = Instant::now();
         let mut outcome = shared.write(shared.chain());
         if outcome.is_ok()
             && (closed || synced_at.elapsed() >= SYNC_EVERY)
@@ -627,7 +631,8 @@ fn audit_thread(shared: &Shared, sync: &File) {
                         let chain = shared.chain();
                         tracing::error!(
                             path = shared.shown,
-                            bytes = chain.pending.len() - chain.pending_written,
+                            bytes = chain.pending.len() - chain.pending_written
+                                + shared.queue().lines.len(),
                             "audit lines lost at exit: the log stayed unwritable"
                         );
                         return;
