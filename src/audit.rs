@@ -118,8 +118,6 @@ struct Queue {
     closed: bool,
     /// The audit thread is waiting and must be woken.
     thread_idle: bool,
-    /// Lines no one waits for (lifecycle events) are queued: the audit thread writes them.
-    orphans: bool,
     /// Lines queued since the log was opened: a line's number is the count with it.
     queued: u64,
 }
@@ -176,7 +174,6 @@ impl Shared {
                 lines: Vec::with_capacity(64 * 1024),
                 closed: false,
                 thread_idle: false,
-                orphans: false,
                 queued: 0,
             }),
             chain: Mutex::new(chain),
@@ -210,7 +207,8 @@ impl Shared {
     }
 
     /// Queues `record`: its line's number, `Ok(None)` when the queue is full, `Err` when
-    /// the log has stopped. `wake`: the audit thread writes it (no one will wait for it).
+    /// the log has stopped. `wake`: no one will wait for it (a lifecycle event), so the
+    /// audit thread is told of it and writes it.
     fn push(&self, record: &Record<'_>, wake: bool) -> Result<Option<u64>, ()> {
         let mut queue = self.queue();
         if queue.closed {
@@ -224,7 +222,6 @@ impl Shared {
         queue.queued += 1;
         let line = queue.queued;
         if wake {
-            queue.orphans = true;
             self.wake_thread(queue);
         }
         Ok(Some(line))
@@ -243,7 +240,6 @@ impl Shared {
     fn take(&self, into: &mut Vec<u8>) -> u64 {
         let mut queue = self.queue();
         std::mem::swap(&mut queue.lines, into);
-        queue.orphans = false;
         queue.queued
     }
 
@@ -350,7 +346,7 @@ impl Drop for Handles {
 }
 
 /// A queued line, for [`Audit::written`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Line(u64);
 
 /// A handle to the audit log; cheap to clone.
@@ -542,8 +538,8 @@ const RETRIES_AT_EXIT: u32 = 40;
 const SYNC_EVERY: Duration = Duration::from_millis(5);
 
 /// The audit thread: fdatasyncs (on its own handle, `sync`, so that writers go on) within
-/// [`SYNC_EVERY`] of a write, writes the lines no one waits for (lifecycle events, and
-/// within about [`SYNC_EVERY`] those of requests cancelled before their write), retries
+/// [`SYNC_EVERY`] of a write, writes within about [`SYNC_EVERY`] the lines no one waits for
+/// (lifecycle events, and those of requests cancelled before their write), retries
 /// every [`RETRY`] while the disk refuses writes (read-only, full), and at the stop writes
 /// and syncs what is left.
 fn audit_thread(shared: &Shared, sync: &File) {
@@ -553,22 +549,17 @@ fn audit_thread(shared: &Shared, sync: &File) {
     let mut tried_at = Instant::now();
     let mut retries_at_exit = 0;
     loop {
-        // Wait for what is due: a sync, a retry, lines no one waits for, the stop.
+        // Wait for what is due: a retry, a sync, lines no one waits for, the stop.
         let closed = {
             let mut queue = shared.queue();
-            loop {
-                // Orphan lines wait for the retry while the disk refuses writes.
-                let healthy = shared.healthy.load(Ordering::Relaxed);
-                if queue.closed || (queue.orphans && healthy) {
-                    break;
-                }
-                let wait = if !healthy {
+            while !queue.closed {
+                let wait = if !shared.healthy.load(Ordering::Relaxed) {
                     Some(RETRY.saturating_sub(tried_at.elapsed()))
                 } else if shared.dirty.load(Ordering::Acquire) {
                     Some(SYNC_EVERY.saturating_sub(synced_at.elapsed()))
                 } else if !queue.lines.is_empty() {
-                    // Lines whose task gave up before writing them (a request cancelled
-                    // between queuing and waiting): written if still there by then.
+                    // Lines still there by then have no task to write them (lifecycle
+                    // events, cancelled requests).
                     Some(SYNC_EVERY)
                 } else {
                     None

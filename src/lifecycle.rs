@@ -696,9 +696,9 @@ impl Engine {
         order.sort_unstable_by_key(|(at, _)| *at);
         let split = order.partition_point(|(at, _)| *at <= since);
         let mut before = split.checked_sub(1).map(|i| order[i].1);
+        let kid = |k: &KeyRecord| k.kid.clone().unwrap_or_default();
         let mut events = Vec::new();
         for &(at, key) in &order[split..] {
-            let kid = |k: &KeyRecord| k.kid.clone().unwrap_or_default();
             events.push(Event {
                 kind: "activated",
                 kid: kid(key),

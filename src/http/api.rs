@@ -301,16 +301,15 @@ fn active_key<'a>(
     })
 }
 
-/// The backend's signature over a prepared token, timed from `started`, and when it ended
-/// (a batch times its next signature from there: one clock reading per signature).
+/// The backend's signature over a prepared token.
 async fn signature(
     state: &AppState,
     keyset: &KeySet,
     published: &Published,
     signer: &PublishedKey,
     prepared: &Prepared<'_>,
-    started: Instant,
-) -> (Result<Vec<u8>, ApiError>, Instant) {
+) -> Result<Vec<u8>, ApiError> {
+    let started = Instant::now();
     let result = keyset
         .backend
         .sign(
@@ -319,21 +318,15 @@ async fn signature(
             prepared.signing_input.as_bytes(),
         )
         .await;
-    let ended = Instant::now();
     state.metrics.observe_sign(
         keyset.name(),
         published.alg,
         result.is_ok(),
-        ended.saturating_duration_since(started),
+        started.elapsed(),
     );
-    let result = match result {
-        Ok(sig) => {
-            keyset.note_backend(true);
-            Ok(sig)
-        }
-        Err(e) => Err(backend_error(keyset, &e)),
-    };
-    (result, ended)
+    let sig = result.map_err(|e| backend_error(keyset, &e))?;
+    keyset.note_backend(true);
+    Ok(sig)
 }
 
 /// Queues a signed token's audit line, then returns the token and the line, which must be
@@ -418,10 +411,7 @@ async fn sign_one(
     let published = keyset.published();
     let signer = active_key(keyset, &published, now)?;
     let prepared = prepare(req, client, &keyset.config, now, &signer.kid, new_jti()?)?;
-    let sig = match signature(state, keyset, &published, signer, &prepared, Instant::now())
-        .await
-        .0
-    {
+    let sig = match signature(state, keyset, &published, signer, &prepared).await {
         Ok(sig) => sig,
         Err(e) => {
             // A key revoked meanwhile may be why the backend refused.
@@ -630,20 +620,15 @@ async fn sign_items(
                 Ok((prepared, Vec::new()))
             })
             .collect();
-        // Backend: the signatures, back to back, each timed from the end of the one before.
-        // An outage (503) fails the batch: no further calls.
-        let mut clock = Instant::now();
+        // Backend: the signatures, back to back. An outage (503) fails the batch: no
+        // further calls.
         for token in &mut tokens {
             let Ok((prepared, sig)) = token else { continue };
-            if clock.saturating_duration_since(slice) >= BATCH_SLICE {
+            if slice.elapsed() >= BATCH_SLICE {
                 tokio::task::yield_now().await;
                 slice = Instant::now();
-                clock = slice;
             }
-            let (result, ended) =
-                signature(state, keyset, &published, signer, prepared, clock).await;
-            clock = ended;
-            match result {
+            match signature(state, keyset, &published, signer, prepared).await {
                 Ok(s) => *sig = s,
                 Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
                     // A key revoked meanwhile may be why the backend refused.
@@ -1090,23 +1075,17 @@ mod tests {
     /// its error; a 503 fails the batch; an item left without a result lets no token out.
     #[tokio::test]
     async fn batch_response_keeps_order_and_errors() {
-        let refused = ApiError::forbidden("claim_not_allowed", "no \"x\"");
-        let mut a = Written::default();
-        let mut b = Written::default();
-        b.push(1, Err(refused)).unwrap();
-        a.push(0, Ok(signed("t.1.s", "k", "j1"))).unwrap();
-        a.push(2, Ok(signed("t.2.s", "k", "j2"))).unwrap();
-        let down = b.push(3, Err(ApiError::unavailable(5))).unwrap_err();
-        assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(batch_response(4, &[a, b]).is_none(), "item 3 has no result");
-
         let mut a = Written::default();
         let mut b = Written::default();
         b.push(1, Err(ApiError::forbidden("claim_not_allowed", "no \"x\"")))
             .unwrap();
         a.push(0, Ok(signed("t.1.s", "k", "j1"))).unwrap();
         a.push(2, Ok(signed("t.2.s", "k", "j2"))).unwrap();
-        let response = batch_response(3, &[a, b]).unwrap();
+        let down = b.push(3, Err(ApiError::unavailable(5))).unwrap_err();
+        assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
+        let tasks = [a, b];
+        assert!(batch_response(4, &tasks).is_none(), "item 3 has no result");
+        let response = batch_response(3, &tasks).unwrap();
         let body = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .unwrap();

@@ -227,6 +227,20 @@ pub async fn admin(
     (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }
 
+/// The admin view of `keyset` (`GET /v1/keysets/{keyset}`).
+#[allow(dead_code)]
+pub async fn keyset_view(d: &Daemon, token: &str, keyset: &str) -> serde_json::Value {
+    let (status, view) = admin(
+        d,
+        token,
+        reqwest::Method::GET,
+        &format!("/v1/keysets/{keyset}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{view}");
+    view
+}
+
 /// An admin rotation of `keyset`; returns (status, body).
 pub async fn rotate(d: &Daemon, token: &str, keyset: &str) -> (u16, serde_json::Value) {
     admin(
