@@ -228,7 +228,6 @@ pub async fn admin(
 }
 
 /// The admin view of `keyset` (`GET /v1/keysets/{keyset}`).
-#[allow(dead_code)]
 pub async fn keyset_view(d: &Daemon, token: &str, keyset: &str) -> serde_json::Value {
     let (status, view) = admin(
         d,

@@ -77,21 +77,9 @@ pub(crate) fn audit_log(d: &Daemon) -> PathBuf {
     d.config_path.parent().unwrap().join("data/audit.log")
 }
 
-async fn admin_view(d: &Daemon, token: &str, keyset: &str) -> Value {
-    let (status, view) = admin(
-        d,
-        token,
-        reqwest::Method::GET,
-        &format!("/v1/keysets/{keyset}"),
-    )
-    .await;
-    assert_eq!(status, 200, "{view}");
-    view
-}
-
 /// Keys in state `active` in a replica's view of `keyset` (invariant I1: exactly one).
 pub(crate) async fn active_kids(d: &Daemon, token: &str, keyset: &str) -> Vec<String> {
-    admin_view(d, token, keyset).await["keys"]
+    keyset_view(d, token, keyset).await["keys"]
         .as_array()
         .unwrap()
         .iter()
