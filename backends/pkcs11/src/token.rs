@@ -3,8 +3,9 @@
 //!
 //! Every call takes one of `max_sessions` permits, then a session from the pool (opening
 //! and logging in a new one when none is idle), and runs on a blocking thread: an HSM
-//! call is a device or network round trip. A failed call is retried once after the
-//! matching repair:
+//! call is a device or network round trip. A failed call is retried after the matching
+//! repair, each repair at most once per call (a reset needs two: new sessions, then the
+//! keys looked up again):
 //!
 //! | the module says                                        | repair                          |
 //! |--------------------------------------------------------|---------------------------------|
@@ -352,10 +353,10 @@ impl Token {
         }
     }
 
-    /// Runs `op` with a session, repairing and retrying once (see the module docs).
+    /// Runs `op` with a session, repairing and retrying (see the module docs).
     fn run<T>(&self, op: &mut dyn FnMut(&Ctx<'_>) -> Result<T, Error>) -> Result<T, BackendError> {
         let mut login = false;
-        let mut retried = false;
+        let mut done = Vec::new();
         loop {
             let entered = self.module.enter();
             let generation = entered.generation();
@@ -377,10 +378,10 @@ impl Token {
                 Err(failure) => failure,
             };
             let repair = repair(&failure);
-            if retried || repair == Repair::Nothing {
+            if repair == Repair::Nothing || done.contains(&repair) {
                 return Err(self.error(failure));
             }
-            retried = true;
+            done.push(repair);
             match repair {
                 Repair::Login => login = true,
                 Repair::Reopen => self.pool().idle.clear(),
