@@ -163,6 +163,22 @@ pub enum BackendConfig {
         /// Create the state table if it is missing; default false.
         create_state_table: Option<bool>,
     },
+    /// Keys in a PKCS#11 token (an HSM); lifecycle state in a local directory.
+    Pkcs11 {
+        /// The PKCS#11 module: the vendor's shared library.
+        module: PathBuf,
+        /// The token's label (or `slot`).
+        token_label: Option<String>,
+        /// The token's slot id (or `token_label`).
+        slot: Option<u64>,
+        /// File holding the user PIN (0600, or a systemd credential).
+        pin_file: PathBuf,
+        /// The most sessions open at once; default 4.
+        max_sessions: Option<usize>,
+        /// Lifecycle state directory; default `<data_dir>/pkcs11/<token_label>` (or
+        /// `slot-<slot>`).
+        state_dir: Option<PathBuf>,
+    },
     /// A backend compiled into a custom build and registered with
     /// [`crate::app::run_with_backends`] under this name (see examples/custom_backend.rs).
     Custom {
@@ -172,16 +188,32 @@ pub enum BackendConfig {
 }
 
 impl BackendConfig {
-    /// "file", "vault", "kms" or "custom".
+    /// "file", "vault", "kms", "pkcs11" or "custom".
     pub fn kind(&self) -> &'static str {
         match self {
             BackendConfig::File { .. } => "file",
             BackendConfig::Vault { .. } => "vault",
             BackendConfig::Kms { .. } => "kms",
+            BackendConfig::Pkcs11 { .. } => "pkcs11",
             BackendConfig::Custom { .. } => "custom",
         }
     }
+
+    /// Whether replicas may share the key sets on this backend (their state lives in it),
+    /// so that each learns of the others' writes by polling. The file and pkcs11 backends
+    /// keep their state on the host.
+    pub fn shared(&self) -> bool {
+        !matches!(
+            self,
+            BackendConfig::File { .. } | BackendConfig::Pkcs11 { .. }
+        )
+    }
 }
+
+/// Sessions a pkcs11 backend opens at most, unless `max_sessions` says otherwise: small
+/// HSMs allow few (a YubiHSM 2 has 16 for all its clients), and a few sessions already
+/// keep a token busy.
+pub const DEFAULT_PKCS11_SESSIONS: usize = 4;
 
 impl Default for BackendConfig {
     fn default() -> Self {
@@ -741,7 +773,7 @@ impl RawKeySet {
         };
         // Replicas sharing a Vault or KMS backend learn of each other's writes by polling;
         // the poll interval is added to the publish lead and the retention.
-        let shared = !matches!(self.backend, BackendConfig::File { .. });
+        let shared = self.backend.shared();
         let timing = Timing::new(
             secs(self.max_token_ttl),
             secs(self.jwks_max_age),
@@ -766,6 +798,46 @@ impl RawKeySet {
                          approle_secret_id_file (one of the two, not both)"
                     )))
                 }
+            }
+        }
+        if let BackendConfig::Pkcs11 {
+            token_label,
+            slot,
+            max_sessions,
+            state_dir,
+            ..
+        } = &self.backend
+        {
+            match (token_label, slot) {
+                (Some(label), None) => {
+                    // PKCS#11 labels are at most 32 bytes.
+                    if label.is_empty() || label.len() > 32 {
+                        return Err(invalid(format!(
+                            "{ctx}: token_label must be 1 to 32 bytes, as PKCS#11 labels are"
+                        )));
+                    }
+                    let plain = label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+                        && !label.starts_with('.');
+                    if state_dir.is_none() && !plain {
+                        return Err(invalid(format!(
+                            "{ctx}: token_label {label:?} cannot name the default state \
+                             directory; set state_dir (e.g. \"/var/lib/keyturn/pkcs11\")"
+                        )));
+                    }
+                }
+                (None, Some(_)) => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "{ctx}: the pkcs11 backend needs token_label or slot (one of the two)"
+                    )))
+                }
+            }
+            if matches!(max_sessions, Some(n) if !(1..=1024).contains(n)) {
+                return Err(invalid(format!(
+                    "{ctx}: max_sessions must be 1 to 1024 (default {DEFAULT_PKCS11_SESSIONS})"
+                )));
             }
         }
         if let BackendConfig::Kms {

@@ -166,16 +166,19 @@ impl Pkcs11Backend {
     }
 }
 
-/// The objects of `class` labelled for `name`; private ones are only visible once logged
-/// in, so an empty answer is checked against the login.
+/// The objects of `class` labelled for `name`. Private ones are only visible once logged
+/// in, so an empty answer is checked against the login, and against the token's presence.
 fn find(
     ctx: &token::Ctx<'_>,
     class: ObjectClass,
     name: &str,
 ) -> Result<Vec<cryptoki::object::ObjectHandle>, Error> {
-    let found = keys::find(ctx.session, class, name)?;
+    let mut found = keys::find(ctx.session, class, name)?;
     if found.is_empty() && class == ObjectClass::PRIVATE_KEY && ctx.ensure_login()? {
-        return keys::find(ctx.session, class, name);
+        found = keys::find(ctx.session, class, name)?;
+    }
+    if found.is_empty() {
+        ctx.confirm_token()?;
     }
     Ok(found)
 }
@@ -253,12 +256,12 @@ impl KeyBackend for Pkcs11Backend {
         let owned = name.to_owned();
         let public = self
             .token
-            .call(move |ctx| {
-                match keys::find(ctx.session, ObjectClass::PUBLIC_KEY, &owned)?.first() {
+            .call(
+                move |ctx| match find(ctx, ObjectClass::PUBLIC_KEY, &owned)?.first() {
                     Some(handle) => keys::read_public(ctx.session, *handle).map(Some),
                     None => Ok(None),
-                }
-            })
+                },
+            )
             .await?
             .ok_or_else(|| BackendError::NotFound(name.to_owned()))??;
         self.cache(name, Some(public.clone()));

@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 /// Re-initializations of one module are at least this far apart: a network HSM's client
-/// may take seconds to connect, and every call waits while it does.
+/// may take seconds to connect, and every call waits while it does. (A module that forgets
+/// the token until it is initialized again needs them; SoftHSM finds a token that came
+/// back by itself.)
 pub(crate) const REINIT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The modules loaded in this process.
@@ -28,7 +30,7 @@ pub(crate) struct Module {
     // The number of the current initialization: sessions and object handles of an
     // earlier one are void. Read-held by every call into the module.
     gate: RwLock<u64>,
-    last_init: Mutex<Instant>,
+    last_reinit: Mutex<Option<Instant>>,
 }
 
 /// Inside the module: its context and the initialization the calls belong to.
@@ -75,7 +77,7 @@ impl Module {
             path: path.to_path_buf(),
             ctx,
             gate: RwLock::new(0),
-            last_init: Mutex::new(Instant::now()),
+            last_reinit: Mutex::new(None),
         });
         modules.push(module.clone());
         Ok(module)
@@ -102,13 +104,13 @@ impl Module {
             return Ok(true);
         }
         let mut last = self
-            .last_init
+            .last_reinit
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if last.elapsed() < REINIT_INTERVAL {
+        if last.is_some_and(|at| at.elapsed() < REINIT_INTERVAL) {
             return Ok(false);
         }
-        *last = Instant::now();
+        *last = Some(Instant::now());
         tracing::info!(module = %self.path.display(), "re-initializing the PKCS#11 module");
         // Finalizing fails when the module is already finalized or never saw the device
         // again; initializing is what matters.

@@ -220,6 +220,7 @@ pub(crate) struct Ctx<'a> {
     /// The session.
     pub(crate) session: &'a Session,
     token: &'a Token,
+    entered: &'a Entered<'a>,
     generation: u64,
 }
 
@@ -240,6 +241,22 @@ impl Ctx<'_> {
                 Some(h) => pool.handles.insert(name.to_owned(), h),
                 None => pool.handles.remove(name),
             };
+        }
+    }
+
+    /// Fails (with an error whose repair is to re-initialize the module) unless the
+    /// session's slot still holds the token: some modules answer for a token that went
+    /// away as if its objects did not exist, so an object that is not found is only
+    /// believed missing once this passes.
+    pub(crate) fn confirm_token(&self) -> Result<(), Error> {
+        let slot = self.session.get_session_info()?.slot_id();
+        let info = self.entered.ctx.get_token_info(slot)?;
+        match &self.token.selector {
+            TokenSelector::Label(label) if info.label() != label => Err(Error::Pkcs11(
+                RvError::TokenNotRecognized,
+                cryptoki::context::Function::GetTokenInfo,
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -364,6 +381,7 @@ impl Token {
                 let ctx = Ctx {
                     session: &session,
                     token: self,
+                    entered: &entered,
                     generation,
                 };
                 let result = op(&ctx).map_err(Failure::from);

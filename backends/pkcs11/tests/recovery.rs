@@ -1,9 +1,10 @@
-//! The pkcs11 backend recovers from a logged-out application and from a module reset
-//! without help. One test in its own process: both repairs act on the whole process.
+//! The pkcs11 backend recovers without help from a logged-out application, a module reset
+//! and a finalized module. One test in its own process: each acts on the whole process.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error, RvError};
 use keyturn_backend::testserver::softhsm::{self, SoftHsm};
 use keyturn_backend::{Algorithm, KeyBackend, KeyType};
 use keyturn_backend_pkcs11::{Pkcs11Backend, Pkcs11Config, TokenSelector};
@@ -40,11 +41,15 @@ async fn recovers_from_logout_and_module_reset() {
     // the application, so every session of the backend is logged out with it, and its
     // handles to private objects become void (PKCS#11 2.40, C_Logout).
     let other = Pkcs11::new(&hsm.module).unwrap();
-    other
-        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .err()
-        .filter(|e| !e.to_string().contains("already"))
-        .map(|e| panic!("{e}"));
+    // Already initialized by the backend: the two share the module's state.
+    let already = other.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+    assert!(
+        matches!(
+            already,
+            Err(Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _))
+        ),
+        "{already:?}"
+    );
     let slot = other.get_slots_with_token().unwrap()[0];
     let session = other.open_ro_session(slot).unwrap();
     session.logout().unwrap();
@@ -66,4 +71,10 @@ async fn recovers_from_logout_and_module_reset() {
         .expect("signing after a reset opens new sessions");
     assert!(public.jwk().verify(Algorithm::ES256, MESSAGE, &sig));
     backend.health().await.unwrap();
+
+    // The module is finalized under the backend and left so (CKR_CRYPTOKI_NOT_INITIALIZED):
+    // the backend initializes it again.
+    other.finalize().unwrap();
+    let sig = sign().await.expect("signing initializes the module again");
+    assert!(public.jwk().verify(Algorithm::ES256, MESSAGE, &sig));
 }
