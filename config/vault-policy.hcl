@@ -26,6 +26,16 @@ path "transit/sign/+" {
   capabilities = ["update"]
 }
 
+# Authenticate lifecycle documents: HMAC with the transit key keyturn-state-mac (created by
+# keyturn on first use through transit/keys/+ above). Whoever may write the KV path below
+# but not this key cannot make a document keyturn acts on.
+path "transit/hmac/keyturn-state-mac" {
+  capabilities = ["update"]
+}
+path "transit/hmac/keyturn-state-mac/*" {
+  capabilities = ["update"]
+}
+
 # Lifecycle documents of the key sets, written with check-and-set.
 path "secret/data/keyturn/*" {
   capabilities = ["create", "read", "update"]

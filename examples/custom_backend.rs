@@ -16,6 +16,9 @@ struct Ephemeral {
     // keyset -> (version, document); mirrored to `state_file` on every write.
     states: Mutex<BTreeMap<String, (u64, String)>>,
     state_file: PathBuf,
+    // Authenticates the lifecycle documents. Like the keys, it lives only as long as the
+    // process; a real backend keeps it where it keeps its keys.
+    mac_key: aws_lc_rs::hmac::Key,
 }
 
 impl Ephemeral {
@@ -23,10 +26,16 @@ impl Ephemeral {
         let bytes = std::fs::read(&state_file).unwrap_or_else(|_| b"{}".to_vec());
         let states =
             serde_json::from_slice(&bytes).map_err(|e| BackendError::storage("bad state", e))?;
+        let mac_key = aws_lc_rs::hmac::Key::generate(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            &aws_lc_rs::rand::SystemRandom::new(),
+        )
+        .map_err(|_| BackendError::Rejected("no randomness for the MAC key".into()))?;
         Ok(Ephemeral {
             keys: Mutex::default(),
             states: Mutex::new(states),
             state_file,
+            mac_key,
         })
     }
 
@@ -89,6 +98,10 @@ impl KeyBackend for Ephemeral {
             .filter(|k| k.starts_with(prefix))
             .cloned()
             .collect())
+    }
+
+    async fn state_mac(&self, keyset: &str, data: &[u8]) -> Result<Vec<u8>, BackendError> {
+        Ok(keyturn_backend::hmac_state(&self.mac_key, keyset, data))
     }
 
     async fn load_state(&self, keyset: &str) -> Result<Option<StateBlob>, BackendError> {

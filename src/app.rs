@@ -6,7 +6,7 @@ use crate::backends::Factory;
 use crate::clock::Clock;
 use crate::config::{ClientConfig, Config};
 use crate::http::serve::{serve_tcp, serve_unix, Limits};
-use crate::keyset::KeySet;
+use crate::keyset::{KeySet, Past};
 use crate::ledger::{Identity, Ledger};
 use crate::metrics::Metrics;
 use anyhow::{bail, Context};
@@ -99,10 +99,8 @@ async fn open_keysets(
             .and_then(|r| r.get(&ks.name))
             .filter(|e| e.config == *ks)
         {
-            if !existing.keys_usable() {
-                // Restored since? (A backend that does not answer leaves it as it is.)
-                let _ = existing.recheck_keys(clock.now()).await;
-            }
+            // Restored since? (A backend that does not answer leaves it as it is.)
+            let _ = existing.recheck(clock.now()).await;
             list.push(existing.clone());
             continue;
         }
@@ -137,10 +135,18 @@ async fn open_keysets(
             Some(running) => running.get(&ks.name).and_then(|k| k.synced_at()),
             None => audit.last_ts(),
         };
+        let past = match (reuse.and_then(|r| r.get(&ks.name)), remembered) {
+            (Some(running), _) => running.past(),
+            (None, Some((entry, _))) => Past {
+                retention: entry.retention,
+                sealed: entry.sealed,
+            },
+            (None, None) => Past::default(),
+        };
         let mut delay = Duration::from_millis(250);
         let keyset = loop {
             let attempt = async {
-                let keyset = KeySet::open(ks.clone(), backend.clone()).await?;
+                let keyset = KeySet::open(ks.clone(), backend.clone(), past).await?;
                 if let Some(at) = audited {
                     keyset.audited_until(at).await;
                 }
@@ -581,7 +587,7 @@ mod tests {
             .unwrap()
             .keysets[0]
             .clone();
-        let keyset = KeySet::open(config.clone(), Arc::new(Rigged::default()))
+        let keyset = KeySet::open(config.clone(), Arc::new(Rigged::default()), Past::default())
             .await
             .unwrap();
         keyset.tick(1_700_000_000).await.unwrap();

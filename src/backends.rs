@@ -439,6 +439,10 @@ impl KeyBackend for Metered {
     async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
         self.timed("list_keys", self.inner.list_keys(prefix)).await
     }
+    async fn state_mac(&self, keyset: &str, data: &[u8]) -> Result<Vec<u8>, BackendError> {
+        self.timed("state_mac", self.inner.state_mac(keyset, data))
+            .await
+    }
     async fn load_state(&self, keyset: &str) -> Result<Option<StateBlob>, BackendError> {
         self.timed("load_state", self.inner.load_state(keyset))
             .await

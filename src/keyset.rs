@@ -55,6 +55,16 @@ impl Unsigned {
     }
 }
 
+/// What is known of a key set from before it is opened: from the running key set a reload
+/// replaces, or from the last run (the ledger).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Past {
+    /// The longest retention its settings had (seconds; 0: none known).
+    pub retention: i64,
+    /// Whether its document was stored sealed: one without a MAC is then refused.
+    pub sealed: bool,
+}
+
 /// A key set in the daemon.
 pub struct KeySet {
     /// Its configuration.
@@ -75,6 +85,8 @@ pub struct KeySet {
     retention_floor: AtomicI64,
     // When a tick last read the shared state (backends shared by replicas only).
     synced_at: AtomicI64,
+    // Whether its document is stored sealed (see `Engine::is_sealed`).
+    sealed: AtomicBool,
     wake: Notify,
     // Cancelled when a reload replaces or drops this key set.
     stopped: CancellationToken,
@@ -85,15 +97,20 @@ impl KeySet {
     pub async fn open(
         config: KeySetConfig,
         backend: Arc<dyn KeyBackend>,
+        past: Past,
     ) -> Result<Arc<Self>, LifecycleError> {
-        let mut engine = Engine::load(
+        let mut engine = Engine::new(
             &config.name,
             config.timing,
             config.schedule.clone(),
             config.key_type,
             backend.clone(),
-        )
-        .await?;
+        );
+        engine.raise_retention_cap(past.retention);
+        engine.reload().await?;
+        if past.sealed {
+            engine.require_sealed()?;
+        }
         if let Some(k) = engine
             .doc()
             .published()
@@ -109,6 +126,7 @@ impl KeySet {
             &config,
             engine.doc().clone(),
         )));
+        let sealed = AtomicBool::new(engine.is_sealed());
         let (view, view_config) = (published.clone(), config.clone());
         engine.on_change(Box::new(move |doc| {
             view.store(Arc::new(Published::build(&view_config, doc.clone())));
@@ -121,8 +139,9 @@ impl KeySet {
             backend_ok: AtomicBool::new(false),
             keys_ok: AtomicBool::new(true),
             unsigned_since: AtomicI64::new(i64::MAX),
-            retention_floor: AtomicI64::new(0),
+            retention_floor: AtomicI64::new(past.retention),
             synced_at: AtomicI64::new(i64::MIN),
+            sealed,
             wake: Notify::new(),
             stopped: CancellationToken::new(),
         }))
@@ -144,6 +163,20 @@ impl KeySet {
     /// Re-reads the state and publishes what it holds.
     pub async fn refresh(&self) -> Result<(), LifecycleError> {
         self.engine.lock().await.reload().await.map(drop)
+    }
+
+    /// At a reload that keeps it: checks its withheld records against the backend again
+    /// (their keys may have been restored) and its keys' usability.
+    pub async fn recheck(&self, now: i64) -> Result<(), LifecycleError> {
+        if self.published().doc.withheld().next().is_some() {
+            let mut engine = self.engine.lock().await;
+            engine.forget_unheld();
+            engine.reload().await?;
+        }
+        if !self.keys_usable() {
+            self.recheck_keys(now).await?;
+        }
+        Ok(())
     }
 
     /// The name.
@@ -169,14 +202,10 @@ impl KeySet {
         Arc::ptr_eq(&now, published) || now.by_kid.contains_key(kid)
     }
 
-    /// Whether it signs at `now` ([`Self::signer`]) and the backend's last answer was a
-    /// success.
+    /// Whether it signs at `now` ([`Self::signer`]), the backend's last answer was a
+    /// success and no record of its document is withheld.
     pub fn ready(&self, now: i64) -> bool {
-        self.backend_ok()
-            && matches!(
-                self.signer(&self.published(), now),
-                Ok(_) | Err(Unsigned::NoSigners)
-            )
+        self.not_ready_reason(now).is_none()
     }
 
     /// Whether this replica's view of the shared state is recent (always, on a backend no
@@ -205,7 +234,14 @@ impl KeySet {
         if !self.in_sync(now) {
             return Err(Unsigned::OutOfSync);
         }
-        let signer = published.signer(now).ok_or(Unsigned::NoActiveKey)?;
+        let signer = published.signer(now).ok_or_else(|| {
+            // A withheld record may be the one that would sign: an operator must act.
+            if published.doc.withheld().next().is_some() {
+                Unsigned::KeysUnusable
+            } else {
+                Unsigned::NoActiveKey
+            }
+        })?;
         // A replica with a shorter max_token_ttl wrote the key and this one has not yet
         // recorded its longer retention (its tick does that first, before signing; the write
         // failed or is under way): its tokens could outlive the key in the JWKS.
@@ -282,6 +318,7 @@ impl KeySet {
             engine.tick(now).await
         }
         .await;
+        self.sealed.store(engine.is_sealed(), Ordering::Relaxed);
         match &result {
             Ok(_) => {
                 self.synced_at.fetch_max(now, Ordering::Relaxed);
@@ -293,7 +330,8 @@ impl KeySet {
             Err(
                 LifecycleError::Backend(_)
                 | LifecycleError::Contention(_)
-                | LifecycleError::Replaced { .. },
+                | LifecycleError::Replaced { .. }
+                | LifecycleError::Unauthentic { .. },
             ) => self.note_backend(false),
             Err(_) => {}
         }
@@ -343,12 +381,43 @@ impl KeySet {
     }
 
     /// Takes over what the ledger remembered of it from the last run (as [`Self::inherit`]
-    /// does across a reload).
+    /// does across a reload; its retention and sealing came with [`Past`]).
     pub fn remember(&self, entry: &crate::ledger::Entry) {
-        self.retention_floor
-            .fetch_max(entry.retention, Ordering::Relaxed);
         self.unsigned_since
             .store(entry.unsigned_since.unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    /// What a successor opened at a reload must know of it.
+    pub fn past(&self) -> Past {
+        Past {
+            retention: self.retention(),
+            sealed: self.sealed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether its document is stored sealed with the backend's MAC.
+    pub fn sealed(&self) -> bool {
+        self.sealed.load(Ordering::Relaxed)
+    }
+
+    /// Why it is not ready at `now`, if it is not.
+    pub fn not_ready_reason(&self, now: i64) -> Option<String> {
+        let published = self.published();
+        if let Some((k, why)) = published.doc.withheld().next() {
+            let kid = k.kid.as_deref().unwrap_or(&k.name);
+            return Some(format!(
+                "key {kid} of its lifecycle document is withheld: {why}; restore the backend's \
+                 key and reload, or revoke the key (keyturn revoke {} {kid})",
+                self.name()
+            ));
+        }
+        if !self.backend_ok() {
+            return Some("its backend's last answer was an error (see the log)".into());
+        }
+        match self.signer(&published, now) {
+            Ok(_) | Err(Unsigned::NoSigners) => None,
+            Err(why) => Some(why.message().to_owned()),
+        }
     }
 
     /// Since when no client may sign with it; None while one may.
@@ -504,7 +573,7 @@ mod tests {
     async fn opened(toml: &str) -> (Config, Arc<KeySet>, Arc<Rigged>) {
         let config = Config::parse(toml, Env::default()).unwrap();
         let backend = Arc::new(Rigged::default());
-        let keyset = KeySet::open(config.keysets[0].clone(), backend.clone())
+        let keyset = KeySet::open(config.keysets[0].clone(), backend.clone(), Past::default())
             .await
             .unwrap();
         (config, keyset, backend)
@@ -540,7 +609,7 @@ mod tests {
         // The revoke is written; the next key is being made.
         backend.waiting.acquire().await.unwrap().forget();
         let blob = backend.inner.load_state("default").await.unwrap().unwrap();
-        let stored = crate::lifecycle::KeySetDoc::from_bytes(&blob.data).unwrap();
+        let stored = crate::lifecycle::stored_doc(&blob.data);
         assert!(stored.published().all(|k| k.kid.as_ref() != Some(&active)));
         let now = keyset.published();
         assert!(!now.by_kid.contains_key(&active));
@@ -561,7 +630,7 @@ mod tests {
         let (config, old, backend) = opened(crate::testing::KEYSET).await;
         let t0 = 1_700_000_000;
         old.tick(t0).await.unwrap();
-        let successor = KeySet::open(config.keysets[0].clone(), backend.clone())
+        let successor = KeySet::open(config.keysets[0].clone(), backend.clone(), Past::default())
             .await
             .unwrap();
         let active = old.signer(&old.published(), t0).unwrap().kid.clone();
@@ -603,7 +672,9 @@ mod tests {
             shared: true,
             ..Default::default()
         });
-        let keyset = KeySet::open(config, backend.clone()).await.unwrap();
+        let keyset = KeySet::open(config, backend.clone(), Past::default())
+            .await
+            .unwrap();
         let t0 = 1_700_000_000;
         keyset.tick(t0).await.unwrap();
         // Stale beyond the delay: a 30 s window, one read (15 s) and two seconds of rounding.
@@ -682,18 +753,23 @@ mod tests {
             ..Default::default()
         });
         let long = shared_config(Timing::new(24 * 3600, 300, 60, true));
-        let keyset = KeySet::open(long.clone(), backend.clone()).await.unwrap();
+        let keyset = KeySet::open(long.clone(), backend.clone(), Past::default())
+            .await
+            .unwrap();
         let t0 = 1_700_000_000;
         keyset.tick(t0).await.unwrap();
         assert!(keyset.signer(&keyset.published(), t0).is_ok());
         // Another replica, with max_token_ttl 10m, records 10m-and-change with every key.
         let blob = backend.load_state("default").await.unwrap().unwrap();
-        let mut doc = crate::lifecycle::KeySetDoc::from_bytes(&blob.data).unwrap();
+        let mut doc = crate::lifecycle::stored_doc(&blob.data);
         let short = Timing::new(600, 300, 60, true).retention();
         for k in &mut doc.keys {
             k.retain = Some(short);
         }
         let bytes = serde_json::to_vec(&doc).unwrap();
+        let bytes = crate::lifecycle::seal(&*backend, "default", &bytes)
+            .await
+            .unwrap();
         backend
             .store_state("default", &bytes, Some(blob.version))
             .await
@@ -711,7 +787,7 @@ mod tests {
         keyset.tick(t0 + 20).await.unwrap();
         assert!(keyset.signer(&keyset.published(), t0 + 20).is_ok());
         let stored = backend.load_state("default").await.unwrap().unwrap();
-        let doc = crate::lifecycle::KeySetDoc::from_bytes(&stored.data).unwrap();
+        let doc = crate::lifecycle::stored_doc(&stored.data);
         assert!(doc
             .keys
             .iter()

@@ -34,6 +34,10 @@ pub struct Entry {
     pub unsigned_since: Option<i64>,
     /// The longest retention its settings had (seconds).
     pub retention: i64,
+    /// Whether its document was stored sealed with the backend's MAC: the next start
+    /// refuses one without (a stripped MAC is no downgrade).
+    #[serde(default)]
+    pub sealed: bool,
 }
 
 /// What tells a key set's state from another's, or from an older copy of itself.
@@ -108,6 +112,7 @@ impl Ledger {
                             identity: Identity::of(&k.published())?,
                             unsigned_since: k.unsigned_since_under(config, now),
                             retention: k.retention(),
+                            sealed: k.sealed(),
                         },
                     ))
                 })
@@ -181,6 +186,7 @@ mod tests {
             },
             unsigned_since,
             retention: 960,
+            sealed: true,
         }
     }
 

@@ -15,6 +15,12 @@
 //!   (idempotent by name), then published with its public key;
 //! - removal is recorded before the backend key is destroyed;
 //! - activation is a time written in advance, never a separate write.
+//!
+//! Whoever can write the state store (the data directory, the KV path, the DynamoDB table)
+//! is not trusted with the JWKS. Every document is stored with a MAC under a key only the
+//! backend holds ([`KeyBackend::state_mac`]), and every published record is checked against
+//! the key the backend holds under its name before it is published or signs: a record that
+//! fails is withheld ([`KeyRecord::withheld`]) and the engine takes no step while one is.
 
 use crate::config::Schedule;
 use crate::timing::Timing;
@@ -22,14 +28,79 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use keyturn_backend::{BackendError, KeyBackend, KeyType, PublicKey};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// How many ended (removed or revoked, and destroyed) records a document keeps, for
 /// `status` and audits; older ones are dropped so the document stays bounded.
 const ENDED_HISTORY: usize = 16;
 
-/// The newest document format this build acts on (see [`KeySetDoc::min_reader`]).
-pub const FORMAT: u32 = 1;
+/// The newest document format this build acts on (see [`KeySetDoc::min_reader`]). Format
+/// 2 stores documents sealed with a MAC ([`Sealed`]).
+pub const FORMAT: u32 = 2;
+
+/// A document as stored: its JSON text and the backend's MAC of it. The MAC covers the text
+/// exactly as written, so readers of any version check the same bytes.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sealed {
+    /// [`FORMAT`] 2: a keyturn from before sealing refuses the document (rather than reading
+    /// an empty one in it).
+    min_reader: u32,
+    /// The [`KeySetDoc`], as JSON text.
+    document: String,
+    /// The backend's [`KeyBackend::state_mac`] of `document`, base64.
+    mac: String,
+}
+
+/// What a stored state holds: a sealed document, or one written before sealing.
+struct Stored {
+    min_reader: u32,
+    document: Vec<u8>,
+    mac: Option<Vec<u8>>,
+}
+
+impl Stored {
+    fn parse(bytes: &[u8]) -> Result<Stored, String> {
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if value.get("document").is_none() {
+            return Ok(Stored {
+                min_reader: 0,
+                document: bytes.to_vec(),
+                mac: None,
+            });
+        }
+        let sealed: Sealed = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        let mac = B64
+            .decode(&sealed.mac)
+            .map_err(|_| "its MAC is not base64".to_owned())?;
+        Ok(Stored {
+            min_reader: sealed.min_reader,
+            document: sealed.document.into_bytes(),
+            mac: Some(mac),
+        })
+    }
+}
+
+/// `document` (a [`KeySetDoc`]'s JSON) sealed with `backend`'s MAC, as it is stored.
+pub async fn seal(
+    backend: &dyn KeyBackend,
+    keyset: &str,
+    document: &[u8],
+) -> Result<Vec<u8>, LifecycleError> {
+    let corrupt = |message: String| LifecycleError::Corrupt {
+        keyset: keyset.to_owned(),
+        message,
+    };
+    let mac = backend.state_mac(keyset, document).await?;
+    let document = String::from_utf8(document.to_vec()).map_err(|e| corrupt(e.to_string()))?;
+    serde_json::to_vec(&Sealed {
+        min_reader: 2,
+        document,
+        mac: B64.encode(mac),
+    })
+    .map_err(|e| corrupt(e.to_string()))
+}
 
 /// The lifecycle document of one key set.
 ///
@@ -95,6 +166,10 @@ pub struct KeyRecord {
     /// restart or another replica runs a config with a shorter `max_token_ttl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retain: Option<i64>,
+    /// Why the record is withheld from the JWKS and from signing, if it is: the backend does
+    /// not hold its key, or holds another one under its name. Never stored.
+    #[serde(skip)]
+    pub withheld: Option<String>,
     /// Fields of a newer format, kept as read.
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
@@ -116,12 +191,15 @@ pub enum KeyState {
     Removed,
     /// Revoked: out of the JWKS at once.
     Revoked,
+    /// Recorded as published, but the backend does not hold its key (or holds another):
+    /// neither published nor signing until restored, or revoked.
+    Withheld,
 }
 
 impl KeyRecord {
-    /// Published and neither removed nor revoked: in the JWKS.
+    /// Published, neither removed nor revoked, and not withheld: in the JWKS.
     pub fn is_published(&self) -> bool {
-        self.published_at.is_some() && self.removed_at.is_none() && self.revoked_at.is_none()
+        self.published_at.is_some() && !self.is_ended() && self.withheld.is_none()
     }
 
     fn is_ended(&self) -> bool {
@@ -193,6 +271,8 @@ impl KeySetDoc {
             KeyState::Revoked
         } else if k.removed_at.is_some() {
             KeyState::Removed
+        } else if k.withheld.is_some() {
+            KeyState::Withheld
         } else if k.published_at.is_none() {
             KeyState::Creating
         } else if k.activate_at.is_none_or(|t| t > now) {
@@ -224,6 +304,13 @@ impl KeySetDoc {
                     Some(r) => r < retention && self.retired_at(i, now).is_none(),
                 }
         })
+    }
+
+    /// The records withheld from the JWKS, with the reason.
+    pub fn withheld(&self) -> impl Iterator<Item = (&KeyRecord, &str)> {
+        self.keys
+            .iter()
+            .filter_map(|k| Some((k, k.withheld.as_deref()?)))
     }
 
     /// The published keys, in document order.
@@ -287,7 +374,7 @@ pub fn plan(doc: &KeySetDoc, now: i64, timing: &Timing) -> Option<Step> {
     if let Some(k) = doc
         .keys
         .iter()
-        .find(|k| k.published_at.is_none() && !k.is_ended())
+        .find(|k| k.published_at.is_none() && !k.is_ended() && k.withheld.is_none())
     {
         return Some(Step::Publish(k.name.clone()));
     }
@@ -349,6 +436,19 @@ pub enum LifecycleError {
         keyset: String,
         /// The document's `min_reader`.
         min_reader: u32,
+    },
+    /// The stored document's MAC does not match, or it has none where one is required.
+    #[error(
+        "the stored lifecycle document of key set {keyset:?} fails its authentication \
+         ({how}): it was written outside keyturn, or under another key-encryption key, \
+         transit key or KMS key. Not acted on: the keys published until now stay served. \
+         Restore its latest state from a backup taken from keyturn's own backend"
+    )]
+    Unauthentic {
+        /// The key set.
+        keyset: String,
+        /// What is wrong.
+        how: &'static str,
     },
     /// The stored document does not parse.
     #[error("the stored lifecycle document of key set {keyset:?} is corrupt: {message}")]
@@ -430,6 +530,20 @@ pub struct Engine {
     // Before the first tick after a restart: the time of the audit log's last record. The
     // first tick reports the activations since then, which no running daemon saw.
     audited_until: Option<i64>,
+    // Whether a document must carry a valid MAC: from the first sealed one read or written
+    // on (a document from before sealing is accepted once, then rewritten sealed).
+    sealed: bool,
+    // The stored bytes last authenticated (read or written): a poll that finds them again
+    // needs no MAC call.
+    authenticated: Vec<u8>,
+    // What the backend holds under each key name checked so far: its public key, or why it
+    // cannot vouch for a record of that name. Key names are never reused.
+    held: HashMap<String, Result<PublicKey, String>>,
+    // The longest retention this key set was configured with (here, at a reload, or in the
+    // last run): no record is kept published longer after it retires.
+    retention_cap: i64,
+    // Kids (or names) of records withheld since the last tick: its events.
+    withheld_events: Vec<String>,
 }
 
 /// What an engine tells of each new document.
@@ -447,7 +561,20 @@ impl Engine {
         key_type: KeyType,
         backend: Arc<dyn KeyBackend>,
     ) -> Result<Self, LifecycleError> {
-        let mut engine = Engine {
+        let mut engine = Engine::new(keyset, timing, schedule, key_type, backend);
+        engine.reload().await?;
+        Ok(engine)
+    }
+
+    /// An engine that has read nothing yet: [`Self::reload`] reads the document.
+    pub fn new(
+        keyset: &str,
+        timing: Timing,
+        schedule: Schedule,
+        key_type: KeyType,
+        backend: Arc<dyn KeyBackend>,
+    ) -> Self {
+        Engine {
             keyset: keyset.to_owned(),
             timing,
             schedule,
@@ -459,9 +586,12 @@ impl Engine {
             on_change: None,
             seen_active: None,
             audited_until: None,
-        };
-        engine.reload().await?;
-        Ok(engine)
+            sealed: false,
+            authenticated: Vec::new(),
+            held: HashMap::new(),
+            retention_cap: timing.retention(),
+            withheld_events: Vec::new(),
+        }
     }
 
     /// Has `f` called with each document the engine writes or reads that differs from the
@@ -490,15 +620,12 @@ impl Engine {
     /// Re-reads the document; returns whether it changed.
     pub async fn reload(&mut self) -> Result<bool, LifecycleError> {
         let blob = self.backend.load_state(&self.keyset).await?;
-        let (mut doc, version) = match blob {
-            None => (KeySetDoc::default(), None),
-            Some(b) => (
-                KeySetDoc::from_bytes(&b.data).map_err(|e| LifecycleError::Corrupt {
-                    keyset: self.keyset.clone(),
-                    message: e.to_string(),
-                })?,
-                Some(b.version),
-            ),
+        let (mut doc, version, sealed) = match blob {
+            None => (KeySetDoc::default(), None, true),
+            Some(b) => {
+                let (doc, sealed) = self.authenticate(&b.data).await?;
+                (doc, Some(b.version), sealed)
+            }
         };
         if doc.min_reader > FORMAT {
             return Err(LifecycleError::TooNew {
@@ -518,6 +645,10 @@ impl Engine {
         if doc.history.is_none() {
             doc.history.clone_from(&self.doc.history);
         }
+        if !sealed {
+            self.cap_retention(&mut doc);
+        }
+        self.vouch(&mut doc).await?;
         let changed = doc != self.doc || version != self.version;
         let unknown = doc.unknown_fields();
         if changed && !unknown.is_empty() {
@@ -529,6 +660,156 @@ impl Engine {
             self.changed();
         }
         Ok(changed)
+    }
+
+    /// Checks the MAC of stored `bytes` and parses the document they hold, and tells whether
+    /// it was sealed. A document from before sealing is accepted until the first sealed one;
+    /// it is sealed at the next tick.
+    async fn authenticate(&mut self, bytes: &[u8]) -> Result<(KeySetDoc, bool), LifecycleError> {
+        let corrupt = |message: String| LifecycleError::Corrupt {
+            keyset: self.keyset.clone(),
+            message,
+        };
+        let stored = Stored::parse(bytes).map_err(corrupt)?;
+        if stored.min_reader > FORMAT {
+            return Err(LifecycleError::TooNew {
+                keyset: self.keyset.clone(),
+                min_reader: stored.min_reader,
+            });
+        }
+        let unauthentic = |how| LifecycleError::Unauthentic {
+            keyset: self.keyset.clone(),
+            how,
+        };
+        match &stored.mac {
+            Some(_) if self.authenticated == bytes => {}
+            Some(mac) => {
+                let expected = self
+                    .backend
+                    .state_mac(&self.keyset, &stored.document)
+                    .await?;
+                if aws_lc_rs::constant_time::verify_slices_are_equal(&expected, mac).is_err() {
+                    return Err(unauthentic("its MAC does not match"));
+                }
+                self.sealed = true;
+                self.authenticated = bytes.to_vec();
+            }
+            None if self.sealed => return Err(unauthentic("it has no MAC")),
+            None => {}
+        }
+        let doc = KeySetDoc::from_bytes(&stored.document).map_err(|e| corrupt(e.to_string()))?;
+        Ok((doc, stored.mac.is_some()))
+    }
+
+    /// Caps each recorded retention of a document that cannot prove keyturn wrote it (one
+    /// from before sealing) at the longest this key set was configured with here: its
+    /// writer may have lengthened them to keep old keys published. A sealed document's
+    /// retentions were written by replicas holding the backend's key, whose configs may
+    /// be longer than this one's.
+    fn cap_retention(&self, doc: &mut KeySetDoc) {
+        for k in &mut doc.keys {
+            if let Some(retain) = k.retain.filter(|r| *r > self.retention_cap) {
+                tracing::warn!(keyset = %self.keyset, key = %k.name, retain, cap = self.retention_cap, "a record of an unsealed lifecycle document keeps its key longer than this key set was ever configured to; capped");
+                k.retain = Some(self.retention_cap);
+            }
+        }
+    }
+
+    /// Whether the document last read was sealed (or none was stored yet).
+    pub fn is_sealed(&self) -> bool {
+        self.sealed || self.version.is_none()
+    }
+
+    /// Requires a sealed document from now on: the ledger remembers one from the last run.
+    /// Fails if the document read is not sealed (its MAC was stripped).
+    pub fn require_sealed(&mut self) -> Result<(), LifecycleError> {
+        if !self.is_sealed() {
+            return Err(LifecycleError::Unauthentic {
+                keyset: self.keyset.clone(),
+                how: "it has no MAC, and the last run stored it with one",
+            });
+        }
+        self.sealed = true;
+        Ok(())
+    }
+
+    /// Forgets what the backend did not hold: the next read checks those records again
+    /// (an operator restored their keys and reloaded).
+    pub fn forget_unheld(&mut self) {
+        self.held.retain(|_, held| held.is_ok());
+    }
+
+    /// Raises the longest retention this key set was configured with.
+    pub fn raise_retention_cap(&mut self, retention: i64) {
+        self.retention_cap = self.retention_cap.max(retention);
+    }
+
+    /// Checks every record `doc` may publish or sign with against the key the backend holds
+    /// under its name, withholding those it does not vouch for.
+    async fn vouch(&mut self, doc: &mut KeySetDoc) -> Result<(), LifecycleError> {
+        let prefix = format!("{}-", self.keyset);
+        for i in 0..doc.keys.len() {
+            let k = &doc.keys[i];
+            if k.is_ended() {
+                continue;
+            }
+            let reason = if !k.name.starts_with(&prefix)
+                || keyturn_backend::check_name(&k.name).is_err()
+            {
+                Some(format!(
+                    "{:?} is not a name keyturn gives the keys of this key set",
+                    k.name
+                ))
+            } else if k.published_at.is_none() {
+                None
+            } else {
+                self.held(&k.name).await?.err().or_else(|| {
+                    let held = self.held.get(&k.name)?.as_ref().ok()?;
+                    let same = k.kid.as_deref() == Some(held.kid().as_str())
+                        && k.public_key.as_deref() == Some(B64.encode(held.spki_der()).as_str());
+                    (!same).then(|| {
+                        format!(
+                            "the backend holds another public key under {:?} (kid {})",
+                            k.name,
+                            held.kid()
+                        )
+                    })
+                })
+            };
+            let known = self
+                .doc
+                .keys
+                .iter()
+                .any(|o| o.name == k.name && o.withheld.is_some());
+            if let Some(reason) = &reason {
+                if !known {
+                    let kid = k.kid.clone().unwrap_or_else(|| k.name.clone());
+                    tracing::error!(keyset = %self.keyset, kid = %kid, reason = %reason, "a record of the lifecycle document is withheld from the JWKS and from signing");
+                    self.withheld_events.push(kid);
+                }
+            }
+            doc.keys[i].withheld = reason;
+        }
+        Ok(())
+    }
+
+    /// What the backend holds under `name` (cached): Err is why it vouches for no record
+    /// of that name. Only an unreachable backend is an error.
+    async fn held(&mut self, name: &str) -> Result<Result<(), String>, LifecycleError> {
+        if let Some(held) = self.held.get(name) {
+            return Ok(held.as_ref().map(drop).map_err(Clone::clone));
+        }
+        let held = match self.backend.public_key(name).await {
+            Ok(public) => Ok(public),
+            Err(e) if e.is_retryable() => return Err(e.into()),
+            Err(BackendError::NotFound(_)) => {
+                Err(format!("the backend holds no key named {name:?}"))
+            }
+            Err(e) => Err(format!("the backend's key {name:?} cannot be read: {e}")),
+        };
+        let outcome = held.as_ref().map(drop).map_err(Clone::clone);
+        self.held.insert(name.to_owned(), held);
+        Ok(outcome)
     }
 
     /// Whether `doc`, just read, is another key set's than the one this engine knows: of
@@ -566,10 +847,13 @@ impl Engine {
             keyset: self.keyset.clone(),
             message: e.to_string(),
         })?;
+        let bytes = seal(&*self.backend, &self.keyset, &bytes).await?;
         let version = self
             .backend
             .store_state(&self.keyset, &bytes, self.version)
             .await?;
+        self.sealed = true;
+        self.authenticated = bytes;
         self.doc = doc;
         self.version = Some(version);
         self.changed();
@@ -601,6 +885,22 @@ impl Engine {
     /// Brings the key set in order at `now`: bootstrap, publishing the next key, activating
     /// when nothing is active, removals, destruction. Returns what happened.
     pub async fn tick(&mut self, now: i64) -> Result<Vec<Event>, LifecycleError> {
+        let withheld = std::mem::take(&mut self.withheld_events);
+        self.unreported
+            .extend(withheld.into_iter().map(|kid| Event {
+                kind: "withheld",
+                kid,
+                at: now,
+            }));
+        // Nothing is acted on while the document holds a record the backend does not vouch
+        // for: neither sealed (which would vouch for it) nor moved on from a view without it.
+        if self.doc.withheld().next().is_some() {
+            return Ok(std::mem::take(&mut self.unreported));
+        }
+        if !self.is_sealed() {
+            tracing::warn!(keyset = %self.keyset, "the lifecycle document has no MAC (stored by a keyturn before documents were sealed); accepted this once and stored sealed");
+            self.write(self.doc.clone(), now).await?;
+        }
         for _ in 0..MAX_STEPS {
             let Some(step) = plan(&self.doc, now, &self.timing) else {
                 self.note_activation(now);
@@ -741,6 +1041,7 @@ impl Engine {
                     revoked_at: None,
                     destroyed_at: None,
                     retain: Some(self.timing.retention()),
+                    withheld: None,
                     other: serde_json::Map::new(),
                 });
                 None
@@ -761,6 +1062,7 @@ impl Engine {
                     return Ok(None);
                 };
                 let public = self.backend.create_key(&name, doc.keys[i].key_type).await?;
+                self.held.insert(name.clone(), Ok(public.clone()));
                 let at = activation_time(&doc, now, &self.timing, &self.schedule);
                 let kid = public.kid();
                 let k = &mut doc.keys[i];
@@ -868,7 +1170,8 @@ impl Engine {
             let Some(i) = doc.keys.iter().position(|k| k.kid.as_deref() == Some(kid)) else {
                 return Err(LifecycleError::UnknownKid(kid.to_owned()));
             };
-            if !doc.keys[i].is_published() {
+            // A withheld record is revoked to be done with it.
+            if !doc.keys[i].is_published() && doc.keys[i].withheld.is_none() {
                 return Err(LifecycleError::Refused(format!(
                     "key {kid:?} is already out of the JWKS"
                 )));
@@ -876,6 +1179,7 @@ impl Engine {
             let was_active = doc.active(now) == Some(i);
             let mut doc = doc.clone();
             doc.keys[i].revoked_at = Some(now);
+            doc.keys[i].withheld = None;
             if was_active {
                 if let Some(p) = doc.pending(now) {
                     doc.keys[p].activate_at = Some(now);
@@ -907,6 +1211,19 @@ fn random_hex(n: usize) -> Result<String, LifecycleError> {
         .fill(&mut bytes)
         .map_err(|_| LifecycleError::Refused("no randomness available".into()))?;
     Ok(crate::auth::to_hex(&bytes))
+}
+
+/// The document a stored state holds, its MAC unchecked (tests look into what is stored).
+#[cfg(test)]
+pub fn stored_doc(bytes: &[u8]) -> KeySetDoc {
+    let stored = Stored::parse(bytes).unwrap();
+    KeySetDoc::from_bytes(&stored.document).unwrap()
+}
+
+/// The JSON text a stored state holds, its MAC unchecked.
+#[cfg(test)]
+pub fn stored_json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(&Stored::parse(bytes).unwrap().document).unwrap()
 }
 
 #[cfg(test)]

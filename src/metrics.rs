@@ -215,6 +215,11 @@ impl Metrics {
             "publish_lead_unsafe",
             "1 if the pending key would activate before it has been published for jwks_max_age",
         );
+        let withheld = family(
+            &mut gauges,
+            "withheld_keys",
+            "Records of the lifecycle document withheld from the JWKS: the backend does not hold their key",
+        );
         for keyset in state.keysets.load().iter() {
             let label = KeySetLabel {
                 keyset: keyset.name().to_owned(),
@@ -256,6 +261,9 @@ impl Metrics {
             backend_up
                 .get_or_create(&label)
                 .set(i64::from(keyset.backend_ok()));
+            withheld
+                .get_or_create(&label)
+                .set(i64::try_from(doc.withheld().count()).unwrap_or(i64::MAX));
         }
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);

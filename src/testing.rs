@@ -122,6 +122,9 @@ impl KeyBackend for Rigged {
     async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
         self.inner.list_keys(prefix).await
     }
+    async fn state_mac(&self, keyset: &str, data: &[u8]) -> Result<Vec<u8>, BackendError> {
+        self.inner.state_mac(keyset, data).await
+    }
     async fn load_state(&self, keyset: &str) -> Result<Option<StateBlob>, BackendError> {
         if self.fail_reads.load(Ordering::Relaxed) {
             return Err(switched_off("reads"));
@@ -193,7 +196,9 @@ impl InProcess {
         );
         let backend = Arc::new(backend);
         let clock = Arc::new(crate::clock::SimClock::new(1_700_000_000));
-        let keyset = KeySet::open(keyset_config, backend.clone()).await.unwrap();
+        let keyset = KeySet::open(keyset_config, backend.clone(), Default::default())
+            .await
+            .unwrap();
         keyset.tick(clock.now()).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("audit.log");

@@ -283,16 +283,16 @@ fn etag_matches(header: &HeaderValue, etag: &HeaderValue) -> bool {
 fn readyz(s: &AppState) -> Response {
     let now = s.clock.now();
     let keysets = s.keysets.load();
-    let not_ready: Vec<&str> = keysets
+    let reasons: serde_json::Map<String, serde_json::Value> = keysets
         .iter()
-        .filter(|k| !k.ready(now))
-        .map(|k| k.name())
+        .filter_map(|k| Some((k.name().to_owned(), k.not_ready_reason(now)?.into())))
         .collect();
     let audit_ok = s.audit.is_healthy();
-    if not_ready.is_empty() && audit_ok {
+    if reasons.is_empty() && audit_ok {
         plain(StatusCode::OK, TEXT, Bytes::from_static(b"ready\n"))
     } else {
-        let body = serde_json::json!({"ready": false, "keysets_not_ready": not_ready, "audit_log_writable": audit_ok});
+        let not_ready: Vec<&String> = reasons.keys().collect();
+        let body = serde_json::json!({"ready": false, "keysets_not_ready": not_ready, "reasons": reasons, "audit_log_writable": audit_ok});
         let body = serde_json::to_vec(&body).unwrap_or_default();
         plain(StatusCode::SERVICE_UNAVAILABLE, JSON, body.into())
     }

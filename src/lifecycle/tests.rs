@@ -43,7 +43,7 @@ fn rank(s: KeyState) -> u8 {
         KeyState::Pending => 1,
         KeyState::Active => 2,
         KeyState::Retired => 3,
-        KeyState::Removed | KeyState::Revoked => 4,
+        KeyState::Removed | KeyState::Revoked | KeyState::Withheld => 4,
     }
 }
 
@@ -351,13 +351,19 @@ async fn a_shorter_max_token_ttl_keeps_the_keys_that_signed_under_the_longer_one
 /// version sharing the backend would.
 async fn rewrite_stored(backend: &Arc<dyn KeyBackend>, edit: impl FnOnce(&mut serde_json::Value)) {
     let blob = backend.load_state("ks").await.unwrap().unwrap();
-    let mut json: serde_json::Value = serde_json::from_slice(&blob.data).unwrap();
+    let mut json = stored_json(&blob.data);
     edit(&mut json);
-    let bytes = serde_json::to_vec(&json).unwrap();
-    backend
-        .store_state("ks", &bytes, Some(blob.version))
-        .await
-        .unwrap();
+    store_json(backend, &json).await;
+}
+
+/// Stores `json` as the document of `ks`, sealed as a keyturn holding the backend's key
+/// would, over whatever is stored; returns the stored bytes.
+async fn store_json(backend: &Arc<dyn KeyBackend>, json: &serde_json::Value) -> Vec<u8> {
+    let current = backend.load_state("ks").await.unwrap().map(|b| b.version);
+    let text = serde_json::to_vec(json).unwrap();
+    let bytes = seal(&**backend, "ks", &text).await.unwrap();
+    backend.store_state("ks", &bytes, current).await.unwrap();
+    bytes
 }
 
 /// A key retired before keys recorded their retention (written by an older keyturn) gets
@@ -433,7 +439,7 @@ async fn fields_of_a_newer_format_are_kept_through_writes() {
     }
     assert!(e.doc().jwks_version > 2 && e.doc().keys.len() > before);
     let stored = backend.load_state("ks").await.unwrap().unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&stored.data).unwrap();
+    let json = stored_json(&stored.data);
     assert_eq!(json["format_note"]["from"], "a newer keyturn");
     assert_eq!(json["keys"][0]["rotation_hint"], 7);
     assert!(
@@ -493,12 +499,7 @@ async fn a_document_replaced_while_running_is_not_acted_on() {
             "another history",
         ),
     ] {
-        let current = backend.load_state("ks").await.unwrap().unwrap();
-        let bytes = serde_json::to_vec(&edit).unwrap();
-        backend
-            .store_state("ks", &bytes, Some(current.version))
-            .await
-            .unwrap();
+        let bytes = store_json(&backend, &edit).await;
         let err = e.reload().await.unwrap_err();
         assert!(matches!(err, LifecycleError::Replaced { .. }), "{err}");
         assert!(err.to_string().contains(how), "{err}");
@@ -538,22 +539,14 @@ async fn a_document_replaced_while_running_is_not_acted_on() {
     // The latest copy, without its history (as a keyturn before histories would write it):
     // taken, and it keeps the history rather than getting a new one.
     let history = e.doc().history.clone();
-    let mut json: serde_json::Value = serde_json::from_slice(&latest.data).unwrap();
+    let mut json = stored_json(&latest.data);
     json.as_object_mut().unwrap().remove("history");
-    let current = backend.load_state("ks").await.unwrap().unwrap();
-    backend
-        .store_state(
-            "ks",
-            &serde_json::to_vec(&json).unwrap(),
-            Some(current.version),
-        )
-        .await
-        .unwrap();
+    store_json(&backend, &json).await;
     e.reload().await.unwrap();
     assert_eq!(e.doc().history, history);
     e.tick(now + 3 * HOUR).await.unwrap();
     let stored = backend.load_state("ks").await.unwrap().unwrap();
-    let stored = KeySetDoc::from_bytes(&stored.data).unwrap();
+    let stored = stored_doc(&stored.data);
     assert_eq!(stored.history, history, "written back with its history");
 }
 
@@ -789,6 +782,9 @@ impl KeyBackend for Crashy {
     }
     async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
         self.gate(self.inner.list_keys(prefix)).await
+    }
+    async fn state_mac(&self, keyset: &str, data: &[u8]) -> Result<Vec<u8>, BackendError> {
+        self.inner.state_mac(keyset, data).await
     }
     async fn load_state(&self, keyset: &str) -> Result<Option<StateBlob>, BackendError> {
         self.gate(self.inner.load_state(keyset)).await

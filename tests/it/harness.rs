@@ -74,6 +74,22 @@ impl Daemon {
         Self::launch(cmd, config_path)
     }
 
+    /// Runs `keyturn serve` on `config_path`, which must refuse to start: returns its log.
+    #[allow(dead_code)]
+    pub fn refused(config_path: &Path) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_keyturn"))
+            .args(["serve", "--config"])
+            .arg(config_path)
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "started: {log}");
+        log
+    }
+
     /// Runs `cmd` (a `keyturn serve --log-format json` however wrapped), collects its log
     /// lines, and waits (bounded) for the "ready" line, which names the listeners.
     pub fn launch(mut cmd: Command, config_path: PathBuf) -> Daemon {

@@ -229,7 +229,9 @@ pub(crate) async fn assert_published_once(
 fn stored_doc(bao: &OpenBao, keyset: &str) -> Value {
     let (status, body) = bao.request("GET", &format!("secret/data/keyturn/{keyset}"), None);
     assert_eq!(status, 200, "{body}");
-    serde_json::from_str(body["data"]["data"]["document"].as_str().unwrap()).unwrap()
+    let sealed: Value =
+        serde_json::from_str(body["data"]["data"]["document"].as_str().unwrap()).unwrap();
+    serde_json::from_str(sealed["document"].as_str().unwrap()).unwrap()
 }
 
 /// The backend name of a recorded but unpublished key (a rotation in progress).

@@ -18,6 +18,7 @@ pub async fn run(backend: &dyn KeyBackend, prefix: &str) {
     keys_sign_and_verify(backend, prefix).await;
     errors_and_idempotence(backend, prefix).await;
     state_check_and_set(backend, prefix).await;
+    state_authentication(backend, prefix).await;
     backend
         .health()
         .await
@@ -189,4 +190,29 @@ pub async fn state_check_and_set(backend: &dyn KeyBackend, prefix: &str) {
     let blob = backend.load_state(&keyset).await.unwrap().unwrap();
     assert_eq!(blob.data, b"{\"n\":2}");
     assert_eq!(blob.version, v2);
+}
+
+/// State MACs: deterministic, at least 128 bits, and different for another document or
+/// another key set.
+pub async fn state_authentication(backend: &dyn KeyBackend, prefix: &str) {
+    let keyset = format!("{prefix}-mac");
+    let doc = b"{\"keys\":[]}";
+    let mac = backend.state_mac(&keyset, doc).await.unwrap();
+    assert!(mac.len() >= 16, "a state MAC shorter than 128 bits");
+    assert_eq!(
+        backend.state_mac(&keyset, doc).await.unwrap(),
+        mac,
+        "state_mac is not deterministic"
+    );
+    assert_ne!(
+        backend.state_mac(&keyset, b"{\"keys\":[1]}").await.unwrap(),
+        mac,
+        "state_mac does not depend on the document"
+    );
+    let other = format!("{prefix}-mac2");
+    assert_ne!(
+        backend.state_mac(&other, doc).await.unwrap(),
+        mac,
+        "state_mac does not depend on the key set"
+    );
 }

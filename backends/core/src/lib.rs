@@ -51,6 +51,28 @@ impl StateBlob {
     }
 }
 
+/// What a backend's [`KeyBackend::state_mac`] authenticates for `keyset`'s document `data`:
+/// a SHA-256 digest that binds the document to its key set (a document copied to another
+/// key set's place fails), short enough for every MAC service (KMS takes at most 4 KiB).
+pub fn state_digest(keyset: &str, data: &[u8]) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(b"keyturn-state-v1\0");
+    ctx.update(keyset.as_bytes());
+    ctx.update(b"\0");
+    ctx.update(data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// [`KeyBackend::state_mac`] for a backend that holds its MAC key in process memory:
+/// HMAC-SHA256 of [`state_digest`].
+pub fn hmac_state(key: &aws_lc_rs::hmac::Key, keyset: &str, data: &[u8]) -> Vec<u8> {
+    aws_lc_rs::hmac::sign(key, &state_digest(keyset, data))
+        .as_ref()
+        .to_vec()
+}
+
 /// Checks a key or key set name against the rule every backend relies on (safe in file
 /// paths, Vault paths and KMS aliases): `[a-z0-9_-]`, 1 to 100 characters.
 pub fn check_name(name: &str) -> Result<(), BackendError> {
@@ -125,6 +147,14 @@ pub trait KeyBackend: Send + Sync + 'static {
         data: &[u8],
         expected: Option<u64>,
     ) -> Result<u64, BackendError>;
+
+    /// A MAC of [`state_digest`]`(keyset, data)` under a secret key that only this backend
+    /// holds and never hands out (derived from the key-encryption key, a transit HMAC key, a
+    /// KMS HMAC key, a secret key in an HSM). Deterministic: the daemon recomputes it to
+    /// check a document it reads, so whoever can write the state store but cannot use this
+    /// key cannot make a document keyturn acts on. Every replica sharing the backend gets
+    /// the same MAC.
+    async fn state_mac(&self, keyset: &str, data: &[u8]) -> Result<Vec<u8>, BackendError>;
 
     /// A cheap call that succeeds when the backend is reachable and usable.
     async fn health(&self) -> Result<(), BackendError> {

@@ -8,10 +8,25 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 /// Keys and lifecycle documents held in memory.
-#[derive(Default)]
 pub struct MemoryBackend {
     keys: RwLock<HashMap<String, Arc<SoftwareKey>>>,
     states: Mutex<HashMap<String, StateBlob>>,
+    // A random key of this instance: its documents authenticate only with it.
+    mac_key: aws_lc_rs::hmac::Key,
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        use aws_lc_rs::rand::SecureRandom;
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        // A test backend: should the system have no randomness, a fixed key still works.
+        let _ = aws_lc_rs::rand::SystemRandom::new().fill(&mut *secret);
+        MemoryBackend {
+            keys: RwLock::default(),
+            states: Mutex::default(),
+            mac_key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &*secret),
+        }
+    }
 }
 
 impl MemoryBackend {
@@ -87,6 +102,10 @@ impl KeyBackend for MemoryBackend {
             .filter(|k| k.starts_with(prefix))
             .cloned()
             .collect())
+    }
+
+    async fn state_mac(&self, keyset: &str, data: &[u8]) -> Result<Vec<u8>, BackendError> {
+        Ok(crate::hmac_state(&self.mac_key, keyset, data))
     }
 
     async fn load_state(&self, keyset: &str) -> Result<Option<StateBlob>, BackendError> {

@@ -56,6 +56,9 @@ pub struct FileBackendConfig {
 pub struct FileBackend {
     dir: PathBuf,
     kek: RandomizedNonceKey,
+    // Authenticates lifecycle documents; derived from the KEK, so a writer of the directory
+    // without the KEK cannot make one.
+    mac_key: aws_lc_rs::hmac::Key,
     // Decrypted keys. Signing reads it without writing to shared memory (no lock word, no
     // reference count: on two cores each such write moves a cache line between them);
     // loading, generating and destroying a key replace the map.
@@ -99,9 +102,11 @@ impl FileBackend {
         let kek = RandomizedNonceKey::new(&AES_256_GCM, &kek_bytes).map_err(|_| {
             BackendError::Rejected("the key-encryption key must be 32 bytes".into())
         })?;
+        let mac_key = state_mac_key(&kek_bytes)?;
         Ok(FileBackend {
             dir,
             kek,
+            mac_key,
             cache: ArcSwap::default(),
             write_lock: tokio::sync::Mutex::new(()),
             states,
@@ -197,6 +202,16 @@ impl FileBackend {
             keys
         });
     }
+}
+
+/// The lifecycle documents' MAC key: HKDF-SHA256 of the KEK, for that purpose alone.
+fn state_mac_key(kek: &[u8]) -> Result<aws_lc_rs::hmac::Key, BackendError> {
+    use aws_lc_rs::hkdf::{Salt, HKDF_SHA256};
+    let prk = Salt::new(HKDF_SHA256, b"keyturn-file").extract(kek);
+    let okm = prk
+        .expand(&[b"keyturn-state-mac-v1"], aws_lc_rs::hmac::HMAC_SHA256)
+        .map_err(|_| BackendError::Rejected("cannot derive the state MAC key".into()))?;
+    Ok(aws_lc_rs::hmac::Key::from(okm))
 }
 
 fn load_kek(source: &KekSource) -> Result<Zeroizing<Vec<u8>>, BackendError> {
@@ -314,6 +329,10 @@ impl KeyBackend for FileBackend {
             }
         }
         Ok(names)
+    }
+
+    async fn state_mac(&self, keyset: &str, data: &[u8]) -> Result<Vec<u8>, BackendError> {
+        Ok(keyturn_backend::hmac_state(&self.mac_key, keyset, data))
     }
 
     async fn load_state(&self, keyset: &str) -> Result<Option<StateBlob>, BackendError> {

@@ -111,6 +111,10 @@ use std::time::Duration;
 /// Every key name `n` is the KMS alias `alias/keyturn/n`.
 pub const ALIAS_PREFIX: &str = "alias/keyturn/";
 
+/// The alias of the HMAC key that authenticates lifecycle documents (outside
+/// [`ALIAS_PREFIX`], so no key name can reach it).
+pub const STATE_MAC_ALIAS: &str = "alias/keyturn-state-mac";
+
 /// The default DynamoDB table for lifecycle documents.
 pub const DEFAULT_STATE_TABLE: &str = "keyturn-state";
 
@@ -208,6 +212,8 @@ pub struct KmsBackend {
     state: StateTable,
     deletion_window_days: i32,
     cache: RwLock<HashMap<String, Arc<KmsKey>>>,
+    // The ARN of the state MAC key, once found or created.
+    mac_key: tokio::sync::OnceCell<String>,
 }
 
 impl KmsBackend {
@@ -262,6 +268,7 @@ impl KmsBackend {
             // validate() bounds it to 7..=30.
             deletion_window_days: i32::try_from(config.deletion_window_days).unwrap_or(30),
             cache: RwLock::default(),
+            mac_key: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -370,6 +377,65 @@ impl KmsBackend {
             }
         }
         Ok(())
+    }
+
+    /// The ARN of the state MAC key: an HMAC_256 key under [`STATE_MAC_ALIAS`], created
+    /// on first use (a replica that loses the race to create it uses the winner's).
+    async fn state_mac_key(&self) -> Result<String, BackendError> {
+        let found = |meta: &KeyMetadata| -> Result<String, BackendError> {
+            if meta.key_usage() != Some(&KeyUsageType::GenerateVerifyMac)
+                || meta.key_state() != Some(&KeyState::Enabled)
+            {
+                return Err(BackendError::Rejected(format!(
+                    "{STATE_MAC_ALIAS} points to a KMS key that is not an enabled \
+                     GENERATE_VERIFY_MAC key"
+                )));
+            }
+            Ok(meta.arn().unwrap_or(meta.key_id()).to_owned())
+        };
+        let describe = || async {
+            match self.kms.describe_key().key_id(STATE_MAC_ALIAS).send().await {
+                Ok(out) => Ok(out.key_metadata),
+                Err(e) if e.code() == Some("NotFoundException") => Ok(None),
+                Err(e) => Err(aws_error::map("DescribeKey", e)),
+            }
+        };
+        if let Some(meta) = describe().await? {
+            return found(&meta);
+        }
+        let created = self
+            .kms
+            .create_key()
+            .key_usage(KeyUsageType::GenerateVerifyMac)
+            .key_spec(KeySpec::Hmac256)
+            .description("keyturn lifecycle document authentication")
+            .tags(tag("keyturn:managed-by", "keyturn")?)
+            .send()
+            .await
+            .map_err(|e| aws_error::map("CreateKey", e))?;
+        let meta = created.key_metadata.ok_or_else(|| {
+            BackendError::Rejected("KMS CreateKey returned no key metadata".into())
+        })?;
+        match self
+            .kms
+            .create_alias()
+            .alias_name(STATE_MAC_ALIAS)
+            .target_key_id(meta.key_id())
+            .send()
+            .await
+        {
+            Ok(_) => found(&meta),
+            Err(e) if e.code() == Some("AlreadyExistsException") => {
+                if let Err(retire) = self.retire(&meta).await {
+                    tracing::warn!(key_id = %meta.key_id(), error = %retire, "cannot retire an unaliased KMS HMAC key");
+                }
+                let meta = describe().await?.ok_or_else(|| {
+                    BackendError::Rejected(format!("{STATE_MAC_ALIAS} vanished while creating it"))
+                })?;
+                found(&meta)
+            }
+            Err(e) => Err(aws_error::map("CreateAlias", e)),
+        }
     }
 
     /// Creates a key of `spec` and points the alias of `name` at it.
@@ -608,6 +674,27 @@ impl KeyBackend for KmsBackend {
             }
         }
         Ok(names)
+    }
+
+    async fn state_mac(&self, keyset: &str, data: &[u8]) -> Result<Vec<u8>, BackendError> {
+        let key = self
+            .mac_key
+            .get_or_try_init(|| self.state_mac_key())
+            .await?;
+        let out = self
+            .kms
+            .generate_mac()
+            .key_id(key)
+            .mac_algorithm(aws_sdk_kms::types::MacAlgorithmSpec::HmacSha256)
+            .message(Blob::new(
+                keyturn_backend::state_digest(keyset, data).to_vec(),
+            ))
+            .send()
+            .await
+            .map_err(|e| aws_error::map("GenerateMac", e))?;
+        out.mac
+            .map(Blob::into_inner)
+            .ok_or_else(|| BackendError::Rejected("KMS GenerateMac returned no MAC".into()))
     }
 
     async fn load_state(&self, keyset: &str) -> Result<Option<StateBlob>, BackendError> {

@@ -103,6 +103,9 @@ impl KeyBackend for WithoutPss {
     async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
         self.0.list_keys(prefix).await
     }
+    async fn state_mac(&self, keyset: &str, data: &[u8]) -> Result<Vec<u8>, BackendError> {
+        self.0.state_mac(keyset, data).await
+    }
     async fn load_state(&self, keyset: &str) -> Result<Option<StateBlob>, BackendError> {
         self.0.load_state(keyset).await
     }

@@ -22,6 +22,12 @@
 //! Each key set's document is the KV v2 secret `<kv_mount>/data/keyturn/<keyset>` holding
 //! `{"document": "<the JSON text>"}`; its KV version is the check-and-set version, so
 //! several daemons sharing one Vault agree on one history ([`KeyBackend::shared`] is true).
+//! Documents are authenticated with transit's HMAC under the key [`STATE_MAC_KEY`]
+//! (version 1, `aes256-gcm96`, not exportable), created on first use: whoever can write the
+//! KV path but not use that key cannot make a document keyturn acts on.
+//!
+//! Keys that are exportable or allow a plaintext backup are refused, whoever created them:
+//! their private half could leave Vault.
 //!
 //! # Authentication
 //!
@@ -50,6 +56,10 @@ use vaultrs::api::kv2::requests::{ReadSecretRequest, SetSecretRequestOptions};
 use vaultrs::api::transit::requests::{CreateKeyRequest, UpdateKeyConfigurationRequest};
 use vaultrs::api::transit::responses::ReadKeyData;
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+
+/// The transit key that authenticates lifecycle documents (HMAC). Not a name keyturn gives
+/// signing keys, which always end in 16 hex digits after their key set's name.
+pub const STATE_MAC_KEY: &str = "keyturn-state-mac";
 
 /// How keyturn authenticates to Vault.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +122,8 @@ pub struct VaultBackend {
     /// Types of the keys seen so far, so that a key is never asked to sign with an algorithm
     /// of another type (transit would sign with whatever the key is).
     key_types: RwLock<HashMap<String, KeyType>>,
+    // Set once the state MAC key is known to exist and to stay in Vault.
+    mac_key_ready: tokio::sync::OnceCell<()>,
     renewal: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -190,6 +202,7 @@ impl VaultBackend {
             transit_mount: config.transit_mount.clone(),
             kv_mount: config.kv_mount.clone(),
             key_types: RwLock::default(),
+            mac_key_ready: tokio::sync::OnceCell::new(),
             renewal,
         })
     }
@@ -213,6 +226,7 @@ impl VaultBackend {
                 }
                 Err(e) => return Err(classify(&format!("reading transit key {name:?}"), e)),
             };
+        refuse_extractable(name, key.exportable, key.allow_plaintext_backup)?;
         let key_type = transit::keyturn_type(key.key_type).ok_or_else(|| {
             BackendError::Rejected(format!(
                 "transit key {name:?} is a {:?} key, not a signing key keyturn knows",
@@ -240,6 +254,25 @@ impl VaultBackend {
         Ok(public)
     }
 
+    /// Creates the state MAC key unless it exists, and checks it cannot leave Vault.
+    async fn ensure_mac_key(&self) -> Result<(), BackendError> {
+        let client = self.client();
+        let mount = &self.transit_mount;
+        let mut options = CreateKeyRequest::builder();
+        options
+            .key_type(vaultrs::api::transit::KeyType::Aes256Gcm96)
+            .exportable(false)
+            .allow_plaintext_backup(false);
+        // Creating a key that exists changes nothing: every replica may call it.
+        vaultrs::transit::key::create(&*client, mount, STATE_MAC_KEY, Some(&mut options))
+            .await
+            .map_err(|e| classify(&format!("creating transit key {STATE_MAC_KEY:?}"), e))?;
+        let key = vaultrs::transit::key::read(&*client, mount, STATE_MAC_KEY)
+            .await
+            .map_err(|e| classify(&format!("reading transit key {STATE_MAC_KEY:?}"), e))?;
+        refuse_extractable(STATE_MAC_KEY, key.exportable, key.allow_plaintext_backup)
+    }
+
     async fn key_type(&self, name: &str) -> Result<KeyType, BackendError> {
         let known = self
             .key_types
@@ -259,6 +292,17 @@ impl VaultBackend {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(name);
     }
+}
+
+/// Refuses a transit key whose private material could leave Vault.
+fn refuse_extractable(name: &str, exportable: bool, backup: bool) -> Result<(), BackendError> {
+    if exportable || backup {
+        return Err(BackendError::Rejected(format!(
+            "transit key {name:?} is exportable or allows a plaintext backup, so its private \
+             key could leave Vault; keyturn refuses it (recreate the key without those settings)"
+        )));
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -379,6 +423,31 @@ impl KeyBackend for VaultBackend {
             Err(e) if status(&e) == Some(404) => Ok(Vec::new()),
             Err(e) => Err(classify("listing transit keys", e)),
         }
+    }
+
+    async fn state_mac(&self, keyset: &str, data: &[u8]) -> Result<Vec<u8>, BackendError> {
+        use base64::Engine as _;
+        self.mac_key_ready
+            .get_or_try_init(|| self.ensure_mac_key())
+            .await?;
+        let digest = keyturn_backend::state_digest(keyset, data);
+        let input = base64::engine::general_purpose::STANDARD.encode(digest);
+        let mut options = vaultrs::api::transit::requests::GenerateHmacRequest::builder();
+        // Version 1 always: a rotation of the key inside transit must not make every stored
+        // document fail.
+        options
+            .key_version(1u64)
+            .algorithm(vaultrs::api::transit::HashAlgorithm::Sha2_256);
+        let answer = vaultrs::transit::generate::hmac(
+            &*self.client(),
+            &self.transit_mount,
+            STATE_MAC_KEY,
+            &input,
+            Some(&mut options),
+        )
+        .await
+        .map_err(|e| classify("authenticating a lifecycle document with transit", e))?;
+        Ok(answer.hmac.into_bytes())
     }
 
     async fn load_state(&self, keyset: &str) -> Result<Option<StateBlob>, BackendError> {
