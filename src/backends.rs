@@ -365,11 +365,15 @@ pub async fn check_offline(
         } => {
             let token = token_selector(token_label.as_deref(), *slot);
             match keyturn_backend_pkcs11::probe(module, &token).await {
-                Ok(mechanisms) => match mechanisms.missing(alg) {
-                    None => Ok(Some(format!("{token} offers the mechanisms {alg} needs"))),
-                    Some(missing) => Err(format!(
+                Ok(mechanisms) => match (mechanisms.missing(alg), mechanisms.missing_for_state()) {
+                    (None, None) => Ok(Some(format!("{token} offers the mechanisms {alg} needs"))),
+                    (Some(missing), _) => Err(format!(
                         "{token} does not offer {missing}, which {alg} needs; pick another \
                          algorithm or token"
+                    )),
+                    (None, Some(missing)) => Err(format!(
+                        "{token} does not offer {missing}, which keyturn needs to \
+                         authenticate its lifecycle documents; pick another token"
                     )),
                 },
                 Err(e) => Ok(Some(format!(

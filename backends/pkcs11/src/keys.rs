@@ -6,7 +6,7 @@ use cryptoki::error::Error;
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectClass};
+use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use keyturn_backend::{Algorithm, BackendError, KeyType, PublicKey};
 use spki::der::asn1::{BitString, OctetString};
@@ -28,6 +28,70 @@ pub(crate) const LABEL_PREFIX: &str = "keyturn:";
 /// (`<keyset>-<random>`), so the label names both.
 pub(crate) fn label(name: &str) -> Vec<u8> {
     format!("{LABEL_PREFIX}{name}").into_bytes()
+}
+
+/// The `CKA_LABEL` (and `CKA_ID`) of the secret key that authenticates lifecycle
+/// documents; outside the `keyturn:` names of signing keys.
+pub(crate) const STATE_MAC_LABEL: &str = "keyturn-state-mac";
+
+/// The mechanisms the state MAC needs: one to generate its key, one to compute it.
+pub(crate) const STATE_MAC_MECHANISMS: [MechanismType; 2] = [
+    MechanismType::GENERIC_SECRET_KEY_GEN,
+    MechanismType::SHA256_HMAC,
+];
+
+/// The state MAC key: found, or generated inside the token as a 256-bit generic secret,
+/// a private and sensitive token object that never leaves it and can only make MACs.
+/// Several objects with its label (two daemons that made it at once) are refused: each
+/// daemon could pick another.
+pub(crate) fn state_mac_key(session: &Session) -> Result<Result<ObjectHandle, String>, Error> {
+    let label = STATE_MAC_LABEL.as_bytes().to_vec();
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::Token(true),
+        Attribute::Label(label.clone()),
+    ];
+    match session.find_objects(&template)?.as_slice() {
+        [one] => return Ok(Ok(*one)),
+        [] => {}
+        _ => {
+            return Ok(Err(format!(
+                "the token holds several secret keys labelled {STATE_MAC_LABEL:?}; keep the \
+                 one the lifecycle documents were made with and delete the others"
+            )))
+        }
+    }
+    let key = session.generate_key(
+        &Mechanism::GenericSecretKeyGen,
+        &[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(CkKeyType::GENERIC_SECRET),
+            Attribute::ValueLen(32u64.into()),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Verify(false),
+            Attribute::Encrypt(false),
+            Attribute::Decrypt(false),
+            Attribute::Wrap(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+            Attribute::Label(label.clone()),
+            Attribute::Id(label),
+        ],
+    )?;
+    Ok(Ok(key))
+}
+
+/// HMAC-SHA256 of `digest` under the state MAC key.
+pub(crate) fn state_mac(
+    session: &Session,
+    key: ObjectHandle,
+    digest: &[u8],
+) -> Result<Vec<u8>, Error> {
+    session.sign(&Mechanism::Sha256Hmac, key, digest)
 }
 
 /// The mechanisms `alg` needs: one to generate its keys, one to sign.
@@ -125,7 +189,7 @@ pub(crate) fn find(
     session: &Session,
     class: ObjectClass,
     name: &str,
-) -> Result<Vec<cryptoki::object::ObjectHandle>, Error> {
+) -> Result<Vec<ObjectHandle>, Error> {
     session.find_objects(&[
         Attribute::Class(class),
         Attribute::Token(true),
@@ -158,7 +222,7 @@ pub(crate) fn names(session: &Session) -> Result<Vec<String>, Error> {
 /// Reads a public key object into a [`PublicKey`] (SPKI DER built from its attributes).
 pub(crate) fn read_public(
     session: &Session,
-    handle: cryptoki::object::ObjectHandle,
+    handle: ObjectHandle,
 ) -> Result<Result<PublicKey, BackendError>, Error> {
     let attributes = session.get_attributes(
         handle,
@@ -285,7 +349,7 @@ fn digest_info(alg: &'static digest::Algorithm) -> &'static [u8] {
 /// requires.
 pub(crate) fn sign(
     session: &Session,
-    key: cryptoki::object::ObjectHandle,
+    key: ObjectHandle,
     alg: Algorithm,
     message: &[u8],
 ) -> Result<Vec<u8>, Error> {

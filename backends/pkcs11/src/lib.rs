@@ -36,8 +36,14 @@
 //! refuses a second daemon on the same directory. The state is per host: a second daemon
 //! (on another host) on the same token keeps its own key sets beside this one's. Its keys
 //! have other names, so neither touches the other's keys, but they do not share a
-//! history or a JWKS: use the vault or kms backend for replicas. Reading a document also
-//! asks the token whether it answers, so a daemon notices a token that went away.
+//! history or a JWKS: use the vault or kms backend for replicas.
+//!
+//! The documents are authenticated ([`KeyBackend::state_mac`]) with HMAC-SHA256
+//! (`CKM_SHA256_HMAC`) under a 256-bit generic secret generated in the token
+//! (`CKM_GENERIC_SECRET_KEY_GEN`, labelled `keyturn-state-mac`; private, sensitive, never
+//! extractable, for MACs only), made on first use: whoever can write the directory but not
+//! use the token cannot make a document keyturn acts on. Reading a document first asks
+//! the token whether it is there, so a daemon's maintenance notices a token that went away.
 
 #![warn(missing_docs)]
 
@@ -83,8 +89,17 @@ impl Mechanisms {
     /// The mechanisms `alg` needs that the token does not offer (e.g. "CKM_EDDSA"), or
     /// `None` when it offers them all.
     pub fn missing(&self, alg: Algorithm) -> Option<String> {
-        let missing: Vec<String> = keys::mechanisms(alg)
-            .into_iter()
+        self.lacking(&keys::mechanisms(alg))
+    }
+
+    /// The mechanisms the lifecycle documents' MAC needs that the token does not offer.
+    pub fn missing_for_state(&self) -> Option<String> {
+        self.lacking(&keys::STATE_MAC_MECHANISMS)
+    }
+
+    fn lacking(&self, needed: &[MechanismType]) -> Option<String> {
+        let missing: Vec<String> = needed
+            .iter()
             .filter(|m| !self.0.contains(m))
             .map(|m| m.to_string())
             .collect();
@@ -102,6 +117,9 @@ pub async fn probe(module: &Path, token: &TokenSelector) -> Result<Mechanisms, B
     .await
     .map_err(|e| BackendError::unavailable("the PKCS#11 probe stopped", e))?
 }
+
+/// The state MAC key's entry in the handle cache (not a key name: those have no colon).
+const STATE_MAC_HANDLE: &str = ":state-mac";
 
 /// Keys in a PKCS#11 token, lifecycle documents in a local directory.
 pub struct Pkcs11Backend {
@@ -135,8 +153,16 @@ impl Pkcs11Backend {
         })
         .await
         .map_err(|e| BackendError::unavailable("opening the PKCS#11 token stopped", e))??;
+        let mechanisms = Mechanisms(token.mechanisms.clone());
+        if let Some(missing) = mechanisms.missing_for_state() {
+            return Err(BackendError::Rejected(format!(
+                "{} does not offer {missing}, which keyturn needs to authenticate its \
+                 lifecycle documents",
+                token.selector()
+            )));
+        }
         Ok(Pkcs11Backend {
-            mechanisms: Mechanisms(token.mechanisms.clone()),
+            mechanisms,
             token: Arc::new(token),
             states,
             publics: Mutex::new(HashMap::new()),
@@ -349,6 +375,8 @@ impl KeyBackend for Pkcs11Backend {
     }
 
     async fn load_state(&self, keyset: &str) -> Result<Option<StateBlob>, BackendError> {
+        // The document is on this host; the keys it names are not: the maintenance loop
+        // reads it, and must notice a token that went away.
         self.health().await?;
         self.states.load(keyset).await
     }
@@ -362,7 +390,34 @@ impl KeyBackend for Pkcs11Backend {
         self.states.store(keyset, data, expected).await
     }
 
+    async fn state_mac(&self, keyset: &str, data: &[u8]) -> Result<Vec<u8>, BackendError> {
+        let digest = keyturn_backend::state_digest(keyset, data);
+        self.token
+            .call(move |ctx| {
+                let key = match ctx.handle(STATE_MAC_HANDLE) {
+                    Some(key) => key,
+                    None => {
+                        ctx.ensure_login()?;
+                        match keys::state_mac_key(ctx.session)? {
+                            Ok(key) => {
+                                ctx.set_handle(STATE_MAC_HANDLE, Some(key));
+                                key
+                            }
+                            Err(refusal) => return Ok(Err(BackendError::Rejected(refusal))),
+                        }
+                    }
+                };
+                keys::state_mac(ctx.session, key, &digest).map(Ok)
+            })
+            .await?
+    }
+
     async fn health(&self) -> Result<(), BackendError> {
-        self.token.call(|ctx| ctx.ensure_login().map(drop)).await
+        self.token
+            .call(|ctx| {
+                ctx.confirm_token()?;
+                ctx.ensure_login().map(drop)
+            })
+            .await
     }
 }

@@ -80,8 +80,8 @@ fn list_objects(hsm: &SoftHsm, label: &str, kind: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Keys are made inside the token as non-extractable, sensitive token objects labelled
-/// with the key's name; destroying a key removes both objects.
+/// Keys (and the state MAC key) are made inside the token as non-extractable, sensitive
+/// token objects labelled with the key's name; destroying a key removes both objects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_token_objects_that_never_leave_it() {
     let Some(hsm) = hsm() else { return };
@@ -107,6 +107,15 @@ async fn keys_are_token_objects_that_never_leave_it() {
     assert!(
         public.contains("label:      keyturn:issuer-0123456789abcdef"),
         "{public}"
+    );
+
+    // The state MAC key too, once a document was authenticated.
+    backend.state_mac("issuer", b"{}").await.unwrap();
+    let secret = list_objects(hsm, "attributes", "secrkey");
+    assert!(secret.contains("label:      keyturn-state-mac"), "{secret}");
+    assert!(
+        secret.contains("Access:     sensitive, always sensitive, never extractable, local"),
+        "{secret}"
     );
 
     backend.destroy("issuer-0123456789abcdef").await.unwrap();
