@@ -1026,6 +1026,10 @@ mod tests {
                 "keyturn.kms.example.toml",
                 include_str!("../config/keyturn.kms.example.toml"),
             ),
+            (
+                "keyturn.pkcs11.example.toml",
+                include_str!("../config/keyturn.pkcs11.example.toml"),
+            ),
         ] {
             if let Err(e) = parse(text) {
                 // Example configs name secret files that do not exist here; only that may fail.
@@ -1121,6 +1125,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("keys at once"), "{err}");
+    }
+
+    /// A pkcs11 table names its token one way, bounds its sessions, and keeps its state on
+    /// the host (no replica polling added to the key set's timing).
+    #[test]
+    fn pkcs11_backend_tables() {
+        let with = |backend: &str| {
+            parse(&format!(
+                "{MINIMAL}backend = {{ type = \"pkcs11\", module = \"/m.so\", pin_file = \"/p\", {backend} }}"
+            ))
+        };
+        let ok = with("token_label = \"keyturn\"").unwrap();
+        assert!(!ok.keysets[0].backend.shared());
+        assert_eq!(ok.keysets[0].timing.poll_interval(), None);
+        with("slot = 3").unwrap();
+        with("token_label = \"HSM partition 1\", state_dir = \"/var/lib/k\"").unwrap();
+        for (backend, needle) in [
+            ("token_label = \"a\", slot = 1", "token_label or slot"),
+            ("max_sessions = 4", "token_label or slot"),
+            (
+                "token_label = \"a\", max_sessions = 0",
+                "max_sessions must be 1 to 1024",
+            ),
+            ("token_label = \"../x\"", "set state_dir"),
+            ("token_label = \"\"", "1 to 32 bytes"),
+            ("token_label = \"a\", pin = \"1234\"", "unknown field"),
+        ] {
+            let err = with(backend).unwrap_err().to_string();
+            assert!(err.contains(needle), "{backend}: {err}");
+        }
     }
 
     #[test]
