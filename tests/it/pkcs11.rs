@@ -41,6 +41,37 @@ impl Token {
     fn env(&self) -> [(&str, &str); 1] {
         [("SOFTHSM2_CONF", self.hsm.conf.to_str().unwrap())]
     }
+
+    /// What another PKCS#11 client (OpenSC's pkcs11-tool) lists of the token's objects
+    /// of `kind` ("privkey", "pubkey", "secrkey").
+    fn list(&self, label: &str, kind: &str) -> String {
+        let out = Command::new("pkcs11-tool")
+            .arg("--module")
+            .arg(&self.hsm.module)
+            .args(["--token-label", label, "--login", "--pin", softhsm::PIN])
+            .args(["--list-objects", "--type", kind])
+            .env("SOFTHSM2_CONF", &self.hsm.conf)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The key names keyturn's objects of `kind` carry (`keyturn:<name>` labels).
+    fn key_names(&self, label: &str, kind: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .list(label, kind)
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("label:      keyturn:"))
+            .map(str::to_owned)
+            .collect();
+        names.sort();
+        names
+    }
 }
 
 #[tokio::test]
@@ -86,27 +117,73 @@ async fn pkcs11_every_algorithm_signs_tokens_that_independent_libraries_verify()
         assert_eq!(result["kid"], body["kid"]);
     }
     // The keys are in the token, as another PKCS#11 client sees it: a private and a
-    // public object per key (each key set has its active and its next key).
-    let out = Command::new("pkcs11-tool")
-        .arg("--module")
-        .arg(&token.hsm.module)
-        .args(["--token-label", "keyturn", "--login", "--pin", softhsm::PIN])
-        .args(["--list-objects", "--type", "privkey"])
-        .env("SOFTHSM2_CONF", &token.hsm.conf)
-        .output()
-        .unwrap();
-    let listed = String::from_utf8_lossy(&out.stdout);
+    // public object per key (each key set has its active and its next key), never
+    // extractable.
+    let private = token.list("keyturn", "privkey");
     for ks in &names {
-        let count = listed
+        let count = private
             .matches(&format!("label:      keyturn:{ks}-"))
             .count();
-        assert_eq!(count, 2, "{ks}: {listed}");
+        assert_eq!(count, 2, "{ks}: {private}");
     }
     assert_eq!(
-        listed.matches("never extractable").count(),
+        private.matches("never extractable").count(),
         2 * ALGS.len(),
-        "{listed}"
+        "{private}"
     );
+    assert_eq!(
+        token.key_names("keyturn", "privkey"),
+        token.key_names("keyturn", "pubkey")
+    );
+}
+
+/// A revoked key leaves the JWKS at once and both its objects leave the token.
+#[tokio::test]
+async fn pkcs11_a_revoked_key_is_destroyed_in_the_token() {
+    let dir = private_dir();
+    let Some(token) = Token::make(dir.path(), "keyturn", "") else {
+        return;
+    };
+    let (client, bearer) = token_client(
+        "ops",
+        &["default"],
+        "audiences = [\"orders\"]\nadmin = true",
+    );
+    let config = format!(
+        "{}{}{client}",
+        server_toml(dir.path()),
+        keyset_toml("default", "ES256", &token.backend)
+    );
+    let d = Daemon::start_with_env(dir.path(), &config, &token.env());
+    let before = token.key_names("keyturn", "privkey");
+    assert_eq!(before.len(), 2, "{before:?}");
+    let (status, body) = sign(&d, "default", &bearer, json!({"claims": {"aud": "orders"}})).await;
+    assert_eq!(status, 200, "{body}");
+    let kid = body["kid"].as_str().unwrap().to_owned();
+    let (status, body) = admin(
+        &d,
+        &bearer,
+        reqwest::Method::POST,
+        &format!("/v1/keysets/default/keys/{kid}/revoke"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!kids(&jwks(&d, "default").await).contains(&kid));
+    eventually(
+        Duration::from_secs(20),
+        "the revoked key's objects are destroyed",
+        || {
+            let before = &before;
+            let token = &token;
+            async move {
+                let private = token.key_names("keyturn", "privkey");
+                let public = token.key_names("keyturn", "pubkey");
+                let gone: Vec<&String> = before.iter().filter(|n| !private.contains(n)).collect();
+                gone.len() == 1 && !public.contains(gone[0]) && private == public
+            }
+        },
+    )
+    .await;
 }
 
 /// The token's directory is moved out of SoftHSM's token directory (the token is gone,
