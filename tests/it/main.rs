@@ -18,4 +18,5 @@ mod leak;
 mod metrics;
 mod systemd;
 mod tour;
+mod trust;
 mod vault;
