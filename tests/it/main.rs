@@ -19,3 +19,4 @@ mod metrics;
 mod systemd;
 mod tour;
 mod vault;
+mod verify;
