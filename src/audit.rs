@@ -118,6 +118,10 @@ struct Queue {
     closed: bool,
     /// The audit thread is waiting and must be woken.
     thread_idle: bool,
+    /// It waits with no deadline near (no sync, retry or queued line due): a line queued
+    /// now wakes it, or a line no task writes (its request cancelled between queuing and
+    /// writing) would wait for the next write or the stop.
+    thread_asleep: bool,
     /// Lines queued since the log was opened: a line's number is the count with it.
     queued: u64,
 }
@@ -174,6 +178,7 @@ impl Shared {
                 lines: Vec::with_capacity(64 * 1024),
                 closed: false,
                 thread_idle: false,
+                thread_asleep: false,
                 queued: 0,
             }),
             chain: Mutex::new(chain),
@@ -221,7 +226,7 @@ impl Shared {
         queue.lines.push(b'\n');
         queue.queued += 1;
         let line = queue.queued;
-        if wake {
+        if wake || queue.thread_asleep {
             self.wake_thread(queue);
         }
         Ok(Some(line))
@@ -229,6 +234,7 @@ impl Shared {
 
     /// Wakes the audit thread if it is waiting (`queue` is its lock, held).
     fn wake_thread(&self, mut queue: MutexGuard<'_, Queue>) {
+        queue.thread_asleep = false;
         if std::mem::take(&mut queue.thread_idle) {
             drop(queue);
             self.arrived.notify_one();
@@ -568,6 +574,7 @@ fn audit_thread(shared: &Shared, sync: &File) {
                     break;
                 }
                 queue.thread_idle = true;
+                queue.thread_asleep = wait.is_none();
                 match wait {
                     Some(wait) => {
                         let (q, timeout) = shared
@@ -588,6 +595,7 @@ fn audit_thread(shared: &Shared, sync: &File) {
                 }
             }
             queue.thread_idle = false;
+            queue.thread_asleep = false;
             queue.closed
         };
         tried_at = Instant::now();
