@@ -188,10 +188,14 @@ pub enum Command {
 /// `keyturn audit ...`.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain of an audit log.
+    /// Check the hash chain of an audit log, and print its head (COUNT:HASH) to anchor it.
     Verify {
         /// The audit log.
         file: PathBuf,
+        /// A head the daemon logged earlier ("audit chain head" count=N hash=H): the file
+        /// must still begin with those N lines, unchanged.
+        #[arg(long, value_name = "COUNT:HASH")]
+        head: Option<crate::audit::Head>,
     },
 }
 
@@ -381,11 +385,15 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                 print_json(&serde_json::from_slice(&resp.body).unwrap_or_default());
                 Ok(())
             }
-            Command::Audit { action: AuditCommand::Verify { file } } => {
-                let found = crate::audit::verify(&file)?;
+            Command::Audit { action: AuditCommand::Verify { file, head } } => {
+                let found = crate::audit::verify(&file, head.as_ref())?;
                 let shown = file.display();
                 if found.torn.is_empty() {
                     say!("{shown}: {} lines, hash chain intact", found.lines);
+                    if let Some(anchor) = head {
+                        say!("  holds the head {anchor} unchanged");
+                    }
+                    say!("  head {} (kept elsewhere, --head with it checks this file later)", found.head);
                     Ok(())
                 } else {
                     let torn: Vec<String> = found.torn.iter().map(u64::to_string).collect();
