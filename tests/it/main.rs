@@ -20,3 +20,4 @@ mod systemd;
 mod tour;
 mod trust;
 mod vault;
+mod verify;
