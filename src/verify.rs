@@ -61,12 +61,13 @@ pub struct JwksKey {
 }
 
 /// Refuses a JWKS URL whose keys could be replaced on the way, before any connection:
-/// plain `http://` is accepted only to a loopback host ([`crate::client::is_loopback_host`]).
+/// plain `http://` is accepted only to a loopback host ([`keyturn_backend::is_loopback_host`]).
 pub fn check_jwks_url(url: &str) -> Result<(), String> {
     let Ok(uri) = url.parse::<http::Uri>() else {
         return Ok(()); // not a URL: the fetch says so
     };
-    if uri.scheme_str() == Some("http") && !uri.host().is_some_and(crate::client::is_loopback_host)
+    if uri.scheme_str() == Some("http")
+        && !uri.host().is_some_and(keyturn_backend::is_loopback_host)
     {
         return Err(format!(
             "{url:?}: keys fetched over plain http from another machine could be replaced on \

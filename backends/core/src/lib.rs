@@ -73,6 +73,20 @@ pub fn hmac_state(key: &aws_lc_rs::hmac::Key, keyset: &str, data: &[u8]) -> Vec<
         .to_vec()
 }
 
+/// Whether `host` (as in a URL, IPv6 in brackets or not) names this machine: an address in
+/// 127.0.0.0/8, `::1` (also IPv4-mapped), or `localhost`. Plain HTTP is safe only to these:
+/// no other machine is on the path.
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_canonical().is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    }
+}
+
 /// Refuses a plaintext `http://` URL of a backend service (`setting` names it in the
 /// message) unless its host is loopback or the operator opted in with `allow_plaintext`:
 /// over plain HTTP, credentials cross in clear and a machine in the path can answer with
@@ -92,11 +106,7 @@ pub fn check_transport(
         Some(v6) => v6.split(']').next().unwrap_or_default(),
         None => host.split(':').next().unwrap_or_default(),
     };
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if loopback {
+    if is_loopback_host(host) {
         return Ok(false);
     }
     if !allow_plaintext {
@@ -195,7 +205,37 @@ pub trait KeyBackend: Send + Sync + 'static {
 
 #[cfg(test)]
 mod tests {
-    use super::check_transport;
+    use super::{check_transport, is_loopback_host};
+
+    #[test]
+    fn loopback_hosts_are_local_addresses_and_localhost_only() {
+        for host in [
+            "127.0.0.1",
+            "127.8.9.10",
+            "::1",
+            "[::1]",
+            "[::ffff:127.0.0.2]",
+            "localhost",
+            "LocalHost",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "128.0.0.1",
+            "10.0.0.1",
+            "0.0.0.0",
+            "[::]",
+            "[::2]",
+            "127.1",
+            "localhost.",
+            "localhost.invalid",
+            "127.0.0.1.invalid",
+            "jwks.invalid",
+            "",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 
     #[test]
     fn plaintext_http_is_refused_unless_loopback_or_opted_in() {
