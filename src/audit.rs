@@ -6,6 +6,12 @@
 //! `keyturn audit verify FILE` finds the first break. Tokens are never logged: only caller,
 //! key set, kid, jti, sub, aud and exp.
 //!
+//! A chain alone does not catch a log cut short, or rewritten whole with every hash
+//! recomputed. So the audit thread writes the chain's [`Head`] (the number of lines and the
+//! hash of the last, once synced) to the daemon's own log, "audit chain head", at most every
+//! [`HEAD_EVERY`] while lines are added and at the stop; a copy of it kept elsewhere (a log
+//! shipper, the journal) anchors the file: `keyturn audit verify FILE --head COUNT:HASH`.
+//!
 //! Signing tasks append their lines to one shared buffer. A task that needs its line
 //! written takes the whole buffer, chains the lines and appends them with one write, then
 //! wakes the tasks whose lines it wrote; while it writes, others wait for it (group
@@ -29,6 +35,47 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// How often at most the audit thread logs the chain head while lines are added: often
+/// enough that little of the log is unanchored, rarely enough not to flood the daemon's log.
+const HEAD_EVERY: Duration = Duration::from_secs(60);
+
+/// The head of an audit log's chain: how many lines it holds and the hash of the last one
+/// (the `prev` the next line will carry; 64 zeros for no line). Written `COUNT:HASH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// Lines, the last one included.
+    pub count: u64,
+    /// SHA-256 of the last line's bytes, lowercase hex.
+    pub hash: String,
+}
+
+impl std::fmt::Display for Head {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.count, self.hash)
+    }
+}
+
+impl std::str::FromStr for Head {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Head, String> {
+        let bad = || {
+            format!(
+                "{s:?} is not a chain head: write COUNT:HASH as the daemon logs them (\"audit \
+                 chain head\" count=N hash=H), e.g. 12:{GENESIS}"
+            )
+        };
+        let (count, hash) = s.split_once(':').ok_or_else(bad)?;
+        let count = count.parse().map_err(|_| bad())?;
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        Ok(Head {
+            count,
+            hash: hash.to_ascii_lowercase(),
+        })
+    }
+}
 
 /// One audit record, before chaining. It borrows its fields: the caller serializes it on
 /// its own thread and hands the writer one buffer (no copies of the caller's strings, none
@@ -118,6 +165,10 @@ struct Queue {
     closed: bool,
     /// The audit thread is waiting and must be woken.
     thread_idle: bool,
+    /// It waits with no deadline near (no sync, retry or queued line due): a line queued
+    /// now wakes it, or a line no task writes (its request cancelled between queuing and
+    /// writing) would wait for the next write or the stop.
+    thread_asleep: bool,
     /// Lines queued since the log was opened: a line's number is the count with it.
     queued: u64,
 }
@@ -160,6 +211,9 @@ struct Shared {
     sync_failing: AtomicBool,
     /// The `ts` of the last record the log held when opened.
     last_ts: Option<i64>,
+    /// Lines the log held when opened: line numbers in the file are this plus
+    /// `Queue::queued`'s.
+    opened_lines: u64,
     /// The log's path, for messages.
     shown: String,
 }
@@ -168,12 +222,13 @@ struct Shared {
 const MAX_QUEUED: usize = 4 << 20;
 
 impl Shared {
-    fn new(chain: Chain, last_ts: Option<i64>, shown: String) -> Shared {
+    fn new(chain: Chain, last_ts: Option<i64>, opened_lines: u64, shown: String) -> Shared {
         Shared {
             queue: Mutex::new(Queue {
                 lines: Vec::with_capacity(64 * 1024),
                 closed: false,
                 thread_idle: false,
+                thread_asleep: false,
                 queued: 0,
             }),
             chain: Mutex::new(chain),
@@ -184,6 +239,7 @@ impl Shared {
             healthy: AtomicBool::new(true),
             sync_failing: AtomicBool::new(false),
             last_ts,
+            opened_lines,
             shown,
         }
     }
@@ -221,7 +277,7 @@ impl Shared {
         queue.lines.push(b'\n');
         queue.queued += 1;
         let line = queue.queued;
-        if wake {
+        if wake || queue.thread_asleep {
             self.wake_thread(queue);
         }
         Ok(Some(line))
@@ -229,6 +285,7 @@ impl Shared {
 
     /// Wakes the audit thread if it is waiting (`queue` is its lock, held).
     fn wake_thread(&self, mut queue: MutexGuard<'_, Queue>) {
+        queue.thread_asleep = false;
         if std::mem::take(&mut queue.thread_idle) {
             drop(queue);
             self.arrived.notify_one();
@@ -286,12 +343,31 @@ impl Shared {
     /// The write blocks the calling thread (a tokio worker when a signing task writes):
     /// an append to the page cache, microseconds, but as long as the filesystem makes it
     /// wait (some hold a file's appends during its fsync).
-    fn write(&self, mut chain: MutexGuard<'_, Chain>) -> std::io::Result<()> {
+    fn write(&self, chain: MutexGuard<'_, Chain>) -> std::io::Result<()> {
+        self.write_then(chain, |_, _| ()).0
+    }
+
+    /// [`Self::write`], reading `then` of the chain before letting it go.
+    fn write_then<T>(
+        &self,
+        mut chain: MutexGuard<'_, Chain>,
+        then: impl FnOnce(&Self, &Chain) -> T,
+    ) -> (std::io::Result<()>, T) {
         let outcome = self.flush(&mut chain);
         self.note(&outcome);
+        let read = then(self, &chain);
         drop(chain);
         self.progress.notify_waiters();
-        outcome
+        (outcome, read)
+    }
+
+    /// The head of the lines in the file, `chain` held: None while a failed write is
+    /// pending (the hash is of a line not all in the file).
+    fn head(&self, chain: &Chain) -> Option<Head> {
+        chain.pending.is_empty().then(|| Head {
+            count: self.opened_lines + self.written.load(Ordering::Acquire),
+            hash: chain.prev.clone(),
+        })
     }
 
     /// Notes the outcome of a write or a sync: signing stops while the log cannot be
@@ -366,8 +442,19 @@ impl AuditWriter {
 }
 
 impl Audit {
-    /// Opens (creating, 0600) `path` for appending and starts the audit thread.
+    /// Opens (creating, 0600) `path` for appending and starts the audit thread. Reads the
+    /// whole log once, to count its lines for the chain head (a count of newlines: about a
+    /// second per GB from disk, less from the page cache).
     pub fn open(path: &Path) -> Result<(Audit, AuditWriter), String> {
+        Self::open_with_heads_every(path, HEAD_EVERY)
+    }
+
+    /// [`Self::open`], logging the chain head at most every `head_every` while lines are
+    /// added.
+    fn open_with_heads_every(
+        path: &Path,
+        head_every: Duration,
+    ) -> Result<(Audit, AuditWriter), String> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             // Directories it creates are keyturn's alone, like the log (existing ones keep
             // their mode).
@@ -386,6 +473,11 @@ impl Audit {
             .map_err(|e| format!("cannot open audit log {}: {e}", path.display()))?;
         let (prev, last_ts) = last_line(&mut file)
             .map_err(|e| format!("cannot read audit log {}: {e}", path.display()))?;
+        let opened = Head {
+            count: count_lines(&mut file)
+                .map_err(|e| format!("cannot read audit log {}: {e}", path.display()))?,
+            hash: prev.clone(),
+        };
         // The audit thread's own handle, for fdatasync while others write.
         let sync = file
             .try_clone()
@@ -398,13 +490,25 @@ impl Audit {
             pending_through: 0,
             taken: Vec::with_capacity(64 * 1024),
         };
-        let shared = Arc::new(Shared::new(chain, last_ts, path.display().to_string()));
+        let shared = Arc::new(Shared::new(
+            chain,
+            last_ts,
+            opened.count,
+            path.display().to_string(),
+        ));
         let thread = shared.clone();
+        // The thread logs where its opener does (the global subscriber in the daemon).
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
         let handle = std::thread::Builder::new()
             .name("keyturn-audit".into())
             .spawn(move || {
                 let _stopped = ThreadStopped(&thread);
-                audit_thread(&thread, &sync);
+                let mut heads = HeadLog::new(opened, head_every, Instant::now());
+                tracing::dispatcher::with_default(&dispatch, || {
+                    audit_thread(&thread, &sync, &mut heads);
+                    // At the stop, whatever was added: the head the next start continues.
+                    log_head(&thread.shown, heads.last());
+                });
             })
             .map_err(|e| format!("cannot start the audit thread: {e}"))?;
         Ok((
@@ -537,12 +641,74 @@ const RETRIES_AT_EXIT: u32 = 40;
 /// batch took a fifth of the daemon's CPU at 17k signatures/s (see BENCHMARKS.md).
 const SYNC_EVERY: Duration = Duration::from_millis(5);
 
+/// When the audit thread logs the chain head: once lines were synced since the last head
+/// logged and `every` has passed since then (the open counts as a head logged). Time is a
+/// parameter.
+struct HeadLog {
+    every: Duration,
+    /// The head of the lines known to be on disk.
+    synced: Head,
+    /// The line count of the last head logged, and when.
+    logged: u64,
+    logged_at: Instant,
+}
+
+impl HeadLog {
+    fn new(opened: Head, every: Duration, now: Instant) -> HeadLog {
+        HeadLog {
+            every,
+            logged: opened.count,
+            synced: opened,
+            logged_at: now,
+        }
+    }
+
+    /// The lines up to `head` are on disk.
+    fn synced(&mut self, head: Head) {
+        self.synced = head;
+    }
+
+    /// How long until a head is due; None while no line was synced since the last one.
+    fn wait(&self, now: Instant) -> Option<Duration> {
+        (self.synced.count > self.logged).then(|| {
+            self.every
+                .saturating_sub(now.saturating_duration_since(self.logged_at))
+        })
+    }
+
+    /// The head to log at `now`, if one is due; it then counts as logged.
+    fn due(&mut self, now: Instant) -> Option<&Head> {
+        if !self.wait(now)?.is_zero() {
+            return None;
+        }
+        self.logged = self.synced.count;
+        self.logged_at = now;
+        Some(&self.synced)
+    }
+
+    /// The head of the lines on disk.
+    fn last(&self) -> &Head {
+        &self.synced
+    }
+}
+
+/// The daemon's log line an operator anchors the file with (`keyturn audit verify FILE
+/// --head COUNT:HASH`).
+fn log_head(shown: &str, head: &Head) {
+    tracing::info!(
+        count = head.count,
+        hash = %head.hash,
+        path = shown,
+        "audit chain head"
+    );
+}
+
 /// The audit thread: fdatasyncs (on its own handle, `sync`, so that writers go on) within
 /// [`SYNC_EVERY`] of a write, writes within about [`SYNC_EVERY`] the lines no one waits for
 /// (lifecycle events, and those of requests cancelled before their write), retries
-/// every [`RETRY`] while the disk refuses writes (read-only, full), and at the stop writes
-/// and syncs what is left.
-fn audit_thread(shared: &Shared, sync: &File) {
+/// every [`RETRY`] while the disk refuses writes (read-only, full), logs the chain head of
+/// the synced lines as `heads` says, and at the stop writes and syncs what is left.
+fn audit_thread(shared: &Shared, sync: &File, heads: &mut HeadLog) {
     let mut synced_at = Instant::now();
     // The last write attempt: retries while the disk refuses writes count from it, so
     // that an early wake (a lifecycle event) does not put them off.
@@ -564,10 +730,17 @@ fn audit_thread(shared: &Shared, sync: &File) {
                 } else {
                     None
                 };
+                // Nothing near: a queued line must wake it (the head can wait that long).
+                let asleep = wait.is_none();
+                let wait = match (wait, heads.wait(Instant::now())) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 if wait.is_some_and(|w| w.is_zero()) {
                     break;
                 }
                 queue.thread_idle = true;
+                queue.thread_asleep = asleep;
                 match wait {
                     Some(wait) => {
                         let (q, timeout) = shared
@@ -588,10 +761,11 @@ fn audit_thread(shared: &Shared, sync: &File) {
                 }
             }
             queue.thread_idle = false;
+            queue.thread_asleep = false;
             queue.closed
         };
         tried_at = Instant::now();
-        let mut outcome = shared.write(shared.chain());
+        let (mut outcome, head) = shared.write_then(shared.chain(), Shared::head);
         if outcome.is_ok()
             && (closed || synced_at.elapsed() >= SYNC_EVERY)
             && shared.dirty.swap(false, Ordering::AcqRel)
@@ -601,11 +775,20 @@ fn audit_thread(shared: &Shared, sync: &File) {
             let failed = outcome.is_err();
             if failed {
                 shared.dirty.store(true, Ordering::Release);
+            } else if let Some(head) = head {
+                // Read after the write, before the sync: its lines are synced.
+                heads.synced(head);
             }
             if shared.sync_failing.swap(failed, Ordering::AcqRel) != failed {
                 shared.note(&outcome);
                 // Records waiting for their line give up.
                 shared.progress.notify_waiters();
+            }
+        }
+        // At the stop it is logged once, after the last sync.
+        if !closed {
+            if let Some(head) = heads.due(Instant::now()) {
+                log_head(&shared.shown, head);
             }
         }
         match outcome {
@@ -722,6 +905,22 @@ fn last_line(file: &mut File) -> std::io::Result<(String, Option<i64>)> {
     Ok((hex_sha256(line), last_ts))
 }
 
+/// The number of lines in `file`: its newlines, once [`last_line`] has ended a torn last
+/// line.
+fn count_lines(file: &mut File) -> std::io::Result<u64> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut buf = vec![0; 256 * 1024];
+    let mut lines = 0;
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(lines),
+            Ok(n) => lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// What [`verify`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
@@ -730,23 +929,43 @@ pub struct Verified {
     /// Lines that are not records (numbered from 1): writes cut short by a crash or a power
     /// loss, ended at the next start. What they held is lost; the chain still covers them.
     pub torn: Vec<u64>,
+    /// The file's head: anchor it to check the file against it later.
+    pub head: Head,
 }
 
 /// Checks the chain of an audit log: the first broken line, or what was checked. A line
 /// that is not JSON is reported as torn and the chain continues over its bytes, as the
 /// daemon continued it: the next line must still carry its hash, so garbage put in later
 /// breaks the chain at the line after it.
-pub fn verify(path: &Path) -> Result<Verified, String> {
-    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let mut prev = GENESIS.to_owned();
+///
+/// With `anchor`, a head logged earlier, the file must also still begin with the lines it
+/// counts, unchanged: fewer lines, or another hash at its line (a rewrite, even one that
+/// recomputed every hash after it), fail. Lines added after it are checked as any others.
+pub fn verify(path: &Path, anchor: Option<&Head>) -> Result<Verified, String> {
+    let shown = path.display();
+    let file = File::open(path).map_err(|e| format!("cannot open {shown}: {e}"))?;
     let mut found = Verified {
         lines: 0,
         torn: Vec::new(),
+        head: Head {
+            count: 0,
+            hash: GENESIS.to_owned(),
+        },
     };
+    let anchored = |head: &Head| match anchor {
+        Some(anchor) if anchor.count == head.count && anchor.hash != head.hash => Err(format!(
+            "{shown}: line {} is not the one the head {anchor} was logged for: the log was \
+             rewritten up to there since (its hashes recomputed), or it is another log",
+            anchor.count
+        )),
+        _ => Ok(()),
+    };
+    anchored(&found.head)?;
     for line in BufReader::new(file).split(b'\n') {
-        let line = line.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let line = line.map_err(|e| format!("cannot read {shown}: {e}"))?;
         found.lines += 1;
         let n = found.lines;
+        let prev = &found.head.hash;
         match serde_json::from_slice::<serde_json::Value>(&line) {
             Err(_) => found.torn.push(n),
             Ok(value) => {
@@ -762,9 +981,20 @@ pub fn verify(path: &Path) -> Result<Verified, String> {
                 }
             }
         }
-        prev = hex_sha256(&line);
+        found.head = Head {
+            count: n,
+            hash: hex_sha256(&line),
+        };
+        anchored(&found.head)?;
     }
-    Ok(found)
+    match anchor {
+        Some(anchor) if anchor.count > found.lines => Err(format!(
+            "{shown}: {} lines, fewer than the {} of the head {anchor}: the log was cut short \
+             since that head was logged",
+            found.lines, anchor.count
+        )),
+        _ => Ok(found),
+    }
 }
 
 #[cfg(test)]
@@ -909,7 +1139,10 @@ mod tests {
             assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
         }
         write(&path, 5..10).await;
-        assert_eq!(verify(&path).map(|v| (v.lines, v.torn.len())), Ok((10, 0)));
+        assert_eq!(
+            verify(&path, None).map(|v| (v.lines, v.torn.len())),
+            Ok((10, 0))
+        );
 
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -917,13 +1150,13 @@ mod tests {
         let mut removed = lines.clone();
         removed.remove(3);
         std::fs::write(&path, removed.join("\n") + "\n").unwrap();
-        assert!(verify(&path).unwrap_err().contains("line 4"));
+        assert!(verify(&path, None).unwrap_err().contains("line 4"));
 
         let mut edited = lines.clone();
         let changed = edited[6].replace("alice", "mallory");
         edited[6] = &changed;
         std::fs::write(&path, edited.join("\n") + "\n").unwrap();
-        assert!(verify(&path).unwrap_err().contains("line 8"));
+        assert!(verify(&path, None).unwrap_err().contains("line 8"));
     }
 
     /// A log on `file` with no audit thread: the test drives it.
@@ -936,7 +1169,7 @@ mod tests {
             pending_through: 0,
             taken: Vec::new(),
         };
-        Arc::new(Shared::new(chain, None, "test".into()))
+        Arc::new(Shared::new(chain, None, 0, "test".into()))
     }
 
     /// A record finding the queue full writes it out, or waits while another task writes
@@ -997,7 +1230,7 @@ mod tests {
         let lines = std::fs::read_to_string(&path).unwrap();
         assert!(lines.lines().next().unwrap().contains("\"jti\":\"j1\""));
         assert!(lines.lines().last().unwrap().contains("\"jti\":\"j2\""));
-        assert_eq!(verify(&path).unwrap().lines, (full + 1) as u64);
+        assert_eq!(verify(&path, None).unwrap().lines, (full + 1) as u64);
 
         // No one writing: waiting for the third line writes it.
         let third = audit.queue(record(3, "j3", &aud)).await.unwrap();
@@ -1043,7 +1276,7 @@ mod tests {
             .expect("a record never returned");
         drop(audit);
         writer.finish();
-        let verified = verify(&path).unwrap();
+        let verified = verify(&path, None).unwrap();
         assert_eq!(verified.lines, tasks * each as u64);
         assert!(verified.torn.is_empty());
     }
@@ -1109,20 +1342,15 @@ mod tests {
             serde_json::from_str::<serde_json::Value>(line).unwrap();
         }
         // The torn line is reported, and the lines after it are still checked.
-        assert_eq!(
-            verify(&path),
-            Ok(Verified {
-                lines: 6,
-                torn: vec![4]
-            })
-        );
+        let verified = verify(&path, None).unwrap();
+        assert_eq!((verified.lines, verified.torn), (6, vec![4]));
         let edited = text.replace(r#""ts":4,"#, r#""ts":8,"#);
         std::fs::write(&path, &edited).unwrap();
-        assert!(verify(&path).unwrap_err().contains("line 6"));
+        assert!(verify(&path, None).unwrap_err().contains("line 6"));
         // Garbage in place of a record breaks the chain at the next line.
         let garbage = text.replacen(lines[1], "garbage", 1);
         std::fs::write(&path, garbage).unwrap();
-        assert!(verify(&path).unwrap_err().contains("line 3"));
+        assert!(verify(&path, None).unwrap_err().contains("line 3"));
     }
 
     #[tokio::test]
@@ -1136,6 +1364,226 @@ mod tests {
         assert_eq!(audit.record(record(1, "j", &aud)).await, Err(()));
         drop(audit);
         writer.finish();
+    }
+
+    /// `lines` chained again from the first, as someone who rewrote them would: each
+    /// line's `prev` replaced by the hash of the line before it as it now is.
+    fn rechain(lines: &[String]) -> String {
+        let mut prev = GENESIS.to_owned();
+        let mut out = String::new();
+        for line in lines {
+            let cut = line.rfind("\"prev\":\"").unwrap();
+            let line = format!("{}\"prev\":\"{prev}\"}}", &line[..cut]);
+            prev = hex_sha256(line.as_bytes());
+            out += &line;
+            out.push('\n');
+        }
+        out
+    }
+
+    #[test]
+    fn a_head_is_count_colon_hash() {
+        let head: Head = format!("12:{}", "AB".repeat(32)).parse().unwrap();
+        assert_eq!(head.count, 12);
+        assert_eq!(head.to_string(), format!("12:{}", "ab".repeat(32)));
+        for bad in [
+            String::new(),
+            "12".into(),
+            "a".repeat(64),
+            format!("-1:{}", "a".repeat(64)),
+            format!("x:{}", "a".repeat(64)),
+            format!("12:{}", "a".repeat(63)),
+            format!("12:{}", "g".repeat(64)),
+            format!("12:{}:", "a".repeat(64)),
+        ] {
+            let err = bad.parse::<Head>().unwrap_err();
+            assert!(err.contains("COUNT:HASH"), "{bad}: {err}");
+        }
+    }
+
+    /// A head logged earlier catches what the chain alone cannot: a log cut short, and one
+    /// rewritten with every hash after the change recomputed. Lines added after the head,
+    /// and changes after it, are not its business.
+    #[tokio::test]
+    async fn a_head_anchors_the_lines_it_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        assert_eq!(
+            verify(&path.with_extension("none"), None).map(|_| ()),
+            Err(format!(
+                "cannot open {}: No such file or directory (os error 2)",
+                path.with_extension("none").display()
+            ))
+        );
+        write(&path, 0..6).await;
+        let six = verify(&path, None).unwrap().head;
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(six.count, 6);
+        assert_eq!(
+            six.hash,
+            hex_sha256(text.lines().last().unwrap().as_bytes())
+        );
+        // The head the daemon held at each stop is the one verify finds.
+        let (audit, writer) = Audit::open(&path).unwrap();
+        let shared = audit.shared().unwrap();
+        assert_eq!(shared.head(&shared.chain()), Some(six.clone()));
+        drop(audit);
+        writer.finish();
+        write(&path, 6..10).await;
+        let ten = verify(&path, None).unwrap().head;
+        assert_eq!(ten.count, 10);
+        for head in [&six, &ten] {
+            assert_eq!(verify(&path, Some(head)).unwrap().head, ten, "{head}");
+        }
+        // The empty prefix: any log holds it.
+        let empty = Head {
+            count: 0,
+            hash: GENESIS.into(),
+        };
+        assert!(verify(&path, Some(&empty)).is_ok());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+
+        // Cut short: the chain holds, the head does not.
+        std::fs::write(&path, lines[..5].join("\n") + "\n").unwrap();
+        assert!(verify(&path, None).is_ok());
+        let err = verify(&path, Some(&six)).unwrap_err();
+        assert!(
+            err.contains("5 lines, fewer than the 6") && err.contains("cut short"),
+            "{err}"
+        );
+
+        // Line 3 rewritten and every hash after it recomputed.
+        let mut rewritten = lines.clone();
+        rewritten[2] = rewritten[2].replace("alice", "mallory");
+        std::fs::write(&path, rechain(&rewritten)).unwrap();
+        assert!(verify(&path, None).is_ok(), "the chain alone is fooled");
+        for head in [&six, &ten] {
+            let err = verify(&path, Some(head)).unwrap_err();
+            assert!(
+                err.contains(&format!("line {} is not the one", head.count))
+                    && err.contains("rewritten"),
+                "{err}"
+            );
+        }
+        // A head of another count or hash is no anchor either.
+        let other = Head {
+            count: 6,
+            hash: ten.hash.clone(),
+        };
+        std::fs::write(&path, &text).unwrap();
+        assert!(verify(&path, Some(&other)).is_err());
+
+        // Rewritten after the head: the head still holds; a later head does not.
+        let mut late = lines.clone();
+        late[8] = late[8].replace("alice", "mallory");
+        std::fs::write(&path, rechain(&late)).unwrap();
+        assert!(verify(&path, Some(&six)).is_ok());
+        assert!(verify(&path, Some(&ten)).is_err());
+    }
+
+    /// Heads are due once lines were synced since the last one and the interval has passed
+    /// since it: at most one per interval under load, at once after a quiet spell.
+    #[test]
+    fn heads_are_due_every_interval_while_lines_are_added() {
+        let head = |count| Head {
+            count,
+            hash: format!("{count:064}"),
+        };
+        let t0 = Instant::now();
+        let at = |secs| t0 + Duration::from_secs(secs);
+        let mut log = HeadLog::new(head(5), Duration::from_secs(60), t0);
+        assert_eq!(log.wait(at(3600)), None, "nothing added");
+        assert_eq!(log.due(at(3600)), None);
+        log.synced(head(7));
+        assert_eq!(log.wait(at(10)), Some(Duration::from_secs(50)));
+        assert_eq!(log.due(at(10)), None);
+        log.synced(head(9));
+        assert_eq!(log.due(at(60)), Some(&head(9)));
+        assert_eq!(log.wait(at(61)), None, "logged");
+        log.synced(head(10));
+        assert_eq!(log.wait(at(61)), Some(Duration::from_secs(59)));
+        assert_eq!(log.due(at(119)), None);
+        assert_eq!(log.due(at(120)), Some(&head(10)));
+        // After a quiet hour, a new line's head is due at once.
+        log.synced(head(11));
+        assert_eq!(log.wait(at(3720)), Some(Duration::ZERO));
+        assert_eq!(log.due(at(3720)), Some(&head(11)));
+        assert_eq!(log.last(), &head(11));
+    }
+
+    /// Log lines written by any thread, for [`the_audit_thread_logs_heads`].
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn heads(&self) -> Vec<Head> {
+            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+            text.lines()
+                .filter(|l| l.contains("audit chain head"))
+                .map(|l| {
+                    let field = |name: &str| {
+                        let start = l.find(&format!(" {name}=")).unwrap() + name.len() + 2;
+                        l[start..].split([' ', '"']).next().unwrap().to_owned()
+                    };
+                    Head {
+                        count: field("count").parse().unwrap(),
+                        hash: field("hash"),
+                    }
+                })
+                .collect()
+        }
+    }
+
+    /// The audit thread logs the head of the synced lines by itself once the interval has
+    /// passed (no other line wakes it), and again at the stop; each head anchors the file.
+    #[tokio::test]
+    async fn the_audit_thread_logs_heads() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        write(&path, 0..2).await;
+        assert_eq!(captured.heads(), [verify(&path, None).unwrap().head]);
+
+        let (audit, writer) =
+            Audit::open_with_heads_every(&path, Duration::from_millis(200)).unwrap();
+        let aud = AUD;
+        for i in 2..5 {
+            let jti = format!("jti{i}");
+            audit.record(record(i, &jti, &aud)).await.unwrap();
+        }
+        // Logged with no other line or request to wake the thread.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !captured.heads().iter().any(|head| head.count == 5) {
+            assert!(Instant::now() < deadline, "no head within the interval");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        audit.record(record(5, "jti5", &aud)).await.unwrap();
+        drop(audit);
+        writer.finish();
+        let heads = captured.heads();
+        let last = verify(&path, None).unwrap().head;
+        assert_eq!(last.count, 6);
+        assert_eq!(heads.last(), Some(&last), "the head at the stop");
+        for head in &heads {
+            assert!(verify(&path, Some(head)).is_ok(), "{head}");
+        }
     }
 
     #[test]

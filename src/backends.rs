@@ -103,7 +103,14 @@ impl Factory {
                          (custom backends are registered with app::run_with_backends)"
                     )
                 })?,
-            _ => build(config, server).await?,
+            _ => {
+                for (setting, url, allowed) in config.urls() {
+                    if keyturn_backend::check_transport(setting, url, allowed).unwrap_or(true) {
+                        tracing::warn!(setting, url, "the {} backend is reached over plaintext HTTP (allow_plaintext_http = true): its credentials cross in clear", config.kind());
+                    }
+                }
+                build(config, server).await?
+            }
         };
         let backend: Arc<dyn KeyBackend> = Arc::new(Metered {
             inner: backend,
@@ -238,6 +245,7 @@ async fn build(
             kv_mount,
             ca_file,
             approle_mount,
+            allow_plaintext_http: _,
         } => {
             use keyturn_backend_vault::{VaultAuth, VaultBackend, VaultConfig};
             let auth = match (token_file, approle_role_id, approle_secret_id_file) {
@@ -276,6 +284,7 @@ async fn build(
             deletion_window_days,
             dynamodb_endpoint,
             create_state_table,
+            allow_plaintext_http: _,
         } => {
             use keyturn_backend_kms::{KmsBackend, KmsConfig};
             let mut config = KmsConfig {

@@ -4,7 +4,7 @@
 
 use crate::client::{request, Endpoint};
 use crate::config::{Config, LogFormat};
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
 use http::Method;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -115,19 +115,31 @@ pub enum Command {
         #[arg(long)]
         typ: Option<String>,
     },
-    /// Verify a token against a JWKS URL.
+    /// Verify a token against a JWKS URL: its signature, its times, and the issuer and
+    /// audience it must have (or --any-issuer and --any-audience to accept any).
+    #[command(
+        group(ArgGroup::new("iss").required(true).args(["issuer", "any_issuer"])),
+        group(ArgGroup::new("aud").required(true).args(["audience", "any_audience"]))
+    )]
     Verify {
         /// The compact JWS.
         token: String,
-        /// Where the JWKS is.
+        /// Where the JWKS is: an https:// URL, or http:// to a loopback host (127.0.0.0/8,
+        /// ::1, localhost). At most 1 MiB is read.
         #[arg(long)]
         jwks: String,
-        /// Required iss.
+        /// The iss the token must have (exact match).
         #[arg(long)]
         issuer: Option<String>,
-        /// Required aud value.
+        /// Accept a token of any issuer, instead of --issuer.
+        #[arg(long)]
+        any_issuer: bool,
+        /// An aud value the token must have (exact match).
         #[arg(long)]
         audience: Option<String>,
+        /// Accept a token for any audience, instead of --audience.
+        #[arg(long)]
+        any_audience: bool,
         /// Required typ (default JWT).
         #[arg(long, default_value = "JWT")]
         typ: String,
@@ -176,10 +188,14 @@ pub enum Command {
 /// `keyturn audit ...`.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain of an audit log.
+    /// Check the hash chain of an audit log, and print its head (COUNT:HASH) to anchor it.
     Verify {
         /// The audit log.
         file: PathBuf,
+        /// A head the daemon logged earlier ("audit chain head" count=N hash=H): the file
+        /// must still begin with those N lines, unchanged.
+        #[arg(long, value_name = "COUNT:HASH")]
+        head: Option<crate::audit::Head>,
     },
 }
 
@@ -355,18 +371,17 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                 say!("{}", out["token"].as_str().unwrap_or_default());
                 Ok(())
             }
-            Command::Verify { token, jwks, issuer, audience, typ, leeway } => {
-                let resp = crate::client::get_url(&jwks).await?;
+            // --any-issuer and --any-audience leave `issuer` and `audience` unset: clap
+            // requires one of each pair.
+            Command::Verify { token, jwks, issuer, audience, typ, leeway, .. } => {
+                crate::verify::check_jwks_url(&jwks)?;
+                let leeway = i64::try_from(leeway.as_secs()).map_err(|_| "--leeway is too large".to_owned())?;
+                let resp = crate::client::get_url(&jwks, crate::verify::MAX_JWKS).await.map_err(|e| format!("GET {jwks}: {e}"))?;
                 if !resp.status.is_success() {
                     return Err(format!("GET {jwks}: {}", resp.status));
                 }
                 let keys = crate::verify::parse_jwks(&resp.body).map_err(|e| e.to_string())?;
-                let expect = crate::verify::Expect {
-                    issuer,
-                    audience,
-                    typ: Some(typ),
-                    leeway: i64::try_from(leeway.as_secs()).unwrap_or(i64::MAX),
-                };
+                let expect = crate::verify::Expect { issuer, audience, typ: Some(typ), leeway };
                 let now = crate::clock::Clock::now(&crate::clock::SystemClock);
                 let claims = crate::verify::verify(token.trim(), &keys, &expect, now).map_err(|e| format!("invalid token: {e}"))?;
                 print_json(&serde_json::Value::Object(claims));
@@ -374,18 +389,22 @@ pub async fn run_client(cli: Cli) -> ExitCode {
             }
             Command::Jwks { keyset, jwks_url } => {
                 let url = format!("{}/keysets/{keyset}/jwks.json", jwks_url.trim_end_matches('/'));
-                let resp = crate::client::get_url(&url).await?;
+                let resp = crate::client::get_url(&url, crate::verify::MAX_JWKS).await?;
                 if !resp.status.is_success() {
                     return Err(format!("GET {url}: {}", resp.status));
                 }
                 print_json(&serde_json::from_slice(&resp.body).unwrap_or_default());
                 Ok(())
             }
-            Command::Audit { action: AuditCommand::Verify { file } } => {
-                let found = crate::audit::verify(&file)?;
+            Command::Audit { action: AuditCommand::Verify { file, head } } => {
+                let found = crate::audit::verify(&file, head.as_ref())?;
                 let shown = file.display();
                 if found.torn.is_empty() {
                     say!("{shown}: {} lines, hash chain intact", found.lines);
+                    if let Some(anchor) = head {
+                        say!("  holds the head {anchor} unchanged");
+                    }
+                    say!("  head {} (kept elsewhere, --head with it checks this file later)", found.head);
                     Ok(())
                 } else {
                     let torn: Vec<String> = found.torn.iter().map(u64::to_string).collect();

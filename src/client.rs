@@ -2,7 +2,7 @@
 //! URLs over http or https.
 
 use http::{header, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use std::path::PathBuf;
@@ -30,7 +30,13 @@ pub struct Response {
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn exchange<IO>(io: IO, req: Request<Full<Bytes>>) -> Result<Response, String>
+/// Sends `req` and reads the response, whose body may hold at most `max_body` bytes: a
+/// longer one is refused as it arrives, never buffered whole.
+async fn exchange<IO>(
+    io: IO,
+    req: Request<Full<Bytes>>,
+    max_body: usize,
+) -> Result<Response, String>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -43,13 +49,26 @@ where
         .await
         .map_err(|e| format!("request failed: {e}"))?;
     let status = resp.status();
-    let body = resp
-        .into_body()
+    let body = Limited::new(resp.into_body(), max_body)
         .collect()
         .await
-        .map_err(|e| format!("reading the response failed: {e}"))?
+        .map_err(|e| {
+            if e.is::<LengthLimitError>() {
+                format!("the response is larger than {}: refused", size(max_body))
+            } else {
+                format!("reading the response failed: {e}")
+            }
+        })?
         .to_bytes();
     Ok(Response { status, body })
+}
+
+fn size(bytes: usize) -> String {
+    if bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 fn tls_connector() -> tokio_rustls::TlsConnector {
@@ -69,13 +88,24 @@ fn tls_connector() -> tokio_rustls::TlsConnector {
     }
 }
 
-/// Sends one request and reads the whole response.
+/// Sends one request to the daemon and reads the whole response.
 pub async fn request(
     endpoint: &Endpoint,
     method: Method,
     path: &str,
     token: Option<&str>,
     json: Option<Vec<u8>>,
+) -> Result<Response, String> {
+    send(endpoint, method, path, token, json, usize::MAX).await
+}
+
+async fn send(
+    endpoint: &Endpoint,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    json: Option<Vec<u8>>,
+    max_body: usize,
 ) -> Result<Response, String> {
     let fut = async {
         let (authority, base_path, tls, socket) = match endpoint {
@@ -127,7 +157,7 @@ pub async fn request(
             let io = tokio::net::UnixStream::connect(&path)
                 .await
                 .map_err(|e| format!("cannot connect to {}: {e}", path.display()))?;
-            return exchange(io, req).await;
+            return exchange(io, req, max_body).await;
         }
         let addr = if authority.contains(':') {
             authority.clone()
@@ -148,9 +178,9 @@ pub async fn request(
                 .connect(name, tcp)
                 .await
                 .map_err(|e| format!("TLS to {addr} failed: {e}"))?;
-            exchange(stream, req).await
+            exchange(stream, req, max_body).await
         } else {
-            exchange(tcp, req).await
+            exchange(tcp, req, max_body).await
         }
     };
     tokio::time::timeout(TIMEOUT, fut)
@@ -158,8 +188,8 @@ pub async fn request(
         .map_err(|_| "timed out".to_owned())?
 }
 
-/// Fetches a URL with GET.
-pub async fn get_url(url: &str) -> Result<Response, String> {
+/// Fetches a URL with GET, reading at most `max_body` bytes of the response body.
+pub async fn get_url(url: &str, max_body: usize) -> Result<Response, String> {
     let not_web = || {
         format!("{url:?} is not an http:// or https:// URL (e.g. http://127.0.0.1:8390/.well-known/jwks.json)")
     };
@@ -170,5 +200,13 @@ pub async fn get_url(url: &str) -> Result<Response, String> {
     };
     let origin = format!("{scheme}://{authority}");
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    request(&Endpoint::Url(origin), Method::GET, path, None, None).await
+    send(
+        &Endpoint::Url(origin),
+        Method::GET,
+        path,
+        None,
+        None,
+        max_body,
+    )
+    .await
 }

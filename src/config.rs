@@ -147,6 +147,9 @@ pub enum BackendConfig {
         ca_file: Option<PathBuf>,
         /// AppRole auth mount; default `approle`.
         approle_mount: Option<String>,
+        /// Accept an `http://` address to a host that is not loopback; default false.
+        #[serde(default)]
+        allow_plaintext_http: bool,
     },
     /// Keys in AWS KMS.
     Kms {
@@ -162,6 +165,9 @@ pub enum BackendConfig {
         dynamodb_endpoint: Option<String>,
         /// Create the state table if it is missing; default false.
         create_state_table: Option<bool>,
+        /// Accept `http://` endpoints to a host that is not loopback; default false.
+        #[serde(default)]
+        allow_plaintext_http: bool,
     },
     /// Keys in a PKCS#11 token (an HSM); lifecycle state in a local directory.
     Pkcs11 {
@@ -214,6 +220,35 @@ impl BackendConfig {
 /// HSMs allow few (a YubiHSM 2 has 16 for all its clients), and a few sessions already
 /// keep a token busy.
 pub const DEFAULT_PKCS11_SESSIONS: usize = 4;
+
+impl BackendConfig {
+    /// The service URLs it names, each with its setting and whether plaintext HTTP to a
+    /// host that is not loopback was allowed.
+    pub fn urls(&self) -> Vec<(&'static str, &str, bool)> {
+        match self {
+            BackendConfig::Vault {
+                address,
+                allow_plaintext_http,
+                ..
+            } => vec![("address", address.as_str(), *allow_plaintext_http)],
+            BackendConfig::Kms {
+                endpoint,
+                dynamodb_endpoint,
+                allow_plaintext_http,
+                ..
+            } => [
+                ("endpoint", endpoint),
+                ("dynamodb_endpoint", dynamodb_endpoint),
+            ]
+            .into_iter()
+            .filter_map(|(s, url)| Some((s, url.as_deref()?, *allow_plaintext_http)))
+            .collect(),
+            BackendConfig::File { .. }
+            | BackendConfig::Pkcs11 { .. }
+            | BackendConfig::Custom { .. } => Vec::new(),
+        }
+    }
+}
 
 impl Default for BackendConfig {
     fn default() -> Self {
@@ -840,6 +875,10 @@ impl RawKeySet {
                 )));
             }
         }
+        for (setting, url, allowed) in self.backend.urls() {
+            keyturn_backend::check_transport(setting, url, allowed)
+                .map_err(|e| invalid(format!("{ctx}: {e}")))?;
+        }
         if let BackendConfig::Kms {
             deletion_window_days: Some(d),
             ..
@@ -1009,6 +1048,32 @@ mod tests {
             "https://auth.example.com/keysets/default/jwks.json"
         );
         assert_eq!(ks.backend, BackendConfig::default());
+    }
+
+    /// A Vault address or KMS endpoint in plaintext HTTP to a host that is not loopback is
+    /// refused at load with the fix, unless the backend table opts in.
+    #[test]
+    fn plaintext_backends_off_loopback_are_refused_unless_opted_in() {
+        let with = |backend: &str| {
+            format!(
+                "{}backend = {backend}\n",
+                MINIMAL.replace("\n    ", "\n").trim_start()
+            )
+        };
+        let vault =
+            r#"{ type = "vault", address = "http://vault.example.com:8200", token_file = "/t" }"#;
+        let kms = r#"{ type = "kms", region = "eu-west-1", endpoint = "https://kms.example.com", dynamodb_endpoint = "http://10.1.2.3:8000" }"#;
+        for (backend, setting) in [(vault, "address"), (kms, "dynamodb_endpoint")] {
+            let err = parse(&with(backend)).unwrap_err().to_string();
+            assert!(
+                err.contains(setting) && err.contains("allow_plaintext_http = true"),
+                "{err}"
+            );
+            let opted = backend.replace(" }", ", allow_plaintext_http = true }");
+            parse(&with(&opted)).unwrap();
+        }
+        let local = r#"{ type = "vault", address = "http://127.0.0.1:8200", token_file = "/t" }"#;
+        parse(&with(local)).unwrap();
     }
 
     #[test]

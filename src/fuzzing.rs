@@ -73,7 +73,7 @@ pub fn sign_request(data: &[u8]) {
         serde_json::from_slice(&B64.decode(header).unwrap_or_default()).unwrap_or_default();
     let payload = B64.decode(claims).unwrap_or_default();
     assert!(
-        crate::policy::is_strict_json(&payload),
+        crate::json::strict(&payload).is_ok(),
         "the payload is not strict JSON"
     );
     let claims: serde_json::Value = serde_json::from_slice(&payload).unwrap_or_default();

@@ -131,7 +131,7 @@ pub fn check_claims(
         Status::invalid_argument(format!("claims does not decode to a JSON object: {e}"))
     })?;
     // A name given twice would be read one way here and maybe another by a verifier.
-    if !crate::policy::is_strict_json(&json) {
+    if crate::json::strict(&json).is_err() {
         return Err(Status::invalid_argument(
             "claims give a name twice (in some object); give each name once",
         ));

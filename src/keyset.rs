@@ -793,4 +793,34 @@ mod tests {
             .iter()
             .all(|k| k.retain == Some(long.timing.retention())));
     }
+
+    /// Stripping the MAC is no downgrade: a key set the ledger remembers as sealed refuses
+    /// a document without one at its next start; without that memory it is accepted once.
+    #[tokio::test]
+    async fn a_key_set_remembered_as_sealed_refuses_a_document_without_a_mac() {
+        let (config, keyset, backend) = opened(crate::testing::KEYSET).await;
+        keyset.tick(1_700_000_000).await.unwrap();
+        assert!(keyset.sealed());
+        let blob = backend.load_state("default").await.unwrap().unwrap();
+        let plain = serde_json::to_vec(&crate::lifecycle::stored_json(&blob.data)).unwrap();
+        backend
+            .store_state("default", &plain, Some(blob.version))
+            .await
+            .unwrap();
+        let ks = config.keysets[0].clone();
+        let past = keyset.past();
+        let err = KeySet::open(ks.clone(), backend.clone(), past)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .contains("has no MAC, and the last run stored it with one"),
+            "{err}"
+        );
+        let accepted = KeySet::open(ks, backend.clone(), Past::default())
+            .await
+            .unwrap();
+        assert!(!accepted.sealed());
+    }
 }

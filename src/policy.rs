@@ -8,17 +8,19 @@
 //! values, checked, and copied into the token as written (compact JSON stays compact,
 //! numbers keep their digits), so no tree of them is ever built. They are still parsed
 //! once, as `serde_json::Value` would parse them (escapes, number range, nesting depth),
-//! and a name given twice in any object is refused, so verifiers that take the first of
-//! two names and those that take the last read the same token. A claim name holding a
-//! control character is refused too.
+//! and a name given twice in any object is refused ([`crate::json::strict`], the rule
+//! `keyturn verify` applies too), so verifiers that take the first of two names and those
+//! that take the last read the same token. A claim name holding a control character is
+//! refused too.
 
 use crate::config::{human, ClientConfig, KeySetConfig};
 use crate::http::ApiError;
+use crate::json::Text;
 use crate::json::{push_int, push_str};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use http::StatusCode;
-use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -49,11 +51,6 @@ pub struct SignRequest<'a> {
     #[serde(default, borrow)]
     pub typ: Option<Text<'a>>,
 }
-
-/// A JSON string, borrowed from the body unless it holds escapes.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(transparent)]
-pub struct Text<'a>(#[serde(borrow)] pub Cow<'a, str>);
 
 /// A token's audience, for the audit log: one name or several, as the caller gave it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -128,67 +125,6 @@ impl<'de> Deserialize<'de> for ClaimList<'de> {
     }
 }
 
-/// Any JSON value, parsed as `serde_json::Value` would parse it and then dropped: a lone
-/// surrogate, a number out of range or nesting deeper than 128 fails here as it would there
-/// (a syntax error), and so does an object with a name given twice (a data error).
-struct Valid;
-
-impl<'de> Deserialize<'de> for Valid {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(Valid)
-    }
-}
-
-impl<'de> Visitor<'de> for Valid {
-    type Value = Valid;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Valid, E> {
-        Ok(Valid)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Valid, E> {
-        Ok(Valid)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Valid, E> {
-        Ok(Valid)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Valid, E> {
-        Ok(Valid)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Valid, E> {
-        Ok(Valid)
-    }
-    fn visit_unit<E>(self) -> Result<Valid, E> {
-        Ok(Valid)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Valid, A::Error> {
-        while seq.next_element::<Valid>()?.is_some() {}
-        Ok(Valid)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Valid, A::Error> {
-        let mut names = Vec::new();
-        while let Some(Text(name)) = map.next_key::<Text<'de>>()? {
-            map.next_value::<Valid>()?;
-            names.push(name);
-        }
-        names.sort_unstable();
-        match names.windows(2).find(|pair| pair[0] == pair[1]) {
-            Some(pair) => Err(serde::de::Error::custom(format_args!(
-                "the name {:?} is given twice in one object",
-                short(&pair[0])
-            ))),
-            None => Ok(Valid),
-        }
-    }
-}
-
-/// Whether `json` is one JSON value `serde_json::Value` takes, with no name given twice in
-/// any object: what every token payload must be (the fuzz target checks it).
-pub fn is_strict_json(json: &[u8]) -> bool {
-    serde_json::from_slice::<Valid>(json).is_ok()
-}
-
 /// The caller's claims, checked as JSON: an object whose values parse, sorted by name,
 /// each name once, in every object.
 fn claim_list(claims: &RawValue) -> Result<Vec<(Cow<'_, str>, &RawValue)>, ApiError> {
@@ -236,8 +172,8 @@ fn claim_list(claims: &RawValue) -> Result<Vec<(Cow<'_, str>, &RawValue)>, ApiEr
     }
     // The whole claims at once, not each value: nesting is counted from the token
     // payload's top, as a verifier counts it.
-    match serde_json::from_str::<Valid>(claims.get()) {
-        Ok(Valid) => {}
+    match crate::json::strict(claims.get().as_bytes()) {
+        Ok(()) => {}
         Err(e) if e.classify() == serde_json::error::Category::Data => {
             return Err(unprocessable(
                 "duplicate_claim",
@@ -1026,7 +962,10 @@ mod tests {
             match sign(&claims) {
                 Ok((payload, _)) => {
                     assert!(value_takes, "depth {depth}");
-                    assert!(is_strict_json(payload.as_bytes()), "depth {depth}");
+                    assert!(
+                        crate::json::strict(payload.as_bytes()).is_ok(),
+                        "depth {depth}"
+                    );
                 }
                 Err(e) => {
                     assert!(!value_takes, "depth {depth}");

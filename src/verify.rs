@@ -4,7 +4,12 @@
 //! JWK's, keys embedded in or referenced from the header (`jwk`, `jku`, `x5u`, `x5c`),
 //! unknown `crit` extensions, a missing or unknown `kid`, DER-encoded or out-of-range ECDSA
 //! signatures, and wrong `typ`, `iss` or `aud` (exact matches only), expired and
-//! not-yet-valid tokens.
+//! not-yet-valid tokens. `exp`, `nbf` and `iat` must be whole seconds within years 1970 to
+//! 9999, and a header or claims set with a name given twice (in any object) is refused, by
+//! the rule the signing side keeps ([`crate::json::strict`]).
+//!
+//! Where the keys come from matters as much: [`check_jwks_url`] refuses plain `http://`
+//! except to this machine, and a JWKS body is read up to [`MAX_JWKS`] only.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
@@ -13,6 +18,13 @@ use serde_json::{Map, Value};
 
 /// Longest token accepted.
 const MAX_TOKEN: usize = 16 * 1024;
+
+/// Largest JWKS body read: keyturn's own hold at most 50 keys, tens of KiB; a body past
+/// this is refused as it arrives.
+pub const MAX_JWKS: usize = 1 << 20;
+
+/// The latest time claim accepted: 9999-12-31T23:59:59Z.
+const MAX_TIME: i64 = 253_402_300_799;
 
 /// Why a token was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -46,6 +58,24 @@ pub struct JwksKey {
     pub alg: Option<Algorithm>,
     /// The public key.
     pub jwk: Jwk,
+}
+
+/// Refuses a JWKS URL whose keys could be replaced on the way, before any connection:
+/// plain `http://` is accepted only to a loopback host ([`keyturn_backend::is_loopback_host`]).
+pub fn check_jwks_url(url: &str) -> Result<(), String> {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return Ok(()); // not a URL: the fetch says so
+    };
+    if uri.scheme_str() == Some("http")
+        && !uri.host().is_some_and(keyturn_backend::is_loopback_host)
+    {
+        return Err(format!(
+            "{url:?}: keys fetched over plain http from another machine could be replaced on \
+             the way; use https:// (http:// is accepted for loopback hosts only: 127.0.0.0/8, \
+             ::1, localhost)"
+        ));
+    }
+    Ok(())
 }
 
 /// Parses a JWK Set, keeping the signing keys keyturn can verify. Keys with private
@@ -94,9 +124,10 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<Vec<JwksKey>, VerifyError> {
 /// What the caller expects of a token.
 #[derive(Debug, Clone, Default)]
 pub struct Expect {
-    /// Exact `iss`.
+    /// Exact `iss`; None: any issuer (`keyturn verify` asks for `--any-issuer` to say so).
     pub issuer: Option<String>,
-    /// One of the token's `aud` values must equal this exactly.
+    /// One of the token's `aud` values must equal this exactly; None: any audience
+    /// (`--any-audience`).
     pub audience: Option<String>,
     /// Exact `typ` header (case-insensitive, `application/` prefix optional).
     pub typ: Option<String>,
@@ -104,10 +135,20 @@ pub struct Expect {
     pub leeway: i64,
 }
 
-fn decode_json(part: &str) -> Result<Map<String, Value>, VerifyError> {
+/// The header or the claims (`refuse` makes the error for a name given twice).
+fn decode_json(
+    part: &str,
+    refuse: fn(String) -> VerifyError,
+) -> Result<Map<String, Value>, VerifyError> {
     let bytes = B64
         .decode(part)
         .map_err(|_| VerifyError::Malformed("a part is not base64url"))?;
+    // A verifier that takes the first of two names would read another token.
+    if let Err(e) = crate::json::strict(&bytes) {
+        if e.classify() == serde_json::error::Category::Data {
+            return Err(refuse(format!("{e}; a name may be given once only")));
+        }
+    }
     match serde_json::from_slice(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(VerifyError::Malformed("a part is not a JSON object")),
@@ -137,7 +178,7 @@ pub fn verify(
     else {
         return Err(VerifyError::Malformed("expected three dot-separated parts"));
     };
-    let header = decode_json(h)?;
+    let header = decode_json(h, VerifyError::Header)?;
     let alg_name = header.get("alg").and_then(Value::as_str).unwrap_or("");
     let alg: Algorithm = alg_name.parse().map_err(|_| {
         VerifyError::Header(format!(
@@ -185,31 +226,43 @@ pub fn verify(
         return Err(VerifyError::Signature);
     }
 
-    let claims = decode_json(c)?;
-    let num = |name: &str| -> Result<Option<i64>, VerifyError> {
-        match claims.get(name) {
-            None => Ok(None),
-            Some(v) => v
-                .as_i64()
-                .or_else(|| v.as_f64().map(|f| f as i64))
-                .map(Some)
-                .ok_or_else(|| VerifyError::Claims(format!("\"{name}\" is not a number"))),
+    let claims = decode_json(c, |e| VerifyError::Claims(format!("claims: {e}")))?;
+    // NumericDates as JSON integers only: a float such as 1e300 would have to be rounded
+    // or saturated into some time, and verifiers would not agree on which.
+    let time = |name: &str| -> Result<Option<i64>, VerifyError> {
+        let Some(value) = claims.get(name) else {
+            return Ok(None);
+        };
+        match value.as_i64() {
+            Some(t) if (0..=MAX_TIME).contains(&t) => Ok(Some(t)),
+            _ => Err(VerifyError::Claims(format!(
+                "\"{name}\" must be an integer number of seconds from 0 to {MAX_TIME} (year \
+                 9999), not {}",
+                value.to_string().chars().take(40).collect::<String>()
+            ))),
         }
     };
-    let exp = num("exp")?.ok_or_else(|| VerifyError::Claims("no \"exp\"".into()))?;
-    if now > exp.saturating_add(expect.leeway) {
-        return Err(VerifyError::Claims(format!("expired {}s ago", now - exp)));
+    // The leeway moves the present, never the token's times.
+    let out_of_range = || VerifyError::Claims("the leeway is out of range".into());
+    let earliest = now.checked_sub(expect.leeway).ok_or_else(out_of_range)?;
+    let latest = now.checked_add(expect.leeway).ok_or_else(out_of_range)?;
+    let exp = time("exp")?.ok_or_else(|| VerifyError::Claims("no \"exp\"".into()))?;
+    if exp < earliest {
+        return Err(VerifyError::Claims(format!(
+            "expired {}s ago",
+            now.abs_diff(exp)
+        )));
     }
-    if let Some(nbf) = num("nbf")? {
-        if now.saturating_add(expect.leeway) < nbf {
+    if let Some(nbf) = time("nbf")? {
+        if latest < nbf {
             return Err(VerifyError::Claims(format!(
                 "not valid for another {}s (nbf)",
-                nbf - now
+                nbf.abs_diff(now)
             )));
         }
     }
-    if let Some(iat) = num("iat")? {
-        if now.saturating_add(expect.leeway) < iat {
+    if let Some(iat) = time("iat")? {
+        if latest < iat {
             return Err(VerifyError::Claims("issued in the future (iat)".into()));
         }
     }
@@ -479,6 +532,99 @@ mod tests {
             verify(&t, &f.keys, &expect(), 1500),
             Err(VerifyError::Claims(_))
         ));
+    }
+
+    /// Time claims are JSON integers from 0 to the end of year 9999, compared with no
+    /// arithmetic on them: the range's ends pass, anything else names the claim.
+    #[test]
+    fn time_claims_are_integers_in_range() {
+        let f = fixture(KeyType::EcP256);
+        let header = serde_json::json!({"alg": "ES256", "kid": f.kid, "typ": "JWT"});
+        let with = |name: &str, value: Value| {
+            let mut c = good_claims();
+            c[name] = value;
+            token(&f, header.clone(), c)
+        };
+        let e = Expect {
+            leeway: i64::MAX,
+            ..expect()
+        };
+        // A leeway that overflows the present is refused, not saturated.
+        assert!(matches!(
+            verify(&with("exp", 2000.into()), &f.keys, &e, 1500),
+            Err(VerifyError::Claims(m)) if m.contains("leeway")
+        ));
+        assert!(verify(&with("exp", MAX_TIME.into()), &f.keys, &expect(), 1500).is_ok());
+        assert!(verify(&with("nbf", 0.into()), &f.keys, &expect(), 1500).is_ok());
+        for (name, value) in [
+            ("exp", Value::from(MAX_TIME + 1)),
+            ("exp", Value::from(1e300)),
+            ("exp", Value::from(2000.0)),
+            ("exp", Value::from(u64::MAX)),
+            ("nbf", Value::from(-1)),
+            ("nbf", Value::from(i64::MIN)),
+            ("iat", Value::from(1000.5)),
+            ("iat", Value::from("1000")),
+        ] {
+            let t = with(name, value.clone());
+            match verify(&t, &f.keys, &expect(), 1500) {
+                Err(VerifyError::Claims(m)) => {
+                    assert!(m.contains(&format!("\"{name}\" must be an integer")), "{m}")
+                }
+                other => panic!("{name}: {value}: {other:?}"),
+            }
+        }
+    }
+
+    /// A name twice in the header or in the claims, at any depth and however spelled.
+    #[test]
+    fn a_name_twice_is_refused() {
+        let f = fixture(KeyType::EcP256);
+        let sign = |header: &str, claims: &str| {
+            let input = format!("{}.{}", B64.encode(header), B64.encode(claims));
+            let sig = f.key.sign(Algorithm::ES256, input.as_bytes()).unwrap();
+            format!("{input}.{}", B64.encode(sig))
+        };
+        let header = format!(r#"{{"alg":"ES256","kid":"{}","typ":"JWT"}}"#, f.kid);
+        let claims = r#"{"iss":"https://iss","aud":"api","exp":2000,"sub":"a"}"#;
+        assert!(verify(&sign(&header, claims), &f.keys, &expect(), 1500).is_ok());
+        for twice in [
+            r#"{"iss":"https://iss","aud":"api","exp":2000,"sub":"a","sub":"b"}"#,
+            r#"{"iss":"https://iss","aud":"api","exp":2000,"sub":"a","sub":"b"}"#,
+            r#"{"iss":"https://iss","aud":"api","exp":2000,"x":[{"y":1,"y":1}]}"#,
+        ] {
+            assert!(
+                matches!(
+                    verify(&sign(&header, twice), &f.keys, &expect(), 1500),
+                    Err(VerifyError::Claims(m)) if m.contains("twice")
+                ),
+                "{twice}"
+            );
+        }
+        let twice = header.replace(r#""typ":"JWT""#, r#""typ":"JWT","alg":"ES256""#);
+        assert!(matches!(
+            verify(&sign(&twice, claims), &f.keys, &expect(), 1500),
+            Err(VerifyError::Header(m)) if m.contains("twice")
+        ));
+    }
+
+    #[test]
+    fn jwks_urls_over_plain_http_only_to_loopback() {
+        for ok in [
+            "https://jwks.invalid/jwks.json",
+            "http://127.0.0.1:8390/.well-known/jwks.json",
+            "http://[::1]:8390/jwks.json",
+            "http://localhost/jwks.json",
+        ] {
+            assert_eq!(check_jwks_url(ok), Ok(()), "{ok}");
+        }
+        for refused in [
+            "http://jwks.invalid/jwks.json",
+            "http://user@jwks.invalid/jwks.json",
+            "http://127.0.0.1.invalid/",
+        ] {
+            assert!(check_jwks_url(refused).is_err(), "{refused}");
+        }
     }
 
     #[test]

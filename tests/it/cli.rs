@@ -84,32 +84,41 @@ async fn status_plan_sign_verify_jwks_rotate_revoke() {
     assert!(ok, "{err}");
     assert!(out.contains("\"sub\": \"cli\""));
     // verify refuses a wrong audience, a tampered token and a partial issuer.
+    let strict = |token: &str, issuer: &str, audience: &str| {
+        run(&[
+            "verify",
+            token,
+            "--jwks",
+            &jwks_url,
+            "--issuer",
+            issuer,
+            "--audience",
+            audience,
+        ])
+    };
+    let (ok, _, err) = strict(jws.trim(), "https://issuer.test/default", "order");
+    assert!(!ok && err.contains("aud"), "{err}");
+    let (ok, _, err) = strict(
+        &format!("{}x", jws.trim()),
+        "https://issuer.test/default",
+        "orders",
+    );
+    assert!(!ok && err.contains("invalid token"), "{err}");
+    let (ok, _, err) = strict(jws.trim(), "https://issuer.test", "orders");
+    assert!(!ok && err.contains("iss"), "{err}");
+    // A path where the JWKS URL goes: said so.
     let (ok, _, err) = run(&[
         "verify",
         jws.trim(),
         "--jwks",
-        &jwks_url,
-        "--audience",
-        "order",
+        "/etc/passwd",
+        "--any-issuer",
+        "--any-audience",
     ]);
-    assert!(!ok && err.contains("aud"), "{err}");
-    let (ok, _, _) = run(&["verify", &format!("{}x", jws.trim()), "--jwks", &jwks_url]);
-    assert!(!ok);
-    // A path where the JWKS URL goes: said so.
-    let (ok, _, err) = run(&["verify", jws.trim(), "--jwks", "/etc/passwd"]);
     assert!(
         !ok && err.contains("is not an http:// or https:// URL"),
         "{err}"
     );
-    let (ok, _, _) = run(&[
-        "verify",
-        jws.trim(),
-        "--jwks",
-        &jwks_url,
-        "--issuer",
-        "https://issuer.test",
-    ]);
-    assert!(!ok);
 
     let (ok, out, _) = keyturn(
         &["jwks", "default", "--jwks-url", &d.jwks],
@@ -260,4 +269,127 @@ fn text_logs_to_a_pipe_have_no_colour_codes() {
     let text = lines.join("\n");
     assert!(text.contains("keyturn ready"), "{text}");
     assert!(!text.contains('\u{1b}'), "colour codes in a pipe:\n{text}");
+}
+
+/// The `audit chain head` lines in a daemon's JSON log: (count, hash) as `COUNT:HASH`.
+fn logged_heads(logs: &[String]) -> Vec<String> {
+    logs.iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "audit chain head")
+        .map(|v| format!("{}:{}", v["count"], v["hash"].as_str().unwrap()))
+        .collect()
+}
+
+/// `lines` chained again from the first, as someone who rewrote them would.
+fn rechain(lines: &[String]) -> String {
+    let mut prev = "0".repeat(64);
+    let mut out = String::new();
+    for line in lines {
+        let cut = line.rfind("\"prev\":\"").unwrap();
+        let line = format!("{}\"prev\":\"{prev}\"}}", &line[..cut]);
+        prev = keyturn::auth::to_hex(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, line.as_bytes()).as_ref(),
+        );
+        out += &line;
+        out.push('\n');
+    }
+    out
+}
+
+/// The daemon logs its audit chain head when it stops; `audit verify --head` holds the file
+/// to it: lines added by a later run are fine, a log cut short or rewritten is not, even
+/// with every hash recomputed (which the chain alone does not catch).
+#[tokio::test]
+async fn audit_verify_holds_the_log_to_a_head_the_daemon_logged() {
+    let dir = private_dir();
+    let (client, token) = token_client("svc", &["default"], "");
+    let config = server_toml(dir.path()) + &keyset_toml("default", "ES256", "") + &client;
+    let log = dir.path().join("data/audit.log");
+    let audit_verify = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_keyturn"))
+            .args(["audit", "verify"])
+            .arg(&log)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Runs the daemon, signs `n` tokens, stops it: the heads it logged.
+    let run = |n: usize| {
+        let config = config.clone();
+        let token = token.clone();
+        let dir = dir.path().to_owned();
+        async move {
+            let d = Daemon::start(&dir, &config);
+            for _ in 0..n {
+                let (status, body) =
+                    sign(&d, "default", &token, serde_json::json!({"claims": {}})).await;
+                assert_eq!(status, 200, "{body}");
+            }
+            let logs = d.logs.clone();
+            assert!(d.stop().success());
+            // The log's last lines may still be on their way from the pipe.
+            eventually(std::time::Duration::from_secs(10), "a logged head", || {
+                let logs = logs.clone();
+                async move { !logged_heads(&logs.lock().unwrap()).is_empty() }
+            })
+            .await;
+            let heads = logged_heads(&logs.lock().unwrap());
+            heads
+        }
+    };
+
+    let heads = run(3).await;
+    assert_eq!(heads.len(), 1, "one head, at the stop: {heads:?}");
+    let first = heads[0].clone();
+    let lines = std::fs::read_to_string(&log).unwrap().lines().count();
+    assert!(
+        first.starts_with(&format!("{lines}:")),
+        "{first}, {lines} lines"
+    );
+    let (ok, out, err) = audit_verify(&["--head", &first]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("holds the head {first} unchanged"))
+            && out.contains(&format!("head {first} ")),
+        "{out}"
+    );
+
+    // A later run adds lines: the first head still holds, the second counts them all.
+    let second = run(1).await[0].clone();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    assert!(second.starts_with(&format!("{}:", lines.len())), "{second}");
+    assert_ne!(first, second);
+    for head in [&first, &second] {
+        let (ok, _, err) = audit_verify(&["--head", head]);
+        assert!(ok, "{head}: {err}");
+    }
+
+    // Cut short: the chain alone holds, the head does not.
+    std::fs::write(&log, lines[..lines.len() - 1].join("\n") + "\n").unwrap();
+    assert!(audit_verify(&[]).0);
+    let (ok, _, err) = audit_verify(&["--head", &second]);
+    assert!(!ok && err.contains("cut short"), "{err}");
+
+    // A signature line rewritten, every hash after it recomputed.
+    let i = lines.iter().position(|l| l.contains("\"sign\"")).unwrap();
+    let mut forged = lines.clone();
+    forged[i] = forged[i].replace("\"svc\"", "\"someone-else\"");
+    assert_ne!(forged[i], lines[i]);
+    std::fs::write(&log, rechain(&forged)).unwrap();
+    let (ok, _, err) = audit_verify(&[]);
+    assert!(ok, "the chain alone is fooled: {err}");
+    for head in [&first, &second] {
+        let (ok, _, err) = audit_verify(&["--head", head]);
+        assert!(!ok && err.contains("rewritten"), "{head}: {err}");
+    }
+
+    // A head that is not one: said how to write it.
+    let (ok, _, err) = audit_verify(&["--head", "12"]);
+    assert!(!ok && err.contains("COUNT:HASH"), "{err}");
 }

@@ -19,4 +19,6 @@ mod metrics;
 mod pkcs11;
 mod systemd;
 mod tour;
+mod trust;
 mod vault;
+mod verify;

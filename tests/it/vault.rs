@@ -23,7 +23,7 @@ const ALGS: [&str; 10] = [
 /// Mounts transit (KV v2 is at `secret/` on a dev server; a persistent one gets it here),
 /// installs the shipped policy `config/vault-policy.hcl`, writes a token limited to it into
 /// `dir/vault.token` and returns the key set's `backend = { ... }` line.
-fn vault_backend(bao: &OpenBao, dir: &Path) -> String {
+pub(crate) fn vault_backend(bao: &OpenBao, dir: &Path) -> String {
     bao.enable_transit("transit");
     bao.enable_kv2("secret");
     let policy =

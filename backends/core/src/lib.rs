@@ -73,6 +73,53 @@ pub fn hmac_state(key: &aws_lc_rs::hmac::Key, keyset: &str, data: &[u8]) -> Vec<
         .to_vec()
 }
 
+/// Whether `host` (as in a URL, IPv6 in brackets or not) names this machine: an address in
+/// 127.0.0.0/8, `::1` (also IPv4-mapped), or `localhost`. Plain HTTP is safe only to these:
+/// no other machine is on the path.
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_canonical().is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// Refuses a plaintext `http://` URL of a backend service (`setting` names it in the
+/// message) unless its host is loopback or the operator opted in with `allow_plaintext`:
+/// over plain HTTP, credentials cross in clear and a machine in the path can answer with
+/// its own public keys. Returns whether the URL is plaintext to a host that is not
+/// loopback (opted in: the caller warns at every start).
+pub fn check_transport(
+    setting: &str,
+    url: &str,
+    allow_plaintext: bool,
+) -> Result<bool, BackendError> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Ok(false);
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    if is_loopback_host(host) {
+        return Ok(false);
+    }
+    if !allow_plaintext {
+        return Err(BackendError::Rejected(format!(
+            "{setting} = {url:?} is plaintext HTTP to a host that is not loopback: credentials \
+             would cross in clear and anyone in the path could answer with their own keys. Use \
+             https:// (with ca_file for a private CA), or set allow_plaintext_http = true in \
+             the backend table if the network path is protected otherwise"
+        )));
+    }
+    Ok(true)
+}
+
 /// Checks a key or key set name against the rule every backend relies on (safe in file
 /// paths, Vault paths and KMS aliases): `[a-z0-9_-]`, 1 to 100 characters.
 pub fn check_name(name: &str) -> Result<(), BackendError> {
@@ -159,5 +206,66 @@ pub trait KeyBackend: Send + Sync + 'static {
     /// A cheap call that succeeds when the backend is reachable and usable.
     async fn health(&self) -> Result<(), BackendError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{check_transport, is_loopback_host};
+
+    #[test]
+    fn loopback_hosts_are_local_addresses_and_localhost_only() {
+        for host in [
+            "127.0.0.1",
+            "127.8.9.10",
+            "::1",
+            "[::1]",
+            "[::ffff:127.0.0.2]",
+            "localhost",
+            "LocalHost",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "128.0.0.1",
+            "10.0.0.1",
+            "0.0.0.0",
+            "[::]",
+            "[::2]",
+            "127.1",
+            "localhost.",
+            "localhost.invalid",
+            "127.0.0.1.invalid",
+            "jwks.invalid",
+            "",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn plaintext_http_is_refused_unless_loopback_or_opted_in() {
+        for url in [
+            "https://vault.example.com:8200",
+            "http://127.0.0.1:8200",
+            "http://127.9.9.9",
+            "http://localhost:4566/",
+            "http://[::1]:8200/v1",
+        ] {
+            assert!(!check_transport("address", url, false).unwrap(), "{url}");
+        }
+        for url in [
+            "http://vault.example.com:8200",
+            "http://10.0.0.7",
+            "http://[2001:db8::1]:8200",
+            "http://user@vault.invalid",
+            "http://127.0.0.1.vault.invalid",
+        ] {
+            let err = check_transport("address", url, false)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("allow_plaintext_http"), "{url}: {err}");
+            assert!(check_transport("address", url, true).unwrap(), "{url}");
+        }
     }
 }
