@@ -21,7 +21,7 @@ const TOKENS: [&str; 4] = ["conformance", "attributes", "refusals", "lock"];
 fn hsm() -> Option<&'static SoftHsm> {
     static HSM: OnceLock<Option<SoftHsm>> = OnceLock::new();
     HSM.get_or_init(|| {
-        let hsm = SoftHsm::start()?;
+        let hsm = SoftHsm::start_at(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("softhsm"))?;
         for label in TOKENS {
             hsm.init_token(label);
         }

@@ -43,17 +43,23 @@ impl SoftHsm {
     /// A configuration with an empty token directory. `None` when SoftHSM is not installed
     /// outside CI (after a loud notice); a panic under CI.
     pub fn start() -> Option<SoftHsm> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        Self::start_at(std::env::temp_dir().join(format!(
+            "keyturn-softhsm-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )))
+    }
+
+    /// As [`SoftHsm::start`], in `dir`, emptied first: for a fixture that lives as long as
+    /// the test process (a `static` is never dropped), in a directory the next run reuses.
+    pub fn start_at(dir: PathBuf) -> Option<SoftHsm> {
         for path in [MODULE, UTIL] {
             if !Path::new(path).exists() {
                 return super::missing(format!("SoftHSM not found ({path}): {INSTALL_HINT}"));
             }
         }
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "keyturn-softhsm-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+        let _ = std::fs::remove_dir_all(&dir);
         let tokens = dir.join("tokens");
         std::fs::create_dir_all(&tokens).unwrap();
         let conf = dir.join("softhsm2.conf");
