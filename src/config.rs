@@ -53,6 +53,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     jwks_listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
     api_listen: Option<SocketAddr>,
     api_socket: Option<PathBuf>,
     data_dir: Option<PathBuf>,
@@ -281,6 +282,8 @@ pub struct Config {
 pub struct ServerConfig {
     /// Public listener: JWKS, discovery, health, metrics.
     pub jwks_listen: SocketAddr,
+    /// Where `/metrics` is served instead of the public listener (None: on it).
+    pub metrics_listen: Option<SocketAddr>,
     /// Signing and admin API over TCP.
     pub api_listen: Option<SocketAddr>,
     /// Signing and admin API over a Unix socket.
@@ -572,6 +575,7 @@ impl RawConfig {
                 .api_listen
                 .or(Some(SocketAddr::from(([127, 0, 0, 1], 8391)))),
             api_socket: s.api_socket,
+            metrics_listen: s.metrics_listen,
             audit_log: s.audit_log.unwrap_or_else(|| data_dir.join("audit.log")),
             data_dir,
             tls: s.tls.map(|t| TlsConfig {
