@@ -5,6 +5,7 @@ use crate::audit::{Audit, AuditWriter};
 use crate::backends::Factory;
 use crate::clock::Clock;
 use crate::config::{ClientConfig, Config};
+use crate::http::public::{Documents, Serves};
 use crate::http::serve::{serve_tcp, serve_unix, Limits};
 use crate::keyset::{KeySet, Past};
 use crate::ledger::{Identity, Ledger};
@@ -341,14 +342,33 @@ pub async fn run_with_backends(
         .await
         .with_context(|| format!("cannot bind jwks_listen {}", config.server.jwks_listen))?;
     let jwks_addr = jwks_listener.local_addr()?;
+    let public = match config.server.metrics_listen {
+        None => Serves::All,
+        Some(_) => Serves::AllButMetrics,
+    };
     tasks.spawn(serve_tcp(
         jwks_listener,
         None,
-        crate::http::public::Documents(state.clone()),
+        Documents(state.clone(), public),
         limits,
         shutdown.clone(),
         "jwks",
     ));
+    let mut metrics_addr = None;
+    if let Some(addr) = config.server.metrics_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind metrics_listen {addr}"))?;
+        metrics_addr = Some(listener.local_addr()?);
+        tasks.spawn(serve_tcp(
+            listener,
+            None,
+            Documents(state.clone(), Serves::Metrics),
+            limits,
+            shutdown.clone(),
+            "metrics",
+        ));
+    }
 
     // One for every API listener: request ids are unique across them.
     let api = crate::http::serve::traced(crate::http::api::router(state.clone()));
@@ -424,6 +444,7 @@ pub async fn run_with_backends(
         jwks = %jwks_addr,
         api = %api_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
         api_socket = %config.server.api_socket.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "-".into()),
+        metrics = %metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
         data_dir = %config.server.data_dir.display(),
         "keyturn ready: JWKS at http://{jwks_addr}/.well-known/jwks.json, signing API at {}",
         api_addr.map(|a| format!("{scheme}://{a}/v1/keysets/{{name}}/sign")).unwrap_or_else(|| "the API socket".into()),

@@ -269,6 +269,7 @@ async fn build(
                 config.approle_mount = m.clone();
             }
             config.ca_file = ca_file.as_ref().map(|f| resolve_credential(f, &env));
+            config.credentials_dir.clone_from(&server.credentials_dir);
             let backend = VaultBackend::connect(&config)
                 .await
                 .map_err(|e| with_causes(&e))?;

@@ -53,6 +53,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     jwks_listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
     api_listen: Option<SocketAddr>,
     api_socket: Option<PathBuf>,
     data_dir: Option<PathBuf>,
@@ -315,6 +316,8 @@ pub struct Config {
 pub struct ServerConfig {
     /// Public listener: JWKS, discovery, health, metrics.
     pub jwks_listen: SocketAddr,
+    /// Where `/metrics` is served instead of the public listener (None: on it).
+    pub metrics_listen: Option<SocketAddr>,
     /// Signing and admin API over TCP.
     pub api_listen: Option<SocketAddr>,
     /// Signing and admin API over a Unix socket.
@@ -342,10 +345,12 @@ pub struct ServerConfig {
 pub struct TlsConfig {
     /// Certificate chain, PEM.
     pub cert_file: PathBuf,
-    /// Private key, PEM (0600).
+    /// Private key, PEM (0600, or a systemd credential: a relative path names one).
     pub key_file: PathBuf,
     /// When set, clients must present a certificate signed by this CA.
     pub client_ca_file: Option<PathBuf>,
+    /// `$CREDENTIALS_DIRECTORY`, for the rule on the key file's mode.
+    pub credentials_dir: Option<PathBuf>,
 }
 
 /// How often a key set rotates.
@@ -604,12 +609,14 @@ impl RawConfig {
                 .api_listen
                 .or(Some(SocketAddr::from(([127, 0, 0, 1], 8391)))),
             api_socket: s.api_socket,
+            metrics_listen: s.metrics_listen,
             audit_log: s.audit_log.unwrap_or_else(|| data_dir.join("audit.log")),
             data_dir,
             tls: s.tls.map(|t| TlsConfig {
                 cert_file: t.cert_file,
-                key_file: t.key_file,
+                key_file: resolve_credential(&t.key_file, &env),
                 client_ca_file: t.client_ca_file,
+                credentials_dir: env.credentials_directory.clone(),
             }),
             k8s_signer,
             log_format: s.log_format.unwrap_or_default(),
@@ -1074,6 +1081,26 @@ mod tests {
         }
         let local = r#"{ type = "vault", address = "http://127.0.0.1:8200", token_file = "/t" }"#;
         parse(&with(local)).unwrap();
+    }
+
+    /// `[server.tls] key_file` as a relative path names a systemd credential, as every other
+    /// secret path does.
+    #[test]
+    fn the_tls_key_file_may_be_a_systemd_credential() {
+        let creds = tempfile::tempdir().unwrap();
+        std::fs::write(creds.path().join("keyturn-tls-key"), "pem").unwrap();
+        let text = format!(
+            "[server.tls]\ncert_file = \"/etc/keyturn/tls.pem\"\nkey_file = \"keyturn-tls-key\"\n{}",
+            MINIMAL.replace("\n    ", "\n")
+        );
+        let env = Env {
+            credentials_directory: Some(creds.path().to_owned()),
+            ..Env::default()
+        };
+        let config = Config::parse(&text, env).unwrap();
+        let tls = config.server.tls.unwrap();
+        assert_eq!(tls.key_file, creds.path().join("keyturn-tls-key"));
+        assert_eq!(tls.credentials_dir.as_deref(), Some(creds.path()));
     }
 
     #[test]

@@ -11,6 +11,11 @@
 //! serde. The bytes are serde's either way.
 
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// The latest NumericDate (`exp`, `nbf`, `iat`) keyturn reads: 9999-12-31T23:59:59Z, the
+/// last instant an HTTP date can hold. Every time read from outside lies in 0 to this, so
+/// differences between two of them cannot overflow.
+pub const LAST_NUMERIC_DATE: i64 = 253_402_300_799;
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::fmt;

@@ -201,8 +201,8 @@ impl Published {
     }
 }
 
-/// 9999-12-31T23:59:59Z, the last instant an HTTP date can hold.
-const LAST_HTTP_DATE: i64 = 253_402_300_799;
+/// The last instant an HTTP date can hold.
+const LAST_HTTP_DATE: i64 = crate::json::LAST_NUMERIC_DATE;
 
 #[cfg(test)]
 mod tests {

@@ -84,19 +84,21 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, 
     let Some(v) = claims.get(name) else {
         return Ok(None);
     };
-    let n = v
-        .as_i64()
+    let last = crate::json::LAST_NUMERIC_DATE;
+    v.as_i64()
         .or_else(|| {
             v.as_f64()
                 .filter(|f| f.is_finite() && f.abs() < 1e15)
                 .map(|f| f.floor() as i64)
         })
+        .filter(|n| (0..=last).contains(n))
+        .map(Some)
         .ok_or_else(|| {
             Status::invalid_argument(format!(
-                "claim {name:?} must be a NumericDate (seconds since the epoch), not {v}"
+                "claim {name:?} must be a NumericDate (seconds since the epoch, 0 to {last}), \
+                 not {v}"
             ))
-        })?;
-    Ok(Some(n))
+        })
 }
 
 /// Decodes the claims segment exactly as kube-apiserver sent it and checks it against the
@@ -183,8 +185,10 @@ pub fn check_claims(
                 "iat {iat} is in the future (now is {now}); check kube-apiserver's clock"
             )));
         }
-        if exp - iat > timing.max_token_ttl {
-            return Err(too_long(exp - iat));
+        // Both within 0..=LAST_NUMERIC_DATE: the difference cannot overflow.
+        let lifetime = exp.saturating_sub(iat);
+        if lifetime > timing.max_token_ttl {
+            return Err(too_long(lifetime));
         }
     }
     if let Some(nbf) = numeric_date(&claims, "nbf")? {
@@ -657,6 +661,25 @@ mod tests {
         let mut v = kube_claims(NOW, NOW + 60);
         v["exp"] = serde_json::json!((NOW + 60) as f64 + 0.5);
         assert_eq!(check_claims(&enc(v), &config(), NOW).unwrap().exp, NOW + 60);
+    }
+
+    /// Times from outside are NumericDates within 0 to year 9999: an extreme `iat` is
+    /// refused, not wrapped into a short lifetime.
+    #[test]
+    fn extreme_times_are_refused() {
+        for (name, value) in [
+            ("iat", serde_json::json!(i64::MIN)),
+            ("iat", serde_json::json!(-1)),
+            ("nbf", serde_json::json!(i64::MIN + 1)),
+            ("exp", serde_json::json!(i64::MAX)),
+            ("exp", serde_json::json!(1e300)),
+        ] {
+            let mut v = kube_claims(NOW, NOW + 600);
+            v[name] = value.clone();
+            let (code, msg) = refused(&enc(v));
+            assert_eq!(code, Code::InvalidArgument, "{name} = {value}: {msg}");
+            assert!(msg.contains("NumericDate"), "{name} = {value}: {msg}");
+        }
     }
 
     #[test]

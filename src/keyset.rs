@@ -87,6 +87,9 @@ pub struct KeySet {
     synced_at: AtomicI64,
     // Whether its document is stored sealed (see `Engine::is_sealed`).
     sealed: AtomicBool,
+    // Why the stored state was not acted on at the last tick (replaced, or failing its
+    // MAC), for /readyz.
+    state_refused: std::sync::Mutex<Option<String>>,
     wake: Notify,
     // Cancelled when a reload replaces or drops this key set.
     stopped: CancellationToken,
@@ -142,6 +145,7 @@ impl KeySet {
             retention_floor: AtomicI64::new(past.retention),
             synced_at: AtomicI64::new(i64::MIN),
             sealed,
+            state_refused: std::sync::Mutex::new(None),
             wake: Notify::new(),
             stopped: CancellationToken::new(),
         }))
@@ -319,6 +323,16 @@ impl KeySet {
         }
         .await;
         self.sealed.store(engine.is_sealed(), Ordering::Relaxed);
+        let refused = match &result {
+            Err(e @ (LifecycleError::Replaced { .. } | LifecycleError::Unauthentic { .. })) => {
+                Some(e.to_string())
+            }
+            _ => None,
+        };
+        *self
+            .state_refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = refused;
         match &result {
             Ok(_) => {
                 self.synced_at.fetch_max(now, Ordering::Relaxed);
@@ -402,6 +416,14 @@ impl KeySet {
 
     /// Why it is not ready at `now`, if it is not.
     pub fn not_ready_reason(&self, now: i64) -> Option<String> {
+        let refused = self
+            .state_refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if refused.is_some() {
+            return refused;
+        }
         let published = self.published();
         if let Some((k, why)) = published.doc.withheld().next() {
             let kid = k.kid.as_deref().unwrap_or(&k.name);

@@ -1,6 +1,5 @@
 //! Secrets read from files: refused when group or other may read them.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use zeroize::Zeroizing;
 
@@ -11,17 +10,7 @@ pub fn read_secret_file(
     path: &Path,
     credentials_dir: Option<&Path>,
 ) -> Result<Zeroizing<String>, String> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mode = meta.mode() & 0o777;
-    let credential = credentials_dir.is_some_and(|dir| path.starts_with(dir));
-    if mode & 0o077 != 0 && !credential {
-        return Err(format!(
-            "refusing secret file {}: its mode is {mode:04o}, group or other have access; run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        ));
-    }
+    keyturn_backend::fsutil::check_secret_file(path, credentials_dir).map_err(|e| e.to_string())?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     Ok(Zeroizing::new(text))

@@ -23,7 +23,7 @@ pub fn acceptor(config: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, String>
             config.cert_file.display()
         ));
     }
-    crate::secret::read_secret_file(&config.key_file, None)?;
+    crate::secret::read_secret_file(&config.key_file, config.credentials_dir.as_deref())?;
     let key = PrivateKeyDer::from_pem_file(&config.key_file).map_err(|e| {
         format!(
             "cannot read the private key in {}: {e}",

@@ -23,8 +23,8 @@ const MAX_TOKEN: usize = 16 * 1024;
 /// this is refused as it arrives.
 pub const MAX_JWKS: usize = 1 << 20;
 
-/// The latest time claim accepted: 9999-12-31T23:59:59Z.
-const MAX_TIME: i64 = 253_402_300_799;
+/// The latest time claim accepted.
+const MAX_TIME: i64 = crate::json::LAST_NUMERIC_DATE;
 
 /// Why a token was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -35,7 +35,28 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// The public listener's service; one per connection, all sharing the state.
 #[derive(Clone)]
-pub struct Documents(pub Arc<AppState>);
+pub struct Documents(pub Arc<AppState>, pub Serves);
+
+/// Which of the public paths a listener answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serves {
+    /// Every path: documents, health, readiness and `/metrics`.
+    All,
+    /// Every path but `/metrics` (served by `metrics_listen`).
+    AllButMetrics,
+    /// `/metrics` only (`metrics_listen`).
+    Metrics,
+}
+
+impl Serves {
+    fn answers(self, route: &Route<'_>) -> bool {
+        match self {
+            Serves::All => true,
+            Serves::AllButMetrics => *route != Route::Metrics,
+            Serves::Metrics => *route == Route::Metrics,
+        }
+    }
+}
 
 impl<B> hyper::service::Service<Request<B>> for Documents {
     type Response = Response;
@@ -43,7 +64,13 @@ impl<B> hyper::service::Service<Request<B>> for Documents {
     type Future = Ready<Result<Response, Infallible>>;
 
     fn call(&self, req: Request<B>) -> Self::Future {
-        let mut response = answer(&self.0, req.method(), req.uri().path(), req.headers());
+        let mut response = answer(
+            &self.0,
+            self.1,
+            req.method(),
+            req.uri().path(),
+            req.headers(),
+        );
         if req.method() == Method::HEAD {
             // hyper leaves out a HEAD answer's body on HTTP/1 only; on HTTP/2 it would send
             // it. The length stays in Content-Length.
@@ -108,8 +135,16 @@ impl<'a> Route<'a> {
     }
 }
 
-fn answer(state: &AppState, method: &Method, path: &str, req: &HeaderMap) -> Response {
-    let route = Route::of(path);
+fn answer(
+    state: &AppState,
+    serves: Serves,
+    method: &Method,
+    path: &str,
+    req: &HeaderMap,
+) -> Response {
+    let route = Some(Route::of(path))
+        .filter(|r| serves.answers(r))
+        .unwrap_or(Route::NotFound);
     let read = method == Method::GET || method == Method::HEAD;
     let result = match route {
         Route::NotFound => Err(ApiError::new(

@@ -58,3 +58,45 @@ async fn metrics_cover_signatures_backend_calls_and_key_timing() {
     assert!(!text.contains("outcome=\"error\""), "{text}");
     assert_eq!(text.matches("# EOF").count(), 1);
 }
+
+/// With `metrics_listen`, `/metrics` moves off the public listener (404 there) to its own.
+#[tokio::test]
+async fn metrics_listen_moves_metrics_off_the_public_listener() {
+    let dir = private_dir();
+    let config = format!(
+        "{}metrics_listen = \"127.0.0.1:0\"\n{}",
+        server_toml(dir.path()),
+        keyset_toml("default", "ES256", "")
+    );
+    let d = Daemon::start(dir.path(), &config);
+    let ready = d
+        .log_text()
+        .lines()
+        .find(|l| l.contains("keyturn ready"))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .unwrap();
+    let metrics = format!("http://{}", ready["metrics"].as_str().unwrap());
+    let (status, _, _) = get_public(&d, "/metrics").await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        readyz(&d).await,
+        200,
+        "the rest stays on the public listener"
+    );
+    let text = get_text(&format!("{metrics}/metrics")).await;
+    assert!(
+        text.contains("keyturn_jwks_version{keyset=\"default\"}"),
+        "{text}"
+    );
+    let r = http()
+        .get(format!("{metrics}/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        404,
+        "documents stay on the public listener"
+    );
+    assert!(d.stop().success());
+}

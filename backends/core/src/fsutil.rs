@@ -64,6 +64,32 @@ pub fn check_private_file(path: &Path) -> Result<(), BackendError> {
     Ok(())
 }
 
+/// The one rule for secrets an operator provides (tokens, key-encryption keys, TLS keys,
+/// PINs): the file must be private to its owner, or be a systemd credential (a file under
+/// `credentials_dir`, `$CREDENTIALS_DIRECTORY`), which systemd makes 0400, or 0440 where
+/// the directory supports ACLs: readable by its group, never writable by it, nothing for
+/// other.
+pub fn check_secret_file(path: &Path, credentials_dir: Option<&Path>) -> Result<(), BackendError> {
+    let meta =
+        std::fs::metadata(path).map_err(io_err(format!("cannot read {}", path.display())))?;
+    let mode = meta.mode() & 0o777;
+    let credential = credentials_dir.is_some_and(|dir| path.starts_with(dir));
+    let allowed = if credential { 0o740 } else { 0o700 };
+    if mode & !allowed != 0 {
+        return Err(BackendError::Rejected(format!(
+            "refusing secret file {}: its mode is {mode:04o}, {} have access; run `chmod 600 {}`",
+            path.display(),
+            if credential {
+                "other or group writers"
+            } else {
+                "group or other"
+            },
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` atomically and durably: a 0600 temp file beside it, fsync,
 /// rename over `path`, fsync of the directory. A crash leaves the old or the new file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BackendError> {
@@ -222,5 +248,48 @@ impl StateDir {
             .await
             .map_err(|e| BackendError::storage("write task failed", e))??;
         Ok(version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_secret_file;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// One rule for every operator secret: private to its owner, or a systemd credential
+    /// (group-readable at most).
+    #[test]
+    fn secrets_are_private_or_systemd_credentials() {
+        let creds = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        for (mode, as_credential, elsewhere_ok) in [
+            (0o600, true, true),
+            (0o400, true, true),
+            (0o440, true, false),
+            (0o640, true, false),
+            (0o444, false, false),
+            (0o460, false, false),
+            (0o604, false, false),
+        ] {
+            for (dir, ok) in [
+                (creds.path(), as_credential),
+                (elsewhere.path(), elsewhere_ok),
+            ] {
+                let path = dir.join("secret");
+                std::fs::write(&path, "s3cret").unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+                let result = check_secret_file(&path, Some(creds.path()));
+                assert_eq!(
+                    result.is_ok(),
+                    ok,
+                    "{mode:o} in {}: {result:?}",
+                    dir.display()
+                );
+                if let Err(e) = result {
+                    assert!(!e.to_string().contains("s3cret"));
+                }
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
     }
 }

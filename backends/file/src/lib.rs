@@ -38,8 +38,8 @@ pub enum KekSource {
     File(PathBuf),
     /// A file that must exist and be private to its owner (an operator-provided secret).
     Existing(PathBuf),
-    /// A systemd credential: access is systemd's to enforce (it may show mode 0440 where
-    /// the credentials directory supports ACLs), so its mode is not checked.
+    /// A systemd credential: held to the credential rule of
+    /// [`fsutil::check_secret_file`] (0400, or 0440 where the directory supports ACLs).
     Credential(PathBuf),
 }
 
@@ -220,9 +220,11 @@ fn load_kek(source: &KekSource) -> Result<Zeroizing<Vec<u8>>, BackendError> {
     };
     match std::fs::read(path).map(Zeroizing::new) {
         Ok(bytes) => {
-            if !matches!(source, KekSource::Credential(_)) {
-                fsutil::check_private_file(path)?;
-            }
+            let credentials_dir = match source {
+                KekSource::Credential(p) => p.parent(),
+                _ => None,
+            };
+            fsutil::check_secret_file(path, credentials_dir)?;
             if bytes.len() != 32 {
                 return Err(BackendError::Rejected(format!(
                     "key-encryption key {} must hold exactly 32 bytes, it holds {}",

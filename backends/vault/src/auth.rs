@@ -3,7 +3,7 @@
 use crate::errors::{classify, describe, status};
 use crate::VaultAuth;
 use keyturn_backend::BackendError;
-use std::os::unix::fs::MetadataExt as _;
+
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -22,6 +22,8 @@ pub(crate) struct Login {
     pub(crate) approle_mount: String,
     /// Every client setting but the token (empty here).
     pub(crate) settings: VaultClientSettings,
+    /// `$CREDENTIALS_DIRECTORY`: its files are systemd credentials.
+    pub(crate) credentials_dir: Option<std::path::PathBuf>,
 }
 
 /// The client currently holding a valid token, and how to get the next one.
@@ -93,7 +95,7 @@ impl Login {
     async fn new_token(&self) -> Result<(VaultClient, Lease), BackendError> {
         match &self.method {
             VaultAuth::Token { token_file } => {
-                let token = read_secret_file(token_file)?;
+                let token = read_secret_file(token_file, self.credentials_dir.as_deref())?;
                 let client = client(&self.settings, &token)?;
                 let info =
                     vaultrs::token::lookup_self(&client)
@@ -114,7 +116,7 @@ impl Login {
                 role_id,
                 secret_id_file,
             } => {
-                let secret_id = read_secret_file(secret_id_file)?;
+                let secret_id = read_secret_file(secret_id_file, self.credentials_dir.as_deref())?;
                 // No token on a login: an expired one could get the login refused.
                 let anonymous = client(&self.settings, "")?;
                 let auth = vaultrs::auth::approle::login(
@@ -181,19 +183,9 @@ fn client(settings: &VaultClientSettings, token: &str) -> Result<VaultClient, Ba
     })
 }
 
-/// A secret from a file only its owner may read, trimmed.
-fn read_secret_file(path: &Path) -> Result<String, BackendError> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| BackendError::storage(format!("cannot read {}", path.display()), e))?;
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(BackendError::Rejected(format!(
-            "refusing to use {}: its mode is {mode:04o}, group or other have access; run \
-             `chmod 600 {}`",
-            path.display(),
-            path.display()
-        )));
-    }
+/// A secret from a file only its owner may read (or a systemd credential), trimmed.
+fn read_secret_file(path: &Path, credentials_dir: Option<&Path>) -> Result<String, BackendError> {
+    keyturn_backend::fsutil::check_secret_file(path, credentials_dir)?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| BackendError::storage(format!("cannot read {}", path.display()), e))?;
     let secret = text.trim();
@@ -204,4 +196,25 @@ fn read_secret_file(path: &Path) -> Result<String, BackendError> {
         )));
     }
     Ok(secret.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_secret_file;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A token delivered as a systemd credential may be 0440 (credentials directories with
+    /// ACLs); the same mode elsewhere is refused.
+    #[test]
+    fn a_group_readable_systemd_credential_is_a_token() {
+        let creds = tempfile::tempdir().unwrap();
+        let path = creds.path().join("vault-token");
+        std::fs::write(&path, "hvs.token\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).unwrap();
+        assert_eq!(
+            read_secret_file(&path, Some(creds.path())).unwrap(),
+            "hvs.token"
+        );
+        assert!(read_secret_file(&path, None).is_err());
+    }
 }

@@ -94,6 +94,9 @@ pub struct VaultConfig {
     pub approle_mount: String,
     /// PEM bundle of the CAs that sign Vault's TLS certificate; `None`: the system roots.
     pub ca_file: Option<PathBuf>,
+    /// `$CREDENTIALS_DIRECTORY`: secret files under it are systemd credentials, which may
+    /// be group-readable (0440). Default: none.
+    pub credentials_dir: Option<PathBuf>,
     /// Limit on each call to Vault. Default 30 s: a hung Vault becomes a retryable error
     /// well before a caller gives up.
     pub request_timeout: Duration,
@@ -109,6 +112,7 @@ impl VaultConfig {
             kv_mount: "secret".into(),
             approle_mount: "approle".into(),
             ca_file: None,
+            credentials_dir: None,
             request_timeout: Duration::from_secs(30),
         }
     }
@@ -191,6 +195,7 @@ impl VaultBackend {
             method: config.auth.clone(),
             approle_mount: config.approle_mount.clone(),
             settings,
+            credentials_dir: config.credentials_dir.clone(),
         };
         let (session, lease) = Session::start(login).await?;
         let session = Arc::new(session);
