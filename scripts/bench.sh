@@ -113,7 +113,7 @@ keyset() { # name alg extra
   keyset es256 ES256 ''
   keyset eddsa EdDSA ''
   keyset rs256 RS256 'rsa_bits = 2048'
-  printf '[[client]]\nname = "bench"\ntoken_sha256 = "%s"\nkeysets = ["es256", "eddsa", "rs256"]\naudiences = ["orders-api"]\n\n' "$(sha256 "$TOKEN")"
+  printf '[[client]]\nname = "bench"\ntoken_sha256 = "%s"\nkeysets = ["es256", "eddsa", "rs256"]\naudiences = ["orders-api"]\nsubject_pattern = "user:*"\nallowed_claims = ["scope"]\n\n' "$(sha256 "$TOKEN")"
   printf '[[client]]\nname = "ops"\ntoken_sha256 = "%s"\nadmin = true\n' "$(sha256 "$ADMIN")"
 } >"$WORK/keyturn.toml"
 echo "==> starting keyturn (first start generates the keys)" >&2

@@ -378,11 +378,13 @@ pub struct ClientConfig {
     pub keysets: Vec<String>,
     /// Allowed `aud` values (empty: tokens without `aud` only).
     pub audiences: Vec<String>,
-    /// A glob (`*` matches any run of characters) that `sub` must match, if set.
+    /// A glob (`*` matches any run of characters) that `sub` must match; unset, the client
+    /// may not set `sub`. Any pattern but [`ALL`] makes `sub` required; [`ALL`] allows any
+    /// `sub` or none.
     pub subject_pattern: Option<String>,
     /// Longest TTL, seconds (never above the key set's `max_token_ttl`).
     pub max_ttl: Option<i64>,
-    /// Extra claims it may set (empty: any not forbidden).
+    /// Claims beyond `sub` and `aud` it may set (empty: none; `[ALL]`: any not forbidden).
     pub allowed_claims: Vec<String>,
     /// Extra claims it may never set.
     pub forbidden_claims: Vec<String>,
@@ -390,6 +392,30 @@ pub struct ClientConfig {
     pub allowed_typ: Vec<String>,
     /// May rotate and revoke.
     pub admin: bool,
+}
+
+/// In `subject_pattern` and `allowed_claims`: every value. Nothing is allowed by default;
+/// this is the explicit allow-all.
+pub const ALL: &str = "*";
+
+impl ClientConfig {
+    /// Whether it may set any claim not forbidden (`allowed_claims = ["*"]`).
+    pub fn any_claim(&self) -> bool {
+        matches!(self.allowed_claims.as_slice(), [all] if all == ALL)
+    }
+
+    /// Its explicit allow-alls, as the lines of its `[[client]]` entry that set them, for
+    /// `check-config` to warn about.
+    pub fn allow_alls(&self) -> Vec<&'static str> {
+        let mut lines = Vec::new();
+        if self.subject_pattern.as_deref() == Some(ALL) {
+            lines.push("subject_pattern = \"*\" (any sub)");
+        }
+        if self.any_claim() {
+            lines.push("allowed_claims = [\"*\"] (any claim not forbidden)");
+        }
+        lines
+    }
 }
 
 /// Rounds a duration up to whole seconds.
@@ -855,6 +881,18 @@ impl RawClient {
         if max_ttl == Some(0) {
             return Err(invalid(format!("{ctx}: max_ttl must be above zero")));
         }
+        if self.subject_pattern.as_deref() == Some("") {
+            return Err(invalid(format!(
+                "{ctx}: subject_pattern is empty; remove it (the client may not set sub) or \
+                 give a pattern such as \"user:*\" (\"*\" allows any)"
+            )));
+        }
+        if self.allowed_claims.len() > 1 && self.allowed_claims.iter().any(|c| c == ALL) {
+            return Err(invalid(format!(
+                "{ctx}: allowed_claims lists \"*\" beside other names; \"*\" allows any \
+                 claim not forbidden, so write either [\"*\"] or the names"
+            )));
+        }
         for (list, claims) in [
             ("allowed_claims", &self.allowed_claims),
             ("forbidden_claims", &self.forbidden_claims),
@@ -865,12 +903,11 @@ impl RawClient {
                         "{ctx}: {list} lists {claim:?}, which keyturn always sets itself; remove it"
                     )));
                 }
-                // Governed by their own settings (and always allowed): forbidding one here
-                // would do nothing.
+                // Governed by their own settings: listing one here would do nothing.
                 let own = match claim.as_str() {
-                    "iss" if list == "forbidden_claims" => "the key set's `issuer`",
-                    "sub" if list == "forbidden_claims" => "`subject_pattern`",
-                    "aud" if list == "forbidden_claims" => "`audiences`",
+                    "iss" => "the key set's `issuer`",
+                    "sub" => "`subject_pattern`",
+                    "aud" => "`audiences`",
                     _ => continue,
                 };
                 return Err(invalid(format!(
@@ -1120,6 +1157,12 @@ mod tests {
             ("forbidden_claims = [\"sub\"]", "subject_pattern"),
             ("forbidden_claims = [\"role\", \"aud\"]", "audiences"),
             ("forbidden_claims = [\"iss\"]", "issuer"),
+            ("allowed_claims = [\"sub\"]", "subject_pattern"),
+            (
+                "allowed_claims = [\"*\", \"scope\"]",
+                "either [\"*\"] or the names",
+            ),
+            ("subject_pattern = \"\"", "\"*\" allows any"),
         ] {
             let err = client(&format!("unix_uid = 1\n{line}"))
                 .unwrap_err()

@@ -56,7 +56,11 @@ async fn every_algorithm_signs_tokens_that_an_independent_library_verifies() {
     }
     let names: Vec<String> = ALGS.iter().map(|a| a.to_lowercase()).collect();
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let (client, token) = token_client("issuer", &name_refs, "audiences = [\"orders\"]");
+    let (client, token) = token_client(
+        "issuer",
+        &name_refs,
+        "audiences = [\"orders\"]\nsubject_pattern = \"*\"",
+    );
     config += &client;
     let d = Daemon::start(dir.path(), &config);
     for alg in ALGS {
@@ -661,7 +665,7 @@ async fn unix_socket_clients_are_named_by_peer_uid() {
         .unwrap();
     let socket = dir.path().join("api.sock");
     let config = format!(
-        "{}api_socket = \"{}\"\n{}[[client]]\nname = \"local\"\nunix_uid = {uid}\nkeysets = [\"default\"]\n[[client]]\nname = \"someone-else\"\nunix_uid = {}\nkeysets = [\"default\"]\nadmin = true\n",
+        "{}api_socket = \"{}\"\n{}[[client]]\nname = \"local\"\nunix_uid = {uid}\nkeysets = [\"default\"]\nsubject_pattern = \"*\"\n[[client]]\nname = \"someone-else\"\nunix_uid = {}\nkeysets = [\"default\"]\nadmin = true\n",
         server_toml(dir.path()),
         socket.display(),
         keyset_toml("default", "EdDSA", ""),
@@ -718,10 +722,11 @@ async fn mtls_clients_are_named_by_certificate_and_tokens_still_work() {
     std::fs::write(dir.path().join("server.pem"), server_cert).unwrap();
     write_secret(&dir.path().join("server.key"), &server_key);
     std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-    let (token_client_toml, token) = token_client("token-user", &["default"], "");
+    let (token_client_toml, token) =
+        token_client("token-user", &["default"], "subject_pattern = \"*\"");
     // A long handshake timeout, so that a handshake run by the accept loop would show.
     let config = format!(
-        "{}header_timeout = \"30s\"\n[server.tls]\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server.key\"\nclient_ca_file = \"{d}/ca.pem\"\n{}[[client]]\nname = \"runner\"\ntls_subject = \"ci-runner\"\nkeysets = [\"default\"]\n{token_client_toml}",
+        "{}header_timeout = \"30s\"\n[server.tls]\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server.key\"\nclient_ca_file = \"{d}/ca.pem\"\n{}[[client]]\nname = \"runner\"\ntls_subject = \"ci-runner\"\nkeysets = [\"default\"]\nsubject_pattern = \"*\"\n{token_client_toml}",
         server_toml(dir.path()),
         keyset_toml("default", "ES256", ""),
         d = dir.path().display()
@@ -809,4 +814,108 @@ fn client_token_prints_config_lines_that_authenticate() {
         hash
     );
     assert!(stdout.contains("name = \"svc\""));
+}
+
+/// The `[[client]]` lines `keyturn client-token NAME ARGS...` prints, and its token.
+fn client_token(name: &str, args: &[&str]) -> (String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyturn"))
+        .arg("client-token")
+        .arg(name)
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{stderr}");
+    let token = stderr.trim().rsplit(' ').next().unwrap().to_owned();
+    (String::from_utf8(out.stdout).unwrap(), token)
+}
+
+/// A client as `client-token` makes it by default signs no `sub` and no claim beyond `aud`:
+/// not `sub: "admin"`, `roles`, `email_verified` or `cnf`; each refusal is a 403 naming the
+/// setting to add. The options that add them give exactly that right.
+#[tokio::test]
+async fn a_client_token_client_is_denied_sub_and_extra_claims_by_default() {
+    let dir = private_dir();
+    let (plain, plain_token) = client_token("plain", &["--audience", "orders"]);
+    assert!(
+        plain.contains("# subject_pattern = ") && plain.contains("# allowed_claims = "),
+        "both choices shown: {plain}"
+    );
+    let (open, open_token) = client_token(
+        "open",
+        &[
+            "--audience",
+            "orders",
+            "--subject-pattern",
+            "user:*",
+            "--allowed-claim",
+            "roles",
+        ],
+    );
+    let d = Daemon::start(
+        dir.path(),
+        &format!(
+            "{}{}{plain}\n{open}",
+            server_toml(dir.path()),
+            keyset_toml("default", "ES256", "")
+        ),
+    );
+    let attempt = |token: &str, claims: serde_json::Value| {
+        let (d, token) = (&d, token.to_owned());
+        async move { sign(d, "default", &token, json!({ "claims": claims })).await }
+    };
+    for (claims, code, setting) in [
+        (
+            json!({"sub": "admin", "aud": "orders"}),
+            "subject_not_allowed",
+            "subject_pattern",
+        ),
+        (
+            json!({"aud": "orders", "roles": ["superuser"]}),
+            "claim_not_allowed",
+            "allowed_claims",
+        ),
+        (
+            json!({"aud": "orders", "email_verified": true}),
+            "claim_not_allowed",
+            "allowed_claims",
+        ),
+        (
+            json!({"aud": "orders", "cnf": {"jkt": "x"}}),
+            "claim_not_allowed",
+            "allowed_claims",
+        ),
+    ] {
+        let (status, body) = attempt(&plain_token, claims.clone()).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some(code)),
+            "{claims}"
+        );
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(setting), "{claims}: {message}");
+    }
+    let (status, body) = attempt(&plain_token, json!({"aud": "orders"})).await;
+    assert_eq!(status, 200, "{body}");
+    // The options grant what they name, and nothing more.
+    let (status, body) = attempt(
+        &open_token,
+        json!({"sub": "user:1", "aud": "orders", "roles": ["reader"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = attempt(&open_token, json!({"sub": "admin", "aud": "orders"})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("subject_not_allowed"))
+    );
+    let (status, body) = attempt(
+        &open_token,
+        json!({"sub": "user:1", "aud": "orders", "email_verified": true}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("claim_not_allowed"))
+    );
 }
