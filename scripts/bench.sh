@@ -114,7 +114,7 @@ keyset() { # name alg extra
   keyset eddsa EdDSA ''
   keyset rs256 RS256 'rsa_bits = 2048'
   printf '[[client]]\nname = "bench"\ntoken_sha256 = "%s"\nkeysets = ["es256", "eddsa", "rs256"]\naudiences = ["orders-api"]\nsubject_pattern = "user:*"\nallowed_claims = ["scope"]\n\n' "$(sha256 "$TOKEN")"
-  printf '[[client]]\nname = "ops"\ntoken_sha256 = "%s"\nadmin = true\n' "$(sha256 "$ADMIN")"
+  printf '[[client]]\nname = "ops"\ntoken_sha256 = "%s"\nkeysets = ["*"]\nadmin = true\n' "$(sha256 "$ADMIN")"
 } >"$WORK/keyturn.toml"
 echo "==> starting keyturn (first start generates the keys)" >&2
 RUST_LOG=warn,keyturn=info taskset -c "$SERVER_CPUS" "$BIN" serve --config "$WORK/keyturn.toml" \

@@ -175,7 +175,7 @@ pub enum Command {
         /// Write the token to this file (0600) instead of printing it; never overwrites.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// An admin client: it may also read key sets, rotate and revoke.
+        /// An admin client: it may also read, rotate and revoke its key sets.
         #[arg(long)]
         admin: bool,
     },

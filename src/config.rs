@@ -374,7 +374,7 @@ pub struct ClientConfig {
     pub name: String,
     /// How it proves who it is.
     pub auth: ClientAuth,
-    /// Key sets it may sign with (empty: none).
+    /// Key sets it may sign with and, if an admin, administer (empty: none; `[ALL]`: all).
     pub keysets: Vec<String>,
     /// Allowed `aud` values (empty: tokens without `aud` only).
     pub audiences: Vec<String>,
@@ -390,15 +390,20 @@ pub struct ClientConfig {
     pub forbidden_claims: Vec<String>,
     /// Allowed `typ` header values (empty: `JWT` only).
     pub allowed_typ: Vec<String>,
-    /// May rotate and revoke.
+    /// May list, read, rotate and revoke its key sets.
     pub admin: bool,
 }
 
-/// In `subject_pattern` and `allowed_claims`: every value. Nothing is allowed by default;
-/// this is the explicit allow-all.
+/// In `keysets`, `subject_pattern` and `allowed_claims`: every value. Nothing is allowed
+/// by default; this is the explicit allow-all.
 pub const ALL: &str = "*";
 
 impl ClientConfig {
+    /// Whether it may use key set `name`: sign with it and, if an admin, administer it.
+    pub fn may_use(&self, name: &str) -> bool {
+        self.keysets.iter().any(|k| k == ALL || k == name)
+    }
+
     /// Whether it may set any claim not forbidden (`allowed_claims = ["*"]`).
     pub fn any_claim(&self) -> bool {
         matches!(self.allowed_claims.as_slice(), [all] if all == ALL)
@@ -871,7 +876,13 @@ impl RawClient {
             ClientAuth::Tls(self.tls_subject.unwrap_or_default())
         };
         for ks in &self.keysets {
-            if !keysets.iter().any(|k| &k.name == ks) {
+            if ks == ALL && self.keysets.len() > 1 {
+                return Err(invalid(format!(
+                    "{ctx}: keysets lists \"*\" beside other names; \"*\" is every key set, \
+                     so write either [\"*\"] or the names"
+                )));
+            }
+            if ks != ALL && !keysets.iter().any(|k| &k.name == ks) {
                 return Err(invalid(format!(
                     "{ctx}: key set {ks:?} is not a [[keyset]]"
                 )));
@@ -1148,6 +1159,17 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("not a [[keyset]]"), "{err}");
+        let keysets = |list: &str| {
+            parse(&format!(
+                "{MINIMAL}\n[[client]]\nname = \"svc\"\nunix_uid = 1\nkeysets = {list}"
+            ))
+        };
+        let all = keysets("[\"*\"]").unwrap();
+        assert!(all.clients[0].may_use("default") && all.clients[0].may_use("any"));
+        let one = keysets("[\"default\"]").unwrap();
+        assert!(one.clients[0].may_use("default") && !one.clients[0].may_use("any"));
+        let err = keysets("[\"*\", \"default\"]").unwrap_err().to_string();
+        assert!(err.contains("either [\"*\"] or the names"), "{err}");
         let err = client("unix_uid = 1\nallowed_claims = [\"exp\"]")
             .unwrap_err()
             .to_string();

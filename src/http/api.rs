@@ -1,4 +1,5 @@
-//! The API listener: signing for issuers, and admin routes for admin clients.
+//! The API listener: signing for issuers, and admin routes for admin clients, each over
+//! the key sets in its `keysets`.
 //!
 //! Every caller is a named client: a bearer token (TCP, optionally TLS), a TLS client
 //! certificate, or Unix peer credentials (API socket). Nobody anonymous signs.
@@ -153,6 +154,28 @@ fn require_admin(client: &ClientConfig) -> Result<(), ApiError> {
             ),
         ))
     }
+}
+
+/// Key set `name` if the admin `client` administers it: 404 if there is none, 403 if it is
+/// not in the client's `keysets`.
+fn administered(
+    state: &AppState,
+    client: &ClientConfig,
+    name: &str,
+) -> Result<Arc<KeySet>, ApiError> {
+    require_admin(client)?;
+    let keyset = keyset(state, name)?;
+    if !client.may_use(name) {
+        return Err(ApiError::forbidden(
+            "keyset_not_allowed",
+            format!(
+                "client {:?} may not administer key set {name:?}; add it to the client's \
+                 keysets ([\"*\"] for all)",
+                client.name
+            ),
+        ));
+    }
+    Ok(keyset)
 }
 
 /// Reads a JSON body's bytes: content type, size limit, read timeout. [`parse`] reads them.
@@ -437,7 +460,7 @@ fn signing_client(
 ) -> Result<(Caller, Arc<KeySet>), ApiError> {
     let client = caller(state, peer, headers)?;
     let keyset = keyset(state, name)?;
-    if !client.keysets.iter().any(|k| k == name) {
+    if !client.may_use(name) {
         return Err(ApiError::forbidden(
             "keyset_not_allowed",
             format!(
@@ -800,6 +823,7 @@ async fn list_keysets(
         .keysets
         .load()
         .iter()
+        .filter(|k| client.may_use(k.name()))
         .map(|k| keyset_view(k, now))
         .collect();
     Ok(Json(serde_json::json!({"keysets": keysets})))
@@ -812,8 +836,7 @@ async fn show_keyset(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let client = caller(&state, &peer, &headers)?;
-    require_admin(&client)?;
-    let keyset = keyset(&state, &name)?;
+    let keyset = administered(&state, &client, &name)?;
     Ok(Json(keyset_view(&keyset, state.clock.now())))
 }
 
@@ -880,8 +903,7 @@ async fn rotate(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let client = caller(&state, &peer, &headers)?;
-    require_admin(&client)?;
-    let keyset = keyset(&state, &name)?;
+    let keyset = administered(&state, &client, &name)?;
     let now = state.clock.now();
     let at = keyset
         .rotate_now(now)
@@ -914,8 +936,7 @@ async fn revoke(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let client = caller(&state, &peer, &headers)?;
-    require_admin(&client)?;
-    let keyset = keyset(&state, &name)?;
+    let keyset = administered(&state, &client, &name)?;
     let now = state.clock.now();
     let active = keyset
         .revoke(&kid, now)

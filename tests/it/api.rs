@@ -105,7 +105,7 @@ fn policy_config(dir: &std::path::Path) -> (String, String, String) {
         &["default"],
         "audiences = [\"orders\", \"billing\"]\nsubject_pattern = \"user:*\"\nmax_ttl = \"5m\"\nforbidden_claims = [\"admin\"]\nallowed_typ = [\"JWT\", \"at+jwt\"]",
     );
-    let (ops, ops_token) = token_client("ops", &[], "admin = true");
+    let (ops, ops_token) = token_client("ops", &["*"], "admin = true");
     let config = format!(
         "{}{}{}{issuer}{ops}",
         server_toml(dir),
@@ -211,7 +211,7 @@ async fn authentication_and_policy_refusals() {
     assert_eq!(r.status(), 401);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "bad_authorization");
-    // A key set the client may not use; an admin without signing rights.
+    // A key set the client may not use; an admin whose policy grants no sub.
     let (status, body) = sign(&d, "private", &token, ok.clone()).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
@@ -918,4 +918,66 @@ async fn a_client_token_client_is_denied_sub_and_extra_claims_by_default() {
         (status, body["error"]["code"].as_str()),
         (403, Some("claim_not_allowed"))
     );
+}
+
+/// An admin client administers the key sets in its `keysets` and no other: it lists only
+/// those, and reading, rotating or revoking another is a 403 that names the setting;
+/// `keysets = ["*"]` administers every key set.
+#[tokio::test]
+async fn an_admin_client_administers_only_its_key_sets() {
+    let dir = private_dir();
+    let (scoped, scoped_token) = token_client("ops-default", &["default"], "admin = true");
+    let (all, all_token) = token_client("ops-all", &["*"], "admin = true");
+    let d = Daemon::start(
+        dir.path(),
+        &format!(
+            "{}{}{}{scoped}{all}",
+            server_toml(dir.path()),
+            keyset_toml("default", "ES256", ""),
+            keyset_toml("private", "ES256", "")
+        ),
+    );
+    let names = |list: &serde_json::Value| -> Vec<String> {
+        list["keysets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, list) = admin(&d, &scoped_token, reqwest::Method::GET, "/v1/keysets").await;
+    assert_eq!((status, names(&list)), (200, vec!["default".to_owned()]));
+    let (status, list) = admin(&d, &all_token, reqwest::Method::GET, "/v1/keysets").await;
+    assert_eq!(
+        (status, names(&list)),
+        (200, vec!["default".to_owned(), "private".to_owned()])
+    );
+    let private_kid = keyset_view(&d, &all_token, "private").await["active_kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = kids(&jwks(&d, "private").await);
+    for (method, path) in [
+        (reqwest::Method::GET, "/v1/keysets/private".to_owned()),
+        (
+            reqwest::Method::POST,
+            "/v1/keysets/private/rotate".to_owned(),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v1/keysets/private/keys/{private_kid}/revoke"),
+        ),
+    ] {
+        let (status, body) = admin(&d, &scoped_token, method, &path).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("\"ops-default\"") && message.contains("keysets"),
+            "{path}: {message}"
+        );
+    }
+    assert_eq!(kids(&jwks(&d, "private").await), before, "nothing changed");
+    // Its own key set, and every key set for "*".
+    assert_eq!(rotate(&d, &scoped_token, "default").await.0, 200);
+    assert_eq!(rotate(&d, &all_token, "private").await.0, 200);
 }
