@@ -178,20 +178,53 @@ fn administered(
     Ok(keyset)
 }
 
-/// Reads a JSON body's bytes: content type, size limit, read timeout. [`parse`] reads them.
-async fn json_body(headers: &HeaderMap, body: Body, timeout: Duration) -> Result<Bytes, ApiError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim();
-    if !mime.eq_ignore_ascii_case("application/json") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the request as Content-Type: application/json",
+/// Why the API refuses a request before any route sees it, if it does.
+///
+/// The API is for programs, not web pages: a page could otherwise reach a loopback listener
+/// or use a client certificate its browser holds, and revoke keys (kids are public). A
+/// request a browser marks as sent by a page (an `Origin` header, or `Sec-Fetch-Site` other
+/// than `same-origin` or `none`; a page cannot set or drop either) is refused, and a POST
+/// carries JSON or nothing, never a form a page may send without a CORS preflight. Every
+/// API request passes here (`serve::WithPeer`), whatever its route.
+pub fn refusal(method: &http::Method, headers: &HeaderMap, has_body: bool) -> Option<ApiError> {
+    let from_page = headers.contains_key(header::ORIGIN)
+        || headers
+            .get_all("sec-fetch-site")
+            .iter()
+            .any(|site| site != "same-origin" && site != "none");
+    if from_page {
+        return Some(ApiError::forbidden(
+            "browser_request",
+            "the API does not take requests from web pages (an Origin header, or \
+             Sec-Fetch-Site other than same-origin or none): call it from a program",
         ));
     }
+    if method != http::Method::POST {
+        return None;
+    }
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    let json = match (types.next(), types.next()) {
+        (None, _) => !has_body,
+        (Some(value), None) => value
+            .to_str()
+            .ok()
+            .and_then(|ct| ct.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json")),
+        (Some(_), Some(_)) => false,
+    };
+    (!json).then(|| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the request as Content-Type: application/json (or, where no body is \
+             needed, with no body and no Content-Type)",
+        )
+    })
+}
+
+/// Reads a JSON body's bytes (its content type checked by [`refusal`]): size limit, read
+/// timeout. [`parse`] reads them.
+async fn json_body(headers: &HeaderMap, body: Body, timeout: Duration) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -975,6 +1008,95 @@ mod tests {
             s.write_json(&mut ours);
             assert_eq!(ours, serde_json::to_vec(&s).unwrap(), "{s:?}");
             assert!(ours.len() <= s.json_size() + 16, "{s:?}");
+        }
+    }
+
+    /// The refusals every API request passes: from web pages, and POSTs that are not JSON
+    /// (header forms the integration test's client cannot send included).
+    #[test]
+    fn requests_from_pages_and_posts_other_than_json_are_refused() {
+        use http::Method;
+        let check = |method: Method, headers: &[(&'static str, &'static str)], body: bool| {
+            let mut map = HeaderMap::new();
+            for (name, value) in headers {
+                map.append(*name, http::HeaderValue::from_static(value));
+            }
+            refusal(&method, &map, body).map(|e| e.code)
+        };
+        let json = ("content-type", "application/json");
+        for (method, headers, body, expected) in [
+            (Method::POST, vec![json], true, None),
+            (
+                Method::POST,
+                vec![("content-type", "Application/JSON; charset=utf-8")],
+                true,
+                None,
+            ),
+            (Method::POST, vec![], false, None),
+            (Method::POST, vec![json], false, None),
+            (Method::POST, vec![], true, Some("unsupported_media_type")),
+            (
+                Method::POST,
+                vec![json, json],
+                true,
+                Some("unsupported_media_type"),
+            ),
+            (
+                Method::POST,
+                vec![("content-type", "application/jsonx")],
+                true,
+                Some("unsupported_media_type"),
+            ),
+            (
+                Method::POST,
+                vec![("content-type", "text/plain")],
+                false,
+                Some("unsupported_media_type"),
+            ),
+            // Only POSTs carry what the API reads.
+            (
+                Method::GET,
+                vec![("content-type", "text/plain")],
+                true,
+                None,
+            ),
+            (Method::GET, vec![("sec-fetch-site", "none")], false, None),
+            (
+                Method::GET,
+                vec![("sec-fetch-site", "same-origin")],
+                false,
+                None,
+            ),
+            (
+                Method::GET,
+                vec![("sec-fetch-site", "cross-site")],
+                false,
+                Some("browser_request"),
+            ),
+            (
+                Method::GET,
+                vec![("sec-fetch-site", "none"), ("sec-fetch-site", "cross-site")],
+                false,
+                Some("browser_request"),
+            ),
+            (
+                Method::GET,
+                vec![("origin", "null")],
+                false,
+                Some("browser_request"),
+            ),
+            (
+                Method::POST,
+                vec![("origin", "http://127.0.0.1:8391"), json],
+                true,
+                Some("browser_request"),
+            ),
+        ] {
+            assert_eq!(
+                check(method.clone(), &headers, body),
+                expected,
+                "{method} {headers:?} {body}"
+            );
         }
     }
 

@@ -981,3 +981,187 @@ async fn an_admin_client_administers_only_its_key_sets() {
     assert_eq!(rotate(&d, &scoped_token, "default").await.0, 200);
     assert_eq!(rotate(&d, &all_token, "private").await.0, 200);
 }
+
+/// The API listener is not for web pages: a request with an `Origin` header or a
+/// `Sec-Fetch-Site` other than `same-origin`/`none` is a 403 `browser_request`, on every
+/// route; a POST may carry only a JSON body (415 otherwise), and a POST without a body
+/// refuses any Content-Type but JSON. A form POST that a page could send with the
+/// browser's client certificate revokes nothing.
+#[tokio::test]
+async fn browser_style_requests_are_refused_and_change_nothing() {
+    let dir = private_dir();
+    let (config, token, ops) = policy_config(dir.path());
+    let d = Daemon::start(dir.path(), &config);
+    let kid = keyset_view(&d, &ops, "default").await["active_kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = kids(&jwks(&d, "default").await);
+    let revoke = format!("{}/v1/keysets/default/keys/{kid}/revoke", d.api);
+    let rotate_url = format!("{}/v1/keysets/default/rotate", d.api);
+    let sign_url = format!("{}/v1/keysets/default/sign", d.api);
+    let ok = json!({"claims": {"sub": "user:1", "aud": "orders"}}).to_string();
+    let send = |url: &str, bearer: &str, headers: &[(&str, &str)], body: Option<&str>| {
+        let mut req = http().post(url).bearer_auth(bearer);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        if let Some(body) = body {
+            req = req.body(body.to_owned());
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    let text = ("content-type", "text/plain");
+    let json_ct = ("content-type", "application/json");
+    // (url, bearer token, headers, body, expected status and code)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        Option<&'a str>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        // Cross-site, whatever else the request holds.
+        (
+            &revoke,
+            &ops,
+            vec![("origin", "https://evil.example")],
+            None,
+            403,
+            "browser_request",
+        ),
+        (
+            &revoke,
+            &ops,
+            vec![("origin", "null"), json_ct],
+            Some("{}"),
+            403,
+            "browser_request",
+        ),
+        (
+            &rotate_url,
+            &ops,
+            vec![("sec-fetch-site", "cross-site")],
+            None,
+            403,
+            "browser_request",
+        ),
+        (
+            &rotate_url,
+            &ops,
+            vec![("sec-fetch-site", "same-site")],
+            None,
+            403,
+            "browser_request",
+        ),
+        (
+            &sign_url,
+            &token,
+            vec![("origin", "https://evil.example"), json_ct],
+            Some(&ok),
+            403,
+            "browser_request",
+        ),
+        // Bodies other than JSON, and content types other than JSON without a body.
+        (
+            &revoke,
+            &ops,
+            vec![form],
+            Some("x=1"),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            &revoke,
+            &ops,
+            vec![form],
+            None,
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            &rotate_url,
+            &ops,
+            vec![text],
+            None,
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            &rotate_url,
+            &ops,
+            vec![("content-type", "multipart/form-data; boundary=x")],
+            Some("--x--"),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            &rotate_url,
+            &ops,
+            vec![],
+            Some("x=1"),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            &sign_url,
+            &token,
+            vec![],
+            Some(&ok),
+            415,
+            "unsupported_media_type",
+        ),
+    ];
+    for (url, bearer, headers, body, status, code) in cases {
+        let (got, resp) = send(url, bearer, &headers, body).await;
+        assert_eq!(
+            (got, resp["error"]["code"].as_str().unwrap_or("")),
+            (status, code),
+            "{url} {headers:?} {body:?}: {resp}"
+        );
+    }
+    // GETs too, and paths that do not exist.
+    for path in ["/v1/keysets", "/v1/keysets/default", "/nowhere"] {
+        let r = http()
+            .get(format!("{}{path}", d.api))
+            .bearer_auth(&ops)
+            .header("origin", "https://evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "browser_request", "{path}");
+    }
+    assert_eq!(kids(&jwks(&d, "default").await), before, "nothing changed");
+    // What programs send still works: JSON, no body without a content type or with JSON's,
+    // and the Sec-Fetch-Site values no page sends.
+    let (status, resp) = send(
+        &sign_url,
+        &token,
+        &[json_ct, ("sec-fetch-site", "none")],
+        Some(&ok),
+    )
+    .await;
+    assert_eq!(status, 200, "{resp}");
+    let (status, resp) = send(
+        &rotate_url,
+        &ops,
+        &[("sec-fetch-site", "same-origin")],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{resp}");
+    let (status, resp) = send(&revoke, &ops, &[json_ct], None).await;
+    assert_eq!(status, 200, "{resp}");
+}
