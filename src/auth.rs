@@ -1,9 +1,11 @@
 //! Client identities: bearer tokens (stored as SHA-256, compared in constant time), Unix
-//! peer credentials, TLS client certificates.
+//! peer credentials, TLS client certificates; and the rate-limited log of those that fail.
 
 use crate::config::{ClientAuth, ClientConfig};
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::digest;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// The SHA-256 of a bearer token, as stored in the config.
 pub fn hash_token(token: &str) -> [u8; 32] {
@@ -34,6 +36,8 @@ pub fn to_hex(bytes: &[u8]) -> String {
 /// What the transport tells us about the caller.
 #[derive(Debug, Clone, Default)]
 pub struct Peer {
+    /// The listener it came in on (`api`, `api-socket`).
+    pub listener: &'static str,
     /// Unix peer credentials (API socket).
     pub unix: Option<(u32, u32)>,
     /// Subject common name of a verified TLS client certificate.
@@ -42,29 +46,58 @@ pub struct Peer {
     pub remote: Option<String>,
 }
 
-/// Finds the client a request comes from.
+/// Why a caller is no client: the `reason` of the log line and of
+/// `keyturn_auth_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// An `Authorization` header that is not one `Bearer <token>`.
+    BadAuthorization,
+    /// A bearer token no client has.
+    UnknownToken,
+    /// A verified certificate that names no client.
+    UnknownCertificate,
+    /// Unix credentials that match no client.
+    UnknownPeer,
+    /// Nothing that could name a client (TCP, no token, no certificate).
+    NoCredentials,
+}
+
+impl AuthFailure {
+    /// The reason, as logged and as the metric's label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthFailure::BadAuthorization => "bad_authorization",
+            AuthFailure::UnknownToken => "unknown_token",
+            AuthFailure::UnknownCertificate => "unknown_certificate",
+            AuthFailure::UnknownPeer => "unknown_peer",
+            AuthFailure::NoCredentials => "no_credentials",
+        }
+    }
+}
+
+/// Finds the client a request comes from: its index in `clients`.
 ///
 /// A bearer token, when present, decides alone (a wrong token is never rescued by the
 /// transport). Without one, a verified TLS certificate or Unix credentials may match.
 /// Token comparison runs over every token client in constant time per comparison.
-pub fn identify<'a>(
-    clients: &'a [ClientConfig],
+pub fn identify(
+    clients: &[ClientConfig],
     peer: &Peer,
     bearer: Option<&str>,
-) -> Option<&'a ClientConfig> {
+) -> Result<usize, AuthFailure> {
     if let Some(token) = bearer {
         let hash = hash_token(token);
         let mut found = None;
-        for client in clients {
+        for (i, client) in clients.iter().enumerate() {
             if let ClientAuth::Token(expected) = &client.auth {
                 if verify_slices_are_equal(expected, &hash).is_ok() && found.is_none() {
-                    found = Some(client);
+                    found = Some(i);
                 }
             }
         }
-        return found;
+        return found.ok_or(AuthFailure::UnknownToken);
     }
-    clients.iter().find(|client| match &client.auth {
+    let found = clients.iter().position(|client| match &client.auth {
         ClientAuth::Tls(subject) => peer.tls_subject.as_deref() == Some(subject.as_str()),
         ClientAuth::Unix { uid, gid } => match peer.unix {
             Some((peer_uid, peer_gid)) => {
@@ -73,12 +106,87 @@ pub fn identify<'a>(
             None => false,
         },
         ClientAuth::Token(_) => false,
+    });
+    found.ok_or(if peer.tls_subject.is_some() {
+        AuthFailure::UnknownCertificate
+    } else if peer.unix.is_some() {
+        AuthFailure::UnknownPeer
+    } else {
+        AuthFailure::NoCredentials
     })
+}
+
+/// A log line that may be written at most once per window: a flood of failures (wrong
+/// tokens, broken handshakes) is one line per window, which counts the lines left out.
+pub struct Throttled {
+    window: Duration,
+    /// When the last line was written, and how many were left out since.
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Throttled {
+    /// At most one line per `window`.
+    pub const fn new(window: Duration) -> Self {
+        Throttled {
+            window,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Whether a line may be written at `now`: `Some(lines left out since the last one)`,
+    /// or `None` (this one is left out, and counted).
+    pub fn admit(&self, now: Instant) -> Option<u64> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (last, left_out) = &mut *state;
+        if last.is_some_and(|at| now.saturating_duration_since(at) < self.window) {
+            *left_out += 1;
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(left_out))
+    }
+}
+
+/// Failed authentications: at most one line per 10 s.
+static AUTH_FAILURES: Throttled = Throttled::new(Duration::from_secs(10));
+
+/// Logs a failed authentication at WARN (rate-limited): the listener, the peer address and
+/// the reason; never what the caller presented.
+pub fn log_failure(peer: &Peer, failure: AuthFailure) {
+    if let Some(suppressed) = AUTH_FAILURES.admit(Instant::now()) {
+        tracing::warn!(
+            listener = peer.listener,
+            peer = peer.remote.as_deref().unwrap_or("-"),
+            reason = failure.reason(),
+            suppressed,
+            "authentication failed"
+        );
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One line per window; the next line counts those left out meanwhile.
+    #[test]
+    fn throttled_lines_count_those_left_out() {
+        let log = Throttled::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(log.admit(at(0)), Some(0));
+        assert_eq!(log.admit(at(1)), None);
+        assert_eq!(log.admit(at(9)), None);
+        assert_eq!(log.admit(at(10)), Some(2));
+        assert_eq!(log.admit(at(19)), None);
+        assert_eq!(log.admit(at(30)), Some(1));
+        assert_eq!(log.admit(at(41)), Some(0));
+        // A clock read out of order leaves the line out rather than failing.
+        assert_eq!(log.admit(at(40)), None);
+    }
 
     #[test]
     fn hex_round_trip() {

@@ -7,7 +7,7 @@
 use super::error::ApiError;
 use crate::app::AppState;
 use crate::audit::{Line, Record};
-use crate::auth::{identify, Peer};
+use crate::auth::{identify, AuthFailure, Peer};
 use crate::config::ClientConfig;
 use crate::jwks::{Published, PublishedKey};
 use crate::keyset::{KeySet, Unsigned};
@@ -98,32 +98,39 @@ impl std::ops::Deref for Caller {
     }
 }
 
-/// The caller, or 401.
+/// The caller, or 401 (logged and counted: [`refused`]).
 fn caller(state: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let bad = || {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "bad_authorization",
-            "use one `Authorization: Bearer <token>` header",
-        )
-    };
     let mut authorization = headers.get_all(header::AUTHORIZATION).iter();
     let bearer = match (authorization.next(), authorization.next()) {
         (None, _) => None,
-        (Some(v), None) => Some(bearer_token(v).ok_or_else(bad)?),
+        (Some(v), None) => Some(
+            bearer_token(v).ok_or_else(|| refused(state, peer, AuthFailure::BadAuthorization))?,
+        ),
         // Two credentials: which one counts would be a guess.
-        (Some(_), Some(_)) => return Err(bad()),
+        (Some(_), Some(_)) => return Err(refused(state, peer, AuthFailure::BadAuthorization)),
     };
     let clients = state.clients.load_full();
-    let index = identify(&clients, peer, bearer)
-        .and_then(|found| clients.iter().position(|c| std::ptr::eq(c, found)));
-    index.map(|index| Caller { clients, index }).ok_or_else(|| {
-        ApiError::new(
+    let index =
+        identify(&clients, peer, bearer).map_err(|failure| refused(state, peer, failure))?;
+    Ok(Caller { clients, index })
+}
+
+/// A failed authentication, counted and logged (rate-limited), as the 401 it answers.
+fn refused(state: &AppState, peer: &Peer, failure: AuthFailure) -> ApiError {
+    state.metrics.auth_failure(peer.listener, failure.reason());
+    crate::auth::log_failure(peer, failure);
+    match failure {
+        AuthFailure::BadAuthorization => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad_authorization",
+            "use one `Authorization: Bearer <token>` header",
+        ),
+        _ => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
             "unknown caller: send a client's bearer token (or connect with its certificate or over the API socket as its uid)",
-        )
-    })
+        ),
+    }
 }
 
 /// The token of a `Bearer` credential (the scheme is case-insensitive, RFC 9110 11.1).

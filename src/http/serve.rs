@@ -403,6 +403,7 @@ pub async fn serve_tcp(
         };
         let _ = stream.set_nodelay(true);
         let mut peer = Peer {
+            listener: name,
             remote: Some(remote.to_string()),
             ..Peer::default()
         };
@@ -468,9 +469,14 @@ pub async fn serve_unix(
             },
         };
         let unix = stream.peer_cred().ok().map(|c| (c.uid(), c.gid()));
+        let remote = match unix {
+            Some((uid, gid)) => format!("unix:uid={uid},gid={gid}"),
+            None => "unix".to_owned(),
+        };
         let peer = Peer {
+            listener: name,
             unix,
-            remote: Some("unix".into()),
+            remote: Some(remote),
             ..Peer::default()
         };
         shared.spawn_conn(std::future::ready(Some((stream, peer))), permit);

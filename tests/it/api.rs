@@ -1165,3 +1165,83 @@ async fn browser_style_requests_are_refused_and_change_nothing() {
     let (status, resp) = send(&revoke, &ops, &[json_ct], None).await;
     assert_eq!(status, 200, "{resp}");
 }
+
+/// Failed authentication is counted in `keyturn_auth_failures_total{listener,reason}` and
+/// logged at WARN with the peer address and the reason, rate-limited (a flood is a line,
+/// not a line per request), never with the presented secret.
+#[tokio::test]
+async fn failed_authentication_is_logged_rate_limited_and_counted() {
+    let dir = private_dir();
+    let uid = std::fs::metadata(dir.path())
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap();
+    let socket = dir.path().join("api.sock");
+    let (client, token) = token_client("svc", &["default"], "");
+    let config = format!(
+        "{}api_socket = \"{}\"\n{}{client}[[client]]\nname = \"other-uid\"\nunix_uid = {}\nkeysets = [\"default\"]\n",
+        server_toml(dir.path()),
+        socket.display(),
+        keyset_toml("default", "ES256", ""),
+        uid + 1
+    );
+    let d = Daemon::start(dir.path(), &config);
+    let url = format!("{}/v1/keysets/default/sign", d.api);
+    let body = json!({"claims": {}});
+    let secret = "kt_not-a-client-token-but-a-secret";
+    let post = |auth: Option<String>| {
+        let mut req = http().post(&url).json(&body);
+        if let Some(auth) = auth {
+            req = req.header("authorization", auth);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let floods = 30;
+    for _ in 0..floods {
+        assert_eq!(post(Some(format!("Bearer {secret}"))).await, 401);
+    }
+    assert_eq!(post(None).await, 401);
+    assert_eq!(post(Some(format!("Basic {secret}"))).await, 401);
+    assert_eq!(post(Some(format!("Bearer {token}"))).await, 200);
+    use keyturn::client::{request, Endpoint};
+    let r = request(
+        &Endpoint::Socket(socket),
+        http::Method::POST,
+        "/v1/keysets/default/sign",
+        None,
+        Some(body.to_string().into_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 401);
+
+    let metrics = metrics_text(&d).await;
+    for (listener, reason, n) in [
+        ("api", "unknown_token", floods),
+        ("api", "no_credentials", 1),
+        ("api", "bad_authorization", 1),
+        ("api-socket", "unknown_peer", 1),
+    ] {
+        let line = format!(
+            "keyturn_auth_failures_total{{listener=\"{listener}\",reason=\"{reason}\"}} {n}\n"
+        );
+        assert!(metrics.contains(&line), "missing {line:?} in\n{metrics}");
+    }
+    let log = d.log_text();
+    assert!(!log.contains(secret), "the presented secret is in the log");
+    let warned: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["level"] == "WARN" && l["message"] == "authentication failed")
+        .collect();
+    assert!(
+        !warned.is_empty() && warned.len() < floods,
+        "one line per window, not per failure: {warned:?}"
+    );
+    let first = &warned[0];
+    assert_eq!(first["reason"], "unknown_token", "{first}");
+    assert_eq!(first["listener"], "api", "{first}");
+    assert!(
+        first["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{first}"
+    );
+}
