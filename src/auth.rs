@@ -40,10 +40,35 @@ pub struct Peer {
     pub listener: &'static str,
     /// Unix peer credentials (API socket).
     pub unix: Option<(u32, u32)>,
-    /// Subject common name of a verified TLS client certificate.
-    pub tls_subject: Option<String>,
+    /// The names of a verified TLS client certificate.
+    pub tls: Option<CertNames>,
     /// Remote address, for logs.
     pub remote: Option<String>,
+}
+
+/// The names a verified client certificate gives its holder (its subject has at most one
+/// common name: `tls::acceptor` refuses certificates with more).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertNames {
+    /// The subject's common name.
+    pub common_name: Option<String>,
+    /// Subject alternative names: DNS names.
+    pub dns: Vec<String>,
+    /// Subject alternative names: URIs.
+    pub uris: Vec<String>,
+}
+
+impl CertNames {
+    /// Whether these names are those `auth` asks for.
+    fn name(&self, auth: &ClientAuth) -> bool {
+        match auth {
+            ClientAuth::TlsSubject(cn) => self.common_name.as_deref() == Some(cn.as_str()),
+            // A DNS name holds no ':'; a URI always does (after its scheme).
+            ClientAuth::TlsSan(uri) if uri.contains(':') => self.uris.iter().any(|u| u == uri),
+            ClientAuth::TlsSan(dns) => self.dns.iter().any(|d| d.eq_ignore_ascii_case(dns)),
+            ClientAuth::Token(_) | ClientAuth::Unix { .. } => false,
+        }
+    }
 }
 
 /// Why a caller is no client: the `reason` of the log line and of
@@ -56,6 +81,9 @@ pub enum AuthFailure {
     UnknownToken,
     /// A verified certificate that names no client.
     UnknownCertificate,
+    /// A verified certificate that names two clients (a common name one's `tls_subject`,
+    /// an alternative name another's `tls_san`): which one calls would be a guess.
+    AmbiguousCertificate,
     /// Unix credentials that match no client.
     UnknownPeer,
     /// Nothing that could name a client (TCP, no token, no certificate).
@@ -69,6 +97,7 @@ impl AuthFailure {
             AuthFailure::BadAuthorization => "bad_authorization",
             AuthFailure::UnknownToken => "unknown_token",
             AuthFailure::UnknownCertificate => "unknown_certificate",
+            AuthFailure::AmbiguousCertificate => "ambiguous_certificate",
             AuthFailure::UnknownPeer => "unknown_peer",
             AuthFailure::NoCredentials => "no_credentials",
         }
@@ -97,23 +126,26 @@ pub fn identify(
         }
         return found.ok_or(AuthFailure::UnknownToken);
     }
-    let found = clients.iter().position(|client| match &client.auth {
-        ClientAuth::Tls(subject) => peer.tls_subject.as_deref() == Some(subject.as_str()),
-        ClientAuth::Unix { uid, gid } => match peer.unix {
-            Some((peer_uid, peer_gid)) => {
+    if let Some(names) = &peer.tls {
+        let mut named = (0..clients.len()).filter(|&i| names.name(&clients[i].auth));
+        return match (named.next(), named.next()) {
+            (Some(i), None) => Ok(i),
+            (Some(_), Some(_)) => Err(AuthFailure::AmbiguousCertificate),
+            (None, _) => Err(AuthFailure::UnknownCertificate),
+        };
+    }
+    let Some((peer_uid, peer_gid)) = peer.unix else {
+        return Err(AuthFailure::NoCredentials);
+    };
+    clients
+        .iter()
+        .position(|client| match &client.auth {
+            ClientAuth::Unix { uid, gid } => {
                 uid.is_none_or(|u| u == peer_uid) && gid.is_none_or(|g| g == peer_gid)
             }
-            None => false,
-        },
-        ClientAuth::Token(_) => false,
-    });
-    found.ok_or(if peer.tls_subject.is_some() {
-        AuthFailure::UnknownCertificate
-    } else if peer.unix.is_some() {
-        AuthFailure::UnknownPeer
-    } else {
-        AuthFailure::NoCredentials
-    })
+            _ => false,
+        })
+        .ok_or(AuthFailure::UnknownPeer)
 }
 
 /// A log line that may be written at most once per window: a flood of failures (wrong
@@ -170,6 +202,72 @@ pub fn log_failure(peer: &Peer, failure: AuthFailure) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn client(name: &str, auth: ClientAuth) -> ClientConfig {
+        ClientConfig {
+            name: name.into(),
+            auth,
+            keysets: vec![],
+            audiences: vec![],
+            subject_pattern: None,
+            max_ttl: None,
+            allowed_claims: vec![],
+            forbidden_claims: vec![],
+            allowed_typ: vec![],
+            admin: false,
+        }
+    }
+
+    /// A certificate names the one client whose `tls_subject` is its common name or whose
+    /// `tls_san` is one of its DNS names (any case) or URIs (exactly); naming two is
+    /// refused, as is naming none.
+    #[test]
+    fn certificates_name_one_client_by_common_name_or_san() {
+        let clients = [
+            client("by-cn", ClientAuth::TlsSubject("ci".into())),
+            client("by-dns", ClientAuth::TlsSan("ci.example.org".into())),
+            client(
+                "by-uri",
+                ClientAuth::TlsSan("spiffe://example.org/ci".into()),
+            ),
+        ];
+        let with = |cn: Option<&str>, dns: &[&str], uris: &[&str]| Peer {
+            tls: Some(CertNames {
+                common_name: cn.map(str::to_owned),
+                dns: dns.iter().map(|s| s.to_string()).collect(),
+                uris: uris.iter().map(|s| s.to_string()).collect(),
+            }),
+            ..Peer::default()
+        };
+        for (peer, expected) in [
+            (with(Some("ci"), &[], &[]), Ok(0)),
+            (with(None, &["CI.Example.ORG"], &[]), Ok(1)),
+            (with(Some("x"), &[], &["spiffe://example.org/ci"]), Ok(2)),
+            (
+                with(Some("CI"), &[], &[]),
+                Err(AuthFailure::UnknownCertificate),
+            ),
+            (
+                with(None, &[], &["SPIFFE://example.org/ci"]),
+                Err(AuthFailure::UnknownCertificate),
+            ),
+            (
+                with(None, &["spiffe://example.org/ci"], &[]),
+                Err(AuthFailure::UnknownCertificate),
+            ),
+            (
+                with(None, &[], &["ci.example.org"]),
+                Err(AuthFailure::UnknownCertificate),
+            ),
+            (
+                with(Some("ci"), &["ci.example.org"], &[]),
+                Err(AuthFailure::AmbiguousCertificate),
+            ),
+            (Peer::default(), Err(AuthFailure::NoCredentials)),
+        ] {
+            assert_eq!(identify(&clients, &peer, None), expected, "{peer:?}");
+        }
+    }
 
     /// One line per window; the next line counts those left out meanwhile.
     #[test]

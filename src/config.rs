@@ -201,6 +201,7 @@ struct RawClient {
     unix_uid: Option<u32>,
     unix_gid: Option<u32>,
     tls_subject: Option<String>,
+    tls_san: Option<String>,
     #[serde(default)]
     keysets: Vec<String>,
     #[serde(default)]
@@ -348,8 +349,11 @@ pub enum ClientAuth {
         /// Required gid, if any.
         gid: Option<u32>,
     },
-    /// A TLS client certificate whose subject common name is this.
-    Tls(String),
+    /// A TLS client certificate whose subject's one common name is this.
+    TlsSubject(String),
+    /// A TLS client certificate with this subject alternative name: a URI if it holds a
+    /// `:` (compared exactly), else a DNS name (compared without regard to ASCII case).
+    TlsSan(String),
 }
 
 impl ClientAuth {
@@ -358,7 +362,8 @@ impl ClientAuth {
         let either = |a: Option<u32>, b: Option<u32>| a.is_none() || b.is_none() || a == b;
         match (self, other) {
             (ClientAuth::Token(a), ClientAuth::Token(b)) => a == b,
-            (ClientAuth::Tls(a), ClientAuth::Tls(b)) => a == b,
+            (ClientAuth::TlsSubject(a), ClientAuth::TlsSubject(b)) => a == b,
+            (ClientAuth::TlsSan(a), ClientAuth::TlsSan(b)) => a.eq_ignore_ascii_case(b),
             (ClientAuth::Unix { uid: u1, gid: g1 }, ClientAuth::Unix { uid: u2, gid: g2 }) => {
                 either(*u1, *u2) && either(*g1, *g2)
             }
@@ -676,8 +681,8 @@ impl RawConfig {
                 ClientAuth::Token(_) => {
                     "have the same token: give each client its own (`keyturn client-token`)"
                 }
-                ClientAuth::Tls(_) => {
-                    "accept the same certificate subject: give each client its own certificate"
+                ClientAuth::TlsSubject(_) | ClientAuth::TlsSan(_) => {
+                    "accept the same certificate name: give each client its own certificate"
                 }
                 ClientAuth::Unix { .. } => {
                     "match the same Unix caller (a uid or gid left out matches any): make \
@@ -843,10 +848,12 @@ impl RawClient {
             self.token_sha256.is_some(),
             unix,
             self.tls_subject.is_some(),
+            self.tls_san.is_some(),
         ];
         if sources.iter().filter(|s| **s).count() != 1 {
             return Err(invalid(format!(
-                "{ctx}: set exactly one of token_file, token_sha256, unix_uid/unix_gid, tls_subject"
+                "{ctx}: set exactly one of token_file, token_sha256, unix_uid/unix_gid, \
+                 tls_subject, tls_san"
             )));
         }
         let auth = if let Some(file) = self.token_file {
@@ -872,8 +879,16 @@ impl RawClient {
                 uid: self.unix_uid,
                 gid: self.unix_gid,
             }
+        } else if let Some(san) = self.tls_san {
+            if san.is_empty() || san.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(format!(
+                    "{ctx}: tls_san must be a DNS name or a URI of the client's certificate, \
+                     such as \"ci.example.org\" or \"spiffe://example.org/ci\""
+                )));
+            }
+            ClientAuth::TlsSan(san)
         } else {
-            ClientAuth::Tls(self.tls_subject.unwrap_or_default())
+            ClientAuth::TlsSubject(self.tls_subject.unwrap_or_default())
         };
         for ks in &self.keysets {
             if ks == ALL && self.keysets.len() > 1 {
@@ -1191,6 +1206,15 @@ mod tests {
                 .to_string();
             assert!(err.contains(says), "{line}: {err}");
         }
+        assert!(client("tls_san = \"spiffe://example.org/ci\"").is_ok());
+        for (line, says) in [
+            ("tls_san = \"a b\"", "DNS name or a URI"),
+            ("tls_san = \"\"", "DNS name or a URI"),
+            ("tls_san = \"x\"\ntls_subject = \"x\"", "exactly one"),
+        ] {
+            let err = client(line).unwrap_err().to_string();
+            assert!(err.contains(says), "{line}: {err}");
+        }
         // One token, two clients: refused (the first would silently win).
         let two = format!(
             "{MINIMAL}\n[[client]]\nname = \"a\"\nkeysets = [\"default\"]\ntoken_sha256 = \"{hex}\"\n\
@@ -1206,6 +1230,16 @@ mod tests {
             ))
         };
         for (a, b, says) in [
+            (
+                "tls_san = \"ci.example.org\"",
+                "tls_san = \"CI.example.org\"",
+                "same certificate name",
+            ),
+            (
+                "tls_subject = \"ci\"",
+                "tls_subject = \"ci\"",
+                "same certificate name",
+            ),
             (
                 "unix_uid = 1000",
                 "unix_uid = 1000\nunix_gid = 50",

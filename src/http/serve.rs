@@ -420,17 +420,22 @@ pub async fn serve_tcp(
                         () = stopping.cancelled() => return None,
                         accepted = accept => accepted,
                     };
+                    let remote = peer.remote.as_deref().unwrap_or("-");
                     match accepted {
                         Ok(Ok(tls_stream)) => {
-                            peer.tls_subject = crate::tls::peer_subject(tls_stream.get_ref().1);
+                            peer.tls = crate::tls::peer_names(tls_stream.get_ref().1);
                             Some((tls_stream, peer))
                         }
                         Ok(Err(e)) => {
-                            tracing::debug!(listener = name, error = %e, "TLS handshake failed");
+                            crate::tls::log_handshake_failure(name, remote, &e);
                             None
                         }
                         Err(_) => {
-                            tracing::debug!(listener = name, "TLS handshake timed out");
+                            let e = std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "no handshake within header_timeout",
+                            );
+                            crate::tls::log_handshake_failure(name, remote, &e);
                             None
                         }
                     }

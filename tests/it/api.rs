@@ -699,51 +699,91 @@ async fn unix_socket_clients_are_named_by_peer_uid() {
     assert_eq!(r.status(), 401);
 }
 
+/// A test CA that issues server and client certificates (rcgen).
+struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![]).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "test CA");
+        TestCa {
+            cert: params.self_signed(&key).unwrap(),
+            key,
+        }
+    }
+
+    /// A certificate for `params` and its key, as PEM.
+    fn issue(&self, params: rcgen::CertificateParams) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A certificate with subject `CN=cn` and DNS names `sans`.
+    fn issue_cn(&self, cn: &str, sans: Vec<String>) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(sans).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        self.issue(params)
+    }
+
+    /// Writes `server.pem`, `server.key` (for localhost) and `ca.pem` into `dir`; returns
+    /// the `[server.tls]` table that uses them, with client certificates.
+    fn server_files(&self, dir: &std::path::Path) -> String {
+        let (server_cert, server_key) = self.issue_cn("localhost", vec!["localhost".into()]);
+        std::fs::write(dir.join("server.pem"), server_cert).unwrap();
+        write_secret(&dir.join("server.key"), &server_key);
+        std::fs::write(dir.join("ca.pem"), self.cert.pem()).unwrap();
+        format!(
+            "[server.tls]\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server.key\"\nclient_ca_file = \"{d}/ca.pem\"\n",
+            d = dir.display()
+        )
+    }
+
+    /// A client for the daemon's API port that trusts this CA, with `identity` (PEM
+    /// certificate and key) if given.
+    fn client(&self, port: &str, identity: Option<&(String, String)>) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.cert.pem().as_bytes()).unwrap(),
+            )
+            .resolve("localhost", format!("127.0.0.1:{port}").parse().unwrap());
+        if let Some((cert, key)) = identity {
+            builder = builder
+                .identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap());
+        }
+        builder.build().unwrap()
+    }
+}
+
 #[tokio::test]
 async fn mtls_clients_are_named_by_certificate_and_tokens_still_work() {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     let dir = private_dir();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(vec![]).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issue = |cn: &str, sans: Vec<String>| {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(sans).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let (server_cert, server_key) = issue("localhost", vec!["localhost".into()]);
-    let (client_cert, client_key) = issue("ci-runner", vec![]);
-    std::fs::write(dir.path().join("server.pem"), server_cert).unwrap();
-    write_secret(&dir.path().join("server.key"), &server_key);
-    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    let ca = TestCa::new();
+    let tls = ca.server_files(dir.path());
+    let (client_cert, client_key) = ca.issue_cn("ci-runner", vec![]);
     let (token_client_toml, token) =
         token_client("token-user", &["default"], "subject_pattern = \"*\"");
     // A long handshake timeout, so that a handshake run by the accept loop would show.
     let config = format!(
-        "{}header_timeout = \"30s\"\n[server.tls]\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server.key\"\nclient_ca_file = \"{d}/ca.pem\"\n{}[[client]]\nname = \"runner\"\ntls_subject = \"ci-runner\"\nkeysets = [\"default\"]\nsubject_pattern = \"*\"\n{token_client_toml}",
+        "{}header_timeout = \"30s\"\n{tls}{}[[client]]\nname = \"runner\"\ntls_subject = \"ci-runner\"\nkeysets = [\"default\"]\nsubject_pattern = \"*\"\n{token_client_toml}",
         server_toml(dir.path()),
         keyset_toml("default", "ES256", ""),
-        d = dir.path().display()
     );
     let daemon = Daemon::start(dir.path(), &config);
     let port = daemon.api.rsplit(':').next().unwrap().to_owned();
     let url = format!("https://localhost:{port}/v1/keysets/default/sign");
-    let root = reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap();
     let body = json!({"claims": {"sub": "job-1"}});
-    let with_cert = reqwest::Client::builder()
-        .add_root_certificate(root.clone())
-        .identity(
-            reqwest::Identity::from_pem(format!("{client_cert}{client_key}").as_bytes()).unwrap(),
-        )
-        .resolve("localhost", format!("127.0.0.1:{port}").parse().unwrap())
-        .build()
-        .unwrap();
+    let with_cert = ca.client(&port, Some(&(client_cert, client_key)));
     // Clients that never start their handshake hold up nobody else: each handshake runs
     // in its connection's own task (the accept loop used to wait out each one's timeout).
     let silent: Vec<std::net::TcpStream> = (0..3)
@@ -758,11 +798,7 @@ async fn mtls_clients_are_named_by_certificate_and_tokens_still_work() {
         started.elapsed()
     );
     drop(silent);
-    let without = reqwest::Client::builder()
-        .add_root_certificate(root)
-        .resolve("localhost", format!("127.0.0.1:{port}").parse().unwrap())
-        .build()
-        .unwrap();
+    let without = ca.client(&port, None);
     assert_eq!(
         without
             .post(&url)
@@ -1243,5 +1279,139 @@ async fn failed_authentication_is_logged_rate_limited_and_counted() {
     assert!(
         first["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
         "{first}"
+    );
+}
+
+/// A certificate whose subject holds two common names (`CN=opsmtls, CN=someone-else`) is
+/// refused at the handshake, which is logged at WARN with the peer and the reason; a
+/// client may instead be named by a SAN of its certificate (`tls_san`: a URI such as a
+/// SPIFFE id, or a DNS name, case-insensitive); a verified certificate that names no
+/// client is a 401 counted as `unknown_certificate`.
+#[tokio::test]
+async fn mtls_refuses_two_common_names_and_names_clients_by_san() {
+    use rcgen::{CertificateParams, DnType, SanType};
+    let dir = private_dir();
+    let ca = TestCa::new();
+    let tls = ca.server_files(dir.path());
+    let config = format!(
+        "{}{tls}{}\
+         [[client]]\nname = \"ops\"\ntls_subject = \"opsmtls\"\nkeysets = [\"default\"]\nadmin = true\n\
+         [[client]]\nname = \"ci\"\ntls_san = \"spiffe://example.org/ci\"\nkeysets = [\"default\"]\n\
+         [[client]]\nname = \"runner\"\ntls_san = \"runner.example.org\"\nkeysets = [\"default\"]\n",
+        server_toml(dir.path()),
+        keyset_toml("default", "ES256", ""),
+    );
+    let d = Daemon::start(dir.path(), &config);
+    let port = d.api.rsplit(':').next().unwrap().to_owned();
+    let list = format!("https://localhost:{port}/v1/keysets");
+    let sign_url = format!("https://localhost:{port}/v1/keysets/default/sign");
+    let body = json!({"claims": {}});
+
+    // The right CN first, then another: refused, whichever a reader takes.
+    let mut two = CertificateParams::new(vec![]).unwrap();
+    two.distinguished_name.push(DnType::CommonName, "opsmtls");
+    two.distinguished_name
+        .push(DnType::CustomDnType(vec![2, 5, 4, 3]), "someone-else");
+    let two = ca.issue(two);
+    let answer = ca.client(&port, Some(&two)).get(&list).send().await;
+    assert!(
+        answer.is_err(),
+        "a two-CN certificate got an answer: {answer:?}"
+    );
+    // The same name alone is ops.
+    let one = ca.issue_cn("opsmtls", vec![]);
+    let r = ca
+        .client(&port, Some(&one))
+        .get(&list)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let refused: Vec<serde_json::Value> = d
+        .log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["level"] == "WARN" && l["message"] == "TLS handshake failed")
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0]["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+            && refused[0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("2 common names"),
+        "{}",
+        refused[0]
+    );
+
+    // SANs: a URI and a DNS name (any case), whatever the CN says.
+    let san = |cn: &str, san: SanType| {
+        let mut p = CertificateParams::new(vec![]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.subject_alt_names = vec![san];
+        ca.issue(p)
+    };
+    for (cert, caller) in [
+        (
+            san(
+                "opsmtls-lookalike",
+                SanType::URI("spiffe://example.org/ci".try_into().unwrap()),
+            ),
+            "ci",
+        ),
+        (
+            san(
+                "x",
+                SanType::DnsName("Runner.Example.org".try_into().unwrap()),
+            ),
+            "runner",
+        ),
+    ] {
+        let r = ca
+            .client(&port, Some(&cert))
+            .post(&sign_url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{caller}");
+        let jti = r.json::<serde_json::Value>().await.unwrap()["jti"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let audit = std::fs::read_to_string(dir.path().join("data/audit.log")).unwrap();
+        let line = audit.lines().find(|l| l.contains(&jti)).unwrap();
+        assert!(line.contains(&format!("\"caller\":\"{caller}\"")), "{line}");
+    }
+    // A SAN that is a URI does not match as a DNS name, nor a prefix as the whole.
+    for cert in [
+        san(
+            "y",
+            SanType::DnsName("spiffe.example.org".try_into().unwrap()),
+        ),
+        san(
+            "y",
+            SanType::URI("spiffe://example.org/ci/evil".try_into().unwrap()),
+        ),
+        ca.issue_cn("nobody", vec![]),
+    ] {
+        let r = ca
+            .client(&port, Some(&cert))
+            .post(&sign_url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let metrics = metrics_text(&d).await;
+    assert!(
+        metrics.contains(
+            "keyturn_auth_failures_total{listener=\"api\",reason=\"unknown_certificate\"} 3\n"
+        ),
+        "{metrics}"
     );
 }
