@@ -399,6 +399,11 @@ pub struct ClientConfig {
     pub admin: bool,
 }
 
+/// Fewest characters in a client's `token_file`: 128 random bits written as hex. A length
+/// (whatever the alphabet), not a measure of randomness, so that the rule is easy to state
+/// and to meet; `keyturn client-token` makes 46 characters (256 bits).
+const MIN_TOKEN_CHARS: usize = 32;
+
 /// In `keysets`, `subject_pattern` and `allowed_claims`: every value. Nothing is allowed
 /// by default; this is the explicit allow-all.
 pub const ALL: &str = "*";
@@ -861,13 +866,23 @@ impl RawClient {
             let token =
                 crate::secret::read_secret_file(&file, env.credentials_directory.as_deref())
                     .map_err(|e| invalid(format!("{ctx}: {e}")))?;
-            if token.trim().is_empty() {
+            let token = token.trim();
+            if token.is_empty() {
                 return Err(invalid(format!(
                     "{ctx}: token_file {} is empty; write the client's token into it",
                     file.display()
                 )));
             }
-            ClientAuth::Token(crate::auth::hash_token(token.trim()))
+            if token.chars().count() < MIN_TOKEN_CHARS {
+                return Err(invalid(format!(
+                    "{ctx}: the token in {} has {} characters; a client token must have at \
+                     least {MIN_TOKEN_CHARS} characters (128 bits as hex): make one with \
+                     `keyturn client-token` or `openssl rand -hex 32`",
+                    file.display(),
+                    token.chars().count()
+                )));
+            }
+            ClientAuth::Token(crate::auth::hash_token(token))
         } else if let Some(hex) = self.token_sha256 {
             ClientAuth::Token(crate::auth::parse_sha256_hex(&hex).ok_or_else(|| {
                 invalid(format!(
@@ -1150,6 +1165,32 @@ mod tests {
             .unwrap();
         let next = c.keysets[0].schedule.next_after(0).unwrap();
         assert_eq!(next, 3 * 3600);
+    }
+
+    /// A client's token_file must hold at least 32 characters (128 bits as hex); a shorter
+    /// token is refused at load, and the message does not show it.
+    #[test]
+    fn client_tokens_shorter_than_128_bits_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let with = |token: &str| {
+            let path = dir.path().join("client.token");
+            std::fs::write(&path, format!("{token}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            parse(&format!(
+                "{MINIMAL}\n[[client]]\nname = \"svc\"\nkeysets = [\"default\"]\ntoken_file = \"{}\"",
+                path.display()
+            ))
+        };
+        for short in ["abc", &"f".repeat(31), &"é".repeat(20)] {
+            let err = with(short).unwrap_err().to_string();
+            assert!(
+                err.contains("at least 32 characters") && !err.contains(short),
+                "{err}"
+            );
+        }
+        assert!(with(&"0123456789abcdef".repeat(2)).is_ok());
+        assert!(with("kt_Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5d2FsZG8").is_ok());
     }
 
     #[test]
