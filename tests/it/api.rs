@@ -4,6 +4,7 @@
 use crate::harness::*;
 use jsonwebtoken::{decode, decode_header, DecodingKey, Validation};
 use serde_json::json;
+use std::time::Duration;
 
 const ALGS: [&str; 10] = [
     "ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA",
@@ -1202,6 +1203,15 @@ async fn browser_style_requests_are_refused_and_change_nothing() {
     assert_eq!(status, 200, "{resp}");
 }
 
+/// The daemon's WARN lines so far whose message is `message`.
+fn warnings(d: &Daemon, message: &str) -> Vec<serde_json::Value> {
+    d.log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["level"] == "WARN" && l["message"] == message)
+        .collect()
+}
+
 /// Failed authentication is counted in `keyturn_auth_failures_total{listener,reason}` and
 /// logged at WARN with the peer address and the reason, rate-limited (a flood is a line,
 /// not a line per request), never with the presented secret.
@@ -1262,13 +1272,16 @@ async fn failed_authentication_is_logged_rate_limited_and_counted() {
         );
         assert!(metrics.contains(&line), "missing {line:?} in\n{metrics}");
     }
-    let log = d.log_text();
-    assert!(!log.contains(secret), "the presented secret is in the log");
-    let warned: Vec<serde_json::Value> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|l| l["level"] == "WARN" && l["message"] == "authentication failed")
-        .collect();
+    // The line reaches the test through a pipe, after the response.
+    eventually(Duration::from_secs(10), "a failure is logged", || async {
+        !warnings(&d, "authentication failed").is_empty()
+    })
+    .await;
+    assert!(
+        !d.log_text().contains(secret),
+        "the presented secret is in the log"
+    );
+    let warned = warnings(&d, "authentication failed");
     assert!(
         !warned.is_empty() && warned.len() < floods,
         "one line per window, not per failure: {warned:?}"
@@ -1327,12 +1340,13 @@ async fn mtls_refuses_two_common_names_and_names_clients_by_san() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let refused: Vec<serde_json::Value> = d
-        .log_text()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|l| l["level"] == "WARN" && l["message"] == "TLS handshake failed")
-        .collect();
+    // The line reaches the test through a pipe, after the handshake it tells of.
+    let refused = || warnings(&d, "TLS handshake failed");
+    eventually(Duration::from_secs(10), "the refusal is logged", || async {
+        !refused().is_empty()
+    })
+    .await;
+    let refused = refused();
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert!(
         refused[0]["peer"]
