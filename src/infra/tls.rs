@@ -1,7 +1,7 @@
 //! TLS for the API listener (rustls): server certificate, optional client certificates,
 //! and the rate-limited log of failed handshakes.
 
-use crate::auth::{CertNames, Throttled};
+use crate::server::auth::{CertNames, Throttled};
 use crate::config::TlsConfig;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
@@ -30,7 +30,7 @@ pub fn acceptor(config: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, String>
             config.cert_file.display()
         ));
     }
-    crate::secret::read_secret_file(&config.key_file, config.credentials_dir.as_deref())?;
+    crate::config::secret::read_secret_file(&config.key_file, config.credentials_dir.as_deref())?;
     let key = PrivateKeyDer::from_pem_file(&config.key_file).map_err(|e| {
         format!(
             "cannot read the private key in {}: {e}",

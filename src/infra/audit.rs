@@ -22,7 +22,7 @@
 //! line of a token that left; a power loss can lose lines written in the last ~5 ms (plus
 //! the time of one fdatasync).
 
-use crate::lifecycle::Event;
+use crate::core::lifecycle::Event;
 use aws_lc_rs::digest;
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
@@ -102,7 +102,7 @@ pub struct Record<'a> {
     pub sub: Option<&'a str>,
     /// Token audience.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub aud: Option<&'a crate::policy::Audience<'a>>,
+    pub aud: Option<&'a crate::core::policy::Audience<'a>>,
     /// Token expiry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exp: Option<i64>,
@@ -112,8 +112,8 @@ impl Record<'_> {
     /// Appends the record's line up to its closing brace, which the writer adds after
     /// `prev`: the bytes serde would write for the record, less that brace.
     fn write_unchained(&self, out: &mut Vec<u8>) {
-        use crate::json::{push_int, push_str};
-        use crate::policy::Audience;
+        use crate::core::json::{push_int, push_str};
+        use crate::core::policy::Audience;
         out.extend_from_slice(b"{\"ts\":");
         push_int(out, self.ts);
         out.extend_from_slice(b",\"event\":");
@@ -1000,7 +1000,7 @@ pub fn verify(path: &Path, anchor: Option<&Head>) -> Result<Verified, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Audience;
+    use crate::core::policy::Audience;
 
     const AUD: Audience<'static> = Audience::One(std::borrow::Cow::Borrowed("api"));
 

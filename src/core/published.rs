@@ -2,7 +2,7 @@
 //! and the keys that may sign. Serving a request only clones `Bytes` and a header map.
 
 use crate::config::KeySetConfig;
-use crate::lifecycle::KeySetDoc;
+use crate::core::lifecycle::KeySetDoc;
 use aws_lc_rs::digest;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue};
@@ -84,7 +84,7 @@ struct Common {
 impl Served {
     fn new(body: Vec<u8>, version: u64, content_type: HeaderValue, common: &Common) -> Self {
         let hash = digest::digest(&digest::SHA256, &body);
-        let etag = format!("\"{version}-{}\"", crate::auth::to_hex(&hash.as_ref()[..8]));
+        let etag = format!("\"{version}-{}\"", crate::server::auth::to_hex(&hash.as_ref()[..8]));
         // Digits, hex and quotes only: always a valid header value.
         let etag = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\""));
         let mut not_modified = cors_headers();
@@ -202,7 +202,7 @@ impl Published {
 }
 
 /// The last instant an HTTP date can hold.
-const LAST_HTTP_DATE: i64 = crate::json::LAST_NUMERIC_DATE;
+const LAST_HTTP_DATE: i64 = crate::core::json::LAST_NUMERIC_DATE;
 
 #[cfg(test)]
 mod tests {
@@ -234,7 +234,7 @@ mod tests {
     }
 
     fn config() -> KeySetConfig {
-        Config::parse(crate::testing::KEYSET, Env::default())
+        Config::parse(crate::server::testing::KEYSET, Env::default())
             .unwrap()
             .keysets[0]
             .clone()

@@ -1,11 +1,11 @@
 //! A running key set: its engine, its published view, its backend's health, and the
 //! background task that keeps it in order.
 
-use crate::audit::Audit;
-use crate::clock::Clock;
+use crate::infra::audit::Audit;
+use crate::core::clock::Clock;
 use crate::config::KeySetConfig;
-use crate::jwks::{Published, PublishedKey};
-use crate::lifecycle::{Engine, Event, LifecycleError};
+use crate::core::published::{Published, PublishedKey};
+use crate::core::lifecycle::{Engine, Event, LifecycleError};
 use arc_swap::ArcSwap;
 use keyturn_backend::KeyBackend;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -393,7 +393,7 @@ impl KeySet {
 
     /// Takes over what the ledger remembered of it from the last run (as [`Self::inherit`]
     /// does across a reload; its retention and sealing came with [`Past`]).
-    pub fn remember(&self, entry: &crate::ledger::Entry) {
+    pub fn remember(&self, entry: &crate::infra::ledger::Entry) {
         self.unsigned_since
             .store(entry.unsigned_since.unwrap_or(i64::MAX), Ordering::Relaxed);
     }
@@ -585,8 +585,8 @@ impl KeySet {
 mod tests {
     use super::*;
     use crate::config::{Config, Env};
-    use crate::testing::Rigged;
-    use crate::timing::Timing;
+    use crate::server::testing::Rigged;
+    use crate::config::timing::Timing;
 
     /// `toml` parsed, and its first key set opened on a rigged backend of its own.
     async fn opened(toml: &str) -> (Config, Arc<KeySet>, Arc<Rigged>) {
@@ -600,7 +600,7 @@ mod tests {
 
     /// An ES256 key set rotated daily, with `timing` as on a backend shared by replicas.
     fn shared_config(timing: Timing) -> KeySetConfig {
-        let mut config = Config::parse(crate::testing::KEYSET, Env::default())
+        let mut config = Config::parse(crate::server::testing::KEYSET, Env::default())
             .unwrap()
             .keysets[0]
             .clone();
@@ -614,7 +614,7 @@ mod tests {
     /// backend's round trip): a token it signed then would not verify.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_revoked_key_stops_signing_when_its_revoke_is_written() {
-        let (_, keyset, backend) = opened(crate::testing::KEYSET).await;
+        let (_, keyset, backend) = opened(crate::server::testing::KEYSET).await;
         let t0 = 1_700_000_000;
         keyset.tick(t0).await.unwrap();
         let before = keyset.published();
@@ -628,7 +628,7 @@ mod tests {
         // The revoke is written; the next key is being made.
         backend.waiting.acquire().await.unwrap().forget();
         let blob = backend.inner.load_state("default").await.unwrap().unwrap();
-        let stored = crate::lifecycle::stored_doc(&blob.data);
+        let stored = crate::core::lifecycle::stored_doc(&blob.data);
         assert!(stored.published().all(|k| k.kid.as_ref() != Some(&active)));
         let now = keyset.published();
         assert!(!now.by_kid.contains_key(&active));
@@ -646,7 +646,7 @@ mod tests {
     /// (One thread: a yield runs the hand-over as far as it can go.)
     #[tokio::test]
     async fn a_revoke_during_a_reload_reaches_the_successor() {
-        let (config, old, backend) = opened(crate::testing::KEYSET).await;
+        let (config, old, backend) = opened(crate::server::testing::KEYSET).await;
         let t0 = 1_700_000_000;
         old.tick(t0).await.unwrap();
         let successor = KeySet::open(config.keysets[0].clone(), backend.clone(), Past::default())
@@ -721,7 +721,7 @@ mod tests {
     async fn the_kubernetes_signer_counts_as_a_signer() {
         let toml = format!(
             "[server]\nk8s_signer_socket = \"@kt-test\"\nk8s_signer_keyset = \"default\"\n{}",
-            crate::testing::KEYSET
+            crate::server::testing::KEYSET
         );
         let (config, keyset, _) = opened(&toml).await;
         assert!(config.clients.is_empty());
@@ -741,7 +741,7 @@ mod tests {
     async fn a_key_set_signs_nothing_once_no_one_may_sign() {
         let toml = format!(
             "{}\n[[client]]\nname = \"svc\"\nunix_uid = 1\nkeysets = [\"default\"]",
-            crate::testing::KEYSET
+            crate::server::testing::KEYSET
         );
         let (config, keyset, _) = opened(&toml).await;
         let t0 = 1_700_000_000;
@@ -780,13 +780,13 @@ mod tests {
         assert!(keyset.signer(&keyset.published(), t0).is_ok());
         // Another replica, with max_token_ttl 10m, records 10m-and-change with every key.
         let blob = backend.load_state("default").await.unwrap().unwrap();
-        let mut doc = crate::lifecycle::stored_doc(&blob.data);
+        let mut doc = crate::core::lifecycle::stored_doc(&blob.data);
         let short = Timing::new(600, 300, 60, true).retention();
         for k in &mut doc.keys {
             k.retain = Some(short);
         }
         let bytes = serde_json::to_vec(&doc).unwrap();
-        let bytes = crate::lifecycle::seal(&*backend, "default", &bytes)
+        let bytes = crate::core::lifecycle::seal(&*backend, "default", &bytes)
             .await
             .unwrap();
         backend
@@ -806,7 +806,7 @@ mod tests {
         keyset.tick(t0 + 20).await.unwrap();
         assert!(keyset.signer(&keyset.published(), t0 + 20).is_ok());
         let stored = backend.load_state("default").await.unwrap().unwrap();
-        let doc = crate::lifecycle::stored_doc(&stored.data);
+        let doc = crate::core::lifecycle::stored_doc(&stored.data);
         assert!(doc
             .keys
             .iter()
@@ -817,11 +817,11 @@ mod tests {
     /// a document without one at its next start; without that memory it is accepted once.
     #[tokio::test]
     async fn a_key_set_remembered_as_sealed_refuses_a_document_without_a_mac() {
-        let (config, keyset, backend) = opened(crate::testing::KEYSET).await;
+        let (config, keyset, backend) = opened(crate::server::testing::KEYSET).await;
         keyset.tick(1_700_000_000).await.unwrap();
         assert!(keyset.sealed());
         let blob = backend.load_state("default").await.unwrap().unwrap();
-        let plain = serde_json::to_vec(&crate::lifecycle::stored_json(&blob.data)).unwrap();
+        let plain = serde_json::to_vec(&crate::core::lifecycle::stored_json(&blob.data)).unwrap();
         backend
             .store_state("default", &plain, Some(blob.version))
             .await

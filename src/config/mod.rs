@@ -4,7 +4,10 @@
 //! verifiable is checked here, with a message that names the fix. The environment is read
 //! only in this module (`$STATE_DIRECTORY`, `$CREDENTIALS_DIRECTORY`).
 
-use crate::timing::Timing;
+pub mod secret;
+pub mod timing;
+
+use crate::config::timing::Timing;
 use keyturn_backend::{Algorithm, KeyType};
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -187,7 +190,7 @@ pub enum BackendConfig {
         state_dir: Option<PathBuf>,
     },
     /// A backend compiled into a custom build and registered with
-    /// [`crate::app::run_with_backends`] under this name (see examples/custom_backend.rs).
+    /// [`crate::server::app::run_with_backends`] under this name (see examples/custom_backend.rs).
     Custom {
         /// The registered name.
         name: String,
@@ -338,7 +341,7 @@ pub struct ServerConfig {
     /// Whether stderr goes to the journal (`$JOURNAL_STREAM`): logs then omit timestamps.
     pub under_journald: bool,
     /// Per-listener connection limit and request timeouts.
-    pub limits: crate::http::serve::Limits,
+    pub limits: crate::server::http::serve::Limits,
 }
 
 /// TLS on the API listener.
@@ -664,8 +667,8 @@ impl RawConfig {
             credentials_dir: env.credentials_directory.clone(),
             under_journald: env.journald,
             limits: {
-                let d = crate::http::serve::Limits::default();
-                let limits = crate::http::serve::Limits {
+                let d = crate::server::http::serve::Limits::default();
+                let limits = crate::server::http::serve::Limits {
                     max_connections: s.max_connections.unwrap_or(d.max_connections),
                     header_timeout: s.header_timeout.unwrap_or(d.header_timeout),
                     body_timeout: s.body_timeout.unwrap_or(d.body_timeout),
@@ -982,7 +985,7 @@ impl RawClient {
         let auth = if let Some(file) = self.token_file {
             let file = resolve_credential(&file, env);
             let token =
-                crate::secret::read_secret_file(&file, env.credentials_directory.as_deref())
+                crate::config::secret::read_secret_file(&file, env.credentials_directory.as_deref())
                     .map_err(|e| invalid(format!("{ctx}: {e}")))?;
             let token = token.trim();
             if token.is_empty() {
@@ -1000,9 +1003,9 @@ impl RawClient {
                     token.chars().count()
                 )));
             }
-            ClientAuth::Token(crate::auth::hash_token(token))
+            ClientAuth::Token(crate::server::auth::hash_token(token))
         } else if let Some(hex) = self.token_sha256 {
-            ClientAuth::Token(crate::auth::parse_sha256_hex(&hex).ok_or_else(|| {
+            ClientAuth::Token(crate::server::auth::parse_sha256_hex(&hex).ok_or_else(|| {
                 invalid(format!(
                     "{ctx}: token_sha256 must be 64 hex digits (see `keyturn client-token`)"
                 ))
@@ -1057,7 +1060,7 @@ impl RawClient {
             ("forbidden_claims", &self.forbidden_claims),
         ] {
             for claim in claims {
-                if crate::policy::RESERVED_CLAIMS.contains(&claim.as_str()) {
+                if crate::core::policy::RESERVED_CLAIMS.contains(&claim.as_str()) {
                     return Err(invalid(format!(
                         "{ctx}: {list} lists {claim:?}, which keyturn always sets itself; remove it"
                     )));
@@ -1186,19 +1189,19 @@ mod tests {
         for (name, text) in [
             (
                 "keyturn.example.toml",
-                include_str!("../config/keyturn.example.toml"),
+                include_str!("../../config/keyturn.example.toml"),
             ),
             (
                 "keyturn.vault.example.toml",
-                include_str!("../config/keyturn.vault.example.toml"),
+                include_str!("../../config/keyturn.vault.example.toml"),
             ),
             (
                 "keyturn.kms.example.toml",
-                include_str!("../config/keyturn.kms.example.toml"),
+                include_str!("../../config/keyturn.kms.example.toml"),
             ),
             (
                 "keyturn.pkcs11.example.toml",
-                include_str!("../config/keyturn.pkcs11.example.toml"),
+                include_str!("../../config/keyturn.pkcs11.example.toml"),
             ),
         ] {
             if let Err(e) = parse(text) {

@@ -5,14 +5,14 @@
 //! certificate, or Unix peer credentials (API socket). Nobody anonymous signs.
 
 use super::error::ApiError;
-use crate::app::AppState;
-use crate::audit::{Line, Record};
-use crate::auth::{identify, AuthFailure, Peer};
+use crate::server::app::AppState;
+use crate::infra::audit::{Line, Record};
+use crate::server::auth::{identify, AuthFailure, Peer};
 use crate::config::ClientConfig;
-use crate::jwks::{Published, PublishedKey};
-use crate::keyset::{KeySet, Unsigned};
-use crate::lifecycle::LifecycleError;
-use crate::policy::{compact, new_jti, prepare, Prepared, SignRequest};
+use crate::core::published::{Published, PublishedKey};
+use crate::core::keyset::{KeySet, Unsigned};
+use crate::core::lifecycle::LifecycleError;
+use crate::core::policy::{compact, new_jti, prepare, Prepared, SignRequest};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -118,7 +118,7 @@ fn caller(state: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller, 
 /// A failed authentication, counted and logged (rate-limited), as the 401 it answers.
 fn refused(state: &AppState, peer: &Peer, failure: AuthFailure) -> ApiError {
     state.metrics.auth_failure(peer.listener, failure.reason());
-    crate::auth::log_failure(peer, failure);
+    crate::server::auth::log_failure(peer, failure);
     match failure {
         AuthFailure::BadAuthorization => ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -314,7 +314,7 @@ impl Signed<'_> {
     /// copied without serde's escape scan, which was the largest part of a batch response's
     /// cost after the signatures. Anything else goes through serde.
     fn write_json(&self, out: &mut Vec<u8>) {
-        use crate::json::{push_int, push_str};
+        use crate::core::json::{push_int, push_str};
         for (key, value) in [
             (&b"{\"token\":"[..], self.token.as_str()),
             (b",\"kid\":", self.kid),
@@ -796,7 +796,7 @@ fn json_response(body: Vec<u8>) -> Response {
 #[derive(Serialize)]
 struct KeyView {
     kid: Option<String>,
-    state: crate::lifecycle::KeyState,
+    state: crate::core::lifecycle::KeyState,
     created_at: i64,
     published_at: Option<i64>,
     activate_at: Option<i64>,
@@ -991,8 +991,8 @@ async fn revoke(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::Clock;
-    use crate::testing::InProcess;
+    use crate::core::clock::Clock;
+    use crate::server::testing::InProcess;
 
     fn signed<'k>(token: &str, kid: &'k str, jti: &str) -> Signed<'k> {
         Signed {
@@ -1117,7 +1117,7 @@ mod tests {
         sign_when_released: bool,
         meanwhile: impl AsyncFnOnce(&KeySet, i64),
     ) -> (StatusCode, serde_json::Value, usize) {
-        let app = InProcess::new(crate::testing::Rigged {
+        let app = InProcess::new(crate::server::testing::Rigged {
             hold: true,
             sign_when_released,
             ..Default::default()
@@ -1137,7 +1137,7 @@ mod tests {
     /// though the backend would, until a read succeeds again.
     #[tokio::test]
     async fn a_replica_out_of_touch_with_the_shared_state_does_not_sign() {
-        let app = InProcess::new(crate::testing::Rigged {
+        let app = InProcess::new(crate::server::testing::Rigged {
             shared: true,
             ..Default::default()
         })
@@ -1207,9 +1207,9 @@ mod tests {
     /// are 16 chunks of two), with the 403 that says why: no token, no audit line.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_key_set_nobody_may_sign_with_any_more_refuses_whole_requests() {
-        let app = InProcess::new(crate::testing::Rigged::default()).await;
+        let app = InProcess::new(crate::server::testing::Rigged::default()).await;
         let nobody =
-            crate::config::Config::parse(crate::testing::KEYSET, Default::default()).unwrap();
+            crate::config::Config::parse(crate::server::testing::KEYSET, Default::default()).unwrap();
         app.keyset.note_signers(&nobody, app.clock.now());
         let item = serde_json::json!({"claims": {"sub": "user:1"}});
         let batch = serde_json::json!({"requests": vec![item.clone(); 32]});

@@ -7,8 +7,8 @@
 //! pre-serialized body and a clone of its pre-built header map.
 
 use super::error::ApiError;
-use crate::app::AppState;
-use crate::jwks::{cors_headers, Published, Served};
+use crate::server::app::AppState;
+use crate::core::published::{cors_headers, Published, Served};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::Full;

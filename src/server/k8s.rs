@@ -7,11 +7,11 @@
 //! its limits apply to every token kube-apiserver asks for, exactly as they do on the
 //! signing API, and every signature is audited with the caller `kube-apiserver`.
 
-use crate::app::AppState;
-use crate::audit::Record;
+use crate::server::app::AppState;
+use crate::infra::audit::Record;
 use crate::config::KeySetConfig;
-use crate::keyset::KeySet;
-use crate::policy::Audience;
+use crate::core::keyset::KeySet;
+use crate::core::policy::Audience;
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
@@ -84,7 +84,7 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, 
     let Some(v) = claims.get(name) else {
         return Ok(None);
     };
-    let last = crate::json::LAST_NUMERIC_DATE;
+    let last = crate::core::json::LAST_NUMERIC_DATE;
     v.as_i64()
         .or_else(|| {
             v.as_f64()
@@ -133,7 +133,7 @@ pub fn check_claims(
         Status::invalid_argument(format!("claims does not decode to a JSON object: {e}"))
     })?;
     // A name given twice would be read one way here and maybe another by a verifier.
-    if crate::json::strict(&json).is_err() {
+    if crate::core::json::strict(&json).is_err() {
         return Err(Status::invalid_argument(
             "claims give a name twice (in some object); give each name once",
         ));
@@ -810,8 +810,8 @@ mod tests {
     /// (no token, no audit line).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_signer_refuses_when_out_of_touch_or_revoked_while_signing() {
-        use crate::clock::Clock;
-        use crate::testing::{InProcess, Rigged};
+        use crate::core::clock::Clock;
+        use crate::server::testing::{InProcess, Rigged};
         use std::sync::atomic::Ordering;
         let app = InProcess::new(Rigged {
             shared: true,

@@ -6,10 +6,10 @@ use keyturn_backend::{Algorithm, BackendError, KeyBackend, KeyType, PublicKey, S
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Semaphore;
 
-use crate::app::AppState;
-use crate::auth::Peer;
-use crate::clock::Clock;
-use crate::keyset::KeySet;
+use crate::server::app::AppState;
+use crate::server::auth::Peer;
+use crate::core::clock::Clock;
+use crate::core::keyset::KeySet;
 use axum::body::Body;
 use axum::extract::Request;
 use http::{header, StatusCode};
@@ -157,8 +157,8 @@ pub struct InProcess {
     pub state: Arc<AppState>,
     pub keyset: Arc<KeySet>,
     pub backend: Arc<Rigged>,
-    pub clock: Arc<crate::clock::SimClock>,
-    pub writer: crate::audit::AuditWriter,
+    pub clock: Arc<crate::core::clock::SimClock>,
+    pub writer: crate::infra::audit::AuditWriter,
     pub log: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -189,30 +189,30 @@ impl InProcess {
         .unwrap();
         let mut keyset_config = config.keysets[0].clone();
         let t = keyset_config.timing;
-        keyset_config.timing = crate::timing::Timing::new(
+        keyset_config.timing = crate::config::timing::Timing::new(
             t.max_token_ttl,
             t.jwks_max_age,
             t.clock_skew,
             backend.shared,
         );
         let backend = Arc::new(backend);
-        let clock = Arc::new(crate::clock::SimClock::new(1_700_000_000));
+        let clock = Arc::new(crate::core::clock::SimClock::new(1_700_000_000));
         let keyset = KeySet::open(keyset_config, backend.clone(), Default::default())
             .await
             .unwrap();
         keyset.tick(clock.now()).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("audit.log");
-        let (audit, writer) = crate::audit::Audit::open(&log).unwrap();
+        let (audit, writer) = crate::infra::audit::Audit::open(&log).unwrap();
         let state = Arc::new(AppState {
-            keysets: arc_swap::ArcSwap::from_pointee(crate::app::KeySets::new(
+            keysets: arc_swap::ArcSwap::from_pointee(crate::server::app::KeySets::new(
                 vec![keyset.clone()],
             )),
             clients: arc_swap::ArcSwap::from_pointee(config.clients),
             clock: clock.clone(),
             audit,
             metrics: Arc::default(),
-            limits: crate::http::serve::Limits::default(),
+            limits: crate::server::http::serve::Limits::default(),
         });
         InProcess {
             state,
@@ -238,7 +238,7 @@ impl InProcess {
             .body(Body::from(body.to_string()))
             .unwrap();
         request.extensions_mut().insert(Arc::new(Peer::default()));
-        let router = crate::http::api::router(self.state.clone());
+        let router = crate::server::http::api::router(self.state.clone());
         tokio::spawn(async move {
             let response = router.oneshot(request).await.unwrap();
             let status = response.status();

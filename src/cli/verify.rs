@@ -6,7 +6,7 @@
 //! signatures, and wrong `typ`, `iss` or `aud` (exact matches only), expired and
 //! not-yet-valid tokens. `exp`, `nbf` and `iat` must be whole seconds within years 1970 to
 //! 9999, and a header or claims set with a name given twice (in any object) is refused, by
-//! the rule the signing side keeps ([`crate::json::strict`]).
+//! the rule the signing side keeps ([`crate::core::json::strict`]).
 //!
 //! Where the keys come from matters as much: [`check_jwks_url`] refuses plain `http://`
 //! except to this machine, and a JWKS body is read up to [`MAX_JWKS`] only.
@@ -24,7 +24,7 @@ const MAX_TOKEN: usize = 16 * 1024;
 pub const MAX_JWKS: usize = 1 << 20;
 
 /// The latest time claim accepted.
-const MAX_TIME: i64 = crate::json::LAST_NUMERIC_DATE;
+const MAX_TIME: i64 = crate::core::json::LAST_NUMERIC_DATE;
 
 /// Why a token was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -144,7 +144,7 @@ fn decode_json(
         .decode(part)
         .map_err(|_| VerifyError::Malformed("a part is not base64url"))?;
     // A verifier that takes the first of two names would read another token.
-    if let Err(e) = crate::json::strict(&bytes) {
+    if let Err(e) = crate::core::json::strict(&bytes) {
         if e.classify() == serde_json::error::Category::Data {
             return Err(refuse(format!("{e}; a name may be given once only")));
         }

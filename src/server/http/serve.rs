@@ -4,7 +4,7 @@
 //! transport identity ([`Peer`]), shared by the connection's requests, and every API
 //! request gets an id and a span ([`Traced`]).
 
-use crate::auth::Peer;
+use crate::server::auth::Peer;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -423,11 +423,11 @@ pub async fn serve_tcp(
                     let remote = peer.remote.as_deref().unwrap_or("-");
                     match accepted {
                         Ok(Ok(tls_stream)) => {
-                            peer.tls = crate::tls::peer_names(tls_stream.get_ref().1);
+                            peer.tls = crate::infra::tls::peer_names(tls_stream.get_ref().1);
                             Some((tls_stream, peer))
                         }
                         Ok(Err(e)) => {
-                            crate::tls::log_handshake_failure(name, remote, &e);
+                            crate::infra::tls::log_handshake_failure(name, remote, &e);
                             None
                         }
                         Err(_) => {
@@ -435,7 +435,7 @@ pub async fn serve_tcp(
                                 std::io::ErrorKind::TimedOut,
                                 "no handshake within header_timeout",
                             );
-                            crate::tls::log_handshake_failure(name, remote, &e);
+                            crate::infra::tls::log_handshake_failure(name, remote, &e);
                             None
                         }
                     }

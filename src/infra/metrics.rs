@@ -2,7 +2,7 @@
 //! path (lock-free after the first use of a label set); per-key-set gauges are computed at
 //! scrape time from the published views, so they never go stale.
 
-use crate::app::AppState;
+use crate::server::app::AppState;
 use arc_swap::ArcSwap;
 use keyturn_backend::Algorithm;
 use prometheus_client::encoding::text::encode;

@@ -2,7 +2,10 @@
 //! running daemon over its API (TCP or Unix socket); `verify`, `audit verify`,
 //! `check-config` and `client-token` work offline.
 
-use crate::client::{request, Endpoint};
+pub mod client;
+pub mod verify;
+
+use crate::cli::client::{request, Endpoint};
 use crate::config::{Config, LogFormat};
 use clap::{ArgGroup, Parser, Subcommand};
 use http::Method;
@@ -203,7 +206,7 @@ pub enum AuditCommand {
         /// A head the daemon logged earlier ("audit chain head" count=N hash=H): the file
         /// must still begin with those N lines, unchanged.
         #[arg(long, value_name = "COUNT:HASH")]
-        head: Option<crate::audit::Head>,
+        head: Option<crate::infra::audit::Head>,
     },
 }
 
@@ -216,7 +219,7 @@ fn token(conn: &Connection) -> Result<Option<String>, String> {
     match &conn.token_file {
         None => Ok(None),
         Some(path) => {
-            crate::secret::read_secret_file(path, None).map(|t| Some(t.trim().to_owned()))
+            crate::config::secret::read_secret_file(path, None).map(|t| Some(t.trim().to_owned()))
         }
     }
 }
@@ -304,10 +307,10 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                 let config = Config::load(&file).map_err(|e| format!("{}: {e}", file.display()))?;
                 // What the last run remembered (if this user may read it): a key set may not
                 // leave the config while its tokens live.
-                let ledger_path = crate::ledger::path(&config.server.data_dir);
-                match crate::ledger::Ledger::load(&ledger_path) {
+                let ledger_path = crate::infra::ledger::path(&config.server.data_dir);
+                match crate::infra::ledger::Ledger::load(&ledger_path) {
                     Ok(ledger) => {
-                        let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+                        let now = crate::core::clock::Clock::now(&crate::core::clock::SystemClock);
                         ledger
                             .check_removed(&config, now, &ledger_path)
                             .map_err(|e| format!("{}: {e}", file.display()))?;
@@ -317,7 +320,7 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                 // A token that lacks a mechanism fails here rather than at the start.
                 let mut notes = Vec::new();
                 for ks in &config.keysets {
-                    let note = crate::backends::check_offline(&ks.backend, ks.algorithm)
+                    let note = crate::infra::backends::check_offline(&ks.backend, ks.algorithm)
                         .await
                         .map_err(|e| format!("{}: key set {:?}: {e}", file.display(), ks.name))?;
                     notes.push(note);
@@ -332,7 +335,7 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                         ks.backend.kind(),
                         crate::config::human(t.publish_lead()),
                         crate::config::human(t.retention()),
-                        t.max_published(crate::timing::min_period(&ks.schedule).unwrap_or(1)),
+                        t.max_published(crate::config::timing::min_period(&ks.schedule).unwrap_or(1)),
                     );
                     if let Some(note) = note {
                         say!("    {note}");
@@ -390,22 +393,22 @@ pub async fn run_client(cli: Cli) -> ExitCode {
             // --any-issuer and --any-audience leave `issuer` and `audience` unset: clap
             // requires one of each pair.
             Command::Verify { token, jwks, issuer, audience, typ, leeway, .. } => {
-                crate::verify::check_jwks_url(&jwks)?;
+                crate::cli::verify::check_jwks_url(&jwks)?;
                 let leeway = i64::try_from(leeway.as_secs()).map_err(|_| "--leeway is too large".to_owned())?;
-                let resp = crate::client::get_url(&jwks, crate::verify::MAX_JWKS).await.map_err(|e| format!("GET {jwks}: {e}"))?;
+                let resp = crate::cli::client::get_url(&jwks, crate::cli::verify::MAX_JWKS).await.map_err(|e| format!("GET {jwks}: {e}"))?;
                 if !resp.status.is_success() {
                     return Err(format!("GET {jwks}: {}", resp.status));
                 }
-                let keys = crate::verify::parse_jwks(&resp.body).map_err(|e| e.to_string())?;
-                let expect = crate::verify::Expect { issuer, audience, typ: Some(typ), leeway };
-                let now = crate::clock::Clock::now(&crate::clock::SystemClock);
-                let claims = crate::verify::verify(token.trim(), &keys, &expect, now).map_err(|e| format!("invalid token: {e}"))?;
+                let keys = crate::cli::verify::parse_jwks(&resp.body).map_err(|e| e.to_string())?;
+                let expect = crate::cli::verify::Expect { issuer, audience, typ: Some(typ), leeway };
+                let now = crate::core::clock::Clock::now(&crate::core::clock::SystemClock);
+                let claims = crate::cli::verify::verify(token.trim(), &keys, &expect, now).map_err(|e| format!("invalid token: {e}"))?;
                 print_json(&serde_json::Value::Object(claims));
                 Ok(())
             }
             Command::Jwks { keyset, jwks_url } => {
                 let url = format!("{}/keysets/{keyset}/jwks.json", jwks_url.trim_end_matches('/'));
-                let resp = crate::client::get_url(&url, crate::verify::MAX_JWKS).await?;
+                let resp = crate::cli::client::get_url(&url, crate::cli::verify::MAX_JWKS).await?;
                 if !resp.status.is_success() {
                     return Err(format!("GET {url}: {}", resp.status));
                 }
@@ -413,7 +416,7 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                 Ok(())
             }
             Command::Audit { action: AuditCommand::Verify { file, head } } => {
-                let found = crate::audit::verify(&file, head.as_ref())?;
+                let found = crate::infra::audit::verify(&file, head.as_ref())?;
                 let shown = file.display();
                 if found.torn.is_empty() {
                     say!("{shown}: {} lines, hash chain intact", found.lines);
@@ -471,7 +474,7 @@ fn client_token(name: &str, policy: &Policy, out: Option<PathBuf>) -> Result<(),
         "kt_{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     );
-    let hash = crate::auth::to_hex(&crate::auth::hash_token(&token));
+    let hash = crate::server::auth::to_hex(&crate::server::auth::hash_token(&token));
     let keysets = if policy.keysets.is_empty() {
         vec!["default".to_owned()]
     } else {

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::config::Schedule;
-use crate::timing::Timing;
+use crate::config::timing::Timing;
 use async_trait::async_trait;
 use keyturn_backend::memory::MemoryBackend;
 use keyturn_backend::{Algorithm, StateBlob};

@@ -2,7 +2,7 @@
 //! gives its own clear error.
 
 use crate::config::{resolve_credential, BackendConfig, Env, ServerConfig};
-use crate::metrics::Metrics;
+use crate::infra::metrics::Metrics;
 use async_trait::async_trait;
 use keyturn_backend::{Algorithm, BackendError, KeyBackend, KeyType, PublicKey, StateBlob};
 use std::path::Path;
@@ -322,7 +322,7 @@ async fn build(
             use keyturn_backend_pkcs11::{Pkcs11Backend, Pkcs11Config};
             let pin_path = resolve_credential(pin_file, &env);
             let pin =
-                crate::secret::read_secret_file(&pin_path, server.credentials_dir.as_deref())?;
+                crate::config::secret::read_secret_file(&pin_path, server.credentials_dir.as_deref())?;
             let pin = zeroize::Zeroizing::new(pin.trim_end_matches(['\r', '\n']).to_owned());
             if pin.is_empty() {
                 return Err(format!(
@@ -515,7 +515,7 @@ mod tests {
         let toml = format!(
             "[server]\ndata_dir = \"{}\"\n{}",
             data.display(),
-            crate::testing::KEYSET
+            crate::server::testing::KEYSET
         );
         let config = crate::config::Config::parse(&toml, Env::default()).unwrap();
         let mut factory = Factory::new(Vec::new(), Arc::new(Metrics::default()));

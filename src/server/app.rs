@@ -1,15 +1,15 @@
 //! The daemon: builds backends and key sets from a validated config, binds the listeners,
 //! runs until SIGTERM/SIGINT, reloads on SIGHUP, and drains on the way out.
 
-use crate::audit::{Audit, AuditWriter};
-use crate::backends::Factory;
-use crate::clock::Clock;
+use crate::infra::audit::{Audit, AuditWriter};
+use crate::infra::backends::Factory;
+use crate::core::clock::Clock;
 use crate::config::{ClientConfig, Config};
-use crate::http::public::{Documents, Serves};
-use crate::http::serve::{serve_tcp, serve_unix, Limits};
-use crate::keyset::{KeySet, Past};
-use crate::ledger::{Identity, Ledger};
-use crate::metrics::Metrics;
+use crate::server::http::public::{Documents, Serves};
+use crate::server::http::serve::{serve_tcp, serve_unix, Limits};
+use crate::core::keyset::{KeySet, Past};
+use crate::infra::ledger::{Identity, Ledger};
+use crate::infra::metrics::Metrics;
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
@@ -159,7 +159,7 @@ async fn open_keysets(
                 }
                 keyset.recheck_keys(clock.now()).await?;
                 let events = keyset.tick(clock.now()).await?;
-                Ok::<_, crate::lifecycle::LifecycleError>((keyset, events))
+                Ok::<_, crate::core::lifecycle::LifecycleError>((keyset, events))
             }
             .await;
             match attempt {
@@ -202,7 +202,7 @@ struct Expected<'a> {
 fn refuse_a_fresh_start(
     expected: &Expected<'_>,
     reopened: &KeySet,
-) -> Result<(), crate::lifecycle::LifecycleError> {
+) -> Result<(), crate::core::lifecycle::LifecycleError> {
     let doc = &reopened.published().doc;
     let expected_id = &expected.identity;
     let knows = |kid: &String| doc.keys.iter().any(|r| r.kid.as_ref() == Some(kid));
@@ -229,7 +229,7 @@ fn refuse_a_fresh_start(
         ),
         None => String::new(),
     };
-    Err(crate::lifecycle::LifecycleError::Refused(format!(
+    Err(crate::core::lifecycle::LifecycleError::Refused(format!(
         "its backend as now configured {holds}: starting it there would take the keys it \
          published until now out of the JWKS at once and break every token they signed. \
          Point it at the backend that holds its state (restored from a backup, the state \
@@ -280,7 +280,7 @@ pub async fn run_with_backends(
     clock: Arc<dyn Clock>,
     custom: Vec<(String, Arc<dyn keyturn_backend::KeyBackend>)>,
 ) -> anyhow::Result<()> {
-    let signals = crate::signals::Signals::install()?;
+    let signals = crate::infra::signals::Signals::install()?;
     let shutdown = signals.stop_token();
 
     keyturn_backend::fsutil::ensure_private_dir(&config.server.data_dir)?;
@@ -291,7 +291,7 @@ pub async fn run_with_backends(
 
     // What the last run knew: a key set it served may not leave the config early, nor
     // start over on a backend without its history.
-    let ledger_path = crate::ledger::path(&config.server.data_dir);
+    let ledger_path = crate::infra::ledger::path(&config.server.data_dir);
     let ledger = Ledger::load(&ledger_path)?;
     ledger.check_removed(&config, clock.now(), &ledger_path)?;
 
@@ -371,14 +371,14 @@ pub async fn run_with_backends(
     }
 
     // One for every API listener: request ids are unique across them.
-    let api = crate::http::serve::traced(crate::http::api::router(state.clone()));
+    let api = crate::server::http::serve::traced(crate::server::http::api::router(state.clone()));
     let mut api_addr = None;
     if let Some(addr) = config.server.api_listen {
         let tls = config
             .server
             .tls
             .as_ref()
-            .map(crate::tls::acceptor)
+            .map(crate::infra::tls::acceptor)
             .transpose()
             .map_err(anyhow::Error::msg)?;
         let listener = TcpListener::bind(addr)
@@ -415,8 +415,8 @@ pub async fn run_with_backends(
     // here would keep the audit writer waiting at the stop.
     drop(api);
     if let Some((socket, keyset)) = &config.server.k8s_signer {
-        let listener = crate::k8s::bind(socket)?;
-        tasks.spawn(crate::k8s::serve(
+        let listener = crate::server::k8s::bind(socket)?;
+        tasks.spawn(crate::server::k8s::serve(
             listener,
             state.clone(),
             keyset.clone(),
@@ -449,25 +449,25 @@ pub async fn run_with_backends(
         "keyturn ready: JWKS at http://{jwks_addr}/.well-known/jwks.json, signing API at {}",
         api_addr.map(|a| format!("{scheme}://{a}/v1/keysets/{{name}}/sign")).unwrap_or_else(|| "the API socket".into()),
     );
-    crate::notify::ready();
-    let watchdog = crate::notify::spawn_watchdog(shutdown.clone());
+    crate::infra::notify::ready();
+    let watchdog = crate::infra::notify::spawn_watchdog(shutdown.clone());
 
     let mut current = config;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = signals.reload() => {
-                crate::notify::reloading();
+                crate::infra::notify::reloading();
                 match reload(&state, &mut current, config_path.as_deref(), &mut factory, &clock, &audit, &keyset_shutdown, &mut maintenance, (&mut recorded, &ledger_path)).await {
                     Ok(()) => tracing::info!("configuration reloaded"),
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "reload refused; the running configuration stays"),
                 }
-                crate::notify::ready();
+                crate::infra::notify::ready();
             }
         }
     }
     tracing::info!("stopping: draining in-flight requests");
-    crate::notify::stopping();
+    crate::infra::notify::stopping();
     watchdog.abort();
     while tasks.join_next().await.is_some() {}
     while maintenance.join_next().await.is_some() {}
@@ -598,13 +598,13 @@ async fn reload(
 mod tests {
     use super::*;
     use crate::config::Env;
-    use crate::testing::Rigged;
+    use crate::server::testing::Rigged;
 
     /// A start or reload takes a key set's state only if it is the one it had: its history,
     /// and no older (a backup or rollback from before keys it published since).
     #[tokio::test]
     async fn a_start_refuses_another_or_an_older_state() {
-        let config = Config::parse(crate::testing::KEYSET, Env::default())
+        let config = Config::parse(crate::server::testing::KEYSET, Env::default())
             .unwrap()
             .keysets[0]
             .clone();

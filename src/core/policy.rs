@@ -10,15 +10,15 @@
 //! values, checked, and copied into the token as written (compact JSON stays compact,
 //! numbers keep their digits), so no tree of them is ever built. They are still parsed
 //! once, as `serde_json::Value` would parse them (escapes, number range, nesting depth),
-//! and a name given twice in any object is refused ([`crate::json::strict`], the rule
+//! and a name given twice in any object is refused ([`crate::core::json::strict`], the rule
 //! `keyturn verify` applies too), so verifiers that take the first of two names and those
 //! that take the last read the same token. A claim name holding a control character is
 //! refused too.
 
 use crate::config::{human, ClientConfig, KeySetConfig, ALL};
-use crate::http::ApiError;
-use crate::json::Text;
-use crate::json::{push_int, push_str};
+use crate::server::http::ApiError;
+use crate::core::json::Text;
+use crate::core::json::{push_int, push_str};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use http::StatusCode;
@@ -174,7 +174,7 @@ fn claim_list(claims: &RawValue) -> Result<Vec<(Cow<'_, str>, &RawValue)>, ApiEr
     }
     // The whole claims at once, not each value: nesting is counted from the token
     // payload's top, as a verifier counts it.
-    match crate::json::strict(claims.get().as_bytes()) {
+    match crate::core::json::strict(claims.get().as_bytes()) {
         Ok(()) => {}
         Err(e) if e.classify() == serde_json::error::Category::Data => {
             return Err(unprocessable(
@@ -977,7 +977,7 @@ mod tests {
                 Ok((payload, _)) => {
                     assert!(value_takes, "depth {depth}");
                     assert!(
-                        crate::json::strict(payload.as_bytes()).is_ok(),
+                        crate::core::json::strict(payload.as_bytes()).is_ok(),
                         "depth {depth}"
                     );
                 }
