@@ -21,8 +21,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use keyturn::config::{Config, Env};
-use keyturn::server::http::api::Signed;
 use keyturn::core::policy::{compact, new_jti, prepare, SignRequest};
+use keyturn::server::http::api::Signed;
 use keyturn_backend::{Algorithm, KeyBackend};
 use keyturn_backend_file::{FileBackend, FileBackendConfig, KekSource};
 use std::future::Future;

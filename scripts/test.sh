@@ -9,6 +9,8 @@ source scripts/test-env.sh
 
 echo "==> rustfmt"
 cargo fmt --all -- --check
+echo "==> layers (src/ imports only downward, no cycles)"
+python3 scripts/check-layers.py
 echo "==> clippy"
 cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 echo "==> cargo test"

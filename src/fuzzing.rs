@@ -3,9 +3,9 @@
 //! through them in the normal test suite. Each also checks a property that must hold for
 //! every input, not only "no crash".
 
+use crate::cli::verify::{parse_jwks, verify, Expect, JwksKey};
 use crate::config::{ClientAuth, ClientConfig, Config, Env, KeySetConfig};
 use crate::core::policy::{prepare, SignRequest};
-use crate::cli::verify::{parse_jwks, verify, Expect, JwksKey};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use keyturn_backend::{Jwk, KeyType};

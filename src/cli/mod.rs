@@ -474,7 +474,7 @@ fn client_token(name: &str, policy: &Policy, out: Option<PathBuf>) -> Result<(),
         "kt_{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     );
-    let hash = crate::server::auth::to_hex(&crate::server::auth::hash_token(&token));
+    let hash = crate::config::secret::to_hex(&crate::config::secret::hash_token(&token));
     let keysets = if policy.keysets.is_empty() {
         vec!["default".to_owned()]
     } else {

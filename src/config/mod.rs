@@ -190,7 +190,7 @@ pub enum BackendConfig {
         state_dir: Option<PathBuf>,
     },
     /// A backend compiled into a custom build and registered with
-    /// [`crate::server::app::run_with_backends`] under this name (see examples/custom_backend.rs).
+    /// when the daemon is started with it, under this name (see examples/custom_backend.rs).
     Custom {
         /// The registered name.
         name: String,
@@ -304,6 +304,33 @@ pub enum LogFormat {
     Json,
 }
 
+/// Per-listener limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections at most; further clients wait in the accept backlog.
+    pub max_connections: usize,
+    /// Time to send the request headers (slowloris), and to finish a TLS handshake.
+    pub header_timeout: Duration,
+    /// Time to send a request body.
+    pub body_timeout: Duration,
+    /// How long in-flight requests may run after shutdown starts.
+    pub drain: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            drain: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Claims only keyturn sets.
+pub const RESERVED_CLAIMS: [&str; 4] = ["iat", "nbf", "exp", "jti"];
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -341,7 +368,7 @@ pub struct ServerConfig {
     /// Whether stderr goes to the journal (`$JOURNAL_STREAM`): logs then omit timestamps.
     pub under_journald: bool,
     /// Per-listener connection limit and request timeouts.
-    pub limits: crate::server::http::serve::Limits,
+    pub limits: Limits,
 }
 
 /// TLS on the API listener.
@@ -667,8 +694,8 @@ impl RawConfig {
             credentials_dir: env.credentials_directory.clone(),
             under_journald: env.journald,
             limits: {
-                let d = crate::server::http::serve::Limits::default();
-                let limits = crate::server::http::serve::Limits {
+                let d = Limits::default();
+                let limits = Limits {
                     max_connections: s.max_connections.unwrap_or(d.max_connections),
                     header_timeout: s.header_timeout.unwrap_or(d.header_timeout),
                     body_timeout: s.body_timeout.unwrap_or(d.body_timeout),
@@ -984,9 +1011,11 @@ impl RawClient {
         }
         let auth = if let Some(file) = self.token_file {
             let file = resolve_credential(&file, env);
-            let token =
-                crate::config::secret::read_secret_file(&file, env.credentials_directory.as_deref())
-                    .map_err(|e| invalid(format!("{ctx}: {e}")))?;
+            let token = crate::config::secret::read_secret_file(
+                &file,
+                env.credentials_directory.as_deref(),
+            )
+            .map_err(|e| invalid(format!("{ctx}: {e}")))?;
             let token = token.trim();
             if token.is_empty() {
                 return Err(invalid(format!(
@@ -1003,9 +1032,9 @@ impl RawClient {
                     token.chars().count()
                 )));
             }
-            ClientAuth::Token(crate::server::auth::hash_token(token))
+            ClientAuth::Token(secret::hash_token(token))
         } else if let Some(hex) = self.token_sha256 {
-            ClientAuth::Token(crate::server::auth::parse_sha256_hex(&hex).ok_or_else(|| {
+            ClientAuth::Token(secret::parse_sha256_hex(&hex).ok_or_else(|| {
                 invalid(format!(
                     "{ctx}: token_sha256 must be 64 hex digits (see `keyturn client-token`)"
                 ))
@@ -1060,7 +1089,7 @@ impl RawClient {
             ("forbidden_claims", &self.forbidden_claims),
         ] {
             for claim in claims {
-                if crate::core::policy::RESERVED_CLAIMS.contains(&claim.as_str()) {
+                if RESERVED_CLAIMS.contains(&claim.as_str()) {
                     return Err(invalid(format!(
                         "{ctx}: {list} lists {claim:?}, which keyturn always sets itself; remove it"
                     )));

@@ -19,7 +19,7 @@ pub struct Timing {
     pub poll: i64,
     /// The longest a replica may act on a view of the shared state older than another
     /// replica's write (0 for a single host): a replica whose last good read is older than
-    /// this does not sign ([`crate::core::keyset::KeySet::in_sync`]).
+    /// this does not sign (see `KeySet::in_sync`).
     pub sync_delay: i64,
 }
 

@@ -1,11 +1,10 @@
 //! A running key set: its engine, its published view, its backend's health, and the
 //! background task that keeps it in order.
 
-use crate::infra::audit::Audit;
-use crate::core::clock::Clock;
 use crate::config::KeySetConfig;
-use crate::core::published::{Published, PublishedKey};
+use crate::core::clock::Clock;
 use crate::core::lifecycle::{Engine, Event, LifecycleError};
+use crate::core::published::{Published, PublishedKey};
 use arc_swap::ArcSwap;
 use keyturn_backend::KeyBackend;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -63,6 +62,8 @@ pub struct Past {
     pub retention: i64,
     /// Whether its document was stored sealed: one without a MAC is then refused.
     pub sealed: bool,
+    /// Since when no client may sign with it (None: one may, or nothing is known).
+    pub unsigned_since: Option<i64>,
 }
 
 /// A key set in the daemon.
@@ -81,7 +82,8 @@ pub struct KeySet {
     keys_ok: AtomicBool,
     // Since when no client of the running config may sign with it (i64::MAX: some may).
     unsigned_since: AtomicI64,
-    // The longest retention of the settings this key set had before a reload changed them.
+    // The longest retention of the settings this key set had before (the last run, or the
+    // key set a reload replaced): its tokens may live that long.
     retention_floor: AtomicI64,
     // When a tick last read the shared state (backends shared by replicas only).
     synced_at: AtomicI64,
@@ -141,7 +143,7 @@ impl KeySet {
             engine: Mutex::new(engine),
             backend_ok: AtomicBool::new(false),
             keys_ok: AtomicBool::new(true),
-            unsigned_since: AtomicI64::new(i64::MAX),
+            unsigned_since: AtomicI64::new(past.unsigned_since.unwrap_or(i64::MAX)),
             retention_floor: AtomicI64::new(past.retention),
             synced_at: AtomicI64::new(i64::MIN),
             sealed,
@@ -376,33 +378,12 @@ impl KeySet {
             .store(since.unwrap_or(i64::MAX), Ordering::Relaxed);
     }
 
-    /// Takes over what `previous` (the same key set before a reload changed its settings)
-    /// knew of its tokens: since when nobody may sign, and the longest lifetime they had,
-    /// so that shortening `max_token_ttl` does not shorten the wait before removal.
-    pub fn inherit(&self, previous: &KeySet) {
-        let floor = previous
-            .retention_floor
-            .load(Ordering::Relaxed)
-            .max(previous.config.timing.retention());
-        self.retention_floor.fetch_max(floor, Ordering::Relaxed);
-        self.unsigned_since.store(
-            previous.unsigned_since.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
-    }
-
-    /// Takes over what the ledger remembered of it from the last run (as [`Self::inherit`]
-    /// does across a reload; its retention and sealing came with [`Past`]).
-    pub fn remember(&self, entry: &crate::infra::ledger::Entry) {
-        self.unsigned_since
-            .store(entry.unsigned_since.unwrap_or(i64::MAX), Ordering::Relaxed);
-    }
-
     /// What a successor opened at a reload must know of it.
     pub fn past(&self) -> Past {
         Past {
             retention: self.retention(),
             sealed: self.sealed.load(Ordering::Relaxed),
+            unsigned_since: self.unsigned_since(),
         }
     }
 
@@ -537,11 +518,12 @@ impl KeySet {
     }
 
     /// Keeps the key set in order until `shutdown`: ticks at every scheduled event, retries
-    /// failures with capped exponential backoff, and logs lifecycle events to the audit log.
+    /// failures with capped exponential backoff, and hands each lifecycle event to `report`
+    /// (the daemon writes them to the audit log).
     pub async fn run(
         self: Arc<Self>,
         clock: Arc<dyn Clock>,
-        audit: Audit,
+        report: impl Fn(&str, &Event) + Send,
         shutdown: CancellationToken,
     ) {
         let mut backoff = 1i64;
@@ -556,7 +538,7 @@ impl KeySet {
                     backoff = 1;
                     for event in events {
                         tracing::info!(keyset = %self.name(), kid = %event.kid, event = event.kind, "key lifecycle");
-                        audit.lifecycle(self.name(), &event);
+                        report(self.name(), &event);
                     }
                     (self.next_wake(now).await - now).max(1)
                 }
@@ -584,9 +566,9 @@ impl KeySet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, Env};
-    use crate::server::testing::Rigged;
     use crate::config::timing::Timing;
+    use crate::config::{Config, Env};
+    use crate::core::testing::Rigged;
 
     /// `toml` parsed, and its first key set opened on a rigged backend of its own.
     async fn opened(toml: &str) -> (Config, Arc<KeySet>, Arc<Rigged>) {
@@ -600,7 +582,7 @@ mod tests {
 
     /// An ES256 key set rotated daily, with `timing` as on a backend shared by replicas.
     fn shared_config(timing: Timing) -> KeySetConfig {
-        let mut config = Config::parse(crate::server::testing::KEYSET, Env::default())
+        let mut config = Config::parse(crate::core::testing::KEYSET, Env::default())
             .unwrap()
             .keysets[0]
             .clone();
@@ -614,7 +596,7 @@ mod tests {
     /// backend's round trip): a token it signed then would not verify.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_revoked_key_stops_signing_when_its_revoke_is_written() {
-        let (_, keyset, backend) = opened(crate::server::testing::KEYSET).await;
+        let (_, keyset, backend) = opened(crate::core::testing::KEYSET).await;
         let t0 = 1_700_000_000;
         keyset.tick(t0).await.unwrap();
         let before = keyset.published();
@@ -646,7 +628,7 @@ mod tests {
     /// (One thread: a yield runs the hand-over as far as it can go.)
     #[tokio::test]
     async fn a_revoke_during_a_reload_reaches_the_successor() {
-        let (config, old, backend) = opened(crate::server::testing::KEYSET).await;
+        let (config, old, backend) = opened(crate::core::testing::KEYSET).await;
         let t0 = 1_700_000_000;
         old.tick(t0).await.unwrap();
         let successor = KeySet::open(config.keysets[0].clone(), backend.clone(), Past::default())
@@ -721,7 +703,7 @@ mod tests {
     async fn the_kubernetes_signer_counts_as_a_signer() {
         let toml = format!(
             "[server]\nk8s_signer_socket = \"@kt-test\"\nk8s_signer_keyset = \"default\"\n{}",
-            crate::server::testing::KEYSET
+            crate::core::testing::KEYSET
         );
         let (config, keyset, _) = opened(&toml).await;
         assert!(config.clients.is_empty());
@@ -741,7 +723,7 @@ mod tests {
     async fn a_key_set_signs_nothing_once_no_one_may_sign() {
         let toml = format!(
             "{}\n[[client]]\nname = \"svc\"\nunix_uid = 1\nkeysets = [\"default\"]",
-            crate::server::testing::KEYSET
+            crate::core::testing::KEYSET
         );
         let (config, keyset, _) = opened(&toml).await;
         let t0 = 1_700_000_000;
@@ -817,7 +799,7 @@ mod tests {
     /// a document without one at its next start; without that memory it is accepted once.
     #[tokio::test]
     async fn a_key_set_remembered_as_sealed_refuses_a_document_without_a_mac() {
-        let (config, keyset, backend) = opened(crate::server::testing::KEYSET).await;
+        let (config, keyset, backend) = opened(crate::core::testing::KEYSET).await;
         keyset.tick(1_700_000_000).await.unwrap();
         assert!(keyset.sealed());
         let blob = backend.load_state("default").await.unwrap().unwrap();

@@ -22,8 +22,8 @@
 //! the key the backend holds under its name before it is published or signs: a record that
 //! fails is withheld ([`KeyRecord::withheld`]) and the engine takes no step while one is.
 
-use crate::config::Schedule;
 use crate::config::timing::Timing;
+use crate::config::Schedule;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use keyturn_backend::{BackendError, KeyBackend, KeyType, PublicKey};
@@ -1210,7 +1210,7 @@ fn random_hex(n: usize) -> Result<String, LifecycleError> {
     aws_lc_rs::rand::SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| LifecycleError::Refused("no randomness available".into()))?;
-    Ok(crate::server::auth::to_hex(&bytes))
+    Ok(crate::config::secret::to_hex(&bytes))
 }
 
 /// The document a stored state holds, its MAC unchecked (tests look into what is stored).

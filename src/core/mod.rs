@@ -8,3 +8,5 @@ pub mod keyset;
 pub mod lifecycle;
 pub mod policy;
 pub mod published;
+#[cfg(test)]
+pub(crate) mod testing;

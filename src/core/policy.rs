@@ -1,7 +1,7 @@
 //! Per-client signing policy and the construction of the token to sign.
 //!
 //! [`prepare`] is pure: a request, a client, a key set, `now` and a kid in; the JWS signing
-//! input and the audit facts out, or an [`ApiError`] that says what to change. The reserved
+//! input and the audit facts out, or a [`Refusal`] that says what to change. The reserved
 //! claims (`iat`, `nbf`, `exp`, `jti`) and `iss` are always set here, never by the caller.
 //! A client may set only what its `[[client]]` entry grants: no `sub` without
 //! `subject_pattern`, no claim beyond `sub` and `aud` without `allowed_claims`.
@@ -15,13 +15,12 @@
 //! that take the last read the same token. A claim name holding a control character is
 //! refused too.
 
+use crate::config::RESERVED_CLAIMS;
 use crate::config::{human, ClientConfig, KeySetConfig, ALL};
-use crate::server::http::ApiError;
 use crate::core::json::Text;
 use crate::core::json::{push_int, push_str};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
-use http::StatusCode;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -29,8 +28,52 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
-/// Claims only keyturn sets.
-pub const RESERVED_CLAIMS: [&str; 4] = ["iat", "nbf", "exp", "jti"];
+/// Why a request is refused, in the caller's terms: a stable code and a message that says
+/// what to change. The server maps the kind to an HTTP status (or a gRPC code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// What kind of refusal.
+    pub kind: Refused,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// What to change.
+    pub message: String,
+}
+
+/// The kinds of [`Refusal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The request is not what the API takes (HTTP 400).
+    Malformed,
+    /// The client's policy does not allow it (HTTP 403).
+    Forbidden,
+    /// Well-formed, but a value is not acceptable (HTTP 422).
+    Invalid,
+    /// Something failed on our side (HTTP 500).
+    Internal,
+}
+
+impl Refusal {
+    /// A refusal of `kind`.
+    pub fn new(kind: Refused, code: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            kind,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Not what the API takes.
+    pub fn malformed(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Refused::Malformed, code, message)
+    }
+
+    /// Not allowed by the client's policy.
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Refused::Forbidden, code, message)
+    }
+}
+
 /// Longest `sub`, each `aud` value, and `typ`.
 const MAX_STRING: usize = 256;
 /// Most `aud` values in one token.
@@ -129,10 +172,10 @@ impl<'de> Deserialize<'de> for ClaimList<'de> {
 
 /// The caller's claims, checked as JSON: an object whose values parse, sorted by name,
 /// each name once, in every object.
-fn claim_list(claims: &RawValue) -> Result<Vec<(Cow<'_, str>, &RawValue)>, ApiError> {
+fn claim_list(claims: &RawValue) -> Result<Vec<(Cow<'_, str>, &RawValue)>, Refusal> {
     // Positions in serde's messages count from the start of the claims.
     let invalid = |e: serde_json::Error| {
-        ApiError::bad_request(
+        Refusal::malformed(
             "invalid_json",
             format!("\"claims\" cannot be read: {e} (within \"claims\")"),
         )
@@ -193,7 +236,7 @@ fn string(value: &RawValue) -> Option<Cow<'_, str>> {
 }
 
 /// `aud`: one name, or an array of 1 to [`MAX_AUDIENCES`] names.
-fn audience(value: &RawValue) -> Result<Audience<'_>, ApiError> {
+fn audience(value: &RawValue) -> Result<Audience<'_>, Refusal> {
     if let Some(name) = string(value) {
         return Ok(Audience::One(name));
     }
@@ -219,8 +262,8 @@ fn audience(value: &RawValue) -> Result<Audience<'_>, ApiError> {
         .map(Audience::Many)
 }
 
-fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+fn unprocessable(code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal::new(Refused::Invalid, code, message)
 }
 
 /// Glob match where `*` matches any run of characters (including none).
@@ -256,7 +299,7 @@ pub fn prepare<'a>(
     now: i64,
     kid: &str,
     jti: String,
-) -> Result<Prepared<'a>, ApiError> {
+) -> Result<Prepared<'a>, Refusal> {
     let claims = claim_list(req.claims)?;
     let get = |name: &str| {
         claims
@@ -274,7 +317,7 @@ pub fn prepare<'a>(
     }
     if let Some(iss) = get("iss") {
         if string(iss).as_deref() != Some(keyset.issuer.as_str()) {
-            return Err(ApiError::forbidden(
+            return Err(Refusal::forbidden(
                 "issuer_fixed",
                 format!(
                     "\"iss\" is fixed to {:?} for this key set; remove it",
@@ -300,7 +343,7 @@ pub fn prepare<'a>(
         (None, None) | (Some(ALL), None) => {}
         (Some(pattern), Some(s)) if glob_match(pattern, s) => {}
         (None, Some(_)) => {
-            return Err(ApiError::forbidden(
+            return Err(Refusal::forbidden(
                 "subject_not_allowed",
                 format!(
                     "client {:?} may not set \"sub\": add subject_pattern = \"...\" to its \
@@ -310,7 +353,7 @@ pub fn prepare<'a>(
             ))
         }
         (Some(pattern), Some(s)) => {
-            return Err(ApiError::forbidden(
+            return Err(Refusal::forbidden(
                 "subject_not_allowed",
                 format!(
                     "\"sub\" {:?} does not match this client's subject_pattern {pattern:?}",
@@ -319,7 +362,7 @@ pub fn prepare<'a>(
             ))
         }
         (Some(pattern), None) => {
-            return Err(ApiError::forbidden(
+            return Err(Refusal::forbidden(
                 "subject_required",
                 format!("this client must set \"sub\" matching {pattern:?}"),
             ))
@@ -340,7 +383,7 @@ pub fn prepare<'a>(
             ));
         }
         if !client.audiences.iter().any(|allowed| allowed == a) {
-            return Err(ApiError::forbidden(
+            return Err(Refusal::forbidden(
                 "audience_not_allowed",
                 format!(
                     "audience {:?} is not allowed for this client; allowed: {:?} (the \
@@ -352,7 +395,7 @@ pub fn prepare<'a>(
         }
     }
     if audiences.is_empty() && !client.audiences.is_empty() {
-        return Err(ApiError::forbidden(
+        return Err(Refusal::forbidden(
             "audience_required",
             format!("set \"aud\" to one of {:?}", client.audiences),
         ));
@@ -364,7 +407,7 @@ pub fn prepare<'a>(
             continue;
         }
         if client.forbidden_claims.iter().any(|f| f == name.as_ref()) {
-            return Err(ApiError::forbidden(
+            return Err(Refusal::forbidden(
                 "claim_forbidden",
                 format!(
                     "claim {:?} is forbidden for this client; remove it",
@@ -377,7 +420,7 @@ pub fn prepare<'a>(
                 [] => String::new(),
                 list => format!("now {list:?}; "),
             };
-            return Err(ApiError::forbidden(
+            return Err(Refusal::forbidden(
                 "claim_not_allowed",
                 format!(
                     "client {:?} may not set claim {:?}: add it to allowed_claims in its \
@@ -408,7 +451,7 @@ pub fn prepare<'a>(
         } else {
             client.allowed_typ.clone()
         };
-        return Err(ApiError::forbidden(
+        return Err(Refusal::forbidden(
             "typ_not_allowed",
             format!(
                 "typ {:?} is not allowed for this client; allowed: {allowed:?}",
@@ -436,7 +479,7 @@ pub fn prepare<'a>(
                 return Err(unprocessable("invalid_ttl", "\"ttl\" must be at least 1s"));
             }
             if secs > limit {
-                return Err(ApiError::forbidden(
+                return Err(Refusal::forbidden(
                     "ttl_too_long",
                     format!(
                         "\"ttl\" may be at most {} for this client and key set",
@@ -534,19 +577,15 @@ fn write_claims(
     out.push(b'}');
 }
 
-fn internal() -> ApiError {
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "internal error",
-    )
+fn internal() -> Refusal {
+    Refusal::new(Refused::Internal, "internal", "internal error")
 }
 
 /// A fresh `jti`: 128 random bits, base64url. The bits come from a per-thread pool that
 /// `SystemRandom` refills `JTI_POOL` bytes at a time (one call per 256 tokens: a call
 /// per token cost more than the bits); each `jti`'s bytes are wiped from the pool as it
 /// takes them.
-pub fn new_jti() -> Result<String, ApiError> {
+pub fn new_jti() -> Result<String, Refusal> {
     use aws_lc_rs::rand::SecureRandom;
     struct Pool {
         bytes: [u8; JTI_POOL],
@@ -638,9 +677,19 @@ mod tests {
         serde_json::from_str(body).unwrap()
     }
 
-    fn code(r: Result<Prepared, ApiError>) -> (u16, &'static str) {
+    /// The HTTP status the API answers a refusal of `kind` with.
+    fn status(kind: Refused) -> u16 {
+        match kind {
+            Refused::Malformed => 400,
+            Refused::Forbidden => 403,
+            Refused::Invalid => 422,
+            Refused::Internal => 500,
+        }
+    }
+
+    fn code(r: Result<Prepared, Refusal>) -> (u16, &'static str) {
         let e = r.unwrap_err();
-        (e.status.as_u16(), e.code)
+        (status(e.kind), e.code)
     }
 
     #[test]
@@ -884,7 +933,7 @@ mod tests {
                     p.sub.map(Cow::into_owned),
                 )
             })
-            .map_err(|e| (e.status.as_u16(), e.code))
+            .map_err(|e| (status(e.kind), e.code))
         };
         // Escapes in names and values.
         let (payload, sub) =
@@ -1012,7 +1061,7 @@ mod tests {
             let text = body(&claims, None, None);
             prepare(&req(&text), client, &ks, 0, "k", "j".into())
                 .map(|_| ())
-                .map_err(|e| (e.status.as_u16(), e.code, e.message))
+                .map_err(|e| (status(e.kind), e.code, e.message))
         };
         assert_eq!(sign(&client, serde_json::json!({"aud": "orders"})), Ok(()));
         let (status, code, message) = sign(

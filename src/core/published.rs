@@ -84,7 +84,10 @@ struct Common {
 impl Served {
     fn new(body: Vec<u8>, version: u64, content_type: HeaderValue, common: &Common) -> Self {
         let hash = digest::digest(&digest::SHA256, &body);
-        let etag = format!("\"{version}-{}\"", crate::server::auth::to_hex(&hash.as_ref()[..8]));
+        let etag = format!(
+            "\"{version}-{}\"",
+            crate::config::secret::to_hex(&hash.as_ref()[..8])
+        );
         // Digits, hex and quotes only: always a valid header value.
         let etag = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\""));
         let mut not_modified = cors_headers();
@@ -234,7 +237,7 @@ mod tests {
     }
 
     fn config() -> KeySetConfig {
-        Config::parse(crate::server::testing::KEYSET, Env::default())
+        Config::parse(crate::core::testing::KEYSET, Env::default())
             .unwrap()
             .keysets[0]
             .clone()

@@ -321,8 +321,10 @@ async fn build(
         } => {
             use keyturn_backend_pkcs11::{Pkcs11Backend, Pkcs11Config};
             let pin_path = resolve_credential(pin_file, &env);
-            let pin =
-                crate::config::secret::read_secret_file(&pin_path, server.credentials_dir.as_deref())?;
+            let pin = crate::config::secret::read_secret_file(
+                &pin_path,
+                server.credentials_dir.as_deref(),
+            )?;
             let pin = zeroize::Zeroizing::new(pin.trim_end_matches(['\r', '\n']).to_owned());
             if pin.is_empty() {
                 return Err(format!(
@@ -515,7 +517,7 @@ mod tests {
         let toml = format!(
             "[server]\ndata_dir = \"{}\"\n{}",
             data.display(),
-            crate::server::testing::KEYSET
+            crate::core::testing::KEYSET
         );
         let config = crate::config::Config::parse(&toml, Env::default()).unwrap();
         let mut factory = Factory::new(Vec::new(), Arc::new(Metrics::default()));

@@ -6,8 +6,8 @@
 //! entry per key set.
 
 use crate::config::{human, Config};
-use crate::core::published::Published;
 use crate::core::keyset::KeySet;
+use crate::core::published::Published;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -193,7 +193,7 @@ mod tests {
 
     #[test]
     fn a_key_set_leaves_the_config_only_once_its_tokens_have_expired() {
-        let config = Config::parse(crate::server::testing::KEYSET, Env::default()).unwrap();
+        let config = Config::parse(crate::core::testing::KEYSET, Env::default()).unwrap();
         let path = Path::new("/var/lib/keyturn/keysets.json");
         let now = 1_800_000_000;
         let with = |name: &str, e: Entry| Ledger {

@@ -2,7 +2,7 @@
 //! path (lock-free after the first use of a label set); per-key-set gauges are computed at
 //! scrape time from the published views, so they never go stale.
 
-use crate::server::app::AppState;
+use crate::core::keyset::KeySet;
 use arc_swap::ArcSwap;
 use keyturn_backend::Algorithm;
 use prometheus_client::encoding::text::encode;
@@ -12,6 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -201,8 +202,11 @@ impl Metrics {
     }
 
     /// The text exposition, with per-key-set gauges as of now.
-    pub fn render(&self, state: &AppState) -> String {
-        let now = state.clock.now();
+    pub fn render<'a>(
+        &self,
+        keysets: impl IntoIterator<Item = &'a Arc<KeySet>>,
+        now: i64,
+    ) -> String {
         let mut gauges = Registry::with_prefix("keyturn");
         let family = |registry: &mut Registry, name: &str, help: &str| {
             let f = Family::<KeySetLabel, Gauge>::default();
@@ -241,7 +245,7 @@ impl Metrics {
             "withheld_keys",
             "Records of the lifecycle document withheld from the JWKS: the backend does not hold their key",
         );
-        for keyset in state.keysets.load().iter() {
+        for keyset in keysets {
             let label = KeySetLabel {
                 keyset: keyset.name().to_owned(),
             };

@@ -1,8 +1,8 @@
 //! TLS for the API listener (rustls): server certificate, optional client certificates,
 //! and the rate-limited log of failed handshakes.
 
-use crate::server::auth::{CertNames, Throttled};
 use crate::config::TlsConfig;
+use crate::infra::logging::Throttled;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -11,6 +11,18 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The names a verified client certificate gives its holder (its subject has at most one
+/// common name: `tls::acceptor` refuses certificates with more).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertNames {
+    /// The subject's common name.
+    pub common_name: Option<String>,
+    /// Subject alternative names: DNS names.
+    pub dns: Vec<String>,
+    /// Subject alternative names: URIs.
+    pub uris: Vec<String>,
+}
 
 /// Builds the acceptor. With `client_ca_file`, clients may present a certificate signed by
 /// that CA (its subject's one common name, or one of its alternative names, names the

@@ -1,15 +1,16 @@
 //! The daemon: builds backends and key sets from a validated config, binds the listeners,
 //! runs until SIGTERM/SIGINT, reloads on SIGHUP, and drains on the way out.
 
+use crate::config::Config;
+use crate::core::clock::Clock;
+use crate::core::keyset::{KeySet, Past};
 use crate::infra::audit::{Audit, AuditWriter};
 use crate::infra::backends::Factory;
-use crate::core::clock::Clock;
-use crate::config::{ClientConfig, Config};
-use crate::server::http::public::{Documents, Serves};
-use crate::server::http::serve::{serve_tcp, serve_unix, Limits};
-use crate::core::keyset::{KeySet, Past};
 use crate::infra::ledger::{Identity, Ledger};
 use crate::infra::metrics::Metrics;
+use crate::server::http::public::{Documents, Serves};
+use crate::server::http::serve::{serve_tcp, serve_unix};
+pub use crate::server::state::{AppState, KeySets};
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
@@ -20,56 +21,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-
-/// The key sets being served, in config order.
-#[derive(Default)]
-pub struct KeySets {
-    list: Vec<Arc<KeySet>>,
-    default: Option<usize>,
-}
-
-impl KeySets {
-    /// A set in `list` order; the default is `default`, else the first.
-    pub fn new(list: Vec<Arc<KeySet>>) -> Self {
-        let default = list
-            .iter()
-            .position(|k| k.name() == "default")
-            .or((!list.is_empty()).then_some(0));
-        KeySets { list, default }
-    }
-
-    /// By name.
-    pub fn get(&self, name: &str) -> Option<&Arc<KeySet>> {
-        self.list.iter().find(|k| k.name() == name)
-    }
-
-    /// The one served at `/.well-known/jwks.json`.
-    pub fn default(&self) -> Option<&Arc<KeySet>> {
-        self.default.and_then(|i| self.list.get(i))
-    }
-
-    /// All of them.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<KeySet>> {
-        self.list.iter()
-    }
-}
-
-/// What every request handler shares. Key sets and clients are swapped whole on reload;
-/// readers never wait.
-pub struct AppState {
-    /// Key sets.
-    pub keysets: ArcSwap<KeySets>,
-    /// Signing-API clients.
-    pub clients: ArcSwap<Vec<ClientConfig>>,
-    /// The clock.
-    pub clock: Arc<dyn Clock>,
-    /// The audit log.
-    pub audit: Audit,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Listener limits (the API reads its body timeout here).
-    pub limits: Limits,
-}
 
 /// Where the daemon listens, once bound.
 #[derive(Debug, Clone)]
@@ -141,6 +92,7 @@ async fn open_keysets(
             (None, Some((entry, _))) => Past {
                 retention: entry.retention,
                 sealed: entry.sealed,
+                unsigned_since: entry.unsigned_since,
             },
             (None, None) => Past::default(),
         };
@@ -153,9 +105,6 @@ async fn open_keysets(
                 }
                 if let Some(expected) = &expected {
                     refuse_a_fresh_start(expected, &keyset)?;
-                }
-                if let Some((entry, _)) = remembered {
-                    keyset.remember(entry);
                 }
                 keyset.recheck_keys(clock.now()).await?;
                 let events = keyset.tick(clock.now()).await?;
@@ -236,6 +185,11 @@ fn refuse_a_fresh_start(
          must be of the same history), or set the new backend up under a new key set name \
          and remove this one once its tokens have expired.{anyway}"
     )))
+}
+
+/// Where a key set's maintenance task reports its lifecycle events: the audit log.
+fn lifecycle_to(audit: Audit) -> impl Fn(&str, &crate::core::lifecycle::Event) + Send {
+    move |keyset, event| audit.lifecycle(keyset, event)
 }
 
 fn bind_unix(path: &PathBuf) -> anyhow::Result<UnixListener> {
@@ -430,7 +384,7 @@ pub async fn run_with_backends(
     for keyset in state.keysets.load().iter() {
         maintenance.spawn(keyset.clone().run(
             clock.clone(),
-            audit.clone(),
+            lifecycle_to(audit.clone()),
             keyset_shutdown.clone(),
         ));
     }
@@ -549,12 +503,6 @@ async fn reload(
     )
     .await?;
     let fresh = |keyset: &Arc<KeySet>| !old.iter().any(|o| Arc::ptr_eq(o, keyset));
-    for keyset in list.iter().filter(|k| fresh(k)) {
-        // A key set rebuilt because its settings changed keeps what the old one knew.
-        if let Some(previous) = old.get(keyset.name()) {
-            keyset.inherit(previous);
-        }
-    }
     // The clients change now (not when the reload began, which may have waited on a
     // backend): a key set no one may sign with any more signs nothing from the next second
     // on, so no request an old client started outlives its recorded removal time. The
@@ -578,7 +526,7 @@ async fn reload(
         }
         maintenance.spawn(keyset.clone().run(
             clock.clone(),
-            audit.clone(),
+            lifecycle_to(audit.clone()),
             keyset_shutdown.clone(),
         ));
     }

@@ -1,37 +1,12 @@
 //! Client identities: bearer tokens (stored as SHA-256, compared in constant time), Unix
 //! peer credentials, TLS client certificates; and the rate-limited log of those that fail.
 
+use crate::config::secret::hash_token;
 use crate::config::{ClientAuth, ClientConfig};
+use crate::infra::logging::Throttled;
+pub use crate::infra::tls::CertNames;
 use aws_lc_rs::constant_time::verify_slices_are_equal;
-use aws_lc_rs::digest;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-/// The SHA-256 of a bearer token, as stored in the config.
-pub fn hash_token(token: &str) -> [u8; 32] {
-    let d = digest::digest(&digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
-
-/// Parses 64 hex digits.
-pub fn parse_sha256_hex(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.trim();
-    if hex.len() != 64 || !hex.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
-
-/// Lowercase hex.
-pub fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// What the transport tells us about the caller.
 #[derive(Debug, Clone, Default)]
@@ -44,18 +19,6 @@ pub struct Peer {
     pub tls: Option<CertNames>,
     /// Remote address, for logs.
     pub remote: Option<String>,
-}
-
-/// The names a verified client certificate gives its holder (its subject has at most one
-/// common name: `tls::acceptor` refuses certificates with more).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CertNames {
-    /// The subject's common name.
-    pub common_name: Option<String>,
-    /// Subject alternative names: DNS names.
-    pub dns: Vec<String>,
-    /// Subject alternative names: URIs.
-    pub uris: Vec<String>,
 }
 
 impl CertNames {
@@ -148,40 +111,6 @@ pub fn identify(
         .ok_or(AuthFailure::UnknownPeer)
 }
 
-/// A log line that may be written at most once per window: a flood of failures (wrong
-/// tokens, broken handshakes) is one line per window, which counts the lines left out.
-pub struct Throttled {
-    window: Duration,
-    /// When the last line was written, and how many were left out since.
-    state: Mutex<(Option<Instant>, u64)>,
-}
-
-impl Throttled {
-    /// At most one line per `window`.
-    pub const fn new(window: Duration) -> Self {
-        Throttled {
-            window,
-            state: Mutex::new((None, 0)),
-        }
-    }
-
-    /// Whether a line may be written at `now`: `Some(lines left out since the last one)`,
-    /// or `None` (this one is left out, and counted).
-    pub fn admit(&self, now: Instant) -> Option<u64> {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (last, left_out) = &mut *state;
-        if last.is_some_and(|at| now.saturating_duration_since(at) < self.window) {
-            *left_out += 1;
-            return None;
-        }
-        *last = Some(now);
-        Some(std::mem::take(left_out))
-    }
-}
-
 /// Failed authentications: at most one line per 10 s.
 static AUTH_FAILURES: Throttled = Throttled::new(Duration::from_secs(10));
 
@@ -267,30 +196,5 @@ mod tests {
         ] {
             assert_eq!(identify(&clients, &peer, None), expected, "{peer:?}");
         }
-    }
-
-    /// One line per window; the next line counts those left out meanwhile.
-    #[test]
-    fn throttled_lines_count_those_left_out() {
-        let log = Throttled::new(Duration::from_secs(10));
-        let t0 = Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
-        assert_eq!(log.admit(at(0)), Some(0));
-        assert_eq!(log.admit(at(1)), None);
-        assert_eq!(log.admit(at(9)), None);
-        assert_eq!(log.admit(at(10)), Some(2));
-        assert_eq!(log.admit(at(19)), None);
-        assert_eq!(log.admit(at(30)), Some(1));
-        assert_eq!(log.admit(at(41)), Some(0));
-        // A clock read out of order leaves the line out rather than failing.
-        assert_eq!(log.admit(at(40)), None);
-    }
-
-    #[test]
-    fn hex_round_trip() {
-        let h = hash_token("secret");
-        assert_eq!(parse_sha256_hex(&to_hex(&h)), Some(h));
-        assert_eq!(parse_sha256_hex("zz"), None);
-        assert_eq!(parse_sha256_hex(&"é".repeat(32)), None);
     }
 }

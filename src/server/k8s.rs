@@ -7,11 +7,11 @@
 //! its limits apply to every token kube-apiserver asks for, exactly as they do on the
 //! signing API, and every signature is audited with the caller `kube-apiserver`.
 
-use crate::server::app::AppState;
-use crate::infra::audit::Record;
 use crate::config::KeySetConfig;
 use crate::core::keyset::KeySet;
 use crate::core::policy::Audience;
+use crate::infra::audit::Record;
+use crate::server::state::AppState;
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;

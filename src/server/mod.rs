@@ -6,5 +6,6 @@ pub mod app;
 pub mod auth;
 pub mod http;
 pub mod k8s;
+pub mod state;
 #[cfg(test)]
 pub(crate) mod testing;

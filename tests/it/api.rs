@@ -847,7 +847,7 @@ fn client_token_prints_config_lines_that_authenticate() {
         .unwrap()
         .trim_end_matches('"');
     assert_eq!(
-        keyturn::server::auth::to_hex(&keyturn::server::auth::hash_token(token)),
+        keyturn::config::secret::to_hex(&keyturn::config::secret::hash_token(token)),
         hash
     );
     assert!(stdout.contains("name = \"svc\""));

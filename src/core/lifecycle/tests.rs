@@ -1,8 +1,8 @@
 //! The lifecycle invariants of DESIGN.md section 1, each driven by a simulated clock.
 
 use super::*;
-use crate::config::Schedule;
 use crate::config::timing::Timing;
+use crate::config::Schedule;
 use async_trait::async_trait;
 use keyturn_backend::memory::MemoryBackend;
 use keyturn_backend::{Algorithm, StateBlob};

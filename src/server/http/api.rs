@@ -5,14 +5,14 @@
 //! certificate, or Unix peer credentials (API socket). Nobody anonymous signs.
 
 use super::error::ApiError;
-use crate::server::app::AppState;
-use crate::infra::audit::{Line, Record};
-use crate::server::auth::{identify, AuthFailure, Peer};
 use crate::config::ClientConfig;
-use crate::core::published::{Published, PublishedKey};
 use crate::core::keyset::{KeySet, Unsigned};
 use crate::core::lifecycle::LifecycleError;
 use crate::core::policy::{compact, new_jti, prepare, Prepared, SignRequest};
+use crate::core::published::{Published, PublishedKey};
+use crate::infra::audit::{Line, Record};
+use crate::server::auth::{identify, AuthFailure, Peer};
+use crate::server::state::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -992,7 +992,42 @@ async fn revoke(
 mod tests {
     use super::*;
     use crate::core::clock::Clock;
-    use crate::server::testing::InProcess;
+    use crate::server::testing::{InProcess, TOKEN};
+
+    /// Requests to the in-process API.
+    trait Post {
+        fn post(
+            &self,
+            route: &str,
+            body: &serde_json::Value,
+        ) -> tokio::task::JoinHandle<(StatusCode, serde_json::Value)>;
+    }
+
+    impl Post for InProcess {
+        /// Sends `POST /v1/keysets/default/{route}` with `body` (not awaited).
+        fn post(
+            &self,
+            route: &str,
+            body: &serde_json::Value,
+        ) -> tokio::task::JoinHandle<(StatusCode, serde_json::Value)> {
+            use tower::ServiceExt;
+            let mut request = Request::post(format!("/v1/keysets/default/{route}"))
+                .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            request.extensions_mut().insert(Arc::new(Peer::default()));
+            let router = crate::server::http::api::router(self.state.clone());
+            tokio::spawn(async move {
+                let response = router.oneshot(request).await.unwrap();
+                let status = response.status();
+                let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                (status, serde_json::from_slice(&body).unwrap())
+            })
+        }
+    }
 
     fn signed<'k>(token: &str, kid: &'k str, jti: &str) -> Signed<'k> {
         Signed {
@@ -1209,7 +1244,8 @@ mod tests {
     async fn a_key_set_nobody_may_sign_with_any_more_refuses_whole_requests() {
         let app = InProcess::new(crate::server::testing::Rigged::default()).await;
         let nobody =
-            crate::config::Config::parse(crate::server::testing::KEYSET, Default::default()).unwrap();
+            crate::config::Config::parse(crate::server::testing::KEYSET, Default::default())
+                .unwrap();
         app.keyset.note_signers(&nobody, app.clock.now());
         let item = serde_json::json!({"claims": {"sub": "user:1"}});
         let batch = serde_json::json!({"requests": vec![item.clone(); 32]});

@@ -92,3 +92,17 @@ impl IntoResponse for ApiError {
         self.response()
     }
 }
+
+/// A policy refusal at the HTTP edge.
+impl From<crate::core::policy::Refusal> for ApiError {
+    fn from(r: crate::core::policy::Refusal) -> Self {
+        use crate::core::policy::Refused;
+        let status = match r.kind {
+            Refused::Malformed => StatusCode::BAD_REQUEST,
+            Refused::Forbidden => StatusCode::FORBIDDEN,
+            Refused::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+            Refused::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, r.code, r.message)
+    }
+}

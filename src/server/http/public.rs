@@ -7,8 +7,8 @@
 //! pre-serialized body and a clone of its pre-built header map.
 
 use super::error::ApiError;
-use crate::server::app::AppState;
 use crate::core::published::{cors_headers, Published, Served};
+use crate::server::state::AppState;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::Full;
@@ -169,7 +169,10 @@ fn answer(
             return plain(
                 StatusCode::OK,
                 PROMETHEUS,
-                state.metrics.render(state).into(),
+                state
+                    .metrics
+                    .render(state.keysets.load().iter(), state.clock.now())
+                    .into(),
             )
         }
     };

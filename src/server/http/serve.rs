@@ -14,6 +14,8 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use crate::config::Limits;
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
@@ -23,30 +25,6 @@ use tokio_util::sync::CancellationToken;
 use tower::util::Oneshot;
 use tower::ServiceExt;
 use tracing::instrument::{Instrument, Instrumented};
-
-/// Per-listener limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Open connections at most; further clients wait in the accept backlog.
-    pub max_connections: usize,
-    /// Time to send the request headers (slowloris), and to finish a TLS handshake.
-    pub header_timeout: Duration,
-    /// Time to send a request body.
-    pub body_timeout: Duration,
-    /// How long in-flight requests may run after shutdown starts.
-    pub drain: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_connections: 1024,
-            header_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(10),
-            drain: Duration::from_secs(10),
-        }
-    }
-}
 
 /// A TLS acceptor plus how to name the client from its certificate.
 pub type TlsAcceptor = tokio_rustls::TlsAcceptor;
