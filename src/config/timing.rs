@@ -1,4 +1,4 @@
-//! The timing rules of DESIGN.md section 1: what follows from `max_token_ttl`,
+//! The timing rules (docs/design.md, "Timing rules"): what follows from `max_token_ttl`,
 //! `jwks_max_age` and `clock_skew`, and which schedules are safe.
 
 use crate::config::{human, Schedule};

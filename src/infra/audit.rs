@@ -638,7 +638,7 @@ const RETRIES_AT_EXIT: u32 = 40;
 /// Longest time between writing a line and its fdatasync. Under load one fdatasync covers
 /// everything written in this window instead of one per request: on this kind of machine
 /// (a VM's virtio disk) each costs a trap to the hypervisor and a journal commit, and one per
-/// batch took a fifth of the daemon's CPU at 17k signatures/s (see BENCHMARKS.md).
+/// batch took a fifth of the daemon's CPU at 17k signatures/s.
 const SYNC_EVERY: Duration = Duration::from_millis(5);
 
 /// When the audit thread logs the chain head: once lines were synced since the last head

@@ -90,7 +90,7 @@ impl Ledger {
         serde_json::from_slice(&bytes).map_err(|e| {
             anyhow::anyhow!(
                 "{} is damaged ({e}); restore it from a backup, or remove it to forget what \
-                 it remembers of the key sets (see README, \"Install as a service\")",
+                 it remembers of the key sets (see docs/operations.md)",
                 path.display()
             )
         })

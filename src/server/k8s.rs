@@ -10,7 +10,7 @@
 use crate::config::KeySetConfig;
 use crate::core::keyset::KeySet;
 use crate::core::policy::Audience;
-use crate::infra::audit::Record;
+use crate::server::sign::{SignError, Transaction};
 use crate::server::state::AppState;
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -218,8 +218,23 @@ pub fn check_claims(
 }
 
 /// The signing key was revoked while it signed: no token may leave.
-fn revoked() -> Status {
-    Status::unavailable("the signing key was revoked while it signed; retry")
+/// Why a signing transaction gave no token, as gRPC tells kube-apiserver.
+fn status(e: SignError) -> Status {
+    match e {
+        SignError::Unsigned(why) => Status::unavailable(why.message()),
+        SignError::BackendDown => {
+            Status::unavailable("the key backend is unreachable; retry shortly")
+        }
+        SignError::BackendFailed => {
+            Status::internal("the backend could not sign; see keyturn's log")
+        }
+        SignError::Revoked => {
+            Status::unavailable("the signing key was revoked while it signed; retry")
+        }
+        SignError::AuditUnavailable => {
+            Status::unavailable("the audit log is not writable; no token was issued")
+        }
+    }
 }
 
 /// The JWT header kube-apiserver accepts from an external signer: `alg`, `kid` and
@@ -267,66 +282,24 @@ impl Signer {
     /// Sign: checks `claims`, signs `header.claims` with the active key, audits it.
     /// Returns (header, signature), both unpadded base64url.
     pub async fn sign_claims(&self, claims: &str) -> Result<(String, String), Status> {
-        let started = Instant::now();
         let keyset = self.keyset()?;
         let now = self.state.clock.now();
         let checked = check_claims(claims, &keyset.config, now)?;
-        let published = keyset.published();
-        let signer = keyset
-            .signer(&published, now)
-            .map_err(|why| Status::unavailable(why.message()))?;
-        let header = header(published.alg.as_str(), &signer.kid);
+        let tx = Transaction::begin(&self.state, &keyset, now).map_err(status)?;
+        let header = header(tx.published().alg.as_str(), &tx.key().kid);
         let signing_input = format!("{header}.{claims}");
-        let result = keyset
-            .backend
-            .sign(&signer.name, published.alg, signing_input.as_bytes())
-            .await;
-        self.state.metrics.observe_sign(
-            keyset.name(),
-            published.alg,
-            result.is_ok(),
-            started.elapsed(),
-        );
-        let sig = match result {
-            // A key revoked meanwhile may be why the backend refused.
-            Err(_) if !keyset.still_publishes(&published, &signer.kid) => return Err(revoked()),
-            Ok(sig) => sig,
-            Err(e) if e.is_retryable() => {
-                keyset.note_backend(false);
-                return Err(Status::unavailable(
-                    "the key backend is unreachable; retry shortly",
-                ));
-            }
-            Err(e) => {
-                tracing::error!(keyset = %keyset.name(), error = %e, "kubernetes signing failed");
-                return Err(Status::internal(
-                    "the backend could not sign; see keyturn's log",
-                ));
-            }
-        };
-        keyset.note_backend(true);
-        self.state
-            .audit
-            .record(Record {
-                ts: now,
-                event: "sign",
-                caller: Some(CALLER),
-                keyset: keyset.name(),
-                kid: Some(&signer.kid),
-                jti: checked.jti.as_deref(),
-                sub: checked.sub.as_deref(),
-                aud: checked.aud.as_ref(),
-                exp: Some(checked.exp),
-            })
+        let sig = tx.sign(signing_input.as_bytes()).await.map_err(status)?;
+        let line = tx
+            .record(
+                CALLER,
+                checked.jti.as_deref(),
+                checked.sub.as_deref(),
+                checked.aud.as_ref(),
+                checked.exp,
+            )
             .await
-            .map_err(|()| {
-                Status::unavailable("the audit log is not writable; no token was issued")
-            })?;
-        // Last, after every wait: a revoke meanwhile withholds the token (see the API's
-        // sign_one).
-        if !keyset.still_publishes(&published, &signer.kid) {
-            return Err(revoked());
-        }
+            .map_err(status)?;
+        tx.finish(line).await.map_err(status)?;
         Ok((header, B64.encode(sig)))
     }
 

@@ -6,6 +6,7 @@ pub mod app;
 pub mod auth;
 pub mod http;
 pub mod k8s;
+pub mod sign;
 pub mod state;
 #[cfg(test)]
 pub(crate) mod testing;

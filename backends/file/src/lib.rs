@@ -370,7 +370,7 @@ fn lower_this_threads_priority() {
 
 /// Generates a key on a thread of its own at the lowest CPU priority (nice 19). An RSA-4096
 /// key takes up to seconds of CPU: off the async workers, and behind every signing request
-/// when the CPUs are busy (the rotation p99 in BENCHMARKS.md).
+/// when the CPUs are busy (it would show in the signing latency during a rotation).
 async fn generate_at_low_priority(key_type: KeyType) -> Result<SoftwareKey, BackendError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()

@@ -1,4 +1,4 @@
-//! The lifecycle invariants of DESIGN.md section 1, each driven by a simulated clock.
+//! The lifecycle invariants I1-I5 (docs/design.md), each driven by a simulated clock.
 
 use super::*;
 use crate::config::timing::Timing;

@@ -6,12 +6,12 @@
 
 use super::error::ApiError;
 use crate::config::ClientConfig;
-use crate::core::keyset::{KeySet, Unsigned};
+use crate::core::keyset::KeySet;
 use crate::core::lifecycle::LifecycleError;
-use crate::core::policy::{compact, new_jti, prepare, Prepared, SignRequest};
-use crate::core::published::{Published, PublishedKey};
-use crate::infra::audit::{Line, Record};
+use crate::core::policy::{compact, new_jti, prepare, SignRequest};
+use crate::infra::audit::Record;
 use crate::server::auth::{identify, AuthFailure, Peer};
+use crate::server::sign::{SignError, Transaction};
 use crate::server::state::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
@@ -19,7 +19,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use http::{header, HeaderMap, StatusCode};
-use keyturn_backend::BackendError;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -329,140 +328,6 @@ impl Signed<'_> {
     }
 }
 
-fn backend_error(keyset: &KeySet, e: &BackendError) -> ApiError {
-    if e.is_retryable() {
-        keyset.note_backend(false);
-        ApiError::unavailable(5)
-    } else {
-        tracing::error!(keyset = %keyset.name(), error = %e, "signing failed");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "signing_failed",
-            "the backend could not sign; see the daemon's log",
-        )
-    }
-}
-
-/// The key that signs at `now`, if the key set can use it.
-fn active_key<'a>(
-    keyset: &KeySet,
-    published: &'a Published,
-    now: i64,
-) -> Result<&'a PublishedKey, ApiError> {
-    keyset.signer(published, now).map_err(|why| match why {
-        Unsigned::KeysUnusable => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "key_unavailable",
-            why.message(),
-        ),
-        // The key set may have moved on without this replica knowing.
-        Unsigned::OutOfSync | Unsigned::RetentionUnrecorded => {
-            ApiError::retry_after(1, "backend_unavailable", why.message())
-        }
-        Unsigned::NoActiveKey => ApiError::retry_after(1, "no_active_key", why.message()),
-        Unsigned::NoSigners => ApiError::forbidden("keyset_not_allowed", why.message()),
-    })
-}
-
-/// The backend's signature over a prepared token.
-async fn signature(
-    state: &AppState,
-    keyset: &KeySet,
-    published: &Published,
-    signer: &PublishedKey,
-    prepared: &Prepared<'_>,
-) -> Result<Vec<u8>, ApiError> {
-    let started = Instant::now();
-    let result = keyset
-        .backend
-        .sign(
-            &signer.name,
-            published.alg,
-            prepared.signing_input.as_bytes(),
-        )
-        .await;
-    state.metrics.observe_sign(
-        keyset.name(),
-        published.alg,
-        result.is_ok(),
-        started.elapsed(),
-    );
-    let sig = result.map_err(|e| backend_error(keyset, &e))?;
-    keyset.note_backend(true);
-    Ok(sig)
-}
-
-/// Queues a signed token's audit line, then returns the token and the line, which must be
-/// [`written`] before the token leaves: if the audit log is gone, no token leaves.
-async fn record<'k>(
-    state: &AppState,
-    client: &ClientConfig,
-    keyset: &KeySet,
-    signer: &'k PublishedKey,
-    now: i64,
-    prepared: Prepared<'_>,
-    sig: &[u8],
-) -> Result<(Signed<'k>, Line), ApiError> {
-    let line = state
-        .audit
-        .queue(Record {
-            ts: now,
-            event: "sign",
-            caller: Some(&client.name),
-            keyset: keyset.name(),
-            kid: Some(&signer.kid),
-            jti: Some(&prepared.jti),
-            sub: prepared.sub.as_deref(),
-            aud: prepared.aud.as_ref(),
-            exp: Some(prepared.exp),
-        })
-        .await
-        .map_err(|()| audit_unavailable())?;
-    let signed = Signed {
-        token: compact(prepared.signing_input, sig),
-        kid: &signer.kid,
-        jti: prepared.jti,
-        exp: prepared.exp,
-    };
-    Ok((signed, line))
-}
-
-/// Waits until `line`, and every audit line queued before it, is in the file.
-async fn written(state: &AppState, line: Line) -> Result<(), ApiError> {
-    state
-        .audit
-        .written(line)
-        .await
-        .map_err(|()| audit_unavailable())
-}
-
-fn audit_unavailable() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "audit_unavailable",
-        "the audit log is not writable; no token was issued",
-    )
-}
-
-/// A key revoked while it signed is out of the JWKS: its tokens would not verify, so none
-/// may leave (503 `key_revoked`, whatever the backend answered). Checked after the audit
-/// line is queued, so the log may name a token that was withheld (never one that left
-/// without a line).
-fn still_published(
-    keyset: &KeySet,
-    published: &Arc<Published>,
-    signer: &PublishedKey,
-) -> Result<(), ApiError> {
-    if keyset.still_publishes(published, &signer.kid) {
-        return Ok(());
-    }
-    Err(ApiError::retry_after(
-        1,
-        "key_revoked",
-        "the signing key was revoked while it signed; send the request again",
-    ))
-}
-
 /// Signs one request: policy, backend signature, audit line. Returns the response's JSON.
 async fn sign_one(
     state: &AppState,
@@ -470,23 +335,26 @@ async fn sign_one(
     keyset: &KeySet,
     req: &SignRequest<'_>,
 ) -> Result<Vec<u8>, ApiError> {
-    let now = state.clock.now();
-    let published = keyset.published();
-    let signer = active_key(keyset, &published, now)?;
-    let prepared = prepare(req, client, &keyset.config, now, &signer.kid, new_jti()?)?;
-    let sig = match signature(state, keyset, &published, signer, &prepared).await {
-        Ok(sig) => sig,
-        Err(e) => {
-            // A key revoked meanwhile may be why the backend refused.
-            still_published(keyset, &published, signer)?;
-            return Err(e);
-        }
+    let tx = Transaction::begin(state, keyset, state.clock.now())?;
+    let key = tx.key();
+    let prepared = prepare(req, client, &keyset.config, tx.now(), &key.kid, new_jti()?)?;
+    let sig = tx.sign(prepared.signing_input.as_bytes()).await?;
+    let line = tx
+        .record(
+            &client.name,
+            Some(&prepared.jti),
+            prepared.sub.as_deref(),
+            prepared.aud.as_ref(),
+            prepared.exp,
+        )
+        .await?;
+    tx.finish(line).await?;
+    let signed = Signed {
+        token: compact(prepared.signing_input, &sig),
+        kid: &key.kid,
+        jti: prepared.jti,
+        exp: prepared.exp,
     };
-    let (signed, line) = record(state, client, keyset, signer, now, prepared, &sig).await?;
-    written(state, line).await?;
-    // Last, after every wait (the signature, the audit line): a revoke in that time
-    // withholds the token, whose audit line is then the only trace of it.
-    still_published(keyset, &published, signer)?;
     let mut body = Vec::with_capacity(signed.json_size());
     signed.write_json(&mut body);
     Ok(body)
@@ -642,7 +510,7 @@ struct BatchItems {
 /// Items a batch task takes at a time. Each chunk goes through the policy, then the
 /// backend, then the audit log, phase by phase: with the file backend, signatures that run
 /// back to back keep aws-lc's code and tables in cache, and a batch token costs about 5%
-/// less CPU than when each item went through all three in turn (BENCHMARKS.md). A full
+/// less CPU than when each item went through all three in turn. A full
 /// batch is one chunk per task. Within a chunk the task still yields every
 /// [`BATCH_SLICE`], between two signatures.
 const BATCH_CHUNK: usize = 16;
@@ -667,9 +535,8 @@ async fn sign_items(
         if chunk.is_empty() {
             return Ok(out);
         }
-        let now = state.clock.now();
-        let published = keyset.published();
-        let signer = active_key(keyset, &published, now)?;
+        let tx = Transaction::begin(state, keyset, state.clock.now())?;
+        let key = tx.key();
         // Policy: each item parsed (serde's line and column count from the item's start)
         // and checked alone.
         let mut tokens: Vec<_> = (first..)
@@ -679,11 +546,12 @@ async fn sign_items(
                     message: format!("item {i}: {}", e.message),
                     ..e
                 })?;
-                let prepared = prepare(&req, client, &keyset.config, now, &signer.kid, new_jti()?)?;
+                let prepared =
+                    prepare(&req, client, &keyset.config, tx.now(), &key.kid, new_jti()?)?;
                 Ok((prepared, Vec::new()))
             })
             .collect();
-        // Backend: the signatures, back to back. An outage (503) fails the batch: no
+        // Backend: the signatures, back to back. An outage or a revoke fails the batch: no
         // further calls.
         for token in &mut tokens {
             let Ok((prepared, sig)) = token else { continue };
@@ -691,36 +559,44 @@ async fn sign_items(
                 tokio::task::yield_now().await;
                 slice = Instant::now();
             }
-            match signature(state, keyset, &published, signer, prepared).await {
+            match tx.sign(prepared.signing_input.as_bytes()).await {
                 Ok(s) => *sig = s,
-                Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
-                    // A key revoked meanwhile may be why the backend refused.
-                    still_published(keyset, &published, signer)?;
-                    return Err(e);
-                }
-                Err(e) => *token = Err(e),
+                Err(e @ SignError::BackendFailed) => *token = Err(e.into()),
+                Err(e) => return Err(e.into()),
             }
         }
-        // Audit log: the chunk's lines queued, then one wait until they are written.
+        // Audit log: the chunk's lines queued, then one wait until they are written and a
+        // last look at the JWKS (a revoke meanwhile fails the batch, 503, and the client
+        // asks again).
         let mut last = None;
         for (i, token) in (first..).zip(tokens) {
             let result = match token {
-                Ok((prepared, sig)) => record(state, client, keyset, signer, now, prepared, &sig)
+                Ok((prepared, sig)) => tx
+                    .record(
+                        &client.name,
+                        Some(&prepared.jti),
+                        prepared.sub.as_deref(),
+                        prepared.aud.as_ref(),
+                        prepared.exp,
+                    )
                     .await
-                    .map(|(signed, line)| {
+                    .map(|line| {
                         last = Some(line);
-                        signed
-                    }),
+                        Signed {
+                            token: compact(prepared.signing_input, &sig),
+                            kid: &key.kid,
+                            jti: prepared.jti,
+                            exp: prepared.exp,
+                        }
+                    })
+                    .map_err(ApiError::from),
                 Err(e) => Err(e),
             };
             out.push(i, result)?;
         }
         if let Some(line) = last {
-            written(state, line).await?;
+            tx.finish(line).await?;
         }
-        // A revoke while the chunk signed or its audit lines were written (see sign_one):
-        // the batch fails (503) and the client asks again.
-        still_published(keyset, &published, signer)?;
         if slice.elapsed() >= BATCH_SLICE {
             tokio::task::yield_now().await;
             slice = Instant::now();

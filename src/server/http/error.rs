@@ -106,3 +106,44 @@ impl From<crate::core::policy::Refusal> for ApiError {
         ApiError::new(status, r.code, r.message)
     }
 }
+
+/// Why a signing transaction gave no token, at the HTTP edge.
+impl From<crate::server::sign::SignError> for ApiError {
+    fn from(e: crate::server::sign::SignError) -> Self {
+        use crate::core::keyset::Unsigned;
+        use crate::server::sign::SignError;
+        match e {
+            SignError::Unsigned(why @ Unsigned::KeysUnusable) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "key_unavailable",
+                why.message(),
+            ),
+            // The key set may have moved on without this replica knowing.
+            SignError::Unsigned(why @ (Unsigned::OutOfSync | Unsigned::RetentionUnrecorded)) => {
+                ApiError::retry_after(1, "backend_unavailable", why.message())
+            }
+            SignError::Unsigned(why @ Unsigned::NoActiveKey) => {
+                ApiError::retry_after(1, "no_active_key", why.message())
+            }
+            SignError::Unsigned(why @ Unsigned::NoSigners) => {
+                ApiError::forbidden("keyset_not_allowed", why.message())
+            }
+            SignError::BackendDown => ApiError::unavailable(5),
+            SignError::BackendFailed => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "signing_failed",
+                "the backend could not sign; see the daemon's log",
+            ),
+            SignError::Revoked => ApiError::retry_after(
+                1,
+                "key_revoked",
+                "the signing key was revoked while it signed; send the request again",
+            ),
+            SignError::AuditUnavailable => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the audit log is not writable; no token was issued",
+            ),
+        }
+    }
+}

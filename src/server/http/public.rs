@@ -3,7 +3,7 @@
 //!
 //! It is a plain hyper service, not an axum router: it must serve as fast as a static file
 //! server, and a router's per-request extensions, URL parameters and boxed bodies cost a
-//! JWKS GET about a third of its instructions (BENCHMARKS.md). A document's response is its
+//! JWKS GET about a third of its instructions. A document's response is its
 //! pre-serialized body and a clone of its pre-built header map.
 
 use super::error::ApiError;

@@ -66,7 +66,7 @@ pub struct Traced {
 /// This is tower-http's `SetRequestId`, `PropagateRequestId` and `TraceLayer` in one step
 /// around the router: those layers cost 3.7 us of CPU per sign request (8%), mostly in
 /// allocations (the id's string, the request extension, the re-boxed response body) and
-/// per-route service clones; this costs a fraction of it (BENCHMARKS.md, session 10).
+/// per-route service clones; this costs a fraction of it.
 pub fn traced(app: Router) -> Traced {
     let start = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -270,7 +270,7 @@ impl<A: PerConnection> Shared<A> {
             .header_read_timeout(limits.header_timeout)
             .max_buf_size(64 * 1024)
             // Headers and body in one buffer, one write: for the small responses here
-            // (a JWKS, a token) 4% less CPU per JWKS GET than vectored writes (BENCHMARKS.md).
+            // (a JWKS, a token) 4% less CPU per JWKS GET than vectored writes.
             .writev(false);
         builder
             .http2()
