@@ -306,8 +306,16 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                     }
                     Err(e) => say!("  not checked against the last run's key sets: {e}"),
                 }
-                say!("{}: OK", file.display());
+                // A token that lacks a mechanism fails here rather than at the start.
+                let mut notes = Vec::new();
                 for ks in &config.keysets {
+                    let note = crate::backends::check_offline(&ks.backend, ks.algorithm)
+                        .await
+                        .map_err(|e| format!("{}: key set {:?}: {e}", file.display(), ks.name))?;
+                    notes.push(note);
+                }
+                say!("{}: OK", file.display());
+                for (ks, note) in config.keysets.iter().zip(notes) {
                     let t = &ks.timing;
                     say!(
                         "  key set {:?}: {} on {}; publish lead {}, retention {}, at most {} keys in the JWKS",
@@ -318,6 +326,9 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                         crate::config::human(t.retention()),
                         t.max_published(crate::timing::min_period(&ks.schedule).unwrap_or(1)),
                     );
+                    if let Some(note) = note {
+                        say!("    {note}");
+                    }
                 }
                 say!("  {} client(s)", config.clients.len());
                 Ok(())

@@ -170,6 +170,22 @@ pub enum BackendConfig {
         #[serde(default)]
         allow_plaintext_http: bool,
     },
+    /// Keys in a PKCS#11 token (an HSM); lifecycle state in a local directory.
+    Pkcs11 {
+        /// The PKCS#11 module: the vendor's shared library.
+        module: PathBuf,
+        /// The token's label (or `slot`).
+        token_label: Option<String>,
+        /// The token's slot id (or `token_label`).
+        slot: Option<u64>,
+        /// File holding the user PIN (0600, or a systemd credential).
+        pin_file: PathBuf,
+        /// The most sessions open at once; default 4.
+        max_sessions: Option<usize>,
+        /// Lifecycle state directory; default `<data_dir>/pkcs11/<token_label>` (or
+        /// `slot-<slot>`).
+        state_dir: Option<PathBuf>,
+    },
     /// A backend compiled into a custom build and registered with
     /// [`crate::app::run_with_backends`] under this name (see examples/custom_backend.rs).
     Custom {
@@ -179,16 +195,32 @@ pub enum BackendConfig {
 }
 
 impl BackendConfig {
-    /// "file", "vault", "kms" or "custom".
+    /// "file", "vault", "kms", "pkcs11" or "custom".
     pub fn kind(&self) -> &'static str {
         match self {
             BackendConfig::File { .. } => "file",
             BackendConfig::Vault { .. } => "vault",
             BackendConfig::Kms { .. } => "kms",
+            BackendConfig::Pkcs11 { .. } => "pkcs11",
             BackendConfig::Custom { .. } => "custom",
         }
     }
+
+    /// Whether replicas may share the key sets on this backend (their state lives in it),
+    /// so that each learns of the others' writes by polling. The file and pkcs11 backends
+    /// keep their state on the host.
+    pub fn shared(&self) -> bool {
+        !matches!(
+            self,
+            BackendConfig::File { .. } | BackendConfig::Pkcs11 { .. }
+        )
+    }
 }
+
+/// Sessions a pkcs11 backend opens at most, unless `max_sessions` says otherwise: small
+/// HSMs allow few (a YubiHSM 2 has 16 for all its clients), and a few sessions already
+/// keep a token busy.
+pub const DEFAULT_PKCS11_SESSIONS: usize = 4;
 
 impl BackendConfig {
     /// The service URLs it names, each with its setting and whether plaintext HTTP to a
@@ -212,7 +244,9 @@ impl BackendConfig {
             .into_iter()
             .filter_map(|(s, url)| Some((s, url.as_deref()?, *allow_plaintext_http)))
             .collect(),
-            BackendConfig::File { .. } | BackendConfig::Custom { .. } => Vec::new(),
+            BackendConfig::File { .. }
+            | BackendConfig::Pkcs11 { .. }
+            | BackendConfig::Custom { .. } => Vec::new(),
         }
     }
 }
@@ -781,7 +815,7 @@ impl RawKeySet {
         };
         // Replicas sharing a Vault or KMS backend learn of each other's writes by polling;
         // the poll interval is added to the publish lead and the retention.
-        let shared = !matches!(self.backend, BackendConfig::File { .. });
+        let shared = self.backend.shared();
         let timing = Timing::new(
             secs(self.max_token_ttl),
             secs(self.jwks_max_age),
@@ -806,6 +840,46 @@ impl RawKeySet {
                          approle_secret_id_file (one of the two, not both)"
                     )))
                 }
+            }
+        }
+        if let BackendConfig::Pkcs11 {
+            token_label,
+            slot,
+            max_sessions,
+            state_dir,
+            ..
+        } = &self.backend
+        {
+            match (token_label, slot) {
+                (Some(label), None) => {
+                    // PKCS#11 labels are at most 32 bytes.
+                    if label.is_empty() || label.len() > 32 {
+                        return Err(invalid(format!(
+                            "{ctx}: token_label must be 1 to 32 bytes, as PKCS#11 labels are"
+                        )));
+                    }
+                    let plain = label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+                        && !label.starts_with('.');
+                    if state_dir.is_none() && !plain {
+                        return Err(invalid(format!(
+                            "{ctx}: token_label {label:?} cannot name the default state \
+                             directory; set state_dir (e.g. \"/var/lib/keyturn/pkcs11\")"
+                        )));
+                    }
+                }
+                (None, Some(_)) => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "{ctx}: the pkcs11 backend needs token_label or slot (one of the two)"
+                    )))
+                }
+            }
+            if matches!(max_sessions, Some(n) if !(1..=1024).contains(n)) {
+                return Err(invalid(format!(
+                    "{ctx}: max_sessions must be 1 to 1024 (default {DEFAULT_PKCS11_SESSIONS})"
+                )));
             }
         }
         for (setting, url, allowed) in self.backend.urls() {
@@ -1044,6 +1118,10 @@ mod tests {
                 "keyturn.kms.example.toml",
                 include_str!("../config/keyturn.kms.example.toml"),
             ),
+            (
+                "keyturn.pkcs11.example.toml",
+                include_str!("../config/keyturn.pkcs11.example.toml"),
+            ),
         ] {
             if let Err(e) = parse(text) {
                 // Example configs name secret files that do not exist here; only that may fail.
@@ -1139,6 +1217,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("keys at once"), "{err}");
+    }
+
+    /// A pkcs11 table names its token one way, bounds its sessions, and keeps its state on
+    /// the host (no replica polling added to the key set's timing).
+    #[test]
+    fn pkcs11_backend_tables() {
+        let with = |backend: &str| {
+            parse(&format!(
+                "{MINIMAL}backend = {{ type = \"pkcs11\", module = \"/m.so\", pin_file = \"/p\", {backend} }}"
+            ))
+        };
+        let ok = with("token_label = \"keyturn\"").unwrap();
+        assert!(!ok.keysets[0].backend.shared());
+        assert_eq!(ok.keysets[0].timing.poll_interval(), None);
+        with("slot = 3").unwrap();
+        with("token_label = \"HSM partition 1\", state_dir = \"/var/lib/k\"").unwrap();
+        for (backend, needle) in [
+            ("token_label = \"a\", slot = 1", "token_label or slot"),
+            ("max_sessions = 4", "token_label or slot"),
+            (
+                "token_label = \"a\", max_sessions = 0",
+                "max_sessions must be 1 to 1024",
+            ),
+            ("token_label = \"../x\"", "set state_dir"),
+            ("token_label = \"\"", "1 to 32 bytes"),
+            ("token_label = \"a\", pin = \"1234\"", "unknown field"),
+        ] {
+            let err = with(backend).unwrap_err().to_string();
+            assert!(err.contains(needle), "{backend}: {err}");
+        }
     }
 
     #[test]

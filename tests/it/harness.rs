@@ -104,10 +104,12 @@ impl Daemon {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("keyturn ready") {
-                    let _ = tx.send(line.clone());
+                let ready = line.contains("keyturn ready");
+                // Into the log before the start returns: a test may read the ready line.
+                sink.lock().unwrap().push(line.clone());
+                if ready {
+                    let _ = tx.send(line);
                 }
-                sink.lock().unwrap().push(line);
             }
         });
         let Ok(ready) = rx.recv_timeout(Duration::from_secs(60)) else {
