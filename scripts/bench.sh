@@ -129,8 +129,8 @@ keyset() { # name alg extra
   keyset hsm-es256 ES256 "$HSM_BACKEND"
   keyset hsm-rs256 RS256 "rsa_bits = 2048
 $HSM_BACKEND"
-  printf '[[client]]\nname = "bench"\ntoken_sha256 = "%s"\nkeysets = ["es256", "eddsa", "rs256", "hsm-es256", "hsm-rs256"]\naudiences = ["orders-api"]\n\n' "$(sha256 "$TOKEN")"
-  printf '[[client]]\nname = "ops"\ntoken_sha256 = "%s"\nadmin = true\n' "$(sha256 "$ADMIN")"
+  printf '[[client]]\nname = "bench"\ntoken_sha256 = "%s"\nkeysets = ["es256", "eddsa", "rs256", "hsm-es256", "hsm-rs256"]\naudiences = ["orders-api"]\nsubject_pattern = "user:*"\nallowed_claims = ["scope"]\n\n' "$(sha256 "$TOKEN")"
+  printf '[[client]]\nname = "ops"\ntoken_sha256 = "%s"\nkeysets = ["*"]\nadmin = true\n' "$(sha256 "$ADMIN")"
 } >"$WORK/keyturn.toml"
 echo "==> starting keyturn (first start generates the keys)" >&2
 RUST_LOG=warn,keyturn=info taskset -c "$SERVER_CPUS" "$BIN" serve --config "$WORK/keyturn.toml" \

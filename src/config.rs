@@ -269,6 +269,7 @@ struct RawClient {
     unix_uid: Option<u32>,
     unix_gid: Option<u32>,
     tls_subject: Option<String>,
+    tls_san: Option<String>,
     #[serde(default)]
     keysets: Vec<String>,
     #[serde(default)]
@@ -420,8 +421,11 @@ pub enum ClientAuth {
         /// Required gid, if any.
         gid: Option<u32>,
     },
-    /// A TLS client certificate whose subject common name is this.
-    Tls(String),
+    /// A TLS client certificate whose subject's one common name is this.
+    TlsSubject(String),
+    /// A TLS client certificate with this subject alternative name: a URI if it holds a
+    /// `:` (compared exactly), else a DNS name (compared without regard to ASCII case).
+    TlsSan(String),
 }
 
 impl ClientAuth {
@@ -430,7 +434,8 @@ impl ClientAuth {
         let either = |a: Option<u32>, b: Option<u32>| a.is_none() || b.is_none() || a == b;
         match (self, other) {
             (ClientAuth::Token(a), ClientAuth::Token(b)) => a == b,
-            (ClientAuth::Tls(a), ClientAuth::Tls(b)) => a == b,
+            (ClientAuth::TlsSubject(a), ClientAuth::TlsSubject(b)) => a == b,
+            (ClientAuth::TlsSan(a), ClientAuth::TlsSan(b)) => a.eq_ignore_ascii_case(b),
             (ClientAuth::Unix { uid: u1, gid: g1 }, ClientAuth::Unix { uid: u2, gid: g2 }) => {
                 either(*u1, *u2) && either(*g1, *g2)
             }
@@ -446,22 +451,58 @@ pub struct ClientConfig {
     pub name: String,
     /// How it proves who it is.
     pub auth: ClientAuth,
-    /// Key sets it may sign with (empty: none).
+    /// Key sets it may sign with and, if an admin, administer (empty: none; `[ALL]`: all).
     pub keysets: Vec<String>,
     /// Allowed `aud` values (empty: tokens without `aud` only).
     pub audiences: Vec<String>,
-    /// A glob (`*` matches any run of characters) that `sub` must match, if set.
+    /// A glob (`*` matches any run of characters) that `sub` must match; unset, the client
+    /// may not set `sub`. Any pattern but [`ALL`] makes `sub` required; [`ALL`] allows any
+    /// `sub` or none.
     pub subject_pattern: Option<String>,
     /// Longest TTL, seconds (never above the key set's `max_token_ttl`).
     pub max_ttl: Option<i64>,
-    /// Extra claims it may set (empty: any not forbidden).
+    /// Claims beyond `sub` and `aud` it may set (empty: none; `[ALL]`: any not forbidden).
     pub allowed_claims: Vec<String>,
     /// Extra claims it may never set.
     pub forbidden_claims: Vec<String>,
     /// Allowed `typ` header values (empty: `JWT` only).
     pub allowed_typ: Vec<String>,
-    /// May rotate and revoke.
+    /// May list, read, rotate and revoke its key sets.
     pub admin: bool,
+}
+
+/// Fewest characters in a client's `token_file`: 128 random bits written as hex. A length
+/// (whatever the alphabet), not a measure of randomness, so that the rule is easy to state
+/// and to meet; `keyturn client-token` makes 46 characters (256 bits).
+const MIN_TOKEN_CHARS: usize = 32;
+
+/// In `keysets`, `subject_pattern` and `allowed_claims`: every value. Nothing is allowed
+/// by default; this is the explicit allow-all.
+pub const ALL: &str = "*";
+
+impl ClientConfig {
+    /// Whether it may use key set `name`: sign with it and, if an admin, administer it.
+    pub fn may_use(&self, name: &str) -> bool {
+        self.keysets.iter().any(|k| k == ALL || k == name)
+    }
+
+    /// Whether it may set any claim not forbidden (`allowed_claims = ["*"]`).
+    pub fn any_claim(&self) -> bool {
+        matches!(self.allowed_claims.as_slice(), [all] if all == ALL)
+    }
+
+    /// Its explicit allow-alls, as the lines of its `[[client]]` entry that set them, for
+    /// `check-config` to warn about.
+    pub fn allow_alls(&self) -> Vec<&'static str> {
+        let mut lines = Vec::new();
+        if self.subject_pattern.as_deref() == Some(ALL) {
+            lines.push("subject_pattern = \"*\" (any sub)");
+        }
+        if self.any_claim() {
+            lines.push("allowed_claims = [\"*\"] (any claim not forbidden)");
+        }
+        lines
+    }
 }
 
 /// Rounds a duration up to whole seconds.
@@ -719,8 +760,8 @@ impl RawConfig {
                 ClientAuth::Token(_) => {
                     "have the same token: give each client its own (`keyturn client-token`)"
                 }
-                ClientAuth::Tls(_) => {
-                    "accept the same certificate subject: give each client its own certificate"
+                ClientAuth::TlsSubject(_) | ClientAuth::TlsSan(_) => {
+                    "accept the same certificate name: give each client its own certificate"
                 }
                 ClientAuth::Unix { .. } => {
                     "match the same Unix caller (a uid or gid left out matches any): make \
@@ -930,10 +971,12 @@ impl RawClient {
             self.token_sha256.is_some(),
             unix,
             self.tls_subject.is_some(),
+            self.tls_san.is_some(),
         ];
         if sources.iter().filter(|s| **s).count() != 1 {
             return Err(invalid(format!(
-                "{ctx}: set exactly one of token_file, token_sha256, unix_uid/unix_gid, tls_subject"
+                "{ctx}: set exactly one of token_file, token_sha256, unix_uid/unix_gid, \
+                 tls_subject, tls_san"
             )));
         }
         let auth = if let Some(file) = self.token_file {
@@ -941,13 +984,23 @@ impl RawClient {
             let token =
                 crate::secret::read_secret_file(&file, env.credentials_directory.as_deref())
                     .map_err(|e| invalid(format!("{ctx}: {e}")))?;
-            if token.trim().is_empty() {
+            let token = token.trim();
+            if token.is_empty() {
                 return Err(invalid(format!(
                     "{ctx}: token_file {} is empty; write the client's token into it",
                     file.display()
                 )));
             }
-            ClientAuth::Token(crate::auth::hash_token(token.trim()))
+            if token.chars().count() < MIN_TOKEN_CHARS {
+                return Err(invalid(format!(
+                    "{ctx}: the token in {} has {} characters; a client token must have at \
+                     least {MIN_TOKEN_CHARS} characters (128 bits as hex): make one with \
+                     `keyturn client-token` or `openssl rand -hex 32`",
+                    file.display(),
+                    token.chars().count()
+                )));
+            }
+            ClientAuth::Token(crate::auth::hash_token(token))
         } else if let Some(hex) = self.token_sha256 {
             ClientAuth::Token(crate::auth::parse_sha256_hex(&hex).ok_or_else(|| {
                 invalid(format!(
@@ -959,11 +1012,25 @@ impl RawClient {
                 uid: self.unix_uid,
                 gid: self.unix_gid,
             }
+        } else if let Some(san) = self.tls_san {
+            if san.is_empty() || san.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(format!(
+                    "{ctx}: tls_san must be a DNS name or a URI of the client's certificate, \
+                     such as \"ci.example.org\" or \"spiffe://example.org/ci\""
+                )));
+            }
+            ClientAuth::TlsSan(san)
         } else {
-            ClientAuth::Tls(self.tls_subject.unwrap_or_default())
+            ClientAuth::TlsSubject(self.tls_subject.unwrap_or_default())
         };
         for ks in &self.keysets {
-            if !keysets.iter().any(|k| &k.name == ks) {
+            if ks == ALL && self.keysets.len() > 1 {
+                return Err(invalid(format!(
+                    "{ctx}: keysets lists \"*\" beside other names; \"*\" is every key set, \
+                     so write either [\"*\"] or the names"
+                )));
+            }
+            if ks != ALL && !keysets.iter().any(|k| &k.name == ks) {
                 return Err(invalid(format!(
                     "{ctx}: key set {ks:?} is not a [[keyset]]"
                 )));
@@ -972,6 +1039,18 @@ impl RawClient {
         let max_ttl = self.max_ttl.map(secs);
         if max_ttl == Some(0) {
             return Err(invalid(format!("{ctx}: max_ttl must be above zero")));
+        }
+        if self.subject_pattern.as_deref() == Some("") {
+            return Err(invalid(format!(
+                "{ctx}: subject_pattern is empty; remove it (the client may not set sub) or \
+                 give a pattern such as \"user:*\" (\"*\" allows any)"
+            )));
+        }
+        if self.allowed_claims.len() > 1 && self.allowed_claims.iter().any(|c| c == ALL) {
+            return Err(invalid(format!(
+                "{ctx}: allowed_claims lists \"*\" beside other names; \"*\" allows any \
+                 claim not forbidden, so write either [\"*\"] or the names"
+            )));
         }
         for (list, claims) in [
             ("allowed_claims", &self.allowed_claims),
@@ -983,12 +1062,11 @@ impl RawClient {
                         "{ctx}: {list} lists {claim:?}, which keyturn always sets itself; remove it"
                     )));
                 }
-                // Governed by their own settings (and always allowed): forbidding one here
-                // would do nothing.
+                // Governed by their own settings: listing one here would do nothing.
                 let own = match claim.as_str() {
-                    "iss" if list == "forbidden_claims" => "the key set's `issuer`",
-                    "sub" if list == "forbidden_claims" => "`subject_pattern`",
-                    "aud" if list == "forbidden_claims" => "`audiences`",
+                    "iss" => "the key set's `issuer`",
+                    "sub" => "`subject_pattern`",
+                    "aud" => "`audiences`",
                     _ => continue,
                 };
                 return Err(invalid(format!(
@@ -1287,6 +1365,32 @@ mod tests {
         assert_eq!(next, 3 * 3600);
     }
 
+    /// A client's token_file must hold at least 32 characters (128 bits as hex); a shorter
+    /// token is refused at load, and the message does not show it.
+    #[test]
+    fn client_tokens_shorter_than_128_bits_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let with = |token: &str| {
+            let path = dir.path().join("client.token");
+            std::fs::write(&path, format!("{token}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            parse(&format!(
+                "{MINIMAL}\n[[client]]\nname = \"svc\"\nkeysets = [\"default\"]\ntoken_file = \"{}\"",
+                path.display()
+            ))
+        };
+        for short in ["abc", &"f".repeat(31), &"é".repeat(20)] {
+            let err = with(short).unwrap_err().to_string();
+            assert!(
+                err.contains("at least 32 characters") && !err.contains(short),
+                "{err}"
+            );
+        }
+        assert!(with(&"0123456789abcdef".repeat(2)).is_ok());
+        assert!(with("kt_Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5d2FsZG8").is_ok());
+    }
+
     #[test]
     fn clients_need_exactly_one_credential_and_known_keysets() {
         let client = |extra: &str| {
@@ -1309,6 +1413,17 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("not a [[keyset]]"), "{err}");
+        let keysets = |list: &str| {
+            parse(&format!(
+                "{MINIMAL}\n[[client]]\nname = \"svc\"\nunix_uid = 1\nkeysets = {list}"
+            ))
+        };
+        let all = keysets("[\"*\"]").unwrap();
+        assert!(all.clients[0].may_use("default") && all.clients[0].may_use("any"));
+        let one = keysets("[\"default\"]").unwrap();
+        assert!(one.clients[0].may_use("default") && !one.clients[0].may_use("any"));
+        let err = keysets("[\"*\", \"default\"]").unwrap_err().to_string();
+        assert!(err.contains("either [\"*\"] or the names"), "{err}");
         let err = client("unix_uid = 1\nallowed_claims = [\"exp\"]")
             .unwrap_err()
             .to_string();
@@ -1318,10 +1433,25 @@ mod tests {
             ("forbidden_claims = [\"sub\"]", "subject_pattern"),
             ("forbidden_claims = [\"role\", \"aud\"]", "audiences"),
             ("forbidden_claims = [\"iss\"]", "issuer"),
+            ("allowed_claims = [\"sub\"]", "subject_pattern"),
+            (
+                "allowed_claims = [\"*\", \"scope\"]",
+                "either [\"*\"] or the names",
+            ),
+            ("subject_pattern = \"\"", "\"*\" allows any"),
         ] {
             let err = client(&format!("unix_uid = 1\n{line}"))
                 .unwrap_err()
                 .to_string();
+            assert!(err.contains(says), "{line}: {err}");
+        }
+        assert!(client("tls_san = \"spiffe://example.org/ci\"").is_ok());
+        for (line, says) in [
+            ("tls_san = \"a b\"", "DNS name or a URI"),
+            ("tls_san = \"\"", "DNS name or a URI"),
+            ("tls_san = \"x\"\ntls_subject = \"x\"", "exactly one"),
+        ] {
+            let err = client(line).unwrap_err().to_string();
             assert!(err.contains(says), "{line}: {err}");
         }
         // One token, two clients: refused (the first would silently win).
@@ -1339,6 +1469,16 @@ mod tests {
             ))
         };
         for (a, b, says) in [
+            (
+                "tls_san = \"ci.example.org\"",
+                "tls_san = \"CI.example.org\"",
+                "same certificate name",
+            ),
+            (
+                "tls_subject = \"ci\"",
+                "tls_subject = \"ci\"",
+                "same certificate name",
+            ),
             (
                 "unix_uid = 1000",
                 "unix_uid = 1000\nunix_gid = 50",

@@ -58,7 +58,11 @@ async fn pyjwt_verifies_every_algorithm_across_a_rotation() {
     }
     let names: Vec<String> = ALGS.iter().map(|a| a.to_lowercase()).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let (client, token) = token_client("issuer", &refs, "audiences = [\"orders\"]\nadmin = true");
+    let (client, token) = token_client(
+        "issuer",
+        &refs,
+        "audiences = [\"orders\"]\nsubject_pattern = \"*\"\nadmin = true",
+    );
     config += &client;
     let d = Daemon::start(dir.path(), &config);
     let request = |ks: &str, alg: &str, jws: &str| {
