@@ -121,58 +121,37 @@ fn default_stale_if_error() -> Duration {
     Duration::from_secs(86_400)
 }
 
+/// Each backend crate declares its own table, with its defaults; the daemon embeds it. A
+/// backend left out of this build still parses (any table), and its factory arm says that
+/// it is not in this build.
+#[cfg(feature = "file")]
+pub use keyturn_backend_file::FileConfig as FileTable;
+#[cfg(not(feature = "file"))]
+pub type FileTable = NotCompiled;
+#[cfg(feature = "vault")]
+pub use keyturn_backend_vault::VaultConfig as VaultTable;
+#[cfg(not(feature = "vault"))]
+pub type VaultTable = NotCompiled;
+#[cfg(feature = "kms")]
+pub use keyturn_backend_kms::KmsConfig as KmsTable;
+#[cfg(not(feature = "kms"))]
+pub type KmsTable = NotCompiled;
+
+/// The table of a backend not compiled into this build.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(transparent)]
+pub struct NotCompiled(pub toml::Table);
+
 /// The backend of a key set, as configured. Exactly one, by construction.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum BackendConfig {
     /// Keys in local encrypted files.
-    File {
-        /// Key directory; default `<data_dir>/keys`.
-        dir: Option<PathBuf>,
-        /// Key-encryption key file; default `$CREDENTIALS_DIRECTORY/keyturn-kek`, else
-        /// `<data_dir>/kek` (created on first start).
-        kek_file: Option<PathBuf>,
-    },
-    /// Keys in Vault/OpenBao transit.
-    Vault {
-        /// `https://vault.example.com:8200`.
-        address: String,
-        /// File holding a Vault token.
-        token_file: Option<PathBuf>,
-        /// AppRole role id (with `approle_secret_id_file`).
-        approle_role_id: Option<String>,
-        /// File holding the AppRole secret id.
-        approle_secret_id_file: Option<PathBuf>,
-        /// Transit mount; default `transit`.
-        transit_mount: Option<String>,
-        /// KV v2 mount for lifecycle state; default `secret`.
-        kv_mount: Option<String>,
-        /// CA bundle (PEM) for TLS to Vault.
-        ca_file: Option<PathBuf>,
-        /// AppRole auth mount; default `approle`.
-        approle_mount: Option<String>,
-        /// Accept an `http://` address to a host that is not loopback; default false.
-        #[serde(default)]
-        allow_plaintext_http: bool,
-    },
-    /// Keys in AWS KMS.
-    Kms {
-        /// AWS region; default from the AWS chain.
-        region: Option<String>,
-        /// Endpoint override (VPC endpoints, tests).
-        endpoint: Option<String>,
-        /// DynamoDB table for lifecycle state; default `keyturn-state`.
-        state_table: Option<String>,
-        /// Days before a removed key is deleted (7 to 30); default 30.
-        deletion_window_days: Option<u32>,
-        /// DynamoDB endpoint override; default `endpoint`.
-        dynamodb_endpoint: Option<String>,
-        /// Create the state table if it is missing; default false.
-        create_state_table: Option<bool>,
-        /// Accept `http://` endpoints to a host that is not loopback; default false.
-        #[serde(default)]
-        allow_plaintext_http: bool,
-    },
+    File(FileTable),
+    /// Keys in Vault/OpenBao transit, lifecycle state in KV v2.
+    Vault(VaultTable),
+    /// Keys in AWS KMS, lifecycle state in DynamoDB.
+    Kms(KmsTable),
     /// Keys in a PKCS#11 token (an HSM); lifecycle state in a local directory.
     Pkcs11 {
         /// The PKCS#11 module: the vendor's shared library.
@@ -201,9 +180,9 @@ impl BackendConfig {
     /// "file", "vault", "kms", "pkcs11" or "custom".
     pub fn kind(&self) -> &'static str {
         match self {
-            BackendConfig::File { .. } => "file",
-            BackendConfig::Vault { .. } => "vault",
-            BackendConfig::Kms { .. } => "kms",
+            BackendConfig::File(_) => "file",
+            BackendConfig::Vault(_) => "vault",
+            BackendConfig::Kms(_) => "kms",
             BackendConfig::Pkcs11 { .. } => "pkcs11",
             BackendConfig::Custom { .. } => "custom",
         }
@@ -213,10 +192,7 @@ impl BackendConfig {
     /// so that each learns of the others' writes by polling. The file and pkcs11 backends
     /// keep their state on the host.
     pub fn shared(&self) -> bool {
-        !matches!(
-            self,
-            BackendConfig::File { .. } | BackendConfig::Pkcs11 { .. }
-        )
+        !matches!(self, BackendConfig::File(_) | BackendConfig::Pkcs11 { .. })
     }
 }
 
@@ -226,40 +202,21 @@ impl BackendConfig {
 pub const DEFAULT_PKCS11_SESSIONS: usize = 4;
 
 impl BackendConfig {
-    /// The service URLs it names, each with its setting and whether plaintext HTTP to a
-    /// host that is not loopback was allowed.
-    pub fn urls(&self) -> Vec<(&'static str, &str, bool)> {
+    /// Checks what its backend can check without connecting.
+    pub fn validate(&self) -> Result<(), String> {
         match self {
-            BackendConfig::Vault {
-                address,
-                allow_plaintext_http,
-                ..
-            } => vec![("address", address.as_str(), *allow_plaintext_http)],
-            BackendConfig::Kms {
-                endpoint,
-                dynamodb_endpoint,
-                allow_plaintext_http,
-                ..
-            } => [
-                ("endpoint", endpoint),
-                ("dynamodb_endpoint", dynamodb_endpoint),
-            ]
-            .into_iter()
-            .filter_map(|(s, url)| Some((s, url.as_deref()?, *allow_plaintext_http)))
-            .collect(),
-            BackendConfig::File { .. }
-            | BackendConfig::Pkcs11 { .. }
-            | BackendConfig::Custom { .. } => Vec::new(),
+            #[cfg(feature = "vault")]
+            BackendConfig::Vault(v) => v.validate().map_err(|e| e.to_string()),
+            #[cfg(feature = "kms")]
+            BackendConfig::Kms(k) => k.validate().map_err(|e| e.to_string()),
+            _ => Ok(()),
         }
     }
 }
 
 impl Default for BackendConfig {
     fn default() -> Self {
-        BackendConfig::File {
-            dir: None,
-            kek_file: None,
-        }
+        BackendConfig::File(FileTable::default())
     }
 }
 
@@ -844,7 +801,7 @@ impl RawKeySet {
             }
         }
         // The backends' own `supports` is checked again when they open (custom backends).
-        if matches!(self.backend, BackendConfig::Kms { .. }) && self.algorithm == Algorithm::EdDSA {
+        if matches!(self.backend, BackendConfig::Kms(_)) && self.algorithm == Algorithm::EdDSA {
             return Err(invalid(format!(
                 "{ctx}: the kms backend cannot sign EdDSA; use ES256, ES384, ES512, RS* or \
                  PS* with kms, or EdDSA with the file or vault backend"
@@ -896,23 +853,6 @@ impl RawKeySet {
         timing
             .check(&schedule)
             .map_err(|e| invalid(format!("{ctx}: {e}")))?;
-        if let BackendConfig::Vault {
-            token_file,
-            approle_role_id,
-            approle_secret_id_file,
-            ..
-        } = &self.backend
-        {
-            match (token_file, approle_role_id, approle_secret_id_file) {
-                (Some(_), None, None) | (None, Some(_), Some(_)) => {}
-                _ => {
-                    return Err(invalid(format!(
-                        "{ctx}: the vault backend needs token_file, or approle_role_id with \
-                         approle_secret_id_file (one of the two, not both)"
-                    )))
-                }
-            }
-        }
         if let BackendConfig::Pkcs11 {
             token_label,
             slot,
@@ -953,21 +893,9 @@ impl RawKeySet {
                 )));
             }
         }
-        for (setting, url, allowed) in self.backend.urls() {
-            keyturn_backend::check_transport(setting, url, allowed)
-                .map_err(|e| invalid(format!("{ctx}: {e}")))?;
-        }
-        if let BackendConfig::Kms {
-            deletion_window_days: Some(d),
-            ..
-        } = &self.backend
-        {
-            if !(7..=30).contains(d) {
-                return Err(invalid(format!(
-                    "{ctx}: deletion_window_days must be 7 to 30 (KMS limits)"
-                )));
-            }
-        }
+        self.backend
+            .validate()
+            .map_err(|e| invalid(format!("{ctx}: {e}")))?;
         let jwks_uri = self.jwks_uri.unwrap_or_else(|| {
             let base = issuer.trim_end_matches('/');
             format!("{base}/keysets/{name}/jwks.json")

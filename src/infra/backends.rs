@@ -1,7 +1,7 @@
 //! The backend factory: one arm per backend. A backend that exists but was not compiled in
 //! gives its own clear error.
 
-use crate::config::{resolve_credential, BackendConfig, Env, ServerConfig};
+use crate::config::{resolve_credential, BackendConfig, Env, FileTable, ServerConfig};
 use crate::infra::metrics::Metrics;
 use async_trait::async_trait;
 use keyturn_backend::{Algorithm, BackendError, KeyBackend, KeyType, PublicKey, StateBlob};
@@ -59,21 +59,15 @@ impl Factory {
             };
             match (built, &wanted) {
                 (a, b) if a == b => return Ok(backend),
-                (
-                    BackendConfig::File {
-                        dir: a,
-                        kek_file: ka,
-                    },
-                    BackendConfig::File {
-                        dir: b,
-                        kek_file: kb,
-                    },
-                ) if a == b && ka != kb => {
+                #[cfg(feature = "file")]
+                (BackendConfig::File(a), BackendConfig::File(b))
+                    if a.dir == b.dir && a.kek_file != b.kek_file =>
+                {
                     return Err(format!(
                         "the key directory {} is used with two kek_file settings; key sets \
                          that share a directory share its backend and its key-encryption \
                          key: give them the same kek_file",
-                        a.as_deref().unwrap_or(Path::new("")).display()
+                        a.dir.as_deref().unwrap_or(Path::new("")).display()
                     ))
                 }
                 (
@@ -103,14 +97,7 @@ impl Factory {
                          (custom backends are registered with app::run_with_backends)"
                     )
                 })?,
-            _ => {
-                for (setting, url, allowed) in config.urls() {
-                    if keyturn_backend::check_transport(setting, url, allowed).unwrap_or(true) {
-                        tracing::warn!(setting, url, "the {} backend is reached over plaintext HTTP (allow_plaintext_http = true): its credentials cross in clear", config.kind());
-                    }
-                }
-                build(config, server).await?
-            }
+            _ => build(config, server).await?,
         };
         let backend: Arc<dyn KeyBackend> = Arc::new(Metered {
             inner: backend,
@@ -123,11 +110,13 @@ impl Factory {
     }
 }
 
+#[cfg(feature = "file")]
 /// The directory a file backend keeps its keys in: `dir`, else `<data_dir>/keys`.
 fn key_dir(dir: Option<&Path>, server: &ServerConfig) -> std::path::PathBuf {
     dir.map_or_else(|| server.data_dir.join("keys"), Path::to_path_buf)
 }
 
+#[cfg(feature = "file")]
 /// The key-encryption key file a file backend uses: `kek_file` (a relative path names a
 /// credential), else the `keyturn-kek` credential if there is one, else `<data_dir>/kek`.
 fn kek_path(kek_file: Option<&Path>, server: &ServerConfig) -> std::path::PathBuf {
@@ -172,10 +161,11 @@ fn pkcs11_state_dir(config: &BackendConfig, server: &ServerConfig) -> Option<std
 fn identity(config: &BackendConfig, server: &ServerConfig) -> BackendConfig {
     let real = |path: std::path::PathBuf| Some(std::fs::canonicalize(&path).unwrap_or(path));
     match config {
-        BackendConfig::File { dir, kek_file } => BackendConfig::File {
-            dir: real(key_dir(dir.as_deref(), server)),
-            kek_file: real(kek_path(kek_file.as_deref(), server)),
-        },
+        #[cfg(feature = "file")]
+        BackendConfig::File(file) => BackendConfig::File(FileTable {
+            dir: real(key_dir(file.dir.as_deref(), server)),
+            kek_file: real(kek_path(file.kek_file.as_deref(), server)),
+        }),
         BackendConfig::Pkcs11 {
             module,
             token_label,
@@ -219,13 +209,13 @@ async fn build(
     };
     match config {
         #[cfg(feature = "file")]
-        BackendConfig::File { dir, kek_file } => {
+        BackendConfig::File(file) => {
             use keyturn_backend_file::{FileBackend, FileBackendConfig, KekSource};
-            let dir = key_dir(dir.as_deref(), server);
-            let path = kek_path(kek_file.as_deref(), server);
+            let dir = key_dir(file.dir.as_deref(), server);
+            let path = kek_path(file.kek_file.as_deref(), server);
             let kek = match &server.credentials_dir {
                 Some(creds) if path.starts_with(creds) => KekSource::Credential(path),
-                _ if kek_file.is_some() => KekSource::Existing(path),
+                _ if file.kek_file.is_some() => KekSource::Existing(path),
                 // <data_dir>/kek, made on the first start.
                 _ => KekSource::File(path),
             };
@@ -234,82 +224,33 @@ async fn build(
             Ok(Arc::new(backend))
         }
         #[cfg(not(feature = "file"))]
-        BackendConfig::File { .. } => Err(not_compiled("file")),
+        BackendConfig::File(_) => Err(not_compiled("file")),
         #[cfg(feature = "vault")]
-        BackendConfig::Vault {
-            address,
-            token_file,
-            approle_role_id,
-            approle_secret_id_file,
-            transit_mount,
-            kv_mount,
-            ca_file,
-            approle_mount,
-            allow_plaintext_http: _,
-        } => {
-            use keyturn_backend_vault::{VaultAuth, VaultBackend, VaultConfig};
-            let auth = match (token_file, approle_role_id, approle_secret_id_file) {
-                (Some(file), _, _) => VaultAuth::Token {
-                    token_file: resolve_credential(file, &env),
-                },
-                (None, Some(role_id), Some(file)) => VaultAuth::AppRole {
-                    role_id: role_id.clone(),
-                    secret_id_file: resolve_credential(file, &env),
-                },
-                _ => return Err("the vault backend needs token_file or AppRole settings".into()),
-            };
-            let mut config = VaultConfig::new(address.clone(), auth);
-            if let Some(m) = transit_mount {
-                config.transit_mount = m.clone();
-            }
-            if let Some(m) = kv_mount {
-                config.kv_mount = m.clone();
-            }
-            if let Some(m) = approle_mount {
-                config.approle_mount = m.clone();
-            }
-            config.ca_file = ca_file.as_ref().map(|f| resolve_credential(f, &env));
+        BackendConfig::Vault(vault) => {
+            // Secret paths may name systemd credentials.
+            let credential =
+                |f: &Option<std::path::PathBuf>| f.as_ref().map(|f| resolve_credential(f, &env));
+            let mut config = vault.clone();
+            config.token_file = credential(&vault.token_file);
+            config.approle_secret_id_file = credential(&vault.approle_secret_id_file);
+            config.ca_file = credential(&vault.ca_file);
             config.credentials_dir.clone_from(&server.credentials_dir);
-            let backend = VaultBackend::connect(&config)
+            let backend = keyturn_backend_vault::VaultBackend::connect(&config)
                 .await
                 .map_err(|e| with_causes(&e))?;
             Ok(Arc::new(backend))
         }
         #[cfg(not(feature = "vault"))]
-        BackendConfig::Vault { .. } => Err(not_compiled("vault")),
+        BackendConfig::Vault(_) => Err(not_compiled("vault")),
         #[cfg(feature = "kms")]
-        BackendConfig::Kms {
-            region,
-            endpoint,
-            state_table,
-            deletion_window_days,
-            dynamodb_endpoint,
-            create_state_table,
-            allow_plaintext_http: _,
-        } => {
-            use keyturn_backend_kms::{KmsBackend, KmsConfig};
-            let mut config = KmsConfig {
-                region: region.clone(),
-                endpoint: endpoint.clone(),
-                dynamodb_endpoint: dynamodb_endpoint.clone(),
-                ..KmsConfig::default()
-            };
-            if let Some(t) = state_table {
-                config.state_table = t.clone();
-            }
-            if let Some(c) = create_state_table {
-                config.create_state_table = *c;
-            }
-            if let Some(d) = deletion_window_days {
-                config.deletion_window_days = *d;
-            }
-            let backend = KmsBackend::connect(&config)
+        BackendConfig::Kms(kms) => {
+            let backend = keyturn_backend_kms::KmsBackend::connect(kms)
                 .await
                 .map_err(|e| with_causes(&e))?;
             Ok(Arc::new(backend))
         }
         #[cfg(not(feature = "kms"))]
-        BackendConfig::Kms { .. } => Err(not_compiled("kms")),
+        BackendConfig::Kms(_) => Err(not_compiled("kms")),
         #[cfg(feature = "pkcs11")]
         BackendConfig::Pkcs11 {
             module,
@@ -521,9 +462,11 @@ mod tests {
         );
         let config = crate::config::Config::parse(&toml, Env::default()).unwrap();
         let mut factory = Factory::new(Vec::new(), Arc::new(Metrics::default()));
-        let file = |dir: Option<std::path::PathBuf>, kek_file: Option<&str>| BackendConfig::File {
-            dir,
-            kek_file: kek_file.map(Into::into),
+        let file = |dir: Option<std::path::PathBuf>, kek_file: Option<&str>| {
+            BackendConfig::File(FileTable {
+                dir,
+                kek_file: kek_file.map(Into::into),
+            })
         };
         let first = factory
             .get(&file(None, None), &config.server)

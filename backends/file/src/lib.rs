@@ -43,7 +43,20 @@ pub enum KekSource {
     Credential(PathBuf),
 }
 
-/// Settings of a file backend.
+/// Settings of a file backend as configured: the `backend = { type = "file", ... }` table
+/// of a key set. The daemon resolves the defaults into a [`FileBackendConfig`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The key directory. Default: `<data_dir>/keys`.
+    pub dir: Option<PathBuf>,
+    /// The key-encryption key file (a relative path names a systemd credential). Default:
+    /// the `keyturn-kek` credential if there is one, else `<data_dir>/kek`, created on the
+    /// first start.
+    pub kek_file: Option<PathBuf>,
+}
+
+/// Settings of a file backend, resolved.
 #[derive(Debug, Clone)]
 pub struct FileBackendConfig {
     /// The key directory.
