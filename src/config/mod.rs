@@ -610,7 +610,48 @@ impl Env {
 
 impl RawConfig {
     fn validate(self, env: Env) -> Result<Config, ConfigError> {
-        let s = self.server;
+        let server = self.server.validate(&env)?;
+        if server.api_listen == Some(server.jwks_listen) && server.jwks_listen.port() != 0 {
+            return Err(invalid(format!(
+                "server.jwks_listen and server.api_listen are both {}: the public and the API \
+                 listener need their own addresses",
+                server.jwks_listen
+            )));
+        }
+        if self.keysets.is_empty() {
+            return Err(invalid("no [[keyset]]: add at least one key set"));
+        }
+        let mut names = HashSet::new();
+        let mut keysets = Vec::new();
+        for raw in self.keysets {
+            if !names.insert(raw.name.clone()) {
+                return Err(invalid(format!("key set {:?} is defined twice", raw.name)));
+            }
+            keysets.push(raw.validate()?);
+        }
+        if let Some((_, ks)) = &server.k8s_signer {
+            check_k8s_keyset(ks, &keysets)?;
+        }
+        let mut clients = Vec::new();
+        let mut client_names = HashSet::new();
+        for raw in self.clients {
+            if !client_names.insert(raw.name.clone()) {
+                return Err(invalid(format!("client {:?} is defined twice", raw.name)));
+            }
+            clients.push(raw.validate(&keysets, &env)?);
+        }
+        check_distinct(&clients)?;
+        Ok(Config {
+            server,
+            keysets,
+            clients,
+        })
+    }
+}
+
+impl RawServer {
+    fn validate(self, env: &Env) -> Result<ServerConfig, ConfigError> {
+        let s = self;
         let data_dir = s
             .data_dir
             .or(env.state_directory.clone())
@@ -629,7 +670,7 @@ impl RawConfig {
                 ))
             }
         };
-        let server = ServerConfig {
+        Ok(ServerConfig {
             jwks_listen: s
                 .jwks_listen
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8390))),
@@ -642,7 +683,7 @@ impl RawConfig {
             data_dir,
             tls: s.tls.map(|t| TlsConfig {
                 cert_file: t.cert_file,
-                key_file: resolve_credential(&t.key_file, &env),
+                key_file: resolve_credential(&t.key_file, env),
                 client_ca_file: t.client_ca_file,
                 credentials_dir: env.credentials_directory.clone(),
             }),
@@ -681,91 +722,67 @@ impl RawConfig {
                 }
                 limits
             },
-        };
-        if server.api_listen == Some(server.jwks_listen) && server.jwks_listen.port() != 0 {
-            return Err(invalid(format!(
-                "server.jwks_listen and server.api_listen are both {}: the public and the API \
-                 listener need their own addresses",
-                server.jwks_listen
-            )));
-        }
-        if self.keysets.is_empty() {
-            return Err(invalid("no [[keyset]]: add at least one key set"));
-        }
-        let mut names = HashSet::new();
-        let mut keysets = Vec::new();
-        for raw in self.keysets {
-            if !names.insert(raw.name.clone()) {
-                return Err(invalid(format!("key set {:?} is defined twice", raw.name)));
-            }
-            keysets.push(raw.validate()?);
-        }
-        if let Some((_, ks)) = &server.k8s_signer {
-            let Some(keyset) = keysets.iter().find(|k| &k.name == ks) else {
-                return Err(invalid(format!(
-                    "server.k8s_signer_keyset {ks:?} is not a [[keyset]]"
-                )));
-            };
-            if !matches!(
-                keyset.algorithm,
-                Algorithm::RS256 | Algorithm::ES256 | Algorithm::ES384 | Algorithm::ES512
-            ) {
-                return Err(invalid(format!(
-                    "key set {ks:?} signs {} but kube-apiserver accepts only RS256, ES256, ES384 \
-                     and ES512 from an external signer; change its algorithm",
-                    keyset.algorithm
-                )));
-            }
-            if keyset.timing.jwks_max_age < 1 {
-                return Err(invalid(format!(
-                    "key set {ks:?} has jwks_max_age 0s, but kube-apiserver refreshes at least \
-                     every second; set jwks_max_age to at least 1s so new keys reach it before they sign"
-                )));
-            }
-            if keyset.timing.max_token_ttl < 600 {
-                return Err(invalid(format!(
-                    "key set {ks:?} has max_token_ttl {}, but kube-apiserver needs an external \
-                     signer to allow at least 10m; raise max_token_ttl",
-                    human(keyset.timing.max_token_ttl)
-                )));
-            }
-        }
-        let mut clients = Vec::new();
-        let mut client_names = HashSet::new();
-        for raw in self.clients {
-            if !client_names.insert(raw.name.clone()) {
-                return Err(invalid(format!("client {:?} is defined twice", raw.name)));
-            }
-            clients.push(raw.validate(&keysets, &env)?);
-        }
-        // A caller is one client: with two that match it, the first would silently win.
-        for (i, client) in clients.iter().enumerate() {
-            let Some(other) = clients[..i].iter().find(|o| o.auth.overlaps(&client.auth)) else {
-                continue;
-            };
-            let how = match &client.auth {
-                ClientAuth::Token(_) => {
-                    "have the same token: give each client its own (`keyturn client-token`)"
-                }
-                ClientAuth::TlsSubject(_) | ClientAuth::TlsSan(_) => {
-                    "accept the same certificate name: give each client its own certificate"
-                }
-                ClientAuth::Unix { .. } => {
-                    "match the same Unix caller (a uid or gid left out matches any): make \
-                     their unix_uid/unix_gid pairs tell every caller apart"
-                }
-            };
-            return Err(invalid(format!(
-                "clients {:?} and {:?} {how}",
-                other.name, client.name
-            )));
-        }
-        Ok(Config {
-            server,
-            keysets,
-            clients,
         })
     }
+}
+
+/// The key set of the Kubernetes signer must be one kube-apiserver can use.
+fn check_k8s_keyset(ks: &str, keysets: &[KeySetConfig]) -> Result<(), ConfigError> {
+    let Some(keyset) = keysets.iter().find(|k| k.name == ks) else {
+        return Err(invalid(format!(
+            "server.k8s_signer_keyset {ks:?} is not a [[keyset]]"
+        )));
+    };
+    if !matches!(
+        keyset.algorithm,
+        Algorithm::RS256 | Algorithm::ES256 | Algorithm::ES384 | Algorithm::ES512
+    ) {
+        return Err(invalid(format!(
+            "key set {ks:?} signs {} but kube-apiserver accepts only RS256, ES256, ES384 \
+                 and ES512 from an external signer; change its algorithm",
+            keyset.algorithm
+        )));
+    }
+    if keyset.timing.jwks_max_age < 1 {
+        return Err(invalid(format!(
+                "key set {ks:?} has jwks_max_age 0s, but kube-apiserver refreshes at least \
+                 every second; set jwks_max_age to at least 1s so new keys reach it before they sign"
+            )));
+    }
+    if keyset.timing.max_token_ttl < 600 {
+        return Err(invalid(format!(
+            "key set {ks:?} has max_token_ttl {}, but kube-apiserver needs an external \
+                 signer to allow at least 10m; raise max_token_ttl",
+            human(keyset.timing.max_token_ttl)
+        )));
+    }
+    Ok(())
+}
+
+/// A caller is one client: with two that match it, the first would silently win.
+fn check_distinct(clients: &[ClientConfig]) -> Result<(), ConfigError> {
+    for (i, client) in clients.iter().enumerate() {
+        let Some(other) = clients[..i].iter().find(|o| o.auth.overlaps(&client.auth)) else {
+            continue;
+        };
+        let how = match &client.auth {
+            ClientAuth::Token(_) => {
+                "have the same token: give each client its own (`keyturn client-token`)"
+            }
+            ClientAuth::TlsSubject(_) | ClientAuth::TlsSan(_) => {
+                "accept the same certificate name: give each client its own certificate"
+            }
+            ClientAuth::Unix { .. } => {
+                "match the same Unix caller (a uid or gid left out matches any): make \
+                 their unix_uid/unix_gid pairs tell every caller apart"
+            }
+        };
+        return Err(invalid(format!(
+            "clients {:?} and {:?} {how}",
+            other.name, client.name
+        )));
+    }
+    Ok(())
 }
 
 impl RawKeySet {

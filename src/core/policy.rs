@@ -301,21 +301,55 @@ pub fn prepare<'a>(
     jti: String,
 ) -> Result<Prepared<'a>, Refusal> {
     let claims = claim_list(req.claims)?;
-    let get = |name: &str| {
-        claims
-            .binary_search_by(|(k, _)| k.as_ref().cmp(name))
-            .ok()
-            .map(|i| claims[i].1)
-    };
+    check_fixed(&claims, keyset)?;
+    let sub = subject(&claims, client)?;
+    let aud = audiences(&claims, client)?;
+    check_extra(&claims, client)?;
+    let typ = typ(req, client)?;
+    let exp = now.saturating_add(ttl(req, client, keyset)?);
+    // One buffer for both JSON documents, then one string for their base64url.
+    let mut json = Vec::with_capacity(256);
+    write_header(&mut json, keyset.algorithm.as_str(), kid, typ);
+    let header_len = json.len();
+    write_claims(&mut json, &claims, &keyset.issuer, now, exp, &jti);
+    let (header, body) = json.split_at(header_len);
+    // Room for the signature too: `compact` appends it (RSA-4096: 683 characters).
+    let mut signing_input = String::with_capacity((json.len() + 2) * 4 / 3 + 4 + 1 + 683);
+    B64.encode_string(header, &mut signing_input);
+    signing_input.push('.');
+    B64.encode_string(body, &mut signing_input);
+    Ok(Prepared {
+        signing_input,
+        jti,
+        exp,
+        sub,
+        aud,
+    })
+}
+
+/// The caller's claims, by name (sorted, as [`claim_list`] returns them).
+type Claims<'a> = [(Cow<'a, str>, &'a RawValue)];
+
+/// The value of claim `name`, if the caller set it.
+fn claim<'a>(claims: &Claims<'a>, name: &str) -> Option<&'a RawValue> {
+    claims
+        .binary_search_by(|(k, _)| k.as_ref().cmp(name))
+        .ok()
+        .map(|i| claims[i].1)
+}
+
+/// The claims keyturn sets itself: none of the reserved ones, and `iss` only as the key
+/// set's issuer.
+fn check_fixed(claims: &Claims<'_>, keyset: &KeySetConfig) -> Result<(), Refusal> {
     for reserved in RESERVED_CLAIMS {
-        if get(reserved).is_some() {
+        if claim(claims, reserved).is_some() {
             return Err(unprocessable(
                 "reserved_claim",
                 format!("remove \"{reserved}\": keyturn sets iat, nbf, exp and jti itself (use \"ttl\" for the lifetime)"),
             ));
         }
     }
-    if let Some(iss) = get("iss") {
+    if let Some(iss) = claim(claims, "iss") {
         if string(iss).as_deref() != Some(keyset.issuer.as_str()) {
             return Err(Refusal::forbidden(
                 "issuer_fixed",
@@ -326,9 +360,15 @@ pub fn prepare<'a>(
             ));
         }
     }
+    Ok(())
+}
 
-    // sub
-    let sub = match get("sub").map(|v| string(v).ok_or(v)) {
+/// `sub`, as the client's `subject_pattern` allows it (none: no `sub` at all).
+fn subject<'a>(
+    claims: &Claims<'a>,
+    client: &ClientConfig,
+) -> Result<Option<Cow<'a, str>>, Refusal> {
+    let sub = match claim(claims, "sub").map(|v| string(v).ok_or(v)) {
         None => None,
         Some(Ok(s)) if s.len() <= MAX_STRING && !s.is_empty() => Some(s),
         Some(Ok(_)) => {
@@ -368,9 +408,15 @@ pub fn prepare<'a>(
             ))
         }
     }
+    Ok(sub)
+}
 
-    // aud
-    let aud = match get("aud") {
+/// `aud`: each value among the client's `audiences`, and one required if it has any.
+fn audiences<'a>(
+    claims: &Claims<'a>,
+    client: &ClientConfig,
+) -> Result<Option<Audience<'a>>, Refusal> {
+    let aud = match claim(claims, "aud") {
         None => None,
         Some(value) => Some(audience(value)?),
     };
@@ -400,9 +446,12 @@ pub fn prepare<'a>(
             format!("set \"aud\" to one of {:?}", client.audiences),
         ));
     }
+    Ok(aud)
+}
 
-    // extra claims
-    for (name, _) in &claims {
+/// Claims beyond `iss`, `sub` and `aud`: none forbidden, each allowed (deny by default).
+fn check_extra(claims: &Claims<'_>, client: &ClientConfig) -> Result<(), Refusal> {
+    for (name, _) in claims {
         if matches!(name.as_ref(), "iss" | "sub" | "aud") {
             continue;
         }
@@ -431,8 +480,11 @@ pub fn prepare<'a>(
             ));
         }
     }
+    Ok(())
+}
 
-    // typ
+/// The header's `typ`: `JWT` unless the client's `allowed_typ` allows another.
+fn typ<'r>(req: &'r SignRequest<'_>, client: &ClientConfig) -> Result<&'r str, Refusal> {
     let typ = req.typ.as_ref().map_or("JWT", |t| &*t.0);
     if typ.is_empty() || typ.len() > 64 || !typ.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(unprocessable(
@@ -459,13 +511,20 @@ pub fn prepare<'a>(
             ),
         ));
     }
+    Ok(typ)
+}
 
-    // ttl: never above the client's or the key set's limit; the key set's retention
-    // (derived from max_token_ttl) keeps the key published for all of it.
+/// The token's lifetime: never above the client's or the key set's limit; the key set's
+/// retention (derived from max_token_ttl) keeps the key published for all of it.
+fn ttl(
+    req: &SignRequest<'_>,
+    client: &ClientConfig,
+    keyset: &KeySetConfig,
+) -> Result<i64, Refusal> {
     let limit = client.max_ttl.map_or(keyset.timing.max_token_ttl, |c| {
         c.min(keyset.timing.max_token_ttl)
     });
-    let ttl = match &req.ttl {
+    Ok(match &req.ttl {
         None => limit,
         Some(Text(text)) => {
             let d: Duration = humantime::parse_duration(text).map_err(|_| {
@@ -489,26 +548,6 @@ pub fn prepare<'a>(
             }
             secs
         }
-    };
-    let exp = now.saturating_add(ttl);
-
-    // One buffer for both JSON documents, then one string for their base64url.
-    let mut json = Vec::with_capacity(256);
-    write_header(&mut json, keyset.algorithm.as_str(), kid, typ);
-    let header_len = json.len();
-    write_claims(&mut json, &claims, &keyset.issuer, now, exp, &jti);
-    let (header, body) = json.split_at(header_len);
-    // Room for the signature too: `compact` appends it (RSA-4096: 683 characters).
-    let mut signing_input = String::with_capacity((json.len() + 2) * 4 / 3 + 4 + 1 + 683);
-    B64.encode_string(header, &mut signing_input);
-    signing_input.push('.');
-    B64.encode_string(body, &mut signing_input);
-    Ok(Prepared {
-        signing_input,
-        jti,
-        exp,
-        sub,
-        aud,
     })
 }
 

@@ -29,6 +29,8 @@ pub struct Bound {
     pub jwks: SocketAddr,
     /// API listener (TCP).
     pub api: Option<SocketAddr>,
+    /// Metrics listener.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Opens every key set and brings it in order (bootstrap included), retrying a backend
@@ -291,6 +293,61 @@ pub async fn run_with_backends(
     });
 
     let mut tasks = JoinSet::new();
+    let bound = serve_listeners(&config, &state, &shutdown, &mut tasks).await?;
+    let keyset_shutdown = shutdown.child_token();
+    let mut maintenance = JoinSet::new();
+    for keyset in state.keysets.load().iter() {
+        maintenance.spawn(keyset.clone().run(
+            clock.clone(),
+            lifecycle_to(audit.clone()),
+            keyset_shutdown.clone(),
+        ));
+    }
+
+    log_ready(&config, &bound);
+    crate::infra::notify::ready();
+    let watchdog = crate::infra::notify::spawn_watchdog(shutdown.clone());
+
+    let mut current = config;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = signals.reload() => {
+                crate::infra::notify::reloading();
+                match reload(&state, &mut current, config_path.as_deref(), &mut factory, &clock, &audit, &keyset_shutdown, &mut maintenance, (&mut recorded, &ledger_path)).await {
+                    Ok(()) => tracing::info!("configuration reloaded"),
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "reload refused; the running configuration stays"),
+                }
+                crate::infra::notify::ready();
+            }
+        }
+    }
+    tracing::info!("stopping: draining in-flight requests");
+    crate::infra::notify::stopping();
+    watchdog.abort();
+    while tasks.join_next().await.is_some() {}
+    while maintenance.join_next().await.is_some() {}
+    // What each key set's state is now, for the next start: a backend restored from a
+    // backup taken before this moment (without the keys published since) is refused then.
+    if let Err(e) = Ledger::under(state.keysets.load().iter(), &current, clock.now())
+        .record(&mut recorded, &ledger_path)
+    {
+        tracing::error!(error = %format!("{e:#}"), "the key sets' state could not be recorded at the stop");
+    }
+    // Every request handler is done.
+    drop(state);
+    close_audit(audit, audit_writer).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Binds every configured listener and spawns its accept loop into `tasks`.
+async fn serve_listeners(
+    config: &Config,
+    state: &Arc<AppState>,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<Bound> {
     let limits = config.server.limits;
     let jwks_listener = TcpListener::bind(config.server.jwks_listen)
         .await
@@ -378,17 +435,16 @@ pub async fn run_with_backends(
         ));
         tracing::info!(socket = %socket, keyset = %keyset, "kubernetes external JWT signer listening");
     }
+    Ok(Bound {
+        jwks: jwks_addr,
+        api: api_addr,
+        metrics: metrics_addr,
+    })
+}
 
-    let keyset_shutdown = shutdown.child_token();
-    let mut maintenance = JoinSet::new();
-    for keyset in state.keysets.load().iter() {
-        maintenance.spawn(keyset.clone().run(
-            clock.clone(),
-            lifecycle_to(audit.clone()),
-            keyset_shutdown.clone(),
-        ));
-    }
-
+/// The line that says where the daemon listens (tests and operators wait for it).
+fn log_ready(config: &Config, bound: &Bound) {
+    let (jwks_addr, api_addr, metrics_addr) = (bound.jwks, bound.api, bound.metrics);
     let scheme = if config.server.tls.is_some() {
         "https"
     } else {
@@ -403,40 +459,6 @@ pub async fn run_with_backends(
         "keyturn ready: JWKS at http://{jwks_addr}/.well-known/jwks.json, signing API at {}",
         api_addr.map(|a| format!("{scheme}://{a}/v1/keysets/{{name}}/sign")).unwrap_or_else(|| "the API socket".into()),
     );
-    crate::infra::notify::ready();
-    let watchdog = crate::infra::notify::spawn_watchdog(shutdown.clone());
-
-    let mut current = config;
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = signals.reload() => {
-                crate::infra::notify::reloading();
-                match reload(&state, &mut current, config_path.as_deref(), &mut factory, &clock, &audit, &keyset_shutdown, &mut maintenance, (&mut recorded, &ledger_path)).await {
-                    Ok(()) => tracing::info!("configuration reloaded"),
-                    Err(e) => tracing::error!(error = %format!("{e:#}"), "reload refused; the running configuration stays"),
-                }
-                crate::infra::notify::ready();
-            }
-        }
-    }
-    tracing::info!("stopping: draining in-flight requests");
-    crate::infra::notify::stopping();
-    watchdog.abort();
-    while tasks.join_next().await.is_some() {}
-    while maintenance.join_next().await.is_some() {}
-    // What each key set's state is now, for the next start: a backend restored from a
-    // backup taken before this moment (without the keys published since) is refused then.
-    if let Err(e) = Ledger::under(state.keysets.load().iter(), &current, clock.now())
-        .record(&mut recorded, &ledger_path)
-    {
-        tracing::error!(error = %format!("{e:#}"), "the key sets' state could not be recorded at the stop");
-    }
-    // Every request handler is done.
-    drop(state);
-    close_audit(audit, audit_writer).await;
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Drops the last audit handle and waits until the writer has put every line on disk.
