@@ -168,8 +168,8 @@ pub enum BackendConfig {
         /// `slot-<slot>`).
         state_dir: Option<PathBuf>,
     },
-    /// A backend compiled into a custom build and registered with
-    /// when the daemon is started with it, under this name (see examples/custom_backend.rs).
+    /// A backend compiled into a custom build and registered under this name when the
+    /// daemon is started with it (see examples/custom_backend.rs).
     Custom {
         /// The registered name.
         name: String,

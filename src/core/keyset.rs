@@ -19,7 +19,7 @@ const MAX_IDLE: i64 = 60;
 
 /// Why a key set does not sign now (each a 503: the same request may do later).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unsigned {
+pub enum CannotSign {
     /// Its active or next key failed the last check: an operator must restore it.
     KeysUnusable,
     /// The shared state could not be read lately.
@@ -33,21 +33,21 @@ pub enum Unsigned {
     NoSigners,
 }
 
-impl Unsigned {
+impl CannotSign {
     /// What to tell the caller.
     pub fn message(self) -> &'static str {
         match self {
-            Unsigned::KeysUnusable => {
+            CannotSign::KeysUnusable => {
                 "the key set's signing key cannot be used; an operator must restore it (see the daemon's log)"
             }
-            Unsigned::OutOfSync => {
+            CannotSign::OutOfSync => {
                 "the key set's shared state could not be read lately; retry shortly"
             }
-            Unsigned::NoActiveKey => "the key set has no active key yet; retry shortly",
-            Unsigned::RetentionUnrecorded => {
+            CannotSign::NoActiveKey => "the key set has no active key yet; retry shortly",
+            CannotSign::RetentionUnrecorded => {
                 "the key set's shared state could not be brought in order for this configuration yet; retry shortly"
             }
-            Unsigned::NoSigners => {
+            CannotSign::NoSigners => {
                 "no client may sign with this key set any more (the configuration changed)"
             }
         }
@@ -233,29 +233,29 @@ impl KeySet {
         &self,
         published: &'a Published,
         now: i64,
-    ) -> Result<&'a PublishedKey, Unsigned> {
+    ) -> Result<&'a PublishedKey, CannotSign> {
         if !self.keys_usable() {
-            return Err(Unsigned::KeysUnusable);
+            return Err(CannotSign::KeysUnusable);
         }
         if !self.in_sync(now) {
-            return Err(Unsigned::OutOfSync);
+            return Err(CannotSign::OutOfSync);
         }
         let signer = published.signer(now).ok_or_else(|| {
             // A withheld record may be the one that would sign: an operator must act.
             if published.doc.withheld().next().is_some() {
-                Unsigned::KeysUnusable
+                CannotSign::KeysUnusable
             } else {
-                Unsigned::NoActiveKey
+                CannotSign::NoActiveKey
             }
         })?;
         // A replica with a shorter max_token_ttl wrote the key and this one has not yet
         // recorded its longer retention (its tick does that first, before signing; the write
         // failed or is under way): its tokens could outlive the key in the JWKS.
         if !signer.retained {
-            return Err(Unsigned::RetentionUnrecorded);
+            return Err(CannotSign::RetentionUnrecorded);
         }
         if self.unsigned_since.load(Ordering::Relaxed) <= now {
-            return Err(Unsigned::NoSigners);
+            return Err(CannotSign::NoSigners);
         }
         Ok(signer)
     }
@@ -415,7 +415,7 @@ impl KeySet {
             return Some("its backend's last answer was an error (see the log)".into());
         }
         match self.signer(&published, now) {
-            Ok(_) | Err(Unsigned::NoSigners) => None,
+            Ok(_) | Err(CannotSign::NoSigners) => None,
             Err(why) => Some(why.message().to_owned()),
         }
     }
@@ -736,7 +736,7 @@ mod tests {
         assert!(keyset.signer(&keyset.published(), t0 + 4).is_ok());
         assert_eq!(
             keyset.signer(&keyset.published(), t0 + 5).err(),
-            Some(Unsigned::NoSigners)
+            Some(CannotSign::NoSigners)
         );
         assert!(keyset.ready(t0 + 5));
         // A client back: it signs again.
@@ -781,7 +781,7 @@ mod tests {
         assert!(keyset.in_sync(t0 + 10), "the read was recent");
         assert_eq!(
             keyset.signer(&keyset.published(), t0 + 10).err(),
-            Some(Unsigned::RetentionUnrecorded)
+            Some(CannotSign::RetentionUnrecorded)
         );
         assert!(!keyset.ready(t0 + 10));
         backend.fail_writes.store(false, Ordering::Relaxed);

@@ -192,7 +192,7 @@ struct Chain {
 }
 
 /// What the handles, the signing tasks and the audit thread share.
-struct Shared {
+struct LogState {
     queue: Mutex<Queue>,
     chain: Mutex<Chain>,
     /// Wakes the idle audit thread.
@@ -221,9 +221,9 @@ struct Shared {
 /// Most bytes of lines queued (about 16k lines); beyond it records wait.
 const MAX_QUEUED: usize = 4 << 20;
 
-impl Shared {
-    fn new(chain: Chain, last_ts: Option<i64>, opened_lines: u64, shown: String) -> Shared {
-        Shared {
+impl LogState {
+    fn new(chain: Chain, last_ts: Option<i64>, opened_lines: u64, shown: String) -> LogState {
+        LogState {
             queue: Mutex::new(Queue {
                 lines: Vec::with_capacity(64 * 1024),
                 closed: false,
@@ -398,7 +398,7 @@ impl Shared {
 
 /// Marks the log unhealthy and closed when the audit thread ends, however it ends: records
 /// are then refused at once instead of piling up (or waiting) with nobody to write them.
-struct ThreadStopped<'a>(&'a Shared);
+struct ThreadStopped<'a>(&'a LogState);
 
 impl Drop for ThreadStopped<'_> {
     fn drop(&mut self) {
@@ -409,7 +409,7 @@ impl Drop for ThreadStopped<'_> {
 }
 
 /// Closes the queue when the last [`Audit`] handle goes, so the audit thread finishes.
-struct Handles(Arc<Shared>);
+struct Handles(Arc<LogState>);
 
 impl Drop for Handles {
     fn drop(&mut self) {
@@ -490,7 +490,7 @@ impl Audit {
             pending_through: 0,
             taken: Vec::with_capacity(64 * 1024),
         };
-        let shared = Arc::new(Shared::new(
+        let shared = Arc::new(LogState::new(
             chain,
             last_ts,
             opened.count,
@@ -517,7 +517,7 @@ impl Audit {
         ))
     }
 
-    fn shared(&self) -> Option<&Shared> {
+    fn shared(&self) -> Option<&LogState> {
         self.0.as_deref().map(|handles| &*handles.0)
     }
 
@@ -708,7 +708,7 @@ fn log_head(shown: &str, head: &Head) {
 /// (lifecycle events, and those of requests cancelled before their write), retries
 /// every [`RETRY`] while the disk refuses writes (read-only, full), logs the chain head of
 /// the synced lines as `heads` says, and at the stop writes and syncs what is left.
-fn audit_thread(shared: &Shared, sync: &File, heads: &mut HeadLog) {
+fn audit_thread(shared: &LogState, sync: &File, heads: &mut HeadLog) {
     let mut synced_at = Instant::now();
     // The last write attempt: retries while the disk refuses writes count from it, so
     // that an early wake (a lifecycle event) does not put them off.
@@ -765,7 +765,7 @@ fn audit_thread(shared: &Shared, sync: &File, heads: &mut HeadLog) {
             queue.closed
         };
         tried_at = Instant::now();
-        let (mut outcome, head) = shared.write_then(shared.chain(), Shared::head);
+        let (mut outcome, head) = shared.write_then(shared.chain(), LogState::head);
         if outcome.is_ok()
             && (closed || synced_at.elapsed() >= SYNC_EVERY)
             && shared.dirty.swap(false, Ordering::AcqRel)
@@ -1160,7 +1160,7 @@ mod tests {
     }
 
     /// A log on `file` with no audit thread: the test drives it.
-    fn shared_on(file: File) -> Arc<Shared> {
+    fn shared_on(file: File) -> Arc<LogState> {
         let chain = Chain {
             file,
             prev: GENESIS.to_owned(),
@@ -1169,7 +1169,7 @@ mod tests {
             pending_through: 0,
             taken: Vec::new(),
         };
-        Arc::new(Shared::new(chain, None, 0, "test".into()))
+        Arc::new(LogState::new(chain, None, 0, "test".into()))
     }
 
     /// A record finding the queue full writes it out, or waits while another task writes

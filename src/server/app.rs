@@ -8,7 +8,7 @@ use crate::infra::audit::{Audit, AuditWriter};
 use crate::infra::backends::Factory;
 use crate::infra::ledger::{Identity, Ledger};
 use crate::infra::metrics::Metrics;
-use crate::server::http::public::{Documents, Serves};
+use crate::server::http::public::{PublicService, Serves};
 use crate::server::http::serve::{serve_tcp, serve_unix};
 pub use crate::server::state::{AppState, KeySets};
 use anyhow::{bail, Context};
@@ -360,7 +360,7 @@ async fn serve_listeners(
     tasks.spawn(serve_tcp(
         jwks_listener,
         None,
-        Documents(state.clone(), public),
+        PublicService(state.clone(), public),
         limits,
         shutdown.clone(),
         "jwks",
@@ -374,7 +374,7 @@ async fn serve_listeners(
         tasks.spawn(serve_tcp(
             listener,
             None,
-            Documents(state.clone(), Serves::Metrics),
+            PublicService(state.clone(), Serves::Metrics),
             limits,
             shutdown.clone(),
             "metrics",

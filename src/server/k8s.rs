@@ -217,11 +217,10 @@ pub fn check_claims(
     })
 }
 
-/// The signing key was revoked while it signed: no token may leave.
 /// Why a signing transaction gave no token, as gRPC tells kube-apiserver.
 fn status(e: SignError) -> Status {
     match e {
-        SignError::Unsigned(why) => Status::unavailable(why.message()),
+        SignError::CannotSign(why) => Status::unavailable(why.message()),
         SignError::BackendDown => {
             Status::unavailable("the key backend is unreachable; retry shortly")
         }

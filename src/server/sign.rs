@@ -12,7 +12,7 @@
 //! The adapters (the API's handlers, the Kubernetes signer) only translate requests,
 //! responses and [`SignError`]s.
 
-use crate::core::keyset::{KeySet, Unsigned};
+use crate::core::keyset::{CannotSign, KeySet};
 use crate::core::policy::Audience;
 use crate::core::published::{Published, PublishedKey};
 use crate::infra::audit::{Line, Record};
@@ -24,7 +24,7 @@ use std::time::Instant;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignError {
     /// The key set does not sign now.
-    Unsigned(Unsigned),
+    CannotSign(CannotSign),
     /// The backend is unreachable (it may answer later).
     BackendDown,
     /// The backend refused to sign (logged; an operator must look).
@@ -50,14 +50,14 @@ impl<'a> Transaction<'a> {
         let published = keyset.published();
         let kid = keyset
             .signer(&published, now)
-            .map_err(SignError::Unsigned)?
+            .map_err(SignError::CannotSign)?
             .kid
             .as_str();
         let signer = published
             .keys
             .iter()
             .position(|k| k.kid == kid)
-            .ok_or(SignError::Unsigned(Unsigned::NoActiveKey))?;
+            .ok_or(SignError::CannotSign(CannotSign::NoActiveKey))?;
         Ok(Transaction {
             state,
             keyset,

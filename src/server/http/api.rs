@@ -422,12 +422,12 @@ struct BatchRequest<'a> {
 /// and for each its index in the batch and where its JSON ends: one buffer per task, freed
 /// by the connection's task, instead of three strings per item.
 #[derive(Default)]
-struct Written {
+struct BatchResults {
     json: Vec<u8>,
     ends: Vec<(usize, usize)>,
 }
 
-impl Written {
+impl BatchResults {
     /// Appends item `index`'s result; `Err` for an error that fails the whole batch (503).
     fn push(&mut self, index: usize, result: Result<Signed<'_>, ApiError>) -> Result<(), ApiError> {
         match result {
@@ -466,7 +466,7 @@ fn write_refused(out: &mut Vec<u8>, e: &ApiError) {
 /// `{"results": [...]}`: each item's result from the task that wrote it, in item order.
 /// `None` if an item has no result (a task failed to return one): the results would no
 /// longer line up with the items, so no token may leave.
-fn batch_response(n: usize, written: &[Written]) -> Option<Response> {
+fn batch_response(n: usize, written: &[BatchResults]) -> Option<Response> {
     let mut slots: Vec<Option<&[u8]>> = vec![None; n];
     for w in written {
         let mut start = 0;
@@ -524,9 +524,9 @@ async fn sign_items(
     client: &ClientConfig,
     keyset: &KeySet,
     items: &BatchItems,
-) -> Result<Written, ApiError> {
+) -> Result<BatchResults, ApiError> {
     use std::sync::atomic::Ordering;
-    let mut out = Written::default();
+    let mut out = BatchResults::default();
     let mut slice = Instant::now();
     loop {
         let first = items.next.fetch_add(items.chunk, Ordering::Relaxed);
@@ -1137,8 +1137,8 @@ mod tests {
     /// its error; a 503 fails the batch; an item left without a result lets no token out.
     #[tokio::test]
     async fn batch_response_keeps_order_and_errors() {
-        let mut a = Written::default();
-        let mut b = Written::default();
+        let mut a = BatchResults::default();
+        let mut b = BatchResults::default();
         b.push(1, Err(ApiError::forbidden("claim_not_allowed", "no \"x\"")))
             .unwrap();
         a.push(0, Ok(signed("t.1.s", "k", "j1"))).unwrap();

@@ -110,22 +110,22 @@ impl From<crate::core::policy::Refusal> for ApiError {
 /// Why a signing transaction gave no token, at the HTTP edge.
 impl From<crate::server::sign::SignError> for ApiError {
     fn from(e: crate::server::sign::SignError) -> Self {
-        use crate::core::keyset::Unsigned;
+        use crate::core::keyset::CannotSign;
         use crate::server::sign::SignError;
         match e {
-            SignError::Unsigned(why @ Unsigned::KeysUnusable) => ApiError::new(
+            SignError::CannotSign(why @ CannotSign::KeysUnusable) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "key_unavailable",
                 why.message(),
             ),
             // The key set may have moved on without this replica knowing.
-            SignError::Unsigned(why @ (Unsigned::OutOfSync | Unsigned::RetentionUnrecorded)) => {
-                ApiError::retry_after(1, "backend_unavailable", why.message())
-            }
-            SignError::Unsigned(why @ Unsigned::NoActiveKey) => {
+            SignError::CannotSign(
+                why @ (CannotSign::OutOfSync | CannotSign::RetentionUnrecorded),
+            ) => ApiError::retry_after(1, "backend_unavailable", why.message()),
+            SignError::CannotSign(why @ CannotSign::NoActiveKey) => {
                 ApiError::retry_after(1, "no_active_key", why.message())
             }
-            SignError::Unsigned(why @ Unsigned::NoSigners) => {
+            SignError::CannotSign(why @ CannotSign::NoSigners) => {
                 ApiError::forbidden("keyset_not_allowed", why.message())
             }
             SignError::BackendDown => ApiError::unavailable(5),

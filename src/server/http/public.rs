@@ -35,7 +35,7 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// The public listener's service; one per connection, all sharing the state.
 #[derive(Clone)]
-pub struct Documents(pub Arc<AppState>, pub Serves);
+pub struct PublicService(pub Arc<AppState>, pub Serves);
 
 /// Which of the public paths a listener answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +58,7 @@ impl Serves {
     }
 }
 
-impl<B> hyper::service::Service<Request<B>> for Documents {
+impl<B> hyper::service::Service<Request<B>> for PublicService {
     type Response = Response;
     type Error = Infallible;
     type Future = Ready<Result<Response, Infallible>>;

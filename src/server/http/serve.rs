@@ -241,7 +241,7 @@ where
 }
 
 /// The public documents need no caller identity.
-impl PerConnection for super::public::Documents {
+impl PerConnection for super::public::PublicService {
     type Body = http_body_util::Full<bytes::Bytes>;
     type Service = Self;
     fn service(&self, _: Peer) -> Self {
@@ -249,7 +249,9 @@ impl PerConnection for super::public::Documents {
     }
 }
 
-struct Shared<A> {
+/// What every connection of one listener shares: the service, the HTTP builder, the graceful
+/// shutdown watcher and the connection permits.
+struct PerListener<A> {
     app: A,
     builder: Builder<TokioExecutor>,
     graceful: GracefulShutdown,
@@ -261,7 +263,7 @@ struct Shared<A> {
     conns: JoinSet<()>,
 }
 
-impl<A: PerConnection> Shared<A> {
+impl<A: PerConnection> PerListener<A> {
     fn new(app: A, limits: &Limits) -> Self {
         let mut builder = Builder::new(TokioExecutor::new());
         builder
@@ -277,7 +279,7 @@ impl<A: PerConnection> Shared<A> {
             .timer(TokioTimer::new())
             .max_header_list_size(64 * 1024)
             .max_concurrent_streams(256);
-        Shared {
+        PerListener {
             app,
             builder,
             graceful: GracefulShutdown::new(),
@@ -361,7 +363,7 @@ pub async fn serve_tcp(
     shutdown: CancellationToken,
     name: &'static str,
 ) {
-    let mut shared = Shared::new(app, &limits);
+    let mut shared = PerListener::new(app, &limits);
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -434,7 +436,7 @@ pub async fn serve_unix(
     shutdown: CancellationToken,
     name: &'static str,
 ) {
-    let mut shared = Shared::new(app, &limits);
+    let mut shared = PerListener::new(app, &limits);
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
