@@ -371,6 +371,35 @@ pub async fn run_with_backends(
         ));
     }
 
+    let mut console_addr = None;
+    if let Some(addr) = config.server.console_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind console_listen {addr}"))?;
+        console_addr = Some(listener.local_addr()?);
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "console_listen is reachable from other hosts: it shows the key sets' state to \
+                 anyone who connects; put it behind a proxy that authenticates, or on loopback"
+            );
+        }
+        let rates = Arc::new(crate::console::Rates::default());
+        tasks.spawn(crate::console::sample_rates(
+            state.clone(),
+            rates.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(serve_tcp(
+            listener,
+            None,
+            crate::console::Console::new(state.clone(), rates),
+            limits,
+            shutdown.clone(),
+            "console",
+        ));
+    }
+
     // One for every API listener: request ids are unique across them.
     let api = crate::http::serve::traced(crate::http::api::router(state.clone()));
     let mut api_addr = None;
@@ -446,6 +475,7 @@ pub async fn run_with_backends(
         api = %api_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
         api_socket = %config.server.api_socket.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "-".into()),
         metrics = %metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+        console = %console_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
         data_dir = %config.server.data_dir.display(),
         "keyturn ready: JWKS at http://{jwks_addr}/.well-known/jwks.json, signing API at {}",
         api_addr.map(|a| format!("{scheme}://{a}/v1/keysets/{{name}}/sign")).unwrap_or_else(|| "the API socket".into()),

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod fuzzing;
 pub mod hardening;
 pub mod http;
@@ -32,6 +33,7 @@ pub mod secret;
 pub mod signals;
 #[cfg(test)]
 mod testing;
+pub mod timeline;
 pub mod timing;
 pub mod tls;
 pub mod verify;

@@ -179,6 +179,18 @@ impl Metrics {
         });
     }
 
+    /// Signatures made so far (`keyturn_signatures_total{outcome="ok"}`), per key set.
+    pub fn signatures_by_keyset(&self) -> Vec<(Box<str>, u64)> {
+        let mut totals: Vec<(Box<str>, u64)> = Vec::new();
+        for s in self.hot.load().iter().filter(|s| s.ok) {
+            match totals.iter_mut().find(|(k, _)| *k == s.keyset) {
+                Some((_, n)) => *n += s.count.get(),
+                None => totals.push((s.keyset.clone(), s.count.get())),
+            }
+        }
+        totals
+    }
+
     /// The text exposition, with per-key-set gauges as of now.
     pub fn render(&self, state: &AppState) -> String {
         let now = state.clock.now();
