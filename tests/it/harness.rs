@@ -104,10 +104,12 @@ impl Daemon {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                // Kept before the ready line is handed over: a test that reads the log
+                // once the daemon is ready finds that line in it.
+                sink.lock().unwrap().push(line.clone());
                 if line.contains("keyturn ready") {
-                    let _ = tx.send(line.clone());
+                    let _ = tx.send(line);
                 }
-                sink.lock().unwrap().push(line);
             }
         });
         let Ok(ready) = rx.recv_timeout(Duration::from_secs(60)) else {

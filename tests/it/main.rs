@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod api;
+mod browser;
 mod cli;
+mod console;
 mod crash;
 mod faults;
 mod fuzz_corpus;
