@@ -61,6 +61,8 @@ fn config(alg: &str, rsa_bits: Option<u32>) -> Config {
             token_sha256 = "{hash}"
             keysets = ["bench"]
             audiences = ["orders-api"]
+            subject_pattern = "user:*"
+            allowed_claims = ["scope"]
             "#,
             hash = "00".repeat(32)
         ),

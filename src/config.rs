@@ -171,6 +171,22 @@ pub enum BackendConfig {
         #[serde(default)]
         allow_plaintext_http: bool,
     },
+    /// Keys in a PKCS#11 token (an HSM); lifecycle state in a local directory.
+    Pkcs11 {
+        /// The PKCS#11 module: the vendor's shared library.
+        module: PathBuf,
+        /// The token's label (or `slot`).
+        token_label: Option<String>,
+        /// The token's slot id (or `token_label`).
+        slot: Option<u64>,
+        /// File holding the user PIN (0600, or a systemd credential).
+        pin_file: PathBuf,
+        /// The most sessions open at once; default 4.
+        max_sessions: Option<usize>,
+        /// Lifecycle state directory; default `<data_dir>/pkcs11/<token_label>` (or
+        /// `slot-<slot>`).
+        state_dir: Option<PathBuf>,
+    },
     /// A backend compiled into a custom build and registered with
     /// [`crate::app::run_with_backends`] under this name (see examples/custom_backend.rs).
     Custom {
@@ -180,16 +196,32 @@ pub enum BackendConfig {
 }
 
 impl BackendConfig {
-    /// "file", "vault", "kms" or "custom".
+    /// "file", "vault", "kms", "pkcs11" or "custom".
     pub fn kind(&self) -> &'static str {
         match self {
             BackendConfig::File { .. } => "file",
             BackendConfig::Vault { .. } => "vault",
             BackendConfig::Kms { .. } => "kms",
+            BackendConfig::Pkcs11 { .. } => "pkcs11",
             BackendConfig::Custom { .. } => "custom",
         }
     }
+
+    /// Whether replicas may share the key sets on this backend (their state lives in it),
+    /// so that each learns of the others' writes by polling. The file and pkcs11 backends
+    /// keep their state on the host.
+    pub fn shared(&self) -> bool {
+        !matches!(
+            self,
+            BackendConfig::File { .. } | BackendConfig::Pkcs11 { .. }
+        )
+    }
 }
+
+/// Sessions a pkcs11 backend opens at most, unless `max_sessions` says otherwise: small
+/// HSMs allow few (a YubiHSM 2 has 16 for all its clients), and a few sessions already
+/// keep a token busy.
+pub const DEFAULT_PKCS11_SESSIONS: usize = 4;
 
 impl BackendConfig {
     /// The service URLs it names, each with its setting and whether plaintext HTTP to a
@@ -213,7 +245,9 @@ impl BackendConfig {
             .into_iter()
             .filter_map(|(s, url)| Some((s, url.as_deref()?, *allow_plaintext_http)))
             .collect(),
-            BackendConfig::File { .. } | BackendConfig::Custom { .. } => Vec::new(),
+            BackendConfig::File { .. }
+            | BackendConfig::Pkcs11 { .. }
+            | BackendConfig::Custom { .. } => Vec::new(),
         }
     }
 }
@@ -236,6 +270,7 @@ struct RawClient {
     unix_uid: Option<u32>,
     unix_gid: Option<u32>,
     tls_subject: Option<String>,
+    tls_san: Option<String>,
     #[serde(default)]
     keysets: Vec<String>,
     #[serde(default)]
@@ -389,8 +424,11 @@ pub enum ClientAuth {
         /// Required gid, if any.
         gid: Option<u32>,
     },
-    /// A TLS client certificate whose subject common name is this.
-    Tls(String),
+    /// A TLS client certificate whose subject's one common name is this.
+    TlsSubject(String),
+    /// A TLS client certificate with this subject alternative name: a URI if it holds a
+    /// `:` (compared exactly), else a DNS name (compared without regard to ASCII case).
+    TlsSan(String),
 }
 
 impl ClientAuth {
@@ -399,7 +437,8 @@ impl ClientAuth {
         let either = |a: Option<u32>, b: Option<u32>| a.is_none() || b.is_none() || a == b;
         match (self, other) {
             (ClientAuth::Token(a), ClientAuth::Token(b)) => a == b,
-            (ClientAuth::Tls(a), ClientAuth::Tls(b)) => a == b,
+            (ClientAuth::TlsSubject(a), ClientAuth::TlsSubject(b)) => a == b,
+            (ClientAuth::TlsSan(a), ClientAuth::TlsSan(b)) => a.eq_ignore_ascii_case(b),
             (ClientAuth::Unix { uid: u1, gid: g1 }, ClientAuth::Unix { uid: u2, gid: g2 }) => {
                 either(*u1, *u2) && either(*g1, *g2)
             }
@@ -415,22 +454,58 @@ pub struct ClientConfig {
     pub name: String,
     /// How it proves who it is.
     pub auth: ClientAuth,
-    /// Key sets it may sign with (empty: none).
+    /// Key sets it may sign with and, if an admin, administer (empty: none; `[ALL]`: all).
     pub keysets: Vec<String>,
     /// Allowed `aud` values (empty: tokens without `aud` only).
     pub audiences: Vec<String>,
-    /// A glob (`*` matches any run of characters) that `sub` must match, if set.
+    /// A glob (`*` matches any run of characters) that `sub` must match; unset, the client
+    /// may not set `sub`. Any pattern but [`ALL`] makes `sub` required; [`ALL`] allows any
+    /// `sub` or none.
     pub subject_pattern: Option<String>,
     /// Longest TTL, seconds (never above the key set's `max_token_ttl`).
     pub max_ttl: Option<i64>,
-    /// Extra claims it may set (empty: any not forbidden).
+    /// Claims beyond `sub` and `aud` it may set (empty: none; `[ALL]`: any not forbidden).
     pub allowed_claims: Vec<String>,
     /// Extra claims it may never set.
     pub forbidden_claims: Vec<String>,
     /// Allowed `typ` header values (empty: `JWT` only).
     pub allowed_typ: Vec<String>,
-    /// May rotate and revoke.
+    /// May list, read, rotate and revoke its key sets.
     pub admin: bool,
+}
+
+/// Fewest characters in a client's `token_file`: 128 random bits written as hex. A length
+/// (whatever the alphabet), not a measure of randomness, so that the rule is easy to state
+/// and to meet; `keyturn client-token` makes 46 characters (256 bits).
+const MIN_TOKEN_CHARS: usize = 32;
+
+/// In `keysets`, `subject_pattern` and `allowed_claims`: every value. Nothing is allowed
+/// by default; this is the explicit allow-all.
+pub const ALL: &str = "*";
+
+impl ClientConfig {
+    /// Whether it may use key set `name`: sign with it and, if an admin, administer it.
+    pub fn may_use(&self, name: &str) -> bool {
+        self.keysets.iter().any(|k| k == ALL || k == name)
+    }
+
+    /// Whether it may set any claim not forbidden (`allowed_claims = ["*"]`).
+    pub fn any_claim(&self) -> bool {
+        matches!(self.allowed_claims.as_slice(), [all] if all == ALL)
+    }
+
+    /// Its explicit allow-alls, as the lines of its `[[client]]` entry that set them, for
+    /// `check-config` to warn about.
+    pub fn allow_alls(&self) -> Vec<&'static str> {
+        let mut lines = Vec::new();
+        if self.subject_pattern.as_deref() == Some(ALL) {
+            lines.push("subject_pattern = \"*\" (any sub)");
+        }
+        if self.any_claim() {
+            lines.push("allowed_claims = [\"*\"] (any claim not forbidden)");
+        }
+        lines
+    }
 }
 
 /// Rounds a duration up to whole seconds.
@@ -703,8 +778,8 @@ impl RawConfig {
                 ClientAuth::Token(_) => {
                     "have the same token: give each client its own (`keyturn client-token`)"
                 }
-                ClientAuth::Tls(_) => {
-                    "accept the same certificate subject: give each client its own certificate"
+                ClientAuth::TlsSubject(_) | ClientAuth::TlsSan(_) => {
+                    "accept the same certificate name: give each client its own certificate"
                 }
                 ClientAuth::Unix { .. } => {
                     "match the same Unix caller (a uid or gid left out matches any): make \
@@ -799,7 +874,7 @@ impl RawKeySet {
         };
         // Replicas sharing a Vault or KMS backend learn of each other's writes by polling;
         // the poll interval is added to the publish lead and the retention.
-        let shared = !matches!(self.backend, BackendConfig::File { .. });
+        let shared = self.backend.shared();
         let timing = Timing::new(
             secs(self.max_token_ttl),
             secs(self.jwks_max_age),
@@ -824,6 +899,46 @@ impl RawKeySet {
                          approle_secret_id_file (one of the two, not both)"
                     )))
                 }
+            }
+        }
+        if let BackendConfig::Pkcs11 {
+            token_label,
+            slot,
+            max_sessions,
+            state_dir,
+            ..
+        } = &self.backend
+        {
+            match (token_label, slot) {
+                (Some(label), None) => {
+                    // PKCS#11 labels are at most 32 bytes.
+                    if label.is_empty() || label.len() > 32 {
+                        return Err(invalid(format!(
+                            "{ctx}: token_label must be 1 to 32 bytes, as PKCS#11 labels are"
+                        )));
+                    }
+                    let plain = label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+                        && !label.starts_with('.');
+                    if state_dir.is_none() && !plain {
+                        return Err(invalid(format!(
+                            "{ctx}: token_label {label:?} cannot name the default state \
+                             directory; set state_dir (e.g. \"/var/lib/keyturn/pkcs11\")"
+                        )));
+                    }
+                }
+                (None, Some(_)) => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "{ctx}: the pkcs11 backend needs token_label or slot (one of the two)"
+                    )))
+                }
+            }
+            if matches!(max_sessions, Some(n) if !(1..=1024).contains(n)) {
+                return Err(invalid(format!(
+                    "{ctx}: max_sessions must be 1 to 1024 (default {DEFAULT_PKCS11_SESSIONS})"
+                )));
             }
         }
         for (setting, url, allowed) in self.backend.urls() {
@@ -874,10 +989,12 @@ impl RawClient {
             self.token_sha256.is_some(),
             unix,
             self.tls_subject.is_some(),
+            self.tls_san.is_some(),
         ];
         if sources.iter().filter(|s| **s).count() != 1 {
             return Err(invalid(format!(
-                "{ctx}: set exactly one of token_file, token_sha256, unix_uid/unix_gid, tls_subject"
+                "{ctx}: set exactly one of token_file, token_sha256, unix_uid/unix_gid, \
+                 tls_subject, tls_san"
             )));
         }
         let auth = if let Some(file) = self.token_file {
@@ -885,13 +1002,23 @@ impl RawClient {
             let token =
                 crate::secret::read_secret_file(&file, env.credentials_directory.as_deref())
                     .map_err(|e| invalid(format!("{ctx}: {e}")))?;
-            if token.trim().is_empty() {
+            let token = token.trim();
+            if token.is_empty() {
                 return Err(invalid(format!(
                     "{ctx}: token_file {} is empty; write the client's token into it",
                     file.display()
                 )));
             }
-            ClientAuth::Token(crate::auth::hash_token(token.trim()))
+            if token.chars().count() < MIN_TOKEN_CHARS {
+                return Err(invalid(format!(
+                    "{ctx}: the token in {} has {} characters; a client token must have at \
+                     least {MIN_TOKEN_CHARS} characters (128 bits as hex): make one with \
+                     `keyturn client-token` or `openssl rand -hex 32`",
+                    file.display(),
+                    token.chars().count()
+                )));
+            }
+            ClientAuth::Token(crate::auth::hash_token(token))
         } else if let Some(hex) = self.token_sha256 {
             ClientAuth::Token(crate::auth::parse_sha256_hex(&hex).ok_or_else(|| {
                 invalid(format!(
@@ -903,11 +1030,25 @@ impl RawClient {
                 uid: self.unix_uid,
                 gid: self.unix_gid,
             }
+        } else if let Some(san) = self.tls_san {
+            if san.is_empty() || san.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(format!(
+                    "{ctx}: tls_san must be a DNS name or a URI of the client's certificate, \
+                     such as \"ci.example.org\" or \"spiffe://example.org/ci\""
+                )));
+            }
+            ClientAuth::TlsSan(san)
         } else {
-            ClientAuth::Tls(self.tls_subject.unwrap_or_default())
+            ClientAuth::TlsSubject(self.tls_subject.unwrap_or_default())
         };
         for ks in &self.keysets {
-            if !keysets.iter().any(|k| &k.name == ks) {
+            if ks == ALL && self.keysets.len() > 1 {
+                return Err(invalid(format!(
+                    "{ctx}: keysets lists \"*\" beside other names; \"*\" is every key set, \
+                     so write either [\"*\"] or the names"
+                )));
+            }
+            if ks != ALL && !keysets.iter().any(|k| &k.name == ks) {
                 return Err(invalid(format!(
                     "{ctx}: key set {ks:?} is not a [[keyset]]"
                 )));
@@ -916,6 +1057,18 @@ impl RawClient {
         let max_ttl = self.max_ttl.map(secs);
         if max_ttl == Some(0) {
             return Err(invalid(format!("{ctx}: max_ttl must be above zero")));
+        }
+        if self.subject_pattern.as_deref() == Some("") {
+            return Err(invalid(format!(
+                "{ctx}: subject_pattern is empty; remove it (the client may not set sub) or \
+                 give a pattern such as \"user:*\" (\"*\" allows any)"
+            )));
+        }
+        if self.allowed_claims.len() > 1 && self.allowed_claims.iter().any(|c| c == ALL) {
+            return Err(invalid(format!(
+                "{ctx}: allowed_claims lists \"*\" beside other names; \"*\" allows any \
+                 claim not forbidden, so write either [\"*\"] or the names"
+            )));
         }
         for (list, claims) in [
             ("allowed_claims", &self.allowed_claims),
@@ -927,12 +1080,11 @@ impl RawClient {
                         "{ctx}: {list} lists {claim:?}, which keyturn always sets itself; remove it"
                     )));
                 }
-                // Governed by their own settings (and always allowed): forbidding one here
-                // would do nothing.
+                // Governed by their own settings: listing one here would do nothing.
                 let own = match claim.as_str() {
-                    "iss" if list == "forbidden_claims" => "the key set's `issuer`",
-                    "sub" if list == "forbidden_claims" => "`subject_pattern`",
-                    "aud" if list == "forbidden_claims" => "`audiences`",
+                    "iss" => "the key set's `issuer`",
+                    "sub" => "`subject_pattern`",
+                    "aud" => "`audiences`",
                     _ => continue,
                 };
                 return Err(invalid(format!(
@@ -1062,6 +1214,10 @@ mod tests {
                 "keyturn.kms.example.toml",
                 include_str!("../config/keyturn.kms.example.toml"),
             ),
+            (
+                "keyturn.pkcs11.example.toml",
+                include_str!("../config/keyturn.pkcs11.example.toml"),
+            ),
         ] {
             if let Err(e) = parse(text) {
                 // Example configs name secret files that do not exist here; only that may fail.
@@ -1173,6 +1329,36 @@ mod tests {
         assert!(err.contains("keys at once"), "{err}");
     }
 
+    /// A pkcs11 table names its token one way, bounds its sessions, and keeps its state on
+    /// the host (no replica polling added to the key set's timing).
+    #[test]
+    fn pkcs11_backend_tables() {
+        let with = |backend: &str| {
+            parse(&format!(
+                "{MINIMAL}backend = {{ type = \"pkcs11\", module = \"/m.so\", pin_file = \"/p\", {backend} }}"
+            ))
+        };
+        let ok = with("token_label = \"keyturn\"").unwrap();
+        assert!(!ok.keysets[0].backend.shared());
+        assert_eq!(ok.keysets[0].timing.poll_interval(), None);
+        with("slot = 3").unwrap();
+        with("token_label = \"HSM partition 1\", state_dir = \"/var/lib/k\"").unwrap();
+        for (backend, needle) in [
+            ("token_label = \"a\", slot = 1", "token_label or slot"),
+            ("max_sessions = 4", "token_label or slot"),
+            (
+                "token_label = \"a\", max_sessions = 0",
+                "max_sessions must be 1 to 1024",
+            ),
+            ("token_label = \"../x\"", "set state_dir"),
+            ("token_label = \"\"", "1 to 32 bytes"),
+            ("token_label = \"a\", pin = \"1234\"", "unknown field"),
+        ] {
+            let err = with(backend).unwrap_err().to_string();
+            assert!(err.contains(needle), "{backend}: {err}");
+        }
+    }
+
     #[test]
     fn bad_values_are_rejected() {
         for (from, to, needle) in [
@@ -1211,6 +1397,32 @@ mod tests {
         assert_eq!(next, 3 * 3600);
     }
 
+    /// A client's token_file must hold at least 32 characters (128 bits as hex); a shorter
+    /// token is refused at load, and the message does not show it.
+    #[test]
+    fn client_tokens_shorter_than_128_bits_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let with = |token: &str| {
+            let path = dir.path().join("client.token");
+            std::fs::write(&path, format!("{token}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            parse(&format!(
+                "{MINIMAL}\n[[client]]\nname = \"svc\"\nkeysets = [\"default\"]\ntoken_file = \"{}\"",
+                path.display()
+            ))
+        };
+        for short in ["abc", &"f".repeat(31), &"é".repeat(20)] {
+            let err = with(short).unwrap_err().to_string();
+            assert!(
+                err.contains("at least 32 characters") && !err.contains(short),
+                "{err}"
+            );
+        }
+        assert!(with(&"0123456789abcdef".repeat(2)).is_ok());
+        assert!(with("kt_Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5d2FsZG8").is_ok());
+    }
+
     #[test]
     fn clients_need_exactly_one_credential_and_known_keysets() {
         let client = |extra: &str| {
@@ -1233,6 +1445,17 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("not a [[keyset]]"), "{err}");
+        let keysets = |list: &str| {
+            parse(&format!(
+                "{MINIMAL}\n[[client]]\nname = \"svc\"\nunix_uid = 1\nkeysets = {list}"
+            ))
+        };
+        let all = keysets("[\"*\"]").unwrap();
+        assert!(all.clients[0].may_use("default") && all.clients[0].may_use("any"));
+        let one = keysets("[\"default\"]").unwrap();
+        assert!(one.clients[0].may_use("default") && !one.clients[0].may_use("any"));
+        let err = keysets("[\"*\", \"default\"]").unwrap_err().to_string();
+        assert!(err.contains("either [\"*\"] or the names"), "{err}");
         let err = client("unix_uid = 1\nallowed_claims = [\"exp\"]")
             .unwrap_err()
             .to_string();
@@ -1242,10 +1465,25 @@ mod tests {
             ("forbidden_claims = [\"sub\"]", "subject_pattern"),
             ("forbidden_claims = [\"role\", \"aud\"]", "audiences"),
             ("forbidden_claims = [\"iss\"]", "issuer"),
+            ("allowed_claims = [\"sub\"]", "subject_pattern"),
+            (
+                "allowed_claims = [\"*\", \"scope\"]",
+                "either [\"*\"] or the names",
+            ),
+            ("subject_pattern = \"\"", "\"*\" allows any"),
         ] {
             let err = client(&format!("unix_uid = 1\n{line}"))
                 .unwrap_err()
                 .to_string();
+            assert!(err.contains(says), "{line}: {err}");
+        }
+        assert!(client("tls_san = \"spiffe://example.org/ci\"").is_ok());
+        for (line, says) in [
+            ("tls_san = \"a b\"", "DNS name or a URI"),
+            ("tls_san = \"\"", "DNS name or a URI"),
+            ("tls_san = \"x\"\ntls_subject = \"x\"", "exactly one"),
+        ] {
+            let err = client(line).unwrap_err().to_string();
             assert!(err.contains(says), "{line}: {err}");
         }
         // One token, two clients: refused (the first would silently win).
@@ -1263,6 +1501,16 @@ mod tests {
             ))
         };
         for (a, b, says) in [
+            (
+                "tls_san = \"ci.example.org\"",
+                "tls_san = \"CI.example.org\"",
+                "same certificate name",
+            ),
+            (
+                "tls_subject = \"ci\"",
+                "tls_subject = \"ci\"",
+                "same certificate name",
+            ),
             (
                 "unix_uid = 1000",
                 "unix_uid = 1000\nunix_gid = 50",

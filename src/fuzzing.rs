@@ -47,7 +47,7 @@ fn fixture() -> &'static (ClientConfig, KeySetConfig) {
             audiences: vec!["orders".into()],
             subject_pattern: Some("user:*".into()),
             max_ttl: Some(600),
-            allowed_claims: vec![],
+            allowed_claims: vec!["*".into()],
             forbidden_claims: vec!["admin".into()],
             allowed_typ: vec!["JWT".into(), "at+jwt".into()],
             admin: false,

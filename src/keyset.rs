@@ -360,10 +360,7 @@ impl KeySet {
             .k8s_signer
             .as_ref()
             .is_some_and(|(_, keyset)| keyset == self.name());
-        let client = config
-            .clients
-            .iter()
-            .any(|c| c.keysets.iter().any(|k| k == self.name()));
+        let client = config.clients.iter().any(|c| c.may_use(self.name()));
         if k8s || client {
             None
         } else {

@@ -156,7 +156,8 @@ impl Ledger {
                 None => format!(
                     "it could sign until the last run, and verifiers need its keys until its \
                      tokens expire: put it back; to remove it, first run a config in which no \
-                     client lists it in `keysets` (nor k8s_signer_keyset names it), then \
+                     client lists it in `keysets` (nor has keysets = [\"*\"], nor k8s_signer_keyset \
+                     names it), then \
                      remove it {} later",
                     human(entry.retention)
                 ),

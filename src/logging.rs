@@ -6,7 +6,12 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber, writing to stderr.
 pub fn init(format: LogFormat, under_journald: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The PKCS#11 library logs an error for each mechanism in a token's list it has no name
+    // for (vendor or newer mechanisms): nothing is wrong, and keyturn uses none of them.
+    if let Ok(quiet) = "cryptoki::mechanism=off".parse() {
+        filter = filter.add_directive(quiet);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

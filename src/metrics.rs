@@ -39,6 +39,12 @@ struct BackendErrorLabels {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthFailureLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
 /// The daemon's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -46,6 +52,7 @@ pub struct Metrics {
     sign_seconds: Family<KeySetLabel, Histogram>,
     backend_seconds: Family<BackendLabels, Histogram>,
     backend_errors: Family<BackendErrorLabels, Counter>,
+    auth_failures: Family<AuthFailureLabels, Counter>,
     // The series of each (key set, algorithm, outcome) seen, found by a scan with the
     // borrowed name: `Family::get_or_create` wants owned labels, four String allocations
     // per signature. Few key sets, so a Vec; read without writing to shared memory (a lock
@@ -96,12 +103,19 @@ impl Default for Metrics {
             "Failed backend calls by backend, operation and kind (sign failures are in keyturn_signatures)",
             backend_errors.clone(),
         );
+        let auth_failures = Family::<AuthFailureLabels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "API requests refused as unauthenticated, by listener and reason",
+            auth_failures.clone(),
+        );
         Metrics {
             registry,
             signatures,
             sign_seconds,
             backend_seconds,
             backend_errors,
+            auth_failures,
             hot: ArcSwap::default(),
         }
     }
@@ -133,6 +147,13 @@ impl Metrics {
                 .get_or_create(&BackendErrorLabels { backend, op, kind })
                 .inc();
         }
+    }
+
+    /// Records one failed authentication on `listener` (see `auth::AuthFailure::reason`).
+    pub fn auth_failure(&self, listener: &'static str, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&AuthFailureLabels { listener, reason })
+            .inc();
     }
 
     /// Records one signature.

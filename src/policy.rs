@@ -3,6 +3,8 @@
 //! [`prepare`] is pure: a request, a client, a key set, `now` and a kid in; the JWS signing
 //! input and the audit facts out, or an [`ApiError`] that says what to change. The reserved
 //! claims (`iat`, `nbf`, `exp`, `jti`) and `iss` are always set here, never by the caller.
+//! A client may set only what its `[[client]]` entry grants: no `sub` without
+//! `subject_pattern`, no claim beyond `sub` and `aud` without `allowed_claims`.
 //!
 //! The request borrows from the body: the caller's claims are read as names and raw JSON
 //! values, checked, and copied into the token as written (compact JSON stays compact,
@@ -13,7 +15,7 @@
 //! that take the last read the same token. A claim name holding a control character is
 //! refused too.
 
-use crate::config::{human, ClientConfig, KeySetConfig};
+use crate::config::{human, ClientConfig, KeySetConfig, ALL};
 use crate::http::ApiError;
 use crate::json::Text;
 use crate::json::{push_int, push_str};
@@ -294,24 +296,33 @@ pub fn prepare<'a>(
         }
         Some(Err(_)) => return Err(unprocessable("invalid_sub", "\"sub\" must be a string")),
     };
-    if let Some(pattern) = &client.subject_pattern {
-        match &sub {
-            Some(s) if glob_match(pattern, s) => {}
-            Some(s) => {
-                return Err(ApiError::forbidden(
-                    "subject_not_allowed",
-                    format!(
-                        "\"sub\" {:?} does not match this client's pattern {pattern:?}",
-                        short(s)
-                    ),
-                ))
-            }
-            None => {
-                return Err(ApiError::forbidden(
-                    "subject_required",
-                    format!("this client must set \"sub\" matching {pattern:?}"),
-                ))
-            }
+    match (client.subject_pattern.as_deref(), &sub) {
+        (None, None) | (Some(ALL), None) => {}
+        (Some(pattern), Some(s)) if glob_match(pattern, s) => {}
+        (None, Some(_)) => {
+            return Err(ApiError::forbidden(
+                "subject_not_allowed",
+                format!(
+                    "client {:?} may not set \"sub\": add subject_pattern = \"...\" to its \
+                     [[client]] entry (\"*\" allows any)",
+                    client.name
+                ),
+            ))
+        }
+        (Some(pattern), Some(s)) => {
+            return Err(ApiError::forbidden(
+                "subject_not_allowed",
+                format!(
+                    "\"sub\" {:?} does not match this client's subject_pattern {pattern:?}",
+                    short(s)
+                ),
+            ))
+        }
+        (Some(pattern), None) => {
+            return Err(ApiError::forbidden(
+                "subject_required",
+                format!("this client must set \"sub\" matching {pattern:?}"),
+            ))
         }
     }
 
@@ -361,15 +372,18 @@ pub fn prepare<'a>(
                 ),
             ));
         }
-        if !client.allowed_claims.is_empty()
-            && !client.allowed_claims.iter().any(|a| a == name.as_ref())
-        {
+        if !client.any_claim() && !client.allowed_claims.iter().any(|a| a == name.as_ref()) {
+            let now = match client.allowed_claims.as_slice() {
+                [] => String::new(),
+                list => format!("now {list:?}; "),
+            };
             return Err(ApiError::forbidden(
                 "claim_not_allowed",
                 format!(
-                    "claim {:?} is not allowed for this client; allowed: {:?}",
+                    "client {:?} may not set claim {:?}: add it to allowed_claims in its \
+                     [[client]] entry ({now}[\"*\"] allows any claim not forbidden)",
+                    client.name,
                     short(name),
-                    client.allowed_claims
                 ),
             ));
         }
@@ -600,7 +614,7 @@ mod tests {
             audiences: vec!["orders".into(), "billing".into()],
             subject_pattern: Some("user:*".into()),
             max_ttl: Some(600),
-            allowed_claims: vec![],
+            allowed_claims: vec!["*".into()],
             forbidden_claims: vec!["admin".into()],
             allowed_typ: vec!["JWT".into(), "at+jwt".into()],
             admin: false,
@@ -656,7 +670,7 @@ mod tests {
     #[test]
     fn claims_serialize_like_one_map() {
         let (mut client, ks) = setup();
-        client.subject_pattern = None;
+        client.subject_pattern = Some("*".into());
         client.audiences = vec![];
         for claims in [
             serde_json::json!({}),
@@ -984,6 +998,53 @@ mod tests {
             many.join(", ")
         );
         assert_eq!(sign(&many).unwrap_err(), (422, "too_many_claims"));
+    }
+
+    /// A client with neither `subject_pattern` nor `allowed_claims` signs tokens without
+    /// `sub` and with no claim beyond `aud`; each refusal names the setting to add, and `"*"`
+    /// / `["*"]` allow any (`forbidden_claims` still holds).
+    #[test]
+    fn clients_deny_by_default() {
+        let (mut client, ks) = setup();
+        client.subject_pattern = None;
+        client.allowed_claims = vec![];
+        let sign = |client: &ClientConfig, claims: Value| {
+            let text = body(&claims, None, None);
+            prepare(&req(&text), client, &ks, 0, "k", "j".into())
+                .map(|_| ())
+                .map_err(|e| (e.status.as_u16(), e.code, e.message))
+        };
+        assert_eq!(sign(&client, serde_json::json!({"aud": "orders"})), Ok(()));
+        let (status, code, message) = sign(
+            &client,
+            serde_json::json!({"sub": "admin", "aud": "orders"}),
+        )
+        .unwrap_err();
+        assert_eq!((status, code), (403, "subject_not_allowed"));
+        assert!(
+            message.contains("\"svc\"") && message.contains("subject_pattern = "),
+            "{message}"
+        );
+        for claim in ["roles", "email_verified", "cnf"] {
+            let claims = serde_json::json!({"aud": "orders", claim: true});
+            let (status, code, message) = sign(&client, claims).unwrap_err();
+            assert_eq!((status, code), (403, "claim_not_allowed"), "{claim}");
+            assert!(
+                message.contains(claim) && message.contains("allowed_claims"),
+                "{message}"
+            );
+        }
+        // The explicit allow-alls: any sub (or none), any claim not forbidden.
+        client.subject_pattern = Some("*".into());
+        client.allowed_claims = vec!["*".into()];
+        for claims in [
+            serde_json::json!({"sub": "admin", "aud": "orders", "roles": ["superuser"]}),
+            serde_json::json!({"aud": "orders", "email_verified": true}),
+        ] {
+            assert_eq!(sign(&client, claims.clone()), Ok(()), "{claims}");
+        }
+        let forbidden = serde_json::json!({"aud": "orders", "admin": true});
+        assert_eq!(sign(&client, forbidden).unwrap_err().1, "claim_forbidden");
     }
 
     #[test]

@@ -181,6 +181,7 @@ impl InProcess {
                 name = "issuer"
                 token_sha256 = "{hash}"
                 keysets = ["default"]
+                subject_pattern = "*"
                 "#
             ),
             Env::default(),

@@ -36,6 +36,8 @@ name = "bench"
 token_sha256 = "$(printf '%s' "$TOKEN" | sha256sum | cut -d' ' -f1)"
 keysets = ["es256"]
 audiences = ["orders-api"]
+subject_pattern = "user:*"
+allowed_claims = ["scope"]
 EOF
 printf '{"claims": {"sub": "user:1", "aud": "orders-api", "scope": "read write"}, "ttl": "5m"}' >"$WORK/sign.json"
 python3 -c '

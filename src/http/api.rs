@@ -1,4 +1,5 @@
-//! The API listener: signing for issuers, and admin routes for admin clients.
+//! The API listener: signing for issuers, and admin routes for admin clients, each over
+//! the key sets in its `keysets`.
 //!
 //! Every caller is a named client: a bearer token (TCP, optionally TLS), a TLS client
 //! certificate, or Unix peer credentials (API socket). Nobody anonymous signs.
@@ -6,7 +7,7 @@
 use super::error::ApiError;
 use crate::app::AppState;
 use crate::audit::{Line, Record};
-use crate::auth::{identify, Peer};
+use crate::auth::{identify, AuthFailure, Peer};
 use crate::config::ClientConfig;
 use crate::jwks::{Published, PublishedKey};
 use crate::keyset::{KeySet, Unsigned};
@@ -97,32 +98,39 @@ impl std::ops::Deref for Caller {
     }
 }
 
-/// The caller, or 401.
+/// The caller, or 401 (logged and counted: [`refused`]).
 fn caller(state: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let bad = || {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "bad_authorization",
-            "use one `Authorization: Bearer <token>` header",
-        )
-    };
     let mut authorization = headers.get_all(header::AUTHORIZATION).iter();
     let bearer = match (authorization.next(), authorization.next()) {
         (None, _) => None,
-        (Some(v), None) => Some(bearer_token(v).ok_or_else(bad)?),
+        (Some(v), None) => Some(
+            bearer_token(v).ok_or_else(|| refused(state, peer, AuthFailure::BadAuthorization))?,
+        ),
         // Two credentials: which one counts would be a guess.
-        (Some(_), Some(_)) => return Err(bad()),
+        (Some(_), Some(_)) => return Err(refused(state, peer, AuthFailure::BadAuthorization)),
     };
     let clients = state.clients.load_full();
-    let index = identify(&clients, peer, bearer)
-        .and_then(|found| clients.iter().position(|c| std::ptr::eq(c, found)));
-    index.map(|index| Caller { clients, index }).ok_or_else(|| {
-        ApiError::new(
+    let index =
+        identify(&clients, peer, bearer).map_err(|failure| refused(state, peer, failure))?;
+    Ok(Caller { clients, index })
+}
+
+/// A failed authentication, counted and logged (rate-limited), as the 401 it answers.
+fn refused(state: &AppState, peer: &Peer, failure: AuthFailure) -> ApiError {
+    state.metrics.auth_failure(peer.listener, failure.reason());
+    crate::auth::log_failure(peer, failure);
+    match failure {
+        AuthFailure::BadAuthorization => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad_authorization",
+            "use one `Authorization: Bearer <token>` header",
+        ),
+        _ => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
             "unknown caller: send a client's bearer token (or connect with its certificate or over the API socket as its uid)",
-        )
-    })
+        ),
+    }
 }
 
 /// The token of a `Bearer` credential (the scheme is case-insensitive, RFC 9110 11.1).
@@ -155,20 +163,75 @@ fn require_admin(client: &ClientConfig) -> Result<(), ApiError> {
     }
 }
 
-/// Reads a JSON body's bytes: content type, size limit, read timeout. [`parse`] reads them.
-async fn json_body(headers: &HeaderMap, body: Body, timeout: Duration) -> Result<Bytes, ApiError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim();
-    if !mime.eq_ignore_ascii_case("application/json") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the request as Content-Type: application/json",
+/// Key set `name` if the admin `client` administers it: 404 if there is none, 403 if it is
+/// not in the client's `keysets`.
+fn administered(
+    state: &AppState,
+    client: &ClientConfig,
+    name: &str,
+) -> Result<Arc<KeySet>, ApiError> {
+    require_admin(client)?;
+    let keyset = keyset(state, name)?;
+    if !client.may_use(name) {
+        return Err(ApiError::forbidden(
+            "keyset_not_allowed",
+            format!(
+                "client {:?} may not administer key set {name:?}; add it to the client's \
+                 keysets ([\"*\"] for all)",
+                client.name
+            ),
         ));
     }
+    Ok(keyset)
+}
+
+/// Why the API refuses a request before any route sees it, if it does.
+///
+/// The API is for programs, not web pages: a page could otherwise reach a loopback listener
+/// or use a client certificate its browser holds, and revoke keys (kids are public). A
+/// request a browser marks as sent by a page (an `Origin` header, or `Sec-Fetch-Site` other
+/// than `same-origin` or `none`; a page cannot set or drop either) is refused, and a POST
+/// carries JSON or nothing, never a form a page may send without a CORS preflight. Every
+/// API request passes here (`serve::WithPeer`), whatever its route.
+pub fn refusal(method: &http::Method, headers: &HeaderMap, has_body: bool) -> Option<ApiError> {
+    let from_page = headers.contains_key(header::ORIGIN)
+        || headers
+            .get_all("sec-fetch-site")
+            .iter()
+            .any(|site| site != "same-origin" && site != "none");
+    if from_page {
+        return Some(ApiError::forbidden(
+            "browser_request",
+            "the API does not take requests from web pages (an Origin header, or \
+             Sec-Fetch-Site other than same-origin or none): call it from a program",
+        ));
+    }
+    if method != http::Method::POST {
+        return None;
+    }
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    let json = match (types.next(), types.next()) {
+        (None, _) => !has_body,
+        (Some(value), None) => value
+            .to_str()
+            .ok()
+            .and_then(|ct| ct.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json")),
+        (Some(_), Some(_)) => false,
+    };
+    (!json).then(|| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the request as Content-Type: application/json (or, where no body is \
+             needed, with no body and no Content-Type)",
+        )
+    })
+}
+
+/// Reads a JSON body's bytes (its content type checked by [`refusal`]): size limit, read
+/// timeout. [`parse`] reads them.
+async fn json_body(headers: &HeaderMap, body: Body, timeout: Duration) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -437,7 +500,7 @@ fn signing_client(
 ) -> Result<(Caller, Arc<KeySet>), ApiError> {
     let client = caller(state, peer, headers)?;
     let keyset = keyset(state, name)?;
-    if !client.keysets.iter().any(|k| k == name) {
+    if !client.may_use(name) {
         return Err(ApiError::forbidden(
             "keyset_not_allowed",
             format!(
@@ -801,6 +864,7 @@ async fn list_keysets(
         .keysets
         .load()
         .iter()
+        .filter(|k| client.may_use(k.name()))
         .map(|k| keyset_view(k, now))
         .collect();
     Ok(Json(serde_json::json!({"keysets": keysets})))
@@ -813,8 +877,7 @@ async fn show_keyset(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let client = caller(&state, &peer, &headers)?;
-    require_admin(&client)?;
-    let keyset = keyset(&state, &name)?;
+    let keyset = administered(&state, &client, &name)?;
     Ok(Json(keyset_view(&keyset, state.clock.now())))
 }
 
@@ -881,8 +944,7 @@ async fn rotate(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let client = caller(&state, &peer, &headers)?;
-    require_admin(&client)?;
-    let keyset = keyset(&state, &name)?;
+    let keyset = administered(&state, &client, &name)?;
     let now = state.clock.now();
     let at = keyset
         .rotate_now(now)
@@ -915,8 +977,7 @@ async fn revoke(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let client = caller(&state, &peer, &headers)?;
-    require_admin(&client)?;
-    let keyset = keyset(&state, &name)?;
+    let keyset = administered(&state, &client, &name)?;
     let now = state.clock.now();
     let active = keyset
         .revoke(&kid, now)
@@ -955,6 +1016,95 @@ mod tests {
             s.write_json(&mut ours);
             assert_eq!(ours, serde_json::to_vec(&s).unwrap(), "{s:?}");
             assert!(ours.len() <= s.json_size() + 16, "{s:?}");
+        }
+    }
+
+    /// The refusals every API request passes: from web pages, and POSTs that are not JSON
+    /// (header forms the integration test's client cannot send included).
+    #[test]
+    fn requests_from_pages_and_posts_other_than_json_are_refused() {
+        use http::Method;
+        let check = |method: Method, headers: &[(&'static str, &'static str)], body: bool| {
+            let mut map = HeaderMap::new();
+            for (name, value) in headers {
+                map.append(*name, http::HeaderValue::from_static(value));
+            }
+            refusal(&method, &map, body).map(|e| e.code)
+        };
+        let json = ("content-type", "application/json");
+        for (method, headers, body, expected) in [
+            (Method::POST, vec![json], true, None),
+            (
+                Method::POST,
+                vec![("content-type", "Application/JSON; charset=utf-8")],
+                true,
+                None,
+            ),
+            (Method::POST, vec![], false, None),
+            (Method::POST, vec![json], false, None),
+            (Method::POST, vec![], true, Some("unsupported_media_type")),
+            (
+                Method::POST,
+                vec![json, json],
+                true,
+                Some("unsupported_media_type"),
+            ),
+            (
+                Method::POST,
+                vec![("content-type", "application/jsonx")],
+                true,
+                Some("unsupported_media_type"),
+            ),
+            (
+                Method::POST,
+                vec![("content-type", "text/plain")],
+                false,
+                Some("unsupported_media_type"),
+            ),
+            // Only POSTs carry what the API reads.
+            (
+                Method::GET,
+                vec![("content-type", "text/plain")],
+                true,
+                None,
+            ),
+            (Method::GET, vec![("sec-fetch-site", "none")], false, None),
+            (
+                Method::GET,
+                vec![("sec-fetch-site", "same-origin")],
+                false,
+                None,
+            ),
+            (
+                Method::GET,
+                vec![("sec-fetch-site", "cross-site")],
+                false,
+                Some("browser_request"),
+            ),
+            (
+                Method::GET,
+                vec![("sec-fetch-site", "none"), ("sec-fetch-site", "cross-site")],
+                false,
+                Some("browser_request"),
+            ),
+            (
+                Method::GET,
+                vec![("origin", "null")],
+                false,
+                Some("browser_request"),
+            ),
+            (
+                Method::POST,
+                vec![("origin", "http://127.0.0.1:8391"), json],
+                true,
+                Some("browser_request"),
+            ),
+        ] {
+            assert_eq!(
+                check(method.clone(), &headers, body),
+                expected,
+                "{method} {headers:?} {body}"
+            );
         }
     }
 

@@ -153,9 +153,10 @@ pub struct WithPeer {
 impl hyper::service::Service<http::Request<Incoming>> for WithPeer {
     type Response = axum::response::Response;
     type Error = std::convert::Infallible;
-    type Future = Answering<Oneshot<Router, http::Request<Incoming>>>;
+    type Future = Answering<Routed<Oneshot<Router, http::Request<Incoming>>>>;
 
     fn call(&self, mut req: http::Request<Incoming>) -> Self::Future {
+        use hyper::body::Body as _;
         req.extensions_mut().insert(self.peer.clone());
         let id = req
             .headers()
@@ -168,10 +169,51 @@ impl hyper::service::Service<http::Request<Incoming>> for WithPeer {
             method = %req.method(),
             path = %req.uri().path(),
         );
+        let has_body = !req.body().is_end_stream();
+        let routed = match super::api::refusal(req.method(), req.headers(), has_body) {
+            Some(error) => Routed::Refused { error },
+            None => Routed::Router {
+                inner: self.api.app.clone().oneshot(req),
+            },
+        };
         Answering {
             started: (!span.is_disabled()).then(Instant::now),
             id: Some(id),
-            inner: self.api.app.clone().oneshot(req).instrument(span),
+            inner: routed.instrument(span),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An API request's answer: the router's, or a refusal made before any route (see
+    /// `api::refusal`).
+    #[project = RoutedProj]
+    pub enum Routed<F> {
+        /// Routed.
+        Router {
+            #[pin]
+            inner: F,
+        },
+        /// Refused.
+        Refused {
+            error: super::ApiError,
+        },
+    }
+}
+
+impl<F, E> Future for Routed<F>
+where
+    F: Future<Output = Result<axum::response::Response, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        match self.project() {
+            RoutedProj::Router { inner } => inner.poll(cx),
+            RoutedProj::Refused { error } => std::task::Poll::Ready(Ok(error.response())),
         }
     }
 }
@@ -361,6 +403,7 @@ pub async fn serve_tcp(
         };
         let _ = stream.set_nodelay(true);
         let mut peer = Peer {
+            listener: name,
             remote: Some(remote.to_string()),
             ..Peer::default()
         };
@@ -377,17 +420,22 @@ pub async fn serve_tcp(
                         () = stopping.cancelled() => return None,
                         accepted = accept => accepted,
                     };
+                    let remote = peer.remote.as_deref().unwrap_or("-");
                     match accepted {
                         Ok(Ok(tls_stream)) => {
-                            peer.tls_subject = crate::tls::peer_subject(tls_stream.get_ref().1);
+                            peer.tls = crate::tls::peer_names(tls_stream.get_ref().1);
                             Some((tls_stream, peer))
                         }
                         Ok(Err(e)) => {
-                            tracing::debug!(listener = name, error = %e, "TLS handshake failed");
+                            crate::tls::log_handshake_failure(name, remote, &e);
                             None
                         }
                         Err(_) => {
-                            tracing::debug!(listener = name, "TLS handshake timed out");
+                            let e = std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "no handshake within header_timeout",
+                            );
+                            crate::tls::log_handshake_failure(name, remote, &e);
                             None
                         }
                     }
@@ -426,9 +474,14 @@ pub async fn serve_unix(
             },
         };
         let unix = stream.peer_cred().ok().map(|c| (c.uid(), c.gid()));
+        let remote = match unix {
+            Some((uid, gid)) => format!("unix:uid={uid},gid={gid}"),
+            None => "unix".to_owned(),
+        };
         let peer = Peer {
+            listener: name,
             unix,
-            remote: Some("unix".into()),
+            remote: Some(remote),
             ..Peer::default()
         };
         shared.spawn_conn(std::future::ready(Some((stream, peer))), permit);

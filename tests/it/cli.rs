@@ -23,7 +23,7 @@ async fn status_plan_sign_verify_jwks_rotate_revoke() {
     let (client, token) = token_client(
         "ops",
         &["default"],
-        "admin = true\naudiences = [\"orders\"]",
+        "admin = true\naudiences = [\"orders\"]\nsubject_pattern = \"*\"",
     );
     let d = Daemon::start(
         dir.path(),
@@ -188,6 +188,52 @@ fn check_config_names_the_fix() {
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("publish lead 1s"));
+}
+
+/// `check-config` warns of each explicit allow-all (`subject_pattern = "*"`,
+/// `allowed_claims = ["*"]`), naming the client; a config without one gets no warning.
+#[test]
+fn check_config_warns_of_clients_that_allow_all() {
+    let dir = private_dir();
+    let check = |clients: &str| {
+        let path = dir.path().join("keyturn.toml");
+        std::fs::write(&path, keyset_toml("default", "ES256", "") + clients).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_keyturn"))
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let (narrow, _) = token_client(
+        "narrow",
+        &["default"],
+        "subject_pattern = \"user:*\"\nallowed_claims = [\"scope\"]",
+    );
+    let out = check(&narrow);
+    assert!(!out.contains("warning"), "{out}");
+    let (wide, _) = token_client(
+        "wide",
+        &["default"],
+        "subject_pattern = \"*\"\nallowed_claims = [\"*\"]",
+    );
+    let out = check(&(narrow + &wide));
+    let warnings: Vec<&str> = out.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 2, "{out}");
+    assert!(
+        warnings[0].contains("\"wide\"") && warnings[0].contains("subject_pattern = \"*\""),
+        "{out}"
+    );
+    assert!(
+        warnings[1].contains("\"wide\"") && warnings[1].contains("allowed_claims = [\"*\"]"),
+        "{out}"
+    );
 }
 
 /// The README's `client-token ... --out login.token`: a bare file name in the working

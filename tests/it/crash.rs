@@ -108,7 +108,7 @@ async fn sigkill_during_rotations_loses_nothing() {
 async fn sigkill_loses_no_audit_line_of_a_returned_token() {
     use std::sync::{Arc, Mutex};
     let dir = private_dir();
-    let (client, token) = token_client("issuer", &["default"], "");
+    let (client, token) = token_client("issuer", &["default"], "subject_pattern = \"*\"");
     let config = server_toml(dir.path()) + &keyset_toml("default", "ES256", "") + &client;
     let d = Daemon::start(dir.path(), &config);
     let returned = Arc::new(Mutex::new(Vec::new()));

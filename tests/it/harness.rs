@@ -104,10 +104,10 @@ impl Daemon {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                // Kept before the ready line is handed over: a test that reads the log
-                // once the daemon is ready finds that line in it.
+                let ready = line.contains("keyturn ready");
+                // Into the log before the start returns: a test may read the ready line.
                 sink.lock().unwrap().push(line.clone());
-                if line.contains("keyturn ready") {
+                if ready {
                     let _ = tx.send(line);
                 }
             }

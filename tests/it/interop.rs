@@ -7,17 +7,17 @@ use serde_json::json;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-const ALGS: [&str; 10] = [
+pub(crate) const ALGS: [&str; 10] = [
     "ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA",
 ];
 
-struct PyJwt {
+pub(crate) struct PyJwt {
     child: std::process::Child,
     out: BufReader<std::process::ChildStdout>,
 }
 
 impl PyJwt {
-    fn start() -> Option<PyJwt> {
+    pub(crate) fn start() -> Option<PyJwt> {
         let python =
             keyturn_backend::testserver::find_binary("KEYTURN_PYTHON", "python with PyJWT")?;
         let script = crate::harness::repo_dir().join("scripts/interop.py");
@@ -31,7 +31,7 @@ impl PyJwt {
         Some(PyJwt { child, out })
     }
 
-    fn verify(&mut self, req: serde_json::Value) -> serde_json::Value {
+    pub(crate) fn verify(&mut self, req: serde_json::Value) -> serde_json::Value {
         let stdin = self.child.stdin.as_mut().unwrap();
         writeln!(stdin, "{req}").unwrap();
         stdin.flush().unwrap();
@@ -58,7 +58,11 @@ async fn pyjwt_verifies_every_algorithm_across_a_rotation() {
     }
     let names: Vec<String> = ALGS.iter().map(|a| a.to_lowercase()).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let (client, token) = token_client("issuer", &refs, "audiences = [\"orders\"]\nadmin = true");
+    let (client, token) = token_client(
+        "issuer",
+        &refs,
+        "audiences = [\"orders\"]\nsubject_pattern = \"*\"\nadmin = true",
+    );
     config += &client;
     let d = Daemon::start(dir.path(), &config);
     let request = |ks: &str, alg: &str, jws: &str| {

@@ -260,7 +260,7 @@ fn verify(token: &str, keys: &Keys, alg: &str, issuer: &str) -> Value {
 /// A daemon with the signer on `socket`, key set `cluster` of algorithm `alg` (10m tokens,
 /// JWKS max-age `max_age`, no skew), and an admin client: (daemon, admin token).
 fn start(dir: &Path, socket: &str, alg: &str, max_age: &str) -> (Daemon, String) {
-    let (ops, ops_token) = token_client("ops", &[], "admin = true");
+    let (ops, ops_token) = token_client("ops", &["cluster"], "admin = true");
     let config = format!(
         "{}k8s_signer_socket = \"{socket}\"\nk8s_signer_keyset = \"cluster\"\n\
          [[keyset]]\nname = \"cluster\"\nissuer = \"{ISSUER}\"\nalgorithm = \"{alg}\"\n\

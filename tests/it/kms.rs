@@ -51,7 +51,11 @@ async fn kms_every_algorithm_signs_tokens_that_an_independent_library_verifies()
     }
     let names: Vec<String> = ALGS.iter().map(|a| a.to_lowercase()).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let (client, token) = token_client("issuer", &refs, "audiences = [\"orders\"]");
+    let (client, token) = token_client(
+        "issuer",
+        &refs,
+        "audiences = [\"orders\"]\nsubject_pattern = \"*\"",
+    );
     config += &client;
     let d = Daemon::start_with_env(dir.path(), &config, &AWS_ENV);
     for alg in ALGS {
@@ -71,7 +75,7 @@ async fn kms_two_replicas_share_one_key_set_across_rotations() {
     let (client, token) = token_client(
         "issuer",
         &["shared"],
-        "audiences = [\"orders\"]\nadmin = true",
+        "audiences = [\"orders\"]\nsubject_pattern = \"*\"\nadmin = true",
     );
     let replicas = start_replicas(
         root.path(),
@@ -221,7 +225,7 @@ async fn kms_outage_serves_jwks_from_memory_and_recovers() {
     let (client, token) = token_client(
         "issuer",
         &["default"],
-        "audiences = [\"orders\"]\nadmin = true",
+        "audiences = [\"orders\"]\nsubject_pattern = \"*\"\nadmin = true",
     );
     let config = format!(
         "{}{}{client}",

@@ -109,7 +109,7 @@ async fn no_private_key_appears_in_any_response_log_or_audit_line() {
         &["ec", "rsa", "ed"],
         "audiences = [\"orders\"]\nsubject_pattern = \"u:*\"",
     );
-    let (ops, ops_token) = token_client("ops", &[], "admin = true");
+    let (ops, ops_token) = token_client("ops", &["*"], "admin = true");
     let config = format!(
         "{}{}{}{}{issuer}{ops}",
         server_toml(dir.path()),

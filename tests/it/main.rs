@@ -18,6 +18,7 @@ mod k8s;
 mod kms;
 mod leak;
 mod metrics;
+mod pkcs11;
 mod systemd;
 mod tour;
 mod trust;

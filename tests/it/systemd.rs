@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
+/// The policy of the clients here that sign: any `sub` (the tokens carry one).
+const SIGNER: &str = "subject_pattern = \"*\"";
+
 /// What the daemon told the "service manager", in order.
 struct Manager {
     socket: UnixDatagram,
@@ -234,7 +237,7 @@ fn log_lines_with(d: &Daemon, needle: &str) -> Vec<String> {
 #[tokio::test]
 async fn sighup_refuses_to_start_a_key_set_over_on_an_empty_backend() {
     let dir = private_dir();
-    let (alpha, alpha_token) = token_client("alpha", &["default"], "");
+    let (alpha, alpha_token) = token_client("alpha", &["default"], SIGNER);
     let base = server_toml(dir.path());
     let d = Daemon::start(
         dir.path(),
@@ -349,7 +352,7 @@ fn entry(path: &Path, keyset: &str) -> serde_json::Value {
 #[tokio::test]
 async fn a_restart_is_refused_where_a_reload_would_be() {
     let dir = private_dir();
-    let (alpha, alpha_token) = token_client("alpha", &["default", "second"], "");
+    let (alpha, alpha_token) = token_client("alpha", &["default", "second"], SIGNER);
     let base = server_toml(dir.path());
     let second = keyset_toml("second", "EdDSA", "");
     let full = base.clone() + &keyset_toml("default", "ES256", "") + &second + &alpha;
@@ -363,7 +366,7 @@ async fn a_restart_is_refused_where_a_reload_would_be() {
     assert!(ledger.exists());
 
     // "second" left out while alpha could sign with it.
-    let (alpha_default, _) = token_client("alpha", &["default"], "");
+    let (alpha_default, _) = token_client("alpha", &["default"], SIGNER);
     let without = base.clone() + &keyset_toml("default", "ES256", "") + &alpha_default;
     let err = refused_start(dir.path(), &without);
     assert!(
@@ -539,8 +542,8 @@ async fn an_activation_while_stopped_is_audited_at_the_restart() {
 #[tokio::test]
 async fn a_reload_that_cannot_be_recorded_is_refused() {
     let dir = private_dir();
-    let (alpha, _) = token_client("alpha", &["default"], "");
-    let (beta, beta_token) = token_client("beta", &["second"], "");
+    let (alpha, _) = token_client("alpha", &["default"], SIGNER);
+    let (beta, beta_token) = token_client("beta", &["second"], SIGNER);
     let base = server_toml(dir.path()) + &keyset_toml("default", "ES256", "") + &alpha;
     let d = Daemon::start(dir.path(), &base);
     let ledger = dir.path().join("data/keysets.json");
@@ -574,8 +577,8 @@ async fn a_reload_that_cannot_be_recorded_is_refused() {
 #[tokio::test]
 async fn sighup_applies_a_new_config_on_the_same_listeners_and_refuses_an_invalid_one() {
     let dir = private_dir();
-    let (alpha, alpha_token) = token_client("alpha", &["default"], "");
-    let (beta, beta_token) = token_client("beta", &["second"], "");
+    let (alpha, alpha_token) = token_client("alpha", &["default"], SIGNER);
+    let (beta, beta_token) = token_client("beta", &["second"], SIGNER);
     let base = server_toml(dir.path()) + &keyset_toml("default", "ES256", "");
     // "second" lives briefly: its tokens last 5 s at most.
     let second = keyset_toml("second", "EdDSA", "")
@@ -752,7 +755,7 @@ async fn sigterm_drains_requests_in_flight() {
     for ks in SLOW {
         config += &keyset_toml(ks, "RS256", "rsa_bits = 4096");
     }
-    let (client, token) = token_client("issuer", &["default", SLOW[0], SLOW[1]], "");
+    let (client, token) = token_client("issuer", &["default", SLOW[0], SLOW[1]], SIGNER);
     config += &client;
     let mut d = Daemon::start(dir.path(), &config);
 

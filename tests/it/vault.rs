@@ -264,7 +264,11 @@ async fn vault_every_algorithm_signs_tokens_that_an_independent_library_verifies
     }
     let names: Vec<String> = ALGS.iter().map(|a| a.to_lowercase()).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let (client, token) = token_client("issuer", &refs, "audiences = [\"orders\"]");
+    let (client, token) = token_client(
+        "issuer",
+        &refs,
+        "audiences = [\"orders\"]\nsubject_pattern = \"*\"",
+    );
     config += &client;
     let d = Daemon::start(dir.path(), &config);
     for alg in ALGS {
@@ -299,7 +303,7 @@ async fn vault_three_replicas_share_one_key_set_across_rotations() {
     let (client, token) = token_client(
         "issuer",
         &["shared"],
-        "audiences = [\"orders\"]\nadmin = true",
+        "audiences = [\"orders\"]\nsubject_pattern = \"*\"\nadmin = true",
     );
     let replicas = start_replicas(
         root.path(),
@@ -357,7 +361,7 @@ async fn vault_replica_killed_mid_rotation_leaves_a_state_the_others_finish() {
     let (client, token) = token_client(
         "issuer",
         &["shared"],
-        "audiences = [\"orders\"]\nadmin = true",
+        "audiences = [\"orders\"]\nsubject_pattern = \"*\"\nadmin = true",
     );
     let every = Duration::from_secs(8);
     let mut replicas = start_replicas(
@@ -474,7 +478,7 @@ async fn vault_outage_serves_jwks_from_memory_and_recovers() {
     let (client, token) = token_client(
         "issuer",
         &["default"],
-        "audiences = [\"orders\"]\nadmin = true",
+        "audiences = [\"orders\"]\nsubject_pattern = \"*\"\nadmin = true",
     );
     let config = format!(
         "{}{}{client}",

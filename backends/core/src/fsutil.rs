@@ -1,10 +1,12 @@
-//! Durable, private file operations, for backends and the daemon's data directory.
+//! Durable, private file operations, for backends and the daemon's data directory, and
+//! [`StateDir`], the lifecycle documents of the backends that keep them on this host.
 
-use crate::BackendError;
+use crate::{BackendError, StateBlob};
+use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The message carries the cause; it is not attached again as the source, which would
 /// print it twice in an error chain ("...: No such file: No such file").
@@ -153,9 +155,99 @@ pub fn lock_dir(dir: &Path) -> Result<File, BackendError> {
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(_) => Err(BackendError::Rejected(format!(
-            "{} is in use by another keyturn process (the file backend serves one daemon per directory)",
+            "{} is in use by another keyturn process (a key or state directory serves one daemon)",
             dir.display()
         ))),
+    }
+}
+
+/// Lifecycle documents in a private local directory: `<dir>/<keyset>.state` (0600), each
+/// with the version check-and-set compares. Writes are atomic ([`write_atomic`]) and
+/// serialized in this process; the directory's lock ([`lock_dir`]), held as long as the
+/// `StateDir` lives, keeps other processes out. The documents are on this host only: a
+/// backend that keeps them here serves one daemon.
+pub struct StateDir {
+    dir: PathBuf,
+    // Serializes check-and-set: read the version, compare, write.
+    write_lock: tokio::sync::Mutex<()>,
+    _lock: File,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    version: u64,
+    data: String,
+}
+
+impl StateDir {
+    /// Opens `dir` (created 0700 if missing, refused if group or other have access) and
+    /// takes its lock.
+    pub fn open(dir: &Path) -> Result<Self, BackendError> {
+        ensure_private_dir(dir)?;
+        let lock = lock_dir(dir)?;
+        Ok(StateDir {
+            dir: dir.to_path_buf(),
+            write_lock: tokio::sync::Mutex::new(()),
+            _lock: lock,
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, keyset: &str) -> Result<PathBuf, BackendError> {
+        crate::check_name(keyset)?;
+        Ok(self.dir.join(format!("{keyset}.state")))
+    }
+
+    /// The document of `keyset`, if one was ever stored.
+    pub async fn load(&self, keyset: &str) -> Result<Option<StateBlob>, BackendError> {
+        let path = self.path(keyset)?;
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(BackendError::storage(
+                    format!("cannot read {}", path.display()),
+                    e,
+                ))
+            }
+        };
+        check_private_file(&path)?;
+        let file: StateFile = serde_json::from_slice(&bytes).map_err(|e| {
+            BackendError::storage(format!("state file {} is corrupt", path.display()), e)
+        })?;
+        Ok(Some(StateBlob {
+            data: file.data.into_bytes(),
+            version: file.version,
+        }))
+    }
+
+    /// Stores the document of `keyset` if its version is still `expected` (`None`: no
+    /// document yet); returns the new version, or [`BackendError::Conflict`].
+    pub async fn store(
+        &self,
+        keyset: &str,
+        data: &[u8],
+        expected: Option<u64>,
+    ) -> Result<u64, BackendError> {
+        let path = self.path(keyset)?;
+        let data = String::from_utf8(data.to_vec())
+            .map_err(|_| BackendError::Rejected("state must be UTF-8 JSON".into()))?;
+        let _guard = self.write_lock.lock().await;
+        let current = self.load(keyset).await?.map(|s| s.version);
+        if current != expected {
+            return Err(BackendError::Conflict);
+        }
+        let version = current.unwrap_or(0).saturating_add(1);
+        let bytes = serde_json::to_vec(&StateFile { version, data })
+            .map_err(|e| BackendError::storage("cannot encode state", e))?;
+        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+            .await
+            .map_err(|e| BackendError::storage("write task failed", e))??;
+        Ok(version)
     }
 }
 

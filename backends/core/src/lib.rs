@@ -149,6 +149,12 @@ pub trait KeyBackend: Send + Sync + 'static {
     /// Whether this backend can create keys for and sign with `alg`.
     fn supports(&self, alg: Algorithm) -> bool;
 
+    /// Why this backend cannot do `alg` (when [`Self::supports`] says so), for the error
+    /// that refuses a key set configured with it.
+    fn unsupported(&self, alg: Algorithm) -> String {
+        format!("the {} backend cannot sign {alg}", self.kind())
+    }
+
     /// True when several daemons may share this backend's keys and state.
     fn shared(&self) -> bool {
         false

@@ -25,12 +25,11 @@ use keyturn_backend::software::SoftwareKey;
 use keyturn_backend::{Algorithm, BackendError, KeyBackend, KeyType, PublicKey, StateBlob};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
-use keyturn_backend::fsutil;
+use keyturn_backend::fsutil::{self, StateDir};
 
 /// Where the key-encryption key comes from.
 #[derive(Debug, Clone)]
@@ -64,9 +63,10 @@ pub struct FileBackend {
     // reference count: on two cores each such write moves a cache line between them);
     // loading, generating and destroying a key replace the map.
     cache: ArcSwap<HashMap<String, Arc<SoftwareKey>>>,
-    // Serializes check-and-set on state files and creation of keys.
+    // Serializes creation and destruction of keys.
     write_lock: tokio::sync::Mutex<()>,
-    _lock: File,
+    // The lifecycle documents, in the same directory, and its lock.
+    states: StateDir,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -75,12 +75,6 @@ struct KeyFile {
     key_type: KeyType,
     nonce: String,
     ciphertext: String,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StateFile {
-    version: u64,
-    data: String,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -103,8 +97,7 @@ impl FileBackend {
     /// process holds open.
     pub fn open(config: &FileBackendConfig) -> Result<Self, BackendError> {
         let dir = config.dir.clone();
-        fsutil::ensure_private_dir(&dir)?;
-        let lock = fsutil::lock_dir(&dir)?;
+        let states = StateDir::open(&dir)?;
         let kek_bytes = load_kek(&config.kek)?;
         let kek = RandomizedNonceKey::new(&AES_256_GCM, &kek_bytes).map_err(|_| {
             BackendError::Rejected("the key-encryption key must be 32 bytes".into())
@@ -116,16 +109,12 @@ impl FileBackend {
             mac_key,
             cache: ArcSwap::default(),
             write_lock: tokio::sync::Mutex::new(()),
-            _lock: lock,
+            states,
         })
     }
 
     fn key_path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.key"))
-    }
-
-    fn state_path(&self, keyset: &str) -> PathBuf {
-        self.dir.join(format!("{keyset}.state"))
     }
 
     fn seal(&self, name: &str, key: &SoftwareKey) -> Result<Vec<u8>, BackendError> {
@@ -349,26 +338,7 @@ impl KeyBackend for FileBackend {
     }
 
     async fn load_state(&self, keyset: &str) -> Result<Option<StateBlob>, BackendError> {
-        keyturn_backend::check_name(keyset)?;
-        let path = self.state_path(keyset);
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(BackendError::storage(
-                    format!("cannot read {}", path.display()),
-                    e,
-                ))
-            }
-        };
-        fsutil::check_private_file(&path)?;
-        let file: StateFile = serde_json::from_slice(&bytes).map_err(|e| {
-            BackendError::storage(format!("state file {} is corrupt", path.display()), e)
-        })?;
-        Ok(Some(StateBlob {
-            data: file.data.into_bytes(),
-            version: file.version,
-        }))
+        self.states.load(keyset).await
     }
 
     async fn store_state(
@@ -377,22 +347,7 @@ impl KeyBackend for FileBackend {
         data: &[u8],
         expected: Option<u64>,
     ) -> Result<u64, BackendError> {
-        keyturn_backend::check_name(keyset)?;
-        let data = String::from_utf8(data.to_vec())
-            .map_err(|_| BackendError::Rejected("state must be UTF-8 JSON".into()))?;
-        let _guard = self.write_lock.lock().await;
-        let current = self.load_state(keyset).await?.map(|s| s.version);
-        if current != expected {
-            return Err(BackendError::Conflict);
-        }
-        let version = current.unwrap_or(0).saturating_add(1);
-        let bytes = serde_json::to_vec(&StateFile { version, data })
-            .map_err(|e| BackendError::storage("cannot encode state", e))?;
-        let path = self.state_path(keyset);
-        tokio::task::spawn_blocking(move || fsutil::write_atomic(&path, &bytes))
-            .await
-            .map_err(|e| BackendError::storage("write task failed", e))??;
-        Ok(version)
+        self.states.store(keyset, data, expected).await
     }
 
     async fn health(&self) -> Result<(), BackendError> {

@@ -343,3 +343,39 @@ async fn tls_with_a_custom_ca_file() {
     let err = VaultBackend::connect(&plain).await.err().unwrap();
     assert!(err.to_string().contains("ca_file"), "{err}");
 }
+
+/// A transit key whose private half could leave Vault (exportable, or with plaintext backup
+/// allowed) is refused, whoever made it: as a signing key and as the state MAC key.
+#[tokio::test]
+async fn keys_that_could_leave_vault_are_refused() {
+    let Some(bao) = OpenBao::start() else { return };
+    bao.enable_transit("transit");
+    bao.enable_kv2("secret");
+    let dir = tempfile::tempdir().unwrap();
+    let root = secret_file(dir.path(), "token", "root", 0o600);
+    let backend = VaultBackend::connect(&token_config(&bao, root))
+        .await
+        .unwrap();
+    for (name, option) in [
+        ("ks-exportable", "exportable"),
+        ("ks-backup", "allow_plaintext_backup"),
+    ] {
+        let body = serde_json::json!({"type": "ecdsa-p256", "exportable": true, option: true});
+        let (status, answer) = bao.request("POST", &format!("transit/keys/{name}"), Some(body));
+        assert!(status < 300, "{answer}");
+        for err in [
+            backend.public_key(name).await.unwrap_err(),
+            backend.create_key(name, KeyType::EcP256).await.unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, BackendError::Rejected(m) if m.contains("could leave Vault")),
+                "{name}: {err}"
+            );
+        }
+    }
+    let body = serde_json::json!({"type": "aes256-gcm96", "exportable": true});
+    let (status, answer) = bao.request("POST", "transit/keys/keyturn-state-mac", Some(body));
+    assert!(status < 300, "{answer}");
+    let err = backend.state_mac("ks", b"{}").await.unwrap_err();
+    assert!(err.to_string().contains("could leave Vault"), "{err}");
+}

