@@ -253,6 +253,18 @@ impl Metrics {
             "withheld_keys",
             "Records of the lifecycle document withheld from the JWKS: the backend does not hold their key",
         );
+        let ready = family(
+            &mut gauges,
+            "ready",
+            "1 if the key set is ready (as /readyz says; its reasons are there)",
+        );
+        let audit_writable = Gauge::<i64>::default();
+        gauges.register(
+            "audit_log_writable",
+            "1 if the audit log is being written; while it is not, signing is refused",
+            audit_writable.clone(),
+        );
+        audit_writable.set(i64::from(state.audit.is_healthy()));
         for keyset in state.keysets.load().iter() {
             let label = KeySetLabel {
                 keyset: keyset.name().to_owned(),
@@ -297,6 +309,9 @@ impl Metrics {
             withheld
                 .get_or_create(&label)
                 .set(i64::try_from(doc.withheld().count()).unwrap_or(i64::MAX));
+            ready
+                .get_or_create(&label)
+                .set(i64::from(keyset.not_ready_reason(now).is_none()));
         }
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
