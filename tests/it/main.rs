@@ -8,6 +8,7 @@ mod browser;
 mod cli;
 mod console;
 mod crash;
+mod deploy;
 mod faults;
 mod fuzz_corpus;
 mod harness;
