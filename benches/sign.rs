@@ -8,7 +8,7 @@
 //!
 //! For each algorithm (a file-backend key, as the daemon signs by default):
 //! - `raw`: aws-lc-rs alone on the signing input (the floor);
-//! - `prepare`: policy checks and the signing input (`keyturn::policy::prepare`, with a
+//! - `prepare`: policy checks and the signing input (`keyturn::core::policy::prepare`, with a
 //!   fresh `jti`);
 //! - `sign_path`: `prepare` + `FileBackend::sign` (cached key) + `compact`: claims in,
 //!   compact JWS out;
@@ -21,8 +21,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use keyturn::config::{Config, Env};
-use keyturn::http::api::Signed;
-use keyturn::policy::{compact, new_jti, prepare, SignRequest};
+use keyturn::core::policy::{compact, new_jti, prepare, SignRequest};
+use keyturn::server::http::api::Signed;
 use keyturn_backend::{Algorithm, KeyBackend};
 use keyturn_backend_file::{FileBackend, FileBackendConfig, KekSource};
 use std::future::Future;

@@ -140,13 +140,13 @@ fn main() -> anyhow::Result<()> {
     );
     let config = keyturn::config::Config::load(&path)?;
     let backend = Ephemeral::open(config.server.data_dir.join("ephemeral-state.json"))?;
-    keyturn::logging::init(config.server.log_format, config.server.under_journald);
+    keyturn::infra::logging::init(config.server.log_format, config.server.under_journald);
     let runtime = tokio::runtime::Runtime::new()?;
     // The one call: the daemon, with "ephemeral" available to [[keyset]] backend tables.
-    runtime.block_on(keyturn::app::run_with_backends(
+    runtime.block_on(keyturn::server::app::run_with_backends(
         config,
         Some(path),
-        Arc::new(keyturn::clock::SystemClock),
+        Arc::new(keyturn::core::clock::SystemClock),
         vec![("ephemeral".into(), Arc::new(backend))],
     ))
 }

@@ -4,7 +4,7 @@
 # beside its file backend, plus the raw aws-lc-rs primitive, start-up time and memory. Prints a table of rates, latencies and CPU per request, then the HTTP
 # floors (nginx answering the sign and sign-batch requests with no work), the ceilings
 # they put on any signer here, and a bare signer on keyturn's own stack with nothing but
-# the signature (benches/bare.rs); BENCHMARKS.md explains them and records results.
+# the signature (benches/bare.rs); docs/benchmarks.md explains them and shows the latest results.
 #
 #   scripts/bench.sh                      # 15 s per wrk run, 32 connections
 #   BENCH_DURATION=5 scripts/bench.sh     # quicker, noisier

@@ -3,9 +3,9 @@
 //! through them in the normal test suite. Each also checks a property that must hold for
 //! every input, not only "no crash".
 
+use crate::cli::verify::{parse_jwks, verify, Expect, JwksKey};
 use crate::config::{ClientAuth, ClientConfig, Config, Env, KeySetConfig};
-use crate::policy::{prepare, SignRequest};
-use crate::verify::{parse_jwks, verify, Expect, JwksKey};
+use crate::core::policy::{prepare, SignRequest};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use keyturn_backend::{Jwk, KeyType};
@@ -19,7 +19,7 @@ pub fn config(data: &[u8]) {
         if let Ok(config) = Config::parse(text, Env::default()) {
             // Whatever validates keeps rotations at least a publish lead apart.
             for ks in &config.keysets {
-                let min = crate::timing::min_period(&ks.schedule).unwrap_or(i64::MAX);
+                let min = crate::config::timing::min_period(&ks.schedule).unwrap_or(i64::MAX);
                 assert!(
                     min >= ks.timing.publish_lead(),
                     "validated an unsafe schedule"
@@ -73,7 +73,7 @@ pub fn sign_request(data: &[u8]) {
         serde_json::from_slice(&B64.decode(header).unwrap_or_default()).unwrap_or_default();
     let payload = B64.decode(claims).unwrap_or_default();
     assert!(
-        crate::json::strict(&payload).is_ok(),
+        crate::core::json::strict(&payload).is_ok(),
         "the payload is not strict JSON"
     );
     let claims: serde_json::Value = serde_json::from_slice(&payload).unwrap_or_default();

@@ -5,35 +5,26 @@
 //! and the JWKS cache age, signs tokens for authenticated clients so that private keys
 //! never leave it (or the backend), and serves a versioned JWKS.
 //!
-//! The binary is thin: [`cli`] parses arguments, [`config`] validates, [`app::run`] serves.
+//! The binary is thin: [`cli`] parses arguments, [`config`] validates,
+//! [`server::app::run`] serves.
+//!
+//! The code is in layers, each importing only the layers below it:
+//!
+//! - [`config`]: the TOML file, parsed and validated; durations, the timing rules they
+//!   imply, secrets read from files.
+//! - [`core`]: the key lifecycle, a running key set and its published view, the signing
+//!   policy, the key timeline picture. No I/O but through the backend trait; time is a
+//!   parameter.
+//! - [`infra`]: what touches the host: the audit log, the ledger, metrics, the backend
+//!   factory, TLS, systemd notification, signals, hardening, logging.
+//! - [`server`]: the daemon: its state, authentication, the HTTP listeners, the signing
+//!   transaction, the read-only console, the Kubernetes signer, and the task that keeps
+//!   each key set in order.
+//! - [`cli`]: the subcommands, the small HTTP client they use, and the token verifier.
 
-pub mod app;
-pub mod audit;
-pub mod auth;
-pub mod backends;
 pub mod cli;
-pub mod client;
-pub mod clock;
 pub mod config;
-pub mod console;
+pub mod core;
 pub mod fuzzing;
-pub mod hardening;
-pub mod http;
-pub mod json;
-pub mod jwks;
-pub mod k8s;
-pub mod keyset;
-pub mod ledger;
-pub mod lifecycle;
-pub mod logging;
-pub mod metrics;
-pub mod notify;
-pub mod policy;
-pub mod secret;
-pub mod signals;
-#[cfg(test)]
-mod testing;
-pub mod timeline;
-pub mod timing;
-pub mod tls;
-pub mod verify;
+pub mod infra;
+pub mod server;

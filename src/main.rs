@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 fn main() -> ExitCode {
     // Before any secret is read: no core dumps, no ptrace by same-uid processes.
-    if let Err(e) = keyturn::hardening::apply() {
+    if let Err(e) = keyturn::infra::hardening::apply() {
         eprintln!("keyturn: cannot disable core dumps: {e}");
         return ExitCode::FAILURE;
     }
@@ -38,15 +38,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    keyturn::logging::init(
+    keyturn::infra::logging::init(
         log_format.unwrap_or(loaded.server.log_format),
         loaded.server.under_journald,
     );
     if config.is_none() {
         tracing::info!("no --config given: running the embedded default (file backend in ./keyturn-data, one ES256 key set)");
     }
-    let clock = Arc::new(keyturn::clock::SystemClock);
-    match runtime.block_on(keyturn::app::run(loaded, config.clone(), clock)) {
+    let clock = Arc::new(keyturn::core::clock::SystemClock);
+    match runtime.block_on(keyturn::server::app::run(loaded, config.clone(), clock)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "keyturn stopped on an error");

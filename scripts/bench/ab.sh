@@ -4,7 +4,7 @@
 # the same config: per run, tokens/s, keyturn's CPU time per token and the machine's idle
 # time per token. Alternating cancels most of this VM's
 # drift between runs; compare medians, and expect about ±0.2 us per token between copies
-# of one binary. BENCHMARKS.md ("Changes") reports its figures.
+# of one binary. docs/benchmarks.md says how to read its figures.
 #
 #   scripts/bench/ab.sh ROUNDS SECONDS BIN_A BIN_B [BIN...]
 #   AB_CONNECTIONS=4 scripts/bench/ab.sh 4 5 old/keyturn new/keyturn

@@ -2,7 +2,7 @@
 # Where a token's CPU time goes, natively: perf samples keyturn (file backend) under wrk
 # load, groups the samples by what keyturn was doing, and prints each group's time per
 # token beside the raw primitive's time per signature measured on the same CPUs.
-# BENCHMARKS.md reads the missed targets from it.
+# docs/benchmarks.md explains the split.
 #
 #   scripts/bench/profile.sh [KEYTURN_BIN]                  # default: a fresh --release build
 #   PROFILE_LOAD=sign-rs256 scripts/bench/profile.sh

@@ -89,13 +89,13 @@ pub async fn sign_and_verify(d: &Daemon, ks: &str, alg: &str, token: &str) -> se
         assert_eq!(lifetime, 300);
     } else {
         let set = serde_json::to_vec(&jwks(d, ks).await).unwrap();
-        let keys = keyturn::verify::parse_jwks(&set).unwrap();
-        let expect = keyturn::verify::Expect {
+        let keys = keyturn::cli::verify::parse_jwks(&set).unwrap();
+        let expect = keyturn::cli::verify::Expect {
             audience: Some("orders".into()),
             ..Default::default()
         };
         let now = body["exp"].as_i64().unwrap() - 300;
-        keyturn::verify::verify(jws, &keys, &expect, now).unwrap();
+        keyturn::cli::verify::verify(jws, &keys, &expect, now).unwrap();
     }
     body
 }
@@ -673,7 +673,7 @@ async fn unix_socket_clients_are_named_by_peer_uid() {
         uid + 1
     );
     let d = Daemon::start(dir.path(), &config);
-    use keyturn::client::{request, Endpoint};
+    use keyturn::cli::client::{request, Endpoint};
     let ep = Endpoint::Socket(socket.clone());
     let r = request(
         &ep,
@@ -847,7 +847,7 @@ fn client_token_prints_config_lines_that_authenticate() {
         .unwrap()
         .trim_end_matches('"');
     assert_eq!(
-        keyturn::auth::to_hex(&keyturn::auth::hash_token(token)),
+        keyturn::config::secret::to_hex(&keyturn::config::secret::hash_token(token)),
         hash
     );
     assert!(stdout.contains("name = \"svc\""));
@@ -1248,7 +1248,7 @@ async fn failed_authentication_is_logged_rate_limited_and_counted() {
     assert_eq!(post(None).await, 401);
     assert_eq!(post(Some(format!("Basic {secret}"))).await, 401);
     assert_eq!(post(Some(format!("Bearer {token}"))).await, 200);
-    use keyturn::client::{request, Endpoint};
+    use keyturn::cli::client::{request, Endpoint};
     let r = request(
         &Endpoint::Socket(socket),
         http::Method::POST,

@@ -266,7 +266,7 @@ fn client_token_writes_a_bare_file_name_and_never_overwrites() {
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
-    let hash = keyturn::auth::to_hex(&keyturn::auth::hash_token(token.trim()));
+    let hash = keyturn::config::secret::to_hex(&keyturn::config::secret::hash_token(token.trim()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains(&format!("token_sha256 = \"{hash}\"")),
@@ -343,7 +343,7 @@ fn rechain(lines: &[String]) -> String {
     for line in lines {
         let cut = line.rfind("\"prev\":\"").unwrap();
         let line = format!("{}\"prev\":\"{prev}\"}}", &line[..cut]);
-        prev = keyturn::auth::to_hex(
+        prev = keyturn::config::secret::to_hex(
             aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, line.as_bytes()).as_ref(),
         );
         out += &line;

@@ -159,9 +159,9 @@ async fn a_full_data_dir_fails_clearly_and_recovers() {
     // parses, and a restart serves the same keys.
     let audit = fs.0.join("data/audit.log");
     assert!(
-        keyturn::audit::verify(&audit, None).is_ok_and(|v| v.torn.is_empty()),
+        keyturn::infra::audit::verify(&audit, None).is_ok_and(|v| v.torn.is_empty()),
         "{:?}",
-        keyturn::audit::verify(&audit, None)
+        keyturn::infra::audit::verify(&audit, None)
     );
     let signs = std::fs::read_to_string(&audit)
         .unwrap()

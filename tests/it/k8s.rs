@@ -6,7 +6,7 @@
 use crate::harness::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
-use keyturn::k8s::proto::{v1, v1alpha1};
+use keyturn::server::k8s::proto::{v1, v1alpha1};
 use keyturn_backend::{Algorithm, PublicKey};
 use serde_json::{json, Value};
 use std::path::Path;

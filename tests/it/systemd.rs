@@ -200,12 +200,12 @@ async fn signs_and_verifies(d: &Daemon, keyset: &str, token: &str) {
         "{keyset}: kid {} not in {set}",
         body["kid"]
     );
-    let keys = keyturn::verify::parse_jwks(&serde_json::to_vec(&set).unwrap()).unwrap();
+    let keys = keyturn::cli::verify::parse_jwks(&serde_json::to_vec(&set).unwrap()).unwrap();
     let now = body["exp"].as_i64().unwrap() - 1; // inside any lifetime of a second or more
-    keyturn::verify::verify(
+    keyturn::cli::verify::verify(
         body["token"].as_str().unwrap(),
         &keys,
-        &keyturn::verify::Expect::default(),
+        &keyturn::cli::verify::Expect::default(),
         now,
     )
     .unwrap();
@@ -762,7 +762,7 @@ async fn sigterm_drains_requests_in_flight() {
     let stalled = StalledRequest::open(&d, "default", &token).await;
 
     let batch = json!({
-        "requests": vec![json!({"claims": {"sub": "svc"}}); keyturn::http::api::MAX_BATCH]
+        "requests": vec![json!({"claims": {"sub": "svc"}}); keyturn::server::http::api::MAX_BATCH]
     });
     let mut batches = Vec::new();
     for ks in SLOW {
@@ -811,7 +811,7 @@ async fn sigterm_drains_requests_in_flight() {
             .unwrap_or_else(|e| panic!("{ks}: an accepted request lost its response: {e}"));
         assert_eq!(status, 200, "{ks}: {body}");
         let results = body["results"].as_array().unwrap();
-        assert_eq!(results.len(), keyturn::http::api::MAX_BATCH, "{ks}");
+        assert_eq!(results.len(), keyturn::server::http::api::MAX_BATCH, "{ks}");
         assert!(
             results.iter().all(|r| r["token"].is_string()),
             "{ks}: {body}"

@@ -43,7 +43,20 @@ pub enum KekSource {
     Credential(PathBuf),
 }
 
-/// Settings of a file backend.
+/// Settings of a file backend as configured: the `backend = { type = "file", ... }` table
+/// of a key set. The daemon resolves the defaults into a [`FileBackendConfig`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The key directory. Default: `<data_dir>/keys`.
+    pub dir: Option<PathBuf>,
+    /// The key-encryption key file (a relative path names a systemd credential). Default:
+    /// the `keyturn-kek` credential if there is one, else `<data_dir>/kek`, created on the
+    /// first start.
+    pub kek_file: Option<PathBuf>,
+}
+
+/// Settings of a file backend, resolved.
 #[derive(Debug, Clone)]
 pub struct FileBackendConfig {
     /// The key directory.
@@ -370,7 +383,7 @@ fn lower_this_threads_priority() {
 
 /// Generates a key on a thread of its own at the lowest CPU priority (nice 19). An RSA-4096
 /// key takes up to seconds of CPU: off the async workers, and behind every signing request
-/// when the CPUs are busy (the rotation p99 in BENCHMARKS.md).
+/// when the CPUs are busy (it would show in the signing latency during a rotation).
 async fn generate_at_low_priority(key_type: KeyType) -> Result<SoftwareKey, BackendError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()

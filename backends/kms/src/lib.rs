@@ -148,6 +148,9 @@ pub struct KmsConfig {
     pub create_state_table: bool,
     /// Days KMS waits before deleting a destroyed key, 7 to 30. Default: 30.
     pub deletion_window_days: u32,
+    /// Accept `http://` endpoints to a host that is not loopback. Default: false (the
+    /// request signatures and the answers would cross in clear).
+    pub allow_plaintext_http: bool,
 }
 
 impl Default for KmsConfig {
@@ -159,6 +162,7 @@ impl Default for KmsConfig {
             state_table: DEFAULT_STATE_TABLE.to_owned(),
             create_state_table: false,
             deletion_window_days: DEFAULT_DELETION_WINDOW_DAYS,
+            allow_plaintext_http: false,
         }
     }
 }
@@ -193,6 +197,14 @@ impl KmsConfig {
                 )));
             }
         }
+        for (setting, url) in [
+            ("endpoint", &self.endpoint),
+            ("dynamodb_endpoint", &self.dynamodb_endpoint),
+        ] {
+            if let Some(url) = url {
+                keyturn_backend::check_transport(setting, url, self.allow_plaintext_http)?;
+            }
+        }
         Ok(())
     }
 }
@@ -221,6 +233,14 @@ impl KmsBackend {
     /// creates, see [`KmsConfig::create_state_table`]) the state table.
     pub async fn connect(config: &KmsConfig) -> Result<Self, BackendError> {
         config.validate()?;
+        for url in [&config.endpoint, &config.dynamodb_endpoint]
+            .into_iter()
+            .flatten()
+        {
+            if keyturn_backend::check_transport("endpoint", url, true)? {
+                tracing::warn!(url, "KMS or DynamoDB is reached over plaintext HTTP (allow_plaintext_http = true): requests and answers cross in clear");
+            }
+        }
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(
                 RetryConfig::standard()

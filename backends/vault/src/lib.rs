@@ -79,42 +79,115 @@ pub enum VaultAuth {
     },
 }
 
-/// Settings of a vault backend; [`VaultConfig::new`] fills in the defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Settings of a vault backend: the `backend = { type = "vault", ... }` table of a key set.
+/// Give `token_file`, or `approle_role_id` with `approle_secret_id_file`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VaultConfig {
     /// The Vault address, `https://vault.example.com:8200`.
     pub address: String,
-    /// How to get a token.
-    pub auth: VaultAuth,
+    /// A file holding a Vault token (read again whenever it cannot be renewed).
+    pub token_file: Option<PathBuf>,
+    /// AppRole role id (with `approle_secret_id_file`).
+    pub approle_role_id: Option<String>,
+    /// A file holding the AppRole secret id.
+    pub approle_secret_id_file: Option<PathBuf>,
     /// Where the transit engine is mounted. Default `transit`.
+    #[serde(default = "default_transit_mount")]
     pub transit_mount: String,
     /// Where the KV v2 engine holding the lifecycle state is mounted. Default `secret`.
+    #[serde(default = "default_kv_mount")]
     pub kv_mount: String,
     /// Where the AppRole auth method is mounted. Default `approle`.
+    #[serde(default = "default_approle_mount")]
     pub approle_mount: String,
     /// PEM bundle of the CAs that sign Vault's TLS certificate; `None`: the system roots.
     pub ca_file: Option<PathBuf>,
+    /// Accept an `http://` address to a host that is not loopback. Default false: the
+    /// token would cross in clear.
+    #[serde(default)]
+    pub allow_plaintext_http: bool,
     /// `$CREDENTIALS_DIRECTORY`: secret files under it are systemd credentials, which may
-    /// be group-readable (0440). Default: none.
+    /// be group-readable (0440). Set by the daemon, not in the table.
+    #[serde(skip)]
     pub credentials_dir: Option<PathBuf>,
-    /// Limit on each call to Vault. Default 30 s: a hung Vault becomes a retryable error
-    /// well before a caller gives up.
+    /// Limit on each call to Vault. 30 s: a hung Vault becomes a retryable error well
+    /// before a caller gives up.
+    #[serde(skip, default = "default_request_timeout")]
     pub request_timeout: Duration,
+}
+
+/// Transit's usual mount.
+fn default_transit_mount() -> String {
+    "transit".into()
+}
+
+/// KV v2 at `secret/`, as on a dev server.
+fn default_kv_mount() -> String {
+    "secret".into()
+}
+
+/// AppRole's usual mount.
+fn default_approle_mount() -> String {
+    "approle".into()
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl VaultConfig {
     /// A config with the default mounts, system CA roots and timeout.
     pub fn new(address: impl Into<String>, auth: VaultAuth) -> Self {
+        let (token_file, approle_role_id, approle_secret_id_file) = match auth {
+            VaultAuth::Token { token_file } => (Some(token_file), None, None),
+            VaultAuth::AppRole {
+                role_id,
+                secret_id_file,
+            } => (None, Some(role_id), Some(secret_id_file)),
+        };
         VaultConfig {
             address: address.into(),
-            auth,
-            transit_mount: "transit".into(),
-            kv_mount: "secret".into(),
-            approle_mount: "approle".into(),
+            token_file,
+            approle_role_id,
+            approle_secret_id_file,
+            transit_mount: default_transit_mount(),
+            kv_mount: default_kv_mount(),
+            approle_mount: default_approle_mount(),
             ca_file: None,
+            allow_plaintext_http: false,
             credentials_dir: None,
-            request_timeout: Duration::from_secs(30),
+            request_timeout: default_request_timeout(),
         }
+    }
+
+    /// How it gets a token: a token file, or an AppRole login.
+    pub fn auth(&self) -> Result<VaultAuth, BackendError> {
+        match (
+            &self.token_file,
+            &self.approle_role_id,
+            &self.approle_secret_id_file,
+        ) {
+            (Some(token_file), None, None) => Ok(VaultAuth::Token {
+                token_file: token_file.clone(),
+            }),
+            (None, Some(role_id), Some(secret_id_file)) => Ok(VaultAuth::AppRole {
+                role_id: role_id.clone(),
+                secret_id_file: secret_id_file.clone(),
+            }),
+            _ => Err(BackendError::Rejected(
+                "the vault backend needs token_file, or approle_role_id with \
+                 approle_secret_id_file (one of the two, not both)"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Checks what can be checked without calling Vault.
+    pub fn validate(&self) -> Result<(), BackendError> {
+        self.auth()?;
+        keyturn_backend::check_transport("address", &self.address, self.allow_plaintext_http)?;
+        Ok(())
     }
 }
 
@@ -149,6 +222,10 @@ impl VaultBackend {
     /// Checks the settings, logs in (reading the token or secret id file) and starts the
     /// token renewal task. Must be called inside a Tokio runtime.
     pub async fn connect(config: &VaultConfig) -> Result<VaultBackend, BackendError> {
+        config.validate()?;
+        if keyturn_backend::check_transport("address", &config.address, true)? {
+            tracing::warn!(address = %config.address, "Vault is reached over plaintext HTTP (allow_plaintext_http = true): its token crosses in clear");
+        }
         let url = url::Url::parse(&config.address)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
@@ -192,7 +269,7 @@ impl VaultBackend {
             .build()
             .map_err(|e| BackendError::Rejected(format!("invalid Vault settings: {e}")))?;
         let login = Login {
-            method: config.auth.clone(),
+            method: config.auth()?,
             approle_mount: config.approle_mount.clone(),
             settings,
             credentials_dir: config.credentials_dir.clone(),
