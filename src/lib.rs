@@ -13,11 +13,13 @@
 //! - [`config`]: the TOML file, parsed and validated; durations, the timing rules they
 //!   imply, secrets read from files.
 //! - [`core`]: the key lifecycle, a running key set and its published view, the signing
-//!   policy. No I/O but through the backend trait; time is a parameter.
+//!   policy, the key timeline picture. No I/O but through the backend trait; time is a
+//!   parameter.
 //! - [`infra`]: what touches the host: the audit log, the ledger, metrics, the backend
 //!   factory, TLS, systemd notification, signals, hardening, logging.
 //! - [`server`]: the daemon: its state, authentication, the HTTP listeners, the signing
-//!   transaction, the Kubernetes signer, and the task that keeps each key set in order.
+//!   transaction, the read-only console, the Kubernetes signer, and the task that keeps
+//!   each key set in order.
 //! - [`cli`]: the subcommands, the small HTTP client they use, and the token verifier.
 
 pub mod cli;

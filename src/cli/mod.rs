@@ -7,8 +7,10 @@ pub mod verify;
 
 use crate::cli::client::{request, Endpoint};
 use crate::config::{Config, LogFormat};
+use crate::core::timeline::{self, KeySetPlan};
 use clap::{ArgGroup, Parser, Subcommand};
 use http::Method;
+use serde::Deserialize as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -80,15 +82,21 @@ pub enum Command {
         /// The config file.
         file: PathBuf,
     },
-    /// Key sets and their keys, with states and timestamps (admin client).
+    /// Key sets and their keys, with states and times, as a table (admin client).
     Status {
         /// One key set (default: all).
         keyset: Option<String>,
+        /// The admin API's JSON instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// The coming activations and removals per key set (admin client; a dry run).
     Plan {
         /// One key set (default: all).
         keyset: Option<String>,
+        /// Also draw the key timeline of each key set into FILE (a standalone SVG).
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
     },
     /// Rotate now: the pending key becomes active as soon as it is safe (admin client).
     Rotate {
@@ -253,15 +261,92 @@ fn print_json(v: &serde_json::Value) {
     say!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-fn when(now: i64, t: i64) -> String {
-    let at = chrono::DateTime::from_timestamp(t, 0)
-        .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_default();
-    if t >= now {
-        format!("{at} (in {})", crate::config::human(t - now))
-    } else {
-        format!("{at} ({} ago)", crate::config::human(now - t))
+/// A key set's view, as the admin API serves it: `keyset`, or all.
+async fn views(
+    conn: &Connection,
+    keyset: Option<String>,
+) -> Result<Vec<serde_json::Value>, String> {
+    Ok(match keyset {
+        Some(k) => vec![call(conn, Method::GET, &format!("/v1/keysets/{k}"), None).await?],
+        None => call(conn, Method::GET, "/v1/keysets", None).await?["keysets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+    })
+}
+
+fn plan_of(view: &serde_json::Value) -> Result<KeySetPlan, String> {
+    KeySetPlan::deserialize(view)
+        .map_err(|e| format!("the daemon's key set view is not one this keyturn reads: {e}"))
+}
+
+/// The status table of a key set at `now`: a line on the key set, then one per key with
+/// when its state began and when it changes.
+fn status_table(view: &serde_json::Value, now: i64) -> Result<String, String> {
+    use std::fmt::Write as _;
+    let plan = plan_of(view)?;
+    // The column heading says UTC.
+    let at = |t: Option<i64>| t.map_or_else(String::new, |t| when(now, t).replacen(" UTC", "", 1));
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "key set {} ({} on {}): JWKS version {}, backend {}, next event {}",
+        plan.name,
+        plan.algorithm,
+        view["backend"].as_str().unwrap_or("?"),
+        view["jwks_version"].as_u64().unwrap_or(0),
+        if view["backend_ok"].as_bool().unwrap_or(false) {
+            "up"
+        } else {
+            "down"
+        },
+        plan.next_event
+            .map_or_else(|| "none".to_owned(), |t| when(now, t)),
+    );
+    let rows: Vec<[String; 4]> = plan
+        .keys
+        .iter()
+        .map(|k| {
+            let (since, until) = match k.state.as_str() {
+                "pending" => (k.published_at, k.activate_at),
+                "active" => (k.activate_at, plan.next_activation),
+                "retired" => (k.retired_at, k.remove_at),
+                "removed" => (k.removed_at, None),
+                "revoked" => (k.revoked_at, None),
+                _ => (Some(k.created_at), None),
+            };
+            let mut kid = k.kid.clone().unwrap_or_else(|| "(being created)".into());
+            if k.kid.is_some() && k.kid == plan.active_kid {
+                kid.push_str(" *");
+            }
+            [kid, k.state.clone(), at(since), at(until)]
+        })
+        .collect();
+    let header = ["KID", "STATE", "SINCE (UTC)", "UNTIL (UTC)"].map(str::to_owned);
+    let widths: Vec<usize> = (0..4)
+        .map(|i| {
+            rows.iter()
+                .chain([&header])
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in [&header].into_iter().chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "  {}", line.join("  ").trim_end());
     }
+    let _ = writeln!(out, "  (* signs now)");
+    Ok(out)
+}
+
+/// `t` as a UTC date and how far from `now`: `2025-03-01 14:05:00 UTC (in 3h 20m)`.
+fn when(now: i64, t: i64) -> String {
+    format!("{} ({})", timeline::utc(t), timeline::relative(t, now))
 }
 
 fn print_plan(view: &serde_json::Value) {
@@ -352,17 +437,29 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                 }
                 Ok(())
             }
-            Command::Status { keyset } => {
+            Command::Status { keyset, json: true } => {
                 let path = keyset.map_or("/v1/keysets".to_owned(), |k| format!("/v1/keysets/{k}"));
                 print_json(&call(conn, Method::GET, &path, None).await?);
                 Ok(())
             }
-            Command::Plan { keyset } => {
-                let views = match keyset {
-                    Some(k) => vec![call(conn, Method::GET, &format!("/v1/keysets/{k}"), None).await?],
-                    None => call(conn, Method::GET, "/v1/keysets", None).await?["keysets"].as_array().cloned().unwrap_or_default(),
-                };
+            Command::Status { keyset, json: false } => {
+                for view in views(conn, keyset).await? {
+                    // The daemon's time: the table says what it sees.
+                    let now = view["now"].as_i64().unwrap_or_default();
+                    say!("{}", status_table(&view, now)?);
+                }
+                Ok(())
+            }
+            Command::Plan { keyset, svg } => {
+                let views = views(conn, keyset).await?;
                 views.iter().for_each(print_plan);
+                if let Some(file) = svg {
+                    let plans = views.iter().map(plan_of).collect::<Result<Vec<_>, _>>()?;
+                    let now = views.first().and_then(|v| v["now"].as_i64()).unwrap_or_default();
+                    std::fs::write(&file, timeline::document(&plans, now))
+                        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+                    eprintln!("key timeline of {} key set(s) written to {}", plans.len(), file.display());
+                }
                 Ok(())
             }
             Command::Rotate { keyset } => {
@@ -545,6 +642,52 @@ fn client_token(name: &str, policy: &Policy, out: Option<PathBuf>) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_table_says_when_each_state_began_and_ends() {
+        const NOW: i64 = 1_800_000_000;
+        let view = serde_json::json!({
+            "name": "default", "algorithm": "ES256", "backend": "file", "backend_ok": true,
+            "now": NOW, "active_kid": "kid-a", "next_activation": NOW + 12_000,
+            "next_event": NOW + 600, "jwks_version": 7, "publish_lead": 360,
+            "jwks_max_age": 300,
+            "keys": [
+                {"kid": "kid-r", "state": "retired", "created_at": NOW - 9000,
+                 "published_at": NOW - 9000, "activate_at": NOW - 8000,
+                 "retired_at": NOW - 4000, "remove_at": NOW + 600},
+                {"kid": "kid-a", "state": "active", "created_at": NOW - 5000,
+                 "published_at": NOW - 5000, "activate_at": NOW - 4000},
+                {"kid": "kid-p", "state": "pending", "created_at": NOW - 60,
+                 "published_at": NOW - 60, "activate_at": NOW + 12_000}
+            ]
+        });
+        let table = status_table(&view, NOW).unwrap();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "key set default (ES256 on file): JWKS version 7, backend up, next event \
+             2027-01-15 08:10:00 UTC (in 10m)"
+        );
+        assert!(
+            lines[1].starts_with("  KID      STATE    SINCE (UTC)"),
+            "{table}"
+        );
+        assert!(
+            lines[2].starts_with(
+                "  kid-r    retired  2027-01-15 06:53:20 (1h 6m ago)  2027-01-15 08:10:00 (in 10m)"
+            ),
+            "{table}"
+        );
+        assert!(lines[3].starts_with("  kid-a *  active   "), "{table}");
+        assert!(lines[3].ends_with("(in 3h 20m)"), "{table}");
+        assert!(
+            lines[4].contains("(1m ago)") && lines[4].contains("(in 3h 20m)"),
+            "{table}"
+        );
+        // A view this keyturn cannot read is an error that says so, not a table of blanks.
+        let err = status_table(&serde_json::json!({"name": "x"}), NOW).unwrap_err();
+        assert!(err.contains("not one this keyturn reads"), "{err}");
+    }
 
     #[test]
     fn a_kid_may_begin_with_a_hyphen() {

@@ -57,6 +57,7 @@ struct RawConfig {
 struct RawServer {
     jwks_listen: Option<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
+    console_listen: Option<SocketAddr>,
     api_listen: Option<SocketAddr>,
     api_socket: Option<PathBuf>,
     data_dir: Option<PathBuf>,
@@ -306,6 +307,8 @@ pub struct ServerConfig {
     pub jwks_listen: SocketAddr,
     /// Where `/metrics` is served instead of the public listener (None: on it).
     pub metrics_listen: Option<SocketAddr>,
+    /// The read-only console (None: off).
+    pub console_listen: Option<SocketAddr>,
     /// Signing and admin API over TCP.
     pub api_listen: Option<SocketAddr>,
     /// Signing and admin API over a Unix socket.
@@ -548,11 +551,12 @@ impl Config {
     }
 
     /// The embedded default: one ES256 key set on the file backend in `./keyturn-data`,
-    /// listeners on loopback.
+    /// listeners (the console's too) on loopback.
     pub fn embedded_default() -> Result<Config, ConfigError> {
         let text = r#"
             [server]
             data_dir = "keyturn-data"
+            console_listen = "127.0.0.1:8392"
 
             [[keyset]]
             name = "default"
@@ -611,13 +615,7 @@ impl Env {
 impl RawConfig {
     fn validate(self, env: Env) -> Result<Config, ConfigError> {
         let server = self.server.validate(&env)?;
-        if server.api_listen == Some(server.jwks_listen) && server.jwks_listen.port() != 0 {
-            return Err(invalid(format!(
-                "server.jwks_listen and server.api_listen are both {}: the public and the API \
-                 listener need their own addresses",
-                server.jwks_listen
-            )));
-        }
+        check_own_addresses(&server)?;
         if self.keysets.is_empty() {
             return Err(invalid("no [[keyset]]: add at least one key set"));
         }
@@ -679,6 +677,7 @@ impl RawServer {
                 .or(Some(SocketAddr::from(([127, 0, 0, 1], 8391)))),
             api_socket: s.api_socket,
             metrics_listen: s.metrics_listen,
+            console_listen: s.console_listen,
             audit_log: s.audit_log.unwrap_or_else(|| data_dir.join("audit.log")),
             data_dir,
             tls: s.tls.map(|t| TlsConfig {
@@ -724,6 +723,31 @@ impl RawServer {
             },
         })
     }
+}
+
+/// Two listeners on one address cannot both bind (port 0 asks the kernel for a fresh one).
+fn check_own_addresses(server: &ServerConfig) -> Result<(), ConfigError> {
+    if server.api_listen == Some(server.jwks_listen) && server.jwks_listen.port() != 0 {
+        return Err(invalid(format!(
+            "server.jwks_listen and server.api_listen are both {}: the public and the API \
+             listener need their own addresses",
+            server.jwks_listen
+        )));
+    }
+    if let Some(console) = server.console_listen.filter(|a| a.port() != 0) {
+        let others = [
+            ("jwks_listen", Some(server.jwks_listen)),
+            ("api_listen", server.api_listen),
+            ("metrics_listen", server.metrics_listen),
+        ];
+        if let Some((name, _)) = others.iter().find(|(_, a)| *a == Some(console)) {
+            return Err(invalid(format!(
+                "server.console_listen and server.{name} are both {console}: the console \
+                 needs its own address"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The key set of the Kubernetes signer must be one kube-apiserver can use.
@@ -1190,6 +1214,10 @@ mod tests {
         let c = Config::embedded_default().unwrap();
         assert_eq!(c.keysets[0].algorithm, Algorithm::ES256);
         assert!(c.server.jwks_listen.ip().is_loopback());
+        assert_eq!(
+            c.server.console_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 8392)))
+        );
     }
 
     /// Values no deployment means (typos like "500000y", listeners on one address, a
@@ -1222,12 +1250,22 @@ mod tests {
                 "jwks_listen = \"127.0.0.1:9000\"\napi_listen = \"127.0.0.1:9000\"",
                 "own addresses",
             ),
+            (
+                "metrics_listen = \"127.0.0.1:9000\"\nconsole_listen = \"127.0.0.1:9000\"",
+                "console_listen and server.metrics_listen are both 127.0.0.1:9000",
+            ),
+            (
+                "console_listen = \"127.0.0.1:8390\"",
+                "console_listen and server.jwks_listen",
+            ),
         ] {
             let err = parse(&format!("[server]\n{server}\n{MINIMAL}"))
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(needle), "{server}: {err}");
         }
+        // Off unless set (only the embedded default sets it).
+        assert_eq!(parse(MINIMAL).unwrap().server.console_listen, None);
         // The limits themselves pass.
         assert!(parse(&format!("[server]\ndrain_timeout = \"1h\"\n{MINIMAL}")).is_ok());
         assert!(parse(&MINIMAL.replace("\"24h\"", "\"3650d\"")).is_ok());

@@ -1,6 +1,7 @@
-//! The domain: a key set's lifecycle and the rules it keeps, the view it publishes, and the
-//! policy a signature must pass. It reads the world only through the backend trait and
-//! takes time as a parameter; it knows nothing of HTTP, files or the process.
+//! The domain: a key set's lifecycle and the rules it keeps, the view it publishes, the
+//! policy a signature must pass, and the key timeline drawn as a picture. It reads the
+//! world only through the backend trait and takes time as a parameter; it knows nothing of
+//! HTTP, files or the process.
 
 pub mod clock;
 pub mod json;
@@ -10,3 +11,4 @@ pub mod policy;
 pub mod published;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod timeline;

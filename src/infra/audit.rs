@@ -108,7 +108,62 @@ pub struct Record<'a> {
     pub exp: Option<i64>,
 }
 
+/// A line about keys rather than a token (a lifecycle event, an admin action), as much of
+/// it as the console shows: never a caller, and never a token's jti, sub, aud or exp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleLine {
+    /// Unix seconds.
+    pub ts: i64,
+    /// What happened ("published", "activated", "revoked", ...).
+    pub event: String,
+    /// The key set.
+    pub keyset: String,
+    /// The key.
+    pub kid: Option<String>,
+}
+
+/// A lifecycle line as the file holds it: any field but these (a token's) makes a line
+/// no lifecycle line.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLine {
+    ts: i64,
+    event: String,
+    keyset: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default, rename = "caller")]
+    _caller: serde::de::IgnoredAny,
+    #[serde(rename = "prev")]
+    _prev: serde::de::IgnoredAny,
+}
+
+/// How many lifecycle lines [`Audit::recent_lifecycle`] keeps.
+pub const RECENT_LIFECYCLE: usize = 64;
+
 impl Record<'_> {
+    /// The record as a [`LifecycleLine`], unless it concerns a token.
+    pub fn lifecycle(&self) -> Option<LifecycleLine> {
+        // Every field named: a field added to records must be placed on one side.
+        let Record {
+            ts,
+            event,
+            caller: _,
+            keyset,
+            kid,
+            jti,
+            sub,
+            aud,
+            exp,
+        } = *self;
+        (jti.is_none() && sub.is_none() && aud.is_none() && exp.is_none()).then(|| LifecycleLine {
+            ts,
+            event: event.to_owned(),
+            keyset: keyset.to_owned(),
+            kid: kid.map(str::to_owned),
+        })
+    }
+
     /// Appends the record's line up to its closing brace, which the writer adds after
     /// `prev`: the bytes serde would write for the record, less that brace.
     fn write_unchained(&self, out: &mut Vec<u8>) {
@@ -216,13 +271,21 @@ struct LogState {
     opened_lines: u64,
     /// The log's path, for messages.
     shown: String,
+    /// The last lifecycle lines, oldest first.
+    recent: Mutex<std::collections::VecDeque<LifecycleLine>>,
 }
 
 /// Most bytes of lines queued (about 16k lines); beyond it records wait.
 const MAX_QUEUED: usize = 4 << 20;
 
 impl LogState {
-    fn new(chain: Chain, last_ts: Option<i64>, opened_lines: u64, shown: String) -> LogState {
+    fn new(
+        chain: Chain,
+        last_ts: Option<i64>,
+        opened_lines: u64,
+        shown: String,
+        recent: std::collections::VecDeque<LifecycleLine>,
+    ) -> LogState {
         LogState {
             queue: Mutex::new(Queue {
                 lines: Vec::with_capacity(64 * 1024),
@@ -241,6 +304,7 @@ impl LogState {
             last_ts,
             opened_lines,
             shown,
+            recent: Mutex::new(recent),
         }
     }
 
@@ -266,6 +330,20 @@ impl LogState {
     /// the log has stopped. `wake`: no one will wait for it (a lifecycle event), so the
     /// audit thread is told of it and writes it.
     fn push(&self, record: &Record<'_>, wake: bool) -> Result<Option<u64>, ()> {
+        let queued = self.push_line(record, wake);
+        if let Ok(Some(_)) = queued {
+            if let Some(line) = record.lifecycle() {
+                let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+                if recent.len() == RECENT_LIFECYCLE {
+                    recent.pop_front();
+                }
+                recent.push_back(line);
+            }
+        }
+        queued
+    }
+
+    fn push_line(&self, record: &Record<'_>, wake: bool) -> Result<Option<u64>, ()> {
         let mut queue = self.queue();
         if queue.closed {
             return Err(());
@@ -482,7 +560,7 @@ impl Audit {
         let sync = file
             .try_clone()
             .map_err(|e| format!("cannot open audit log {}: {e}", path.display()))?;
-        let chain = Chain {
+        let mut chain = Chain {
             file,
             prev,
             pending: Vec::with_capacity(64 * 1024),
@@ -490,11 +568,14 @@ impl Audit {
             pending_through: 0,
             taken: Vec::with_capacity(64 * 1024),
         };
+        let recent = recent_lifecycle(&mut chain.file)
+            .map_err(|e| format!("cannot read audit log {}: {e}", path.display()))?;
         let shared = Arc::new(LogState::new(
             chain,
             last_ts,
             opened.count,
             path.display().to_string(),
+            recent,
         ));
         let thread = shared.clone();
         // The thread logs where its opener does (the global subscriber in the daemon).
@@ -532,6 +613,15 @@ impl Audit {
     /// new log.
     pub fn last_ts(&self) -> Option<i64> {
         self.shared()?.last_ts
+    }
+
+    /// The last [`RECENT_LIFECYCLE`] lifecycle lines, newest first: those recorded since
+    /// the log was opened, after those found in its last [`LIFECYCLE_TAIL`] bytes then.
+    pub fn recent_lifecycle(&self) -> Vec<LifecycleLine> {
+        self.shared().map_or_else(Vec::new, |shared| {
+            let recent = shared.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            recent.iter().rev().cloned().collect()
+        })
     }
 
     /// A handle that records nothing (for tests and tools that have no log).
@@ -905,6 +995,42 @@ fn last_line(file: &mut File) -> std::io::Result<(String, Option<i64>)> {
     Ok((hex_sha256(line), last_ts))
 }
 
+/// How far back from its end the log is searched for lifecycle lines at the open: lines
+/// of signatures may bury older ones, and the open must stay quick.
+pub const LIFECYCLE_TAIL: u64 = 4 << 20;
+
+/// The last [`RECENT_LIFECYCLE`] lifecycle lines in the final [`LIFECYCLE_TAIL`] bytes of
+/// `file`, oldest first.
+fn recent_lifecycle(file: &mut File) -> std::io::Result<std::collections::VecDeque<LifecycleLine>> {
+    let len = file.seek(SeekFrom::End(0))?;
+    let start = len.saturating_sub(LIFECYCLE_TAIL);
+    file.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::new();
+    file.take(LIFECYCLE_TAIL).read_to_end(&mut tail)?;
+    // The first line may be cut by the start of the tail: only whole ones count.
+    let whole = if start == 0 {
+        &tail[..]
+    } else {
+        tail.iter()
+            .position(|b| *b == b'\n')
+            .map_or(&[][..], |i| &tail[i + 1..])
+    };
+    let mut found: std::collections::VecDeque<LifecycleLine> = whole
+        .split(|b| *b == b'\n')
+        .rev()
+        .filter_map(|line| serde_json::from_slice::<FileLine>(line).ok())
+        .map(|l| LifecycleLine {
+            ts: l.ts,
+            event: l.event,
+            keyset: l.keyset,
+            kid: l.kid,
+        })
+        .take(RECENT_LIFECYCLE)
+        .collect();
+    found.make_contiguous().reverse();
+    Ok(found)
+}
+
 /// The number of lines in `file`: its newlines, once [`last_line`] has ended a torn last
 /// line.
 fn count_lines(file: &mut File) -> std::io::Result<u64> {
@@ -1033,6 +1159,80 @@ mod tests {
         }
         drop(audit);
         writer.finish();
+    }
+
+    /// The console's feed: lifecycle events and admin actions, newest first, without their
+    /// caller; never a signature's line. After a restart, as found at the end of the file.
+    #[tokio::test]
+    async fn recent_lifecycle_lines_leave_out_tokens_and_callers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (audit, writer) = Audit::open(&path).unwrap();
+        let aud = AUD;
+        let event = |kind, at| Event {
+            kind,
+            kid: format!("k{at}"),
+            at,
+        };
+        audit.lifecycle("default", &event("published", 1));
+        audit.record(record(2, "jti2", &aud)).await.unwrap();
+        let revoke = Record {
+            event: "revoked",
+            jti: None,
+            sub: None,
+            aud: None,
+            exp: None,
+            ..record(3, "", &aud)
+        };
+        audit.record(revoke).await.unwrap();
+        audit.lifecycle("other", &event("activated", 4));
+        let line = |ts, event: &str, keyset: &str, kid: &str| LifecycleLine {
+            ts,
+            event: event.into(),
+            keyset: keyset.into(),
+            kid: Some(kid.into()),
+        };
+        let expected = vec![
+            line(4, "activated", "other", "k4"),
+            line(3, "revoked", "default", "kid"),
+            line(1, "published", "default", "k1"),
+        ];
+        assert_eq!(audit.recent_lifecycle(), expected);
+        drop(audit);
+        writer.finish();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("\"caller\":\"svc\"") && text.contains("jti2"),
+            "{text}"
+        );
+        let (reopened, writer) = Audit::open(&path).unwrap();
+        assert_eq!(reopened.recent_lifecycle(), expected);
+        drop(reopened);
+        writer.finish();
+    }
+
+    /// Only the last lines are kept, and only whole lines of the file's tail are read.
+    #[test]
+    fn the_tail_read_at_the_open_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let mut text = String::new();
+        for i in 0..RECENT_LIFECYCLE as i64 + 5 {
+            text.push_str(&format!(
+                "{{\"ts\":{i},\"event\":\"published\",\"keyset\":\"a\",\"kid\":\"k\",\"prev\":\"x\"}}\n"
+            ));
+        }
+        std::fs::write(&path, &text).unwrap();
+        let mut file = File::open(&path).unwrap();
+        let found = recent_lifecycle(&mut file).unwrap();
+        assert_eq!(found.len(), RECENT_LIFECYCLE);
+        assert_eq!(found.front().unwrap().ts, 5);
+        assert_eq!(found.back().unwrap().ts, RECENT_LIFECYCLE as i64 + 4);
+        // A line with a token's field is none, even with a lifecycle event's name.
+        let token = "{\"ts\":1,\"event\":\"published\",\"keyset\":\"a\",\"sub\":\"alice\",\"prev\":\"x\"}\n";
+        std::fs::write(&path, token).unwrap();
+        let mut file = File::open(&path).unwrap();
+        assert!(recent_lifecycle(&mut file).unwrap().is_empty());
     }
 
     #[test]
@@ -1169,7 +1369,13 @@ mod tests {
             pending_through: 0,
             taken: Vec::new(),
         };
-        Arc::new(LogState::new(chain, None, 0, "test".into()))
+        Arc::new(LogState::new(
+            chain,
+            None,
+            0,
+            "test".into(),
+            Default::default(),
+        ))
     }
 
     /// A record finding the queue full writes it out, or waits while another task writes

@@ -201,11 +201,25 @@ impl Metrics {
         });
     }
 
-    /// The text exposition, with per-key-set gauges as of now.
+    /// Signatures made so far (`keyturn_signatures_total{outcome="ok"}`), per key set.
+    pub fn signatures_by_keyset(&self) -> Vec<(Box<str>, u64)> {
+        let mut totals: Vec<(Box<str>, u64)> = Vec::new();
+        for s in self.hot.load().iter().filter(|s| s.ok) {
+            match totals.iter_mut().find(|(k, _)| *k == s.keyset) {
+                Some((_, n)) => *n += s.count.get(),
+                None => totals.push((s.keyset.clone(), s.count.get())),
+            }
+        }
+        totals
+    }
+
+    /// The text exposition, with per-key-set gauges as of now and whether the audit log
+    /// is being written.
     pub fn render<'a>(
         &self,
         keysets: impl IntoIterator<Item = &'a Arc<KeySet>>,
         now: i64,
+        audit_log_writable: bool,
     ) -> String {
         let mut gauges = Registry::with_prefix("keyturn");
         let family = |registry: &mut Registry, name: &str, help: &str| {
@@ -245,6 +259,18 @@ impl Metrics {
             "withheld_keys",
             "Records of the lifecycle document withheld from the JWKS: the backend does not hold their key",
         );
+        let ready = family(
+            &mut gauges,
+            "ready",
+            "1 if the key set is ready (as /readyz says; its reasons are there)",
+        );
+        let audit_writable = Gauge::<i64>::default();
+        gauges.register(
+            "audit_log_writable",
+            "1 if the audit log is being written; while it is not, signing is refused",
+            audit_writable.clone(),
+        );
+        audit_writable.set(i64::from(audit_log_writable));
         for keyset in keysets {
             let label = KeySetLabel {
                 keyset: keyset.name().to_owned(),
@@ -289,6 +315,9 @@ impl Metrics {
             withheld
                 .get_or_create(&label)
                 .set(i64::try_from(doc.withheld().count()).unwrap_or(i64::MAX));
+            ready
+                .get_or_create(&label)
+                .set(i64::from(keyset.not_ready_reason(now).is_none()));
         }
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);

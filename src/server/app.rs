@@ -8,6 +8,7 @@ use crate::infra::audit::{Audit, AuditWriter};
 use crate::infra::backends::Factory;
 use crate::infra::ledger::{Identity, Ledger};
 use crate::infra::metrics::Metrics;
+use crate::server::console::{sample_rates, Console, Rates};
 use crate::server::http::public::{PublicService, Serves};
 use crate::server::http::serve::{serve_tcp, serve_unix};
 pub use crate::server::state::{AppState, KeySets};
@@ -31,6 +32,8 @@ pub struct Bound {
     pub api: Option<SocketAddr>,
     /// Metrics listener.
     pub metrics: Option<SocketAddr>,
+    /// Console listener.
+    pub console: Option<SocketAddr>,
 }
 
 /// Opens every key set and brings it in order (bootstrap included), retrying a backend
@@ -381,6 +384,11 @@ async fn serve_listeners(
         ));
     }
 
+    let console = match config.server.console_listen {
+        Some(addr) => Some(serve_console(addr, config, state, shutdown, tasks).await?),
+        None => None,
+    };
+
     // One for every API listener: request ids are unique across them.
     let api = crate::server::http::serve::traced(crate::server::http::api::router(state.clone()));
     let mut api_addr = None;
@@ -439,7 +447,40 @@ async fn serve_listeners(
         jwks: jwks_addr,
         api: api_addr,
         metrics: metrics_addr,
+        console,
     })
+}
+
+/// Binds the read-only console and spawns its accept loop and the sampler of its rates.
+async fn serve_console(
+    addr: SocketAddr,
+    config: &Config,
+    state: &Arc<AppState>,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind console_listen {addr}"))?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "console_listen is reachable from other hosts: it shows the key sets' state to \
+             anyone who connects; put it behind a proxy that authenticates, or on loopback"
+        );
+    }
+    let rates = Arc::new(Rates::default());
+    tasks.spawn(sample_rates(state.clone(), rates.clone(), shutdown.clone()));
+    let bound = listener.local_addr()?;
+    tasks.spawn(serve_tcp(
+        listener,
+        None,
+        Console::new(state.clone(), rates),
+        config.server.limits,
+        shutdown.clone(),
+        "console",
+    ));
+    Ok(bound)
 }
 
 /// The line that says where the daemon listens (tests and operators wait for it).
@@ -455,6 +496,7 @@ fn log_ready(config: &Config, bound: &Bound) {
         api = %api_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
         api_socket = %config.server.api_socket.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "-".into()),
         metrics = %metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+        console = %bound.console.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
         data_dir = %config.server.data_dir.display(),
         "keyturn ready: JWKS at http://{jwks_addr}/.well-known/jwks.json, signing API at {}",
         api_addr.map(|a| format!("{scheme}://{a}/v1/keysets/{{name}}/sign")).unwrap_or_else(|| "the API socket".into()),

@@ -37,13 +37,23 @@ async fn status_plan_sign_verify_jwks_rotate_revoke() {
     write_secret(&token_file, &token);
     let run = |args: &[&str]| keyturn(args, &token_file, &d.api);
 
-    let (ok, out, err) = run(&["status"]);
+    let (ok, out, err) = run(&["status", "--json"]);
     assert!(ok, "{err}");
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     let active = status["keysets"][0]["active_kid"]
         .as_str()
         .unwrap()
         .to_owned();
+    // By default a table: the key that signs marked, times as UTC dates and how far off.
+    let (ok, out, err) = run(&["status"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("key set default (ES384 on file): JWKS version ")
+            && out.contains(&format!("  {active} *  active "))
+            && out.contains("SINCE (UTC)")
+            && out.contains(" (in 1h)"),
+        "{out}"
+    );
 
     let (ok, out, _) = run(&["plan", "default"]);
     assert!(ok);

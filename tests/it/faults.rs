@@ -126,6 +126,10 @@ async fn a_full_data_dir_fails_clearly_and_recovers() {
         assert_eq!(ready(&d).await, 503, "{fault}: /readyz must say not ready");
         let metrics = metrics_text(&d).await;
         assert!(metrics.contains("keyturn_backend_errors_total{backend=\"file\",op=\"store_state\",kind=\"storage\"}"), "{metrics}");
+        assert!(
+            metrics.contains("keyturn_audit_log_writable 0"),
+            "{metrics}"
+        );
         // Verifiers are unaffected.
         assert_eq!(jwks(&d, "default").await, jwks_before);
         // The disk clears.

@@ -4,8 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod api;
+mod browser;
 mod cli;
+mod console;
 mod crash;
+mod deploy;
 mod faults;
 mod fuzz_corpus;
 mod harness;

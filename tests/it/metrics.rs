@@ -51,6 +51,8 @@ async fn metrics_cover_signatures_backend_calls_and_key_timing() {
         "keyturn_published_keys{keyset=\"default\"} 2",
         "keyturn_backend_up{keyset=\"default\"} 1",
         "keyturn_publish_lead_unsafe{keyset=\"default\"} 0",
+        "keyturn_ready{keyset=\"default\"} 1",
+        "keyturn_audit_log_writable 1",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }

@@ -1,6 +1,6 @@
 //! The README's quick tour, run as written by bash in an empty directory with the built
 //! `keyturn` first on the PATH. Its one placeholder, `<kid>`, is filled in with a kid of
-//! the JWKS. It needs the tour's ports, 8390 and 8391.
+//! the JWKS. It needs the tour's ports, 8390, 8391 and 8392.
 
 use crate::harness::private_dir;
 use std::path::Path;
@@ -18,10 +18,10 @@ fn tour() -> String {
 
 #[test]
 fn the_readme_quick_tour_runs_as_written() {
-    for port in [8390, 8391] {
+    for port in [8390, 8391, 8392] {
         assert!(
             std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
-            "port {port} is in use: the README's tour needs 8390 and 8391"
+            "port {port} is in use: the README's tour needs 8390, 8391 and 8392"
         );
     }
     let script = tour();
@@ -63,10 +63,17 @@ fn the_readme_quick_tour_runs_as_written() {
         "\"activates_at\"",   // rotate
         "\"revoked\"",        // revoke
         "hash chain intact",  // audit verify
+        "<title>keyturn console</title>",
     ] {
         assert!(
             stdout.to_lowercase().contains(&shown.to_lowercase()),
             "{shown:?} not in the tour's output:\n{stdout}\n--- stderr\n{stderr}"
         );
     }
+    // plan --svg drew the timeline.
+    let svg = std::fs::read_to_string(dir.path().join("timeline.svg")).unwrap();
+    assert!(
+        svg.starts_with("<?xml") && svg.contains("class=\"timeline\""),
+        "{svg}"
+    );
 }

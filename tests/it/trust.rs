@@ -162,9 +162,13 @@ async fn a_writer_of_the_data_directory_cannot_publish_a_key() {
         "{}",
         d.log_text()
     );
-    assert!(metrics_text(&d)
-        .await
-        .contains("keyturn_withheld_keys{keyset=\"default\"} 1"));
+    let metrics = metrics_text(&d).await;
+    assert!(metrics.contains("keyturn_withheld_keys{keyset=\"default\"} 1"));
+    // Not ready, as /readyz says: the gauge the alert rules watch.
+    assert!(
+        metrics.contains("keyturn_ready{keyset=\"default\"} 0"),
+        "{metrics}"
+    );
     eventually(
         Duration::from_secs(5),
         "the withheld key audited",

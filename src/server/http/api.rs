@@ -682,7 +682,8 @@ struct KeyView {
     revoked_at: Option<i64>,
 }
 
-fn keyset_view(keyset: &KeySet, now: i64) -> serde_json::Value {
+/// A key set as admin clients (and the console) see it: keys with state and timestamps.
+pub(crate) fn keyset_view(keyset: &KeySet, now: i64) -> serde_json::Value {
     let published = keyset.published();
     let doc = &published.doc;
     let timing = &keyset.config.timing;

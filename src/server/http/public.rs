@@ -171,7 +171,11 @@ fn answer(
                 PROMETHEUS,
                 state
                     .metrics
-                    .render(state.keysets.load().iter(), state.clock.now())
+                    .render(
+                        state.keysets.load().iter(),
+                        state.clock.now(),
+                        state.audit.is_healthy(),
+                    )
                     .into(),
             )
         }
