@@ -791,6 +791,11 @@ fn log_head(shown: &str, head: &Head) {
         path = shown,
         "audit chain head"
     );
+    #[cfg(test)]
+    tests::LOGGED_HEADS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push((shown.to_owned(), head.clone()));
 }
 
 /// The audit thread: fdatasyncs (on its own handle, `sync`, so that writers go on) within
@@ -1718,54 +1723,31 @@ mod tests {
         assert_eq!(log.last(), &head(11));
     }
 
-    /// Log lines written by any thread, for [`the_audit_thread_logs_heads`].
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
+    /// Every head [`log_head`] logged, with the log it names. The log line itself is checked
+    /// against the real daemon (tests/it/cli.rs); a capturing subscriber here would race
+    /// with the other tests' subscribers over tracing's per-callsite cache.
+    pub(super) static LOGGED_HEADS: Mutex<Vec<(String, Head)>> = Mutex::new(Vec::new());
 
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Captured {
-        fn heads(&self) -> Vec<Head> {
-            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
-            text.lines()
-                .filter(|l| l.contains("audit chain head"))
-                .map(|l| {
-                    let field = |name: &str| {
-                        let start = l.find(&format!(" {name}=")).unwrap() + name.len() + 2;
-                        l[start..].split([' ', '"']).next().unwrap().to_owned()
-                    };
-                    Head {
-                        count: field("count").parse().unwrap(),
-                        hash: field("hash"),
-                    }
-                })
-                .collect()
-        }
+    /// The heads logged for the log at `path`.
+    fn logged_heads(path: &Path) -> Vec<Head> {
+        let shown = path.display().to_string();
+        LOGGED_HEADS
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| *p == shown)
+            .map(|(_, h)| h.clone())
+            .collect()
     }
 
     /// The audit thread logs the head of the synced lines by itself once the interval has
     /// passed (no other line wakes it), and again at the stop; each head anchors the file.
     #[tokio::test]
     async fn the_audit_thread_logs_heads() {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         write(&path, 0..2).await;
-        assert_eq!(captured.heads(), [verify(&path, None).unwrap().head]);
+        assert_eq!(logged_heads(&path), [verify(&path, None).unwrap().head]);
 
         let (audit, writer) =
             Audit::open_with_heads_every(&path, Duration::from_millis(200)).unwrap();
@@ -1776,14 +1758,14 @@ mod tests {
         }
         // Logged with no other line or request to wake the thread.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !captured.heads().iter().any(|head| head.count == 5) {
+        while !logged_heads(&path).iter().any(|head| head.count == 5) {
             assert!(Instant::now() < deadline, "no head within the interval");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         audit.record(record(5, "jti5", &aud)).await.unwrap();
         drop(audit);
         writer.finish();
-        let heads = captured.heads();
+        let heads = logged_heads(&path);
         let last = verify(&path, None).unwrap().head;
         assert_eq!(last.count, 6);
         assert_eq!(heads.last(), Some(&last), "the head at the stop");
