@@ -360,6 +360,18 @@ async fn sign_one(
     Ok(body)
 }
 
+/// A signing request's caller, the key set it may sign with, and its JSON body.
+async fn signing_request(
+    state: &AppState,
+    request: Request,
+    name: &str,
+) -> Result<(Caller, Arc<KeySet>, Bytes), ApiError> {
+    let (parts, body) = request.into_parts();
+    let (client, keyset) = signing_client(state, peer(&parts)?, &parts.headers, name)?;
+    let body = json_body(&parts.headers, body, state.limits.body_timeout).await?;
+    Ok((client, keyset, body))
+}
+
 fn signing_client(
     state: &AppState,
     peer: &Peer,
@@ -401,9 +413,7 @@ async fn sign(
     Params(name): Params<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (parts, body) = request.into_parts();
-    let (client, keyset) = signing_client(&state, peer(&parts)?, &parts.headers, &name)?;
-    let body = json_body(&parts.headers, body, state.limits.body_timeout).await?;
+    let (client, keyset, body) = signing_request(&state, request, &name).await?;
     let body = sign_one(&state, &client, &keyset, &parse(&body)?).await?;
     Ok(json_response(body))
 }
@@ -611,9 +621,7 @@ async fn sign_batch(
     Params(name): Params<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (parts, body) = request.into_parts();
-    let (client, keyset) = signing_client(&state, peer(&parts)?, &parts.headers, &name)?;
-    let body = json_body(&parts.headers, body, state.limits.body_timeout).await?;
+    let (client, keyset, body) = signing_request(&state, request, &name).await?;
     let batch: BatchRequest = parse(&body)?;
     if batch.requests.is_empty() || batch.requests.len() > MAX_BATCH {
         return Err(ApiError::new(
