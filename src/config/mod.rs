@@ -137,6 +137,10 @@ pub type VaultTable = NotCompiled;
 pub use keyturn_backend_kms::KmsConfig as KmsTable;
 #[cfg(not(feature = "kms"))]
 pub type KmsTable = NotCompiled;
+#[cfg(feature = "pkcs11")]
+pub use keyturn_backend_pkcs11::Pkcs11Config as Pkcs11Table;
+#[cfg(not(feature = "pkcs11"))]
+pub type Pkcs11Table = NotCompiled;
 
 /// The table of a backend not compiled into this build.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -154,21 +158,7 @@ pub enum BackendConfig {
     /// Keys in AWS KMS, lifecycle state in DynamoDB.
     Kms(KmsTable),
     /// Keys in a PKCS#11 token (an HSM); lifecycle state in a local directory.
-    Pkcs11 {
-        /// The PKCS#11 module: the vendor's shared library.
-        module: PathBuf,
-        /// The token's label (or `slot`).
-        token_label: Option<String>,
-        /// The token's slot id (or `token_label`).
-        slot: Option<u64>,
-        /// File holding the user PIN (0600, or a systemd credential).
-        pin_file: PathBuf,
-        /// The most sessions open at once; default 4.
-        max_sessions: Option<usize>,
-        /// Lifecycle state directory; default `<data_dir>/pkcs11/<token_label>` (or
-        /// `slot-<slot>`).
-        state_dir: Option<PathBuf>,
-    },
+    Pkcs11(Pkcs11Table),
     /// A backend compiled into a custom build and registered under this name when the
     /// daemon is started with it (see examples/custom_backend.rs).
     Custom {
@@ -184,7 +174,7 @@ impl BackendConfig {
             BackendConfig::File(_) => "file",
             BackendConfig::Vault(_) => "vault",
             BackendConfig::Kms(_) => "kms",
-            BackendConfig::Pkcs11 { .. } => "pkcs11",
+            BackendConfig::Pkcs11(_) => "pkcs11",
             BackendConfig::Custom { .. } => "custom",
         }
     }
@@ -193,14 +183,9 @@ impl BackendConfig {
     /// so that each learns of the others' writes by polling. The file and pkcs11 backends
     /// keep their state on the host.
     pub fn shared(&self) -> bool {
-        !matches!(self, BackendConfig::File(_) | BackendConfig::Pkcs11 { .. })
+        !matches!(self, BackendConfig::File(_) | BackendConfig::Pkcs11(_))
     }
 }
-
-/// Sessions a pkcs11 backend opens at most, unless `max_sessions` says otherwise: small
-/// HSMs allow few (a YubiHSM 2 has 16 for all its clients), and a few sessions already
-/// keep a token busy.
-pub const DEFAULT_PKCS11_SESSIONS: usize = 4;
 
 impl BackendConfig {
     /// Checks what its backend can check without connecting.
@@ -210,6 +195,8 @@ impl BackendConfig {
             BackendConfig::Vault(v) => v.validate().map_err(|e| e.to_string()),
             #[cfg(feature = "kms")]
             BackendConfig::Kms(k) => k.validate().map_err(|e| e.to_string()),
+            #[cfg(feature = "pkcs11")]
+            BackendConfig::Pkcs11(p) => p.validate().map_err(|e| e.to_string()),
             _ => Ok(()),
         }
     }
@@ -894,46 +881,6 @@ impl RawKeySet {
         timing
             .check(&schedule)
             .map_err(|e| invalid(format!("{ctx}: {e}")))?;
-        if let BackendConfig::Pkcs11 {
-            token_label,
-            slot,
-            max_sessions,
-            state_dir,
-            ..
-        } = &self.backend
-        {
-            match (token_label, slot) {
-                (Some(label), None) => {
-                    // PKCS#11 labels are at most 32 bytes.
-                    if label.is_empty() || label.len() > 32 {
-                        return Err(invalid(format!(
-                            "{ctx}: token_label must be 1 to 32 bytes, as PKCS#11 labels are"
-                        )));
-                    }
-                    let plain = label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-                        && !label.starts_with('.');
-                    if state_dir.is_none() && !plain {
-                        return Err(invalid(format!(
-                            "{ctx}: token_label {label:?} cannot name the default state \
-                             directory; set state_dir (e.g. \"/var/lib/keyturn/pkcs11\")"
-                        )));
-                    }
-                }
-                (None, Some(_)) => {}
-                _ => {
-                    return Err(invalid(format!(
-                        "{ctx}: the pkcs11 backend needs token_label or slot (one of the two)"
-                    )))
-                }
-            }
-            if matches!(max_sessions, Some(n) if !(1..=1024).contains(n)) {
-                return Err(invalid(format!(
-                    "{ctx}: max_sessions must be 1 to 1024 (default {DEFAULT_PKCS11_SESSIONS})"
-                )));
-            }
-        }
         self.backend
             .validate()
             .map_err(|e| invalid(format!("{ctx}: {e}")))?;
@@ -957,73 +904,14 @@ impl RawKeySet {
 
 impl RawClient {
     fn validate(self, keysets: &[KeySetConfig], env: &Env) -> Result<ClientConfig, ConfigError> {
-        let name = self.name;
+        let name = self.name.clone();
         if !valid_name(&name) {
             return Err(invalid(format!(
                 "client name {name:?} is invalid: use lowercase letters, digits, '-' and '_'"
             )));
         }
         let ctx = format!("client {name:?}");
-        let unix = self.unix_uid.is_some() || self.unix_gid.is_some();
-        let sources = [
-            self.token_file.is_some(),
-            self.token_sha256.is_some(),
-            unix,
-            self.tls_subject.is_some(),
-            self.tls_san.is_some(),
-        ];
-        if sources.iter().filter(|s| **s).count() != 1 {
-            return Err(invalid(format!(
-                "{ctx}: set exactly one of token_file, token_sha256, unix_uid/unix_gid, \
-                 tls_subject, tls_san"
-            )));
-        }
-        let auth = if let Some(file) = self.token_file {
-            let file = resolve_credential(&file, env);
-            let token = crate::config::secret::read_secret_file(
-                &file,
-                env.credentials_directory.as_deref(),
-            )
-            .map_err(|e| invalid(format!("{ctx}: {e}")))?;
-            let token = token.trim();
-            if token.is_empty() {
-                return Err(invalid(format!(
-                    "{ctx}: token_file {} is empty; write the client's token into it",
-                    file.display()
-                )));
-            }
-            if token.chars().count() < MIN_TOKEN_CHARS {
-                return Err(invalid(format!(
-                    "{ctx}: the token in {} has {} characters; a client token must have at \
-                     least {MIN_TOKEN_CHARS} characters (128 bits as hex): make one with \
-                     `keyturn client-token` or `openssl rand -hex 32`",
-                    file.display(),
-                    token.chars().count()
-                )));
-            }
-            ClientAuth::Token(secret::hash_token(token))
-        } else if let Some(hex) = self.token_sha256 {
-            ClientAuth::Token(secret::parse_sha256_hex(&hex).ok_or_else(|| {
-                invalid(format!(
-                    "{ctx}: token_sha256 must be 64 hex digits (see `keyturn client-token`)"
-                ))
-            })?)
-        } else if unix {
-            ClientAuth::Unix {
-                uid: self.unix_uid,
-                gid: self.unix_gid,
-            }
-        } else if let Some(san) = self.tls_san {
-            if san.is_empty() || san.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(invalid(format!(
-                    "{ctx}: tls_san must be a DNS name or a URI of the client's certificate, \
-                     such as \"ci.example.org\" or \"spiffe://example.org/ci\""
-                )));
-            }
-            ClientAuth::TlsSan(san)
-        } else {
-            ClientAuth::TlsSubject(self.tls_subject.unwrap_or_default())
-        };
+        let auth = self.auth(&ctx, env)?;
         for ks in &self.keysets {
             if ks == ALL && self.keysets.len() > 1 {
                 return Err(invalid(format!(
@@ -1047,6 +935,89 @@ impl RawClient {
                  give a pattern such as \"user:*\" (\"*\" allows any)"
             )));
         }
+        self.check_claim_lists(&ctx)?;
+        Ok(ClientConfig {
+            name,
+            auth,
+            keysets: self.keysets,
+            audiences: self.audiences,
+            subject_pattern: self.subject_pattern,
+            max_ttl,
+            allowed_claims: self.allowed_claims,
+            forbidden_claims: self.forbidden_claims,
+            allowed_typ: self.allowed_typ,
+            admin: self.admin,
+        })
+    }
+}
+
+impl RawClient {
+    /// How the client is named: exactly one of a token, a Unix peer, a certificate name.
+    fn auth(&self, ctx: &str, env: &Env) -> Result<ClientAuth, ConfigError> {
+        let unix = self.unix_uid.is_some() || self.unix_gid.is_some();
+        let sources = [
+            self.token_file.is_some(),
+            self.token_sha256.is_some(),
+            unix,
+            self.tls_subject.is_some(),
+            self.tls_san.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return Err(invalid(format!(
+                "{ctx}: set exactly one of token_file, token_sha256, unix_uid/unix_gid, \
+                 tls_subject, tls_san"
+            )));
+        }
+        Ok(if let Some(file) = &self.token_file {
+            let file = resolve_credential(file, env);
+            let token = crate::config::secret::read_secret_file(
+                &file,
+                env.credentials_directory.as_deref(),
+            )
+            .map_err(|e| invalid(format!("{ctx}: {e}")))?;
+            let token = token.trim();
+            if token.is_empty() {
+                return Err(invalid(format!(
+                    "{ctx}: token_file {} is empty; write the client's token into it",
+                    file.display()
+                )));
+            }
+            if token.chars().count() < MIN_TOKEN_CHARS {
+                return Err(invalid(format!(
+                    "{ctx}: the token in {} has {} characters; a client token must have at \
+                     least {MIN_TOKEN_CHARS} characters (128 bits as hex): make one with \
+                     `keyturn client-token` or `openssl rand -hex 32`",
+                    file.display(),
+                    token.chars().count()
+                )));
+            }
+            ClientAuth::Token(secret::hash_token(token))
+        } else if let Some(hex) = &self.token_sha256 {
+            ClientAuth::Token(secret::parse_sha256_hex(hex).ok_or_else(|| {
+                invalid(format!(
+                    "{ctx}: token_sha256 must be 64 hex digits (see `keyturn client-token`)"
+                ))
+            })?)
+        } else if unix {
+            ClientAuth::Unix {
+                uid: self.unix_uid,
+                gid: self.unix_gid,
+            }
+        } else if let Some(san) = &self.tls_san {
+            if san.is_empty() || san.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(format!(
+                    "{ctx}: tls_san must be a DNS name or a URI of the client's certificate, \
+                     such as \"ci.example.org\" or \"spiffe://example.org/ci\""
+                )));
+            }
+            ClientAuth::TlsSan(san.clone())
+        } else {
+            ClientAuth::TlsSubject(self.tls_subject.clone().unwrap_or_default())
+        })
+    }
+
+    /// `allowed_claims` and `forbidden_claims` name only claims they govern.
+    fn check_claim_lists(&self, ctx: &str) -> Result<(), ConfigError> {
         if self.allowed_claims.len() > 1 && self.allowed_claims.iter().any(|c| c == ALL) {
             return Err(invalid(format!(
                 "{ctx}: allowed_claims lists \"*\" beside other names; \"*\" allows any \
@@ -1075,18 +1046,7 @@ impl RawClient {
                 )));
             }
         }
-        Ok(ClientConfig {
-            name,
-            auth,
-            keysets: self.keysets,
-            audiences: self.audiences,
-            subject_pattern: self.subject_pattern,
-            max_ttl,
-            allowed_claims: self.allowed_claims,
-            forbidden_claims: self.forbidden_claims,
-            allowed_typ: self.allowed_typ,
-            admin: self.admin,
-        })
+        Ok(())
     }
 }
 

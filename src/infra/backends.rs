@@ -1,7 +1,7 @@
 //! The backend factory: one arm per backend. A backend that exists but was not compiled in
 //! gives its own clear error.
 
-use crate::config::{resolve_credential, BackendConfig, Env, FileTable, ServerConfig};
+use crate::config::{resolve_credential, BackendConfig, Env, FileTable, Pkcs11Table, ServerConfig};
 use crate::infra::metrics::Metrics;
 use async_trait::async_trait;
 use keyturn_backend::{Algorithm, BackendError, KeyBackend, KeyType, PublicKey, StateBlob};
@@ -70,16 +70,16 @@ impl Factory {
                         a.dir.as_deref().unwrap_or(Path::new("")).display()
                     ))
                 }
-                (
-                    BackendConfig::Pkcs11 { state_dir: a, .. },
-                    BackendConfig::Pkcs11 { state_dir: b, .. },
-                ) if a == b => {
+                #[cfg(feature = "pkcs11")]
+                (BackendConfig::Pkcs11(a), BackendConfig::Pkcs11(b))
+                    if a.state_dir == b.state_dir =>
+                {
                     return Err(format!(
                         "the pkcs11 state directory {} is used with two different pkcs11 \
                          settings; key sets on one token share its backend: give them the \
                          same module, token, pin_file and max_sessions (or each its own \
                          state_dir)",
-                        a.as_deref().unwrap_or(Path::new("")).display()
+                        a.state_dir.as_deref().unwrap_or(Path::new("")).display()
                     ))
                 }
                 _ => {}
@@ -134,24 +134,16 @@ fn kek_path(kek_file: Option<&Path>, server: &ServerConfig) -> std::path::PathBu
 /// The directory a pkcs11 backend keeps lifecycle state in: `state_dir`, else
 /// `<data_dir>/pkcs11/<token_label>` (or `slot-<slot>`; config validation makes sure the
 /// label is a plain file name when it names the directory).
-fn pkcs11_state_dir(config: &BackendConfig, server: &ServerConfig) -> Option<std::path::PathBuf> {
-    let BackendConfig::Pkcs11 {
-        token_label,
-        slot,
-        state_dir,
-        ..
-    } = config
-    else {
-        return None;
-    };
-    Some(match (state_dir, token_label, slot) {
+#[cfg(feature = "pkcs11")]
+fn pkcs11_state_dir(config: &Pkcs11Table, server: &ServerConfig) -> std::path::PathBuf {
+    match (&config.state_dir, &config.token_label, config.slot) {
         (Some(dir), _, _) => dir.clone(),
         (None, Some(label), _) => server.data_dir.join("pkcs11").join(label),
         (None, None, slot) => server
             .data_dir
             .join("pkcs11")
             .join(format!("slot-{}", slot.unwrap_or_default())),
-    })
+    }
 }
 
 /// What makes two settings one backend: a file backend is its directory and its KEK file,
@@ -166,21 +158,11 @@ fn identity(config: &BackendConfig, server: &ServerConfig) -> BackendConfig {
             dir: real(key_dir(file.dir.as_deref(), server)),
             kek_file: real(kek_path(file.kek_file.as_deref(), server)),
         }),
-        BackendConfig::Pkcs11 {
-            module,
-            token_label,
-            slot,
-            pin_file,
-            max_sessions,
-            ..
-        } => BackendConfig::Pkcs11 {
-            module: module.clone(),
-            token_label: token_label.clone(),
-            slot: *slot,
-            pin_file: pin_file.clone(),
-            max_sessions: *max_sessions,
-            state_dir: pkcs11_state_dir(config, server).and_then(real),
-        },
+        #[cfg(feature = "pkcs11")]
+        BackendConfig::Pkcs11(pkcs11) => BackendConfig::Pkcs11(Pkcs11Table {
+            state_dir: real(pkcs11_state_dir(pkcs11, server)),
+            ..pkcs11.clone()
+        }),
         other => other.clone(),
     }
 }
@@ -252,16 +234,9 @@ async fn build(
         #[cfg(not(feature = "kms"))]
         BackendConfig::Kms(_) => Err(not_compiled("kms")),
         #[cfg(feature = "pkcs11")]
-        BackendConfig::Pkcs11 {
-            module,
-            token_label,
-            slot,
-            pin_file,
-            max_sessions,
-            ..
-        } => {
-            use keyturn_backend_pkcs11::{Pkcs11Backend, Pkcs11Config};
-            let pin_path = resolve_credential(pin_file, &env);
+        BackendConfig::Pkcs11(pkcs11) => {
+            use keyturn_backend_pkcs11::{Pkcs11Backend, Pkcs11BackendConfig};
+            let pin_path = resolve_credential(&pkcs11.pin_file, &env);
             let pin = crate::config::secret::read_secret_file(
                 &pin_path,
                 server.credentials_dir.as_deref(),
@@ -273,12 +248,12 @@ async fn build(
                     pin_path.display()
                 ));
             }
-            let config = Pkcs11Config {
-                module: module.clone(),
-                token: token_selector(token_label.as_deref(), *slot),
+            let config = Pkcs11BackendConfig {
+                module: pkcs11.module.clone(),
+                token: token_selector(pkcs11.token_label.as_deref(), pkcs11.slot),
                 pin,
-                max_sessions: max_sessions.unwrap_or(crate::config::DEFAULT_PKCS11_SESSIONS),
-                state_dir: pkcs11_state_dir(config, server).unwrap_or_default(),
+                max_sessions: pkcs11.max_sessions,
+                state_dir: pkcs11_state_dir(pkcs11, server),
             };
             let backend = Pkcs11Backend::open(&config)
                 .await
@@ -286,7 +261,7 @@ async fn build(
             Ok(Arc::new(backend))
         }
         #[cfg(not(feature = "pkcs11"))]
-        BackendConfig::Pkcs11 { .. } => Err(not_compiled("pkcs11")),
+        BackendConfig::Pkcs11(_) => Err(not_compiled("pkcs11")),
         BackendConfig::Custom { name } => Err(format!("custom backend {name:?} is not registered")),
     }
 }
@@ -310,14 +285,9 @@ pub async fn check_offline(
 ) -> Result<Option<String>, String> {
     match config {
         #[cfg(feature = "pkcs11")]
-        BackendConfig::Pkcs11 {
-            module,
-            token_label,
-            slot,
-            ..
-        } => {
-            let token = token_selector(token_label.as_deref(), *slot);
-            match keyturn_backend_pkcs11::probe(module, &token).await {
+        BackendConfig::Pkcs11(pkcs11) => {
+            let token = token_selector(pkcs11.token_label.as_deref(), pkcs11.slot);
+            match keyturn_backend_pkcs11::probe(&pkcs11.module, &token).await {
                 Ok(mechanisms) => match (mechanisms.missing(alg), mechanisms.missing_for_state()) {
                     (None, None) => Ok(Some(format!("{token} offers the mechanisms {alg} needs"))),
                     (Some(missing), _) => Err(format!(

@@ -66,9 +66,79 @@ use std::sync::{Arc, Mutex, PoisonError};
 use token::Token;
 use zeroize::Zeroizing;
 
-/// Settings of a PKCS#11 backend.
-#[derive(Debug, Clone)]
+/// Sessions a pkcs11 backend opens at most, unless `max_sessions` says otherwise: small
+/// HSMs allow few (a YubiHSM 2 has 16 for all its clients), and a few sessions already
+/// keep a token busy.
+pub const DEFAULT_MAX_SESSIONS: usize = 4;
+
+fn default_max_sessions() -> usize {
+    DEFAULT_MAX_SESSIONS
+}
+
+/// Settings of a pkcs11 backend as configured: the `backend = { type = "pkcs11", ... }`
+/// table of a key set. The daemon resolves it (reads the PIN, picks the state directory)
+/// into a [`Pkcs11BackendConfig`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Pkcs11Config {
+    /// The PKCS#11 module: the vendor's shared library.
+    pub module: PathBuf,
+    /// The token's label (or `slot`).
+    pub token_label: Option<String>,
+    /// The token's slot id (or `token_label`).
+    pub slot: Option<u64>,
+    /// File holding the user PIN (0600, or a systemd credential).
+    pub pin_file: PathBuf,
+    /// The most sessions open at once. Default [`DEFAULT_MAX_SESSIONS`].
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    /// Lifecycle state directory. Default: `<data_dir>/pkcs11/<token_label>` (or
+    /// `slot-<slot>`).
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Pkcs11Config {
+    /// Checks what can be checked without loading the module.
+    pub fn validate(&self) -> Result<(), BackendError> {
+        let refuse = |m: String| Err(BackendError::Rejected(m));
+        match (&self.token_label, self.slot) {
+            (Some(label), None) => {
+                // PKCS#11 labels are at most 32 bytes.
+                if label.is_empty() || label.len() > 32 {
+                    return refuse(
+                        "token_label must be 1 to 32 bytes, as PKCS#11 labels are".into(),
+                    );
+                }
+                let plain = label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+                    && !label.starts_with('.');
+                if self.state_dir.is_none() && !plain {
+                    return refuse(format!(
+                        "token_label {label:?} cannot name the default state directory; set \
+                         state_dir (e.g. \"/var/lib/keyturn/pkcs11\")"
+                    ));
+                }
+            }
+            (None, Some(_)) => {}
+            _ => {
+                return refuse(
+                    "the pkcs11 backend needs token_label or slot (one of the two)".into(),
+                )
+            }
+        }
+        if !(1..=1024).contains(&self.max_sessions) {
+            return refuse(format!(
+                "max_sessions must be 1 to 1024 (default {DEFAULT_MAX_SESSIONS})"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Settings of a PKCS#11 backend, resolved.
+#[derive(Debug, Clone)]
+pub struct Pkcs11BackendConfig {
     /// The module (the vendor's shared library).
     pub module: PathBuf,
     /// The token.
@@ -134,7 +204,7 @@ pub struct Pkcs11Backend {
 
 impl Pkcs11Backend {
     /// Takes the state directory's lock, loads the module, finds the token and logs in.
-    pub async fn open(config: &Pkcs11Config) -> Result<Self, BackendError> {
+    pub async fn open(config: &Pkcs11BackendConfig) -> Result<Self, BackendError> {
         if config.max_sessions == 0 {
             return Err(BackendError::Rejected(
                 "max_sessions must be at least 1".into(),

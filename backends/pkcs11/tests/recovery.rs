@@ -7,7 +7,7 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
 use keyturn_backend::testserver::softhsm::{self, SoftHsm};
 use keyturn_backend::{Algorithm, KeyBackend, KeyType};
-use keyturn_backend_pkcs11::{Pkcs11Backend, Pkcs11Config, TokenSelector};
+use keyturn_backend_pkcs11::{Pkcs11Backend, Pkcs11BackendConfig, TokenSelector};
 use std::os::unix::fs::PermissionsExt;
 use zeroize::Zeroizing;
 
@@ -21,7 +21,7 @@ async fn recovers_from_logout_and_module_reset() {
     std::env::set_var("SOFTHSM2_CONF", &hsm.conf);
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let backend = Pkcs11Backend::open(&Pkcs11Config {
+    let backend = Pkcs11Backend::open(&Pkcs11BackendConfig {
         module: hsm.module.clone(),
         token: TokenSelector::Label("recovery".into()),
         pin: Zeroizing::new(softhsm::PIN.to_owned()),

@@ -7,7 +7,7 @@
 
 use keyturn_backend::testserver::softhsm::{self, SoftHsm};
 use keyturn_backend::{Algorithm, BackendError, KeyBackend, KeyType};
-use keyturn_backend_pkcs11::{Pkcs11Backend, Pkcs11Config, TokenSelector};
+use keyturn_backend_pkcs11::{Pkcs11Backend, Pkcs11BackendConfig, TokenSelector};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,8 +39,8 @@ fn private_dir() -> tempfile::TempDir {
     dir
 }
 
-fn config(hsm: &SoftHsm, label: &str, state_dir: &Path) -> Pkcs11Config {
-    Pkcs11Config {
+fn config(hsm: &SoftHsm, label: &str, state_dir: &Path) -> Pkcs11BackendConfig {
+    Pkcs11BackendConfig {
         module: hsm.module.clone(),
         token: TokenSelector::Label(label.to_owned()),
         pin: Zeroizing::new(softhsm::PIN.to_owned()),
