@@ -753,29 +753,18 @@ impl Engine {
             if k.is_ended() {
                 continue;
             }
-            let reason = if !k.name.starts_with(&prefix)
-                || keyturn_backend::check_name(&k.name).is_err()
-            {
-                Some(format!(
-                    "{:?} is not a name keyturn gives the keys of this key set",
-                    k.name
-                ))
-            } else if k.published_at.is_none() {
-                None
-            } else {
-                self.held(&k.name).await?.err().or_else(|| {
-                    let held = self.held.get(&k.name)?.as_ref().ok()?;
-                    let same = k.kid.as_deref() == Some(held.kid().as_str())
-                        && k.public_key.as_deref() == Some(B64.encode(held.spki_der()).as_str());
-                    (!same).then(|| {
-                        format!(
-                            "the backend holds another public key under {:?} (kid {})",
-                            k.name,
-                            held.kid()
-                        )
-                    })
-                })
-            };
+            let reason =
+                if !k.name.starts_with(&prefix) || keyturn_backend::check_name(&k.name).is_err() {
+                    Some(format!(
+                        "{:?} is not a name keyturn gives the keys of this key set",
+                        k.name
+                    ))
+                } else if k.published_at.is_none() {
+                    None
+                } else {
+                    self.ensure_held(&k.name).await?;
+                    self.held.get(&k.name).and_then(|held| unvouched(k, held))
+                };
             let known = self
                 .doc
                 .keys
@@ -793,11 +782,12 @@ impl Engine {
         Ok(())
     }
 
-    /// What the backend holds under `name` (cached): Err is why it vouches for no record
-    /// of that name. Only an unreachable backend is an error.
-    async fn held(&mut self, name: &str) -> Result<Result<(), String>, LifecycleError> {
-        if let Some(held) = self.held.get(name) {
-            return Ok(held.as_ref().map(drop).map_err(Clone::clone));
+    /// Asks the backend what it holds under `name`, unless the answer is cached: its public
+    /// key, or why it vouches for no record of that name. Only an unreachable backend is an
+    /// error.
+    async fn ensure_held(&mut self, name: &str) -> Result<(), LifecycleError> {
+        if self.held.contains_key(name) {
+            return Ok(());
         }
         let held = match self.backend.public_key(name).await {
             Ok(public) => Ok(public),
@@ -807,9 +797,8 @@ impl Engine {
             }
             Err(e) => Err(format!("the backend's key {name:?} cannot be read: {e}")),
         };
-        let outcome = held.as_ref().map(drop).map_err(Clone::clone);
         self.held.insert(name.to_owned(), held);
-        Ok(outcome)
+        Ok(())
     }
 
     /// Whether `doc`, just read, is another key set's than the one this engine knows: of
@@ -1195,6 +1184,24 @@ impl Engine {
             .doc
             .active(now)
             .and_then(|i| self.doc.keys[i].kid.clone()))
+    }
+}
+
+/// Why what the backend holds under `k`'s name does not vouch for `k`, if it does not.
+fn unvouched(k: &KeyRecord, held: &Result<PublicKey, String>) -> Option<String> {
+    match held {
+        Err(why) => Some(why.clone()),
+        Ok(public)
+            if k.kid.as_deref() == Some(public.kid().as_str())
+                && k.public_key.as_deref() == Some(B64.encode(public.spki_der()).as_str()) =>
+        {
+            None
+        }
+        Ok(public) => Some(format!(
+            "the backend holds another public key under {:?} (kid {})",
+            k.name,
+            public.kid()
+        )),
     }
 }
 

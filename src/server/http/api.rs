@@ -771,14 +771,14 @@ fn lifecycle_error(keyset: &KeySet, e: LifecycleError) -> ApiError {
         e @ LifecycleError::UnknownKid(_) => {
             ApiError::new(StatusCode::NOT_FOUND, "unknown_kid", e.to_string())
         }
-        e @ LifecycleError::Replaced { .. } => {
+        e @ (LifecycleError::Replaced { .. } | LifecycleError::Unauthentic { .. }) => {
             tracing::error!(keyset = %keyset.name(), error = %e, "admin operation refused");
             keyset.note_backend(false);
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "state_replaced",
-                "the key set's stored state was replaced while keyturn ran; an operator must \
-                 restore it (see the daemon's log)",
+                "the key set's stored state was replaced or fails its authentication while \
+                 keyturn ran; an operator must restore it (see the daemon's log)",
             )
         }
         e @ LifecycleError::Reloading(_) => ApiError::retry_after(1, "reloading", e.to_string()),
