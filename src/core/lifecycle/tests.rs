@@ -23,6 +23,20 @@ async fn engine(backend: Arc<dyn KeyBackend>, schedule: Schedule) -> Engine {
         .unwrap()
 }
 
+/// Why a fresh engine (a start) on `backend` refuses the stored document.
+async fn refused_at_load(backend: &Arc<dyn KeyBackend>) -> LifecycleError {
+    Engine::load(
+        "ks",
+        timing(),
+        Schedule::Every(HOUR),
+        KeyType::EcP256,
+        backend.clone(),
+    )
+    .await
+    .err()
+    .unwrap()
+}
+
 /// An engine on `backend` rotating hourly under `timing` (as after a reload or restart with
 /// another config, or on another replica).
 async fn hourly(backend: &Arc<dyn KeyBackend>, timing: Timing) -> Engine {
@@ -456,17 +470,7 @@ async fn fields_of_a_newer_format_are_kept_through_writes() {
     let before = backend.load_state("ks").await.unwrap().unwrap();
     let err = e.reload().await.unwrap_err().to_string();
     assert!(err.contains("newer keyturn"), "{err}");
-    let err = Engine::load(
-        "ks",
-        timing(),
-        Schedule::Every(HOUR),
-        KeyType::EcP256,
-        backend.clone(),
-    )
-    .await
-    .err()
-    .unwrap()
-    .to_string();
+    let err = refused_at_load(&backend).await.to_string();
     assert!(err.contains("upgrade this keyturn"), "{err}");
     let after = backend.load_state("ks").await.unwrap().unwrap();
     assert_eq!(after.version, before.version);
@@ -1054,16 +1058,7 @@ async fn a_document_that_fails_its_mac_is_not_acted_on() {
         // A fresh engine (a start) refuses it too, or (no MAC) accepts it only without a
         // ledger that remembers a sealed document: see the KeySet tests.
         if what != "without its MAC" {
-            let err = Engine::load(
-                "ks",
-                timing(),
-                Schedule::Every(HOUR),
-                KeyType::EcP256,
-                backend.clone(),
-            )
-            .await
-            .err()
-            .unwrap();
+            let err = refused_at_load(&backend).await;
             assert!(
                 err.to_string().contains("fails its authentication"),
                 "{err}"
