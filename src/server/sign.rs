@@ -48,15 +48,14 @@ impl<'a> Transaction<'a> {
     /// Starts signing with `keyset`'s key active at `now`.
     pub fn begin(state: &'a AppState, keyset: &'a KeySet, now: i64) -> Result<Self, SignError> {
         let published = keyset.published();
-        let kid = keyset
+        let key = keyset
             .signer(&published, now)
-            .map_err(SignError::CannotSign)?
-            .kid
-            .as_str();
+            .map_err(SignError::CannotSign)?;
+        // The same key, by address: kept as its index beside the view that holds it.
         let signer = published
             .keys
             .iter()
-            .position(|k| k.kid == kid)
+            .position(|k| std::ptr::eq(k, key))
             .ok_or(SignError::CannotSign(CannotSign::NoActiveKey))?;
         Ok(Transaction {
             state,
