@@ -51,6 +51,7 @@ fn fixture() -> &'static (ClientConfig, KeySetConfig) {
             forbidden_claims: vec!["admin".into()],
             allowed_typ: vec!["JWT".into(), "at+jwt".into()],
             admin: false,
+            revoke_tokens: false,
         };
         (client, keyset)
     })
@@ -62,7 +63,7 @@ pub fn sign_request(data: &[u8]) {
         return;
     };
     let (client, keyset) = fixture();
-    let Ok(prepared) = prepare(&req, client, keyset, NOW, "kid", "jti".into()) else {
+    let Ok(prepared) = prepare(&req, client, keyset, NOW, "kid", "jti".into(), None) else {
         return;
     };
     // Whatever passes the policy: iss fixed, reserved claims ours, lifetime within limits,

@@ -102,8 +102,30 @@ struct RawKeySet {
     #[serde(default = "default_stale_if_error", with = "humantime_serde")]
     stale_if_error: Duration,
     jwks_uri: Option<String>,
+    status_list: Option<RawStatusList>,
     #[serde(default)]
     backend: BackendConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatusList {
+    #[serde(default = "default_status_ttl", with = "humantime_serde")]
+    ttl: Duration,
+    #[serde(default, with = "humantime_serde")]
+    validity: Option<Duration>,
+    uri: Option<String>,
+}
+
+/// Verifiers refetch a status list every five minutes: a revoke reaches them that fast.
+fn default_status_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// A served status list is valid for an hour (or twice its `ttl`, if longer): a verifier
+/// that cannot reach keyturn keeps checking tokens that long, then refuses them.
+fn default_status_validity(ttl: i64) -> i64 {
+    (2 * ttl).max(3600)
 }
 
 /// Verifiers refetch within five minutes: short enough for revocations to spread, long
@@ -233,6 +255,8 @@ struct RawClient {
     allowed_typ: Vec<String>,
     #[serde(default)]
     admin: bool,
+    #[serde(default)]
+    revoke_tokens: bool,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -274,7 +298,7 @@ impl Default for Limits {
 }
 
 /// Claims only keyturn sets.
-pub const RESERVED_CLAIMS: [&str; 4] = ["iat", "nbf", "exp", "jti"];
+pub const RESERVED_CLAIMS: [&str; 5] = ["iat", "nbf", "exp", "jti", "status"];
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -382,8 +406,42 @@ pub struct KeySetConfig {
     pub stale_if_error: i64,
     /// `jwks_uri` in the discovery document.
     pub jwks_uri: String,
+    /// Token status lists, if its tokens carry a `status` claim.
+    pub status_list: Option<StatusListConfig>,
     /// The backend.
     pub backend: BackendConfig,
+}
+
+/// A key set's `status_list` table, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusListConfig {
+    /// How long a verifier may cache a list (its `ttl` claim and `max-age`), seconds.
+    pub ttl: i64,
+    /// How long a served list is valid (`exp - iat`), seconds; at least twice `ttl`.
+    pub validity: i64,
+    /// The lists' URL without the list's number: a list's URI is this, `/`, its number.
+    pub uri: String,
+}
+
+impl StatusListConfig {
+    /// The URI of list `list` (the `uri` in tokens, the `sub` of the list).
+    pub fn list_uri(&self, list: u32) -> String {
+        format!("{}/{list}", self.uri)
+    }
+
+    /// The list a URI names, if it is one of these lists'.
+    pub fn list_of(&self, uri: &str) -> Option<u32> {
+        let n = uri.strip_prefix(&self.uri)?.strip_prefix('/')?;
+        // Digits only, no sign or leading zero: one URI per list.
+        if n.is_empty()
+            || n.len() > 9
+            || !n.bytes().all(|b| b.is_ascii_digit())
+            || n.starts_with('0')
+        {
+            return None;
+        }
+        n.parse().ok()
+    }
 }
 
 /// How a client authenticates.
@@ -446,6 +504,8 @@ pub struct ClientConfig {
     pub allowed_typ: Vec<String>,
     /// May list, read, rotate and revoke its key sets.
     pub admin: bool,
+    /// May change the status of tokens of the key sets it may sign with (admins may too).
+    pub revoke_tokens: bool,
 }
 
 /// Fewest characters in a client's `token_file`: 128 random bits written as hex. A length
@@ -812,10 +872,18 @@ impl RawKeySet {
                 "{ctx}: issuer {issuer:?} must be an https:// (or http:// for local tests) URL"
             )));
         }
-        if let Some(uri) = self.jwks_uri.as_deref().filter(|u| !is_web_url(u)) {
-            return Err(invalid(format!(
-                "{ctx}: jwks_uri {uri:?} must be an https:// (or http:// for local tests) URL"
-            )));
+        for (key, uri) in [
+            ("jwks_uri", self.jwks_uri.as_deref()),
+            (
+                "status_list.uri",
+                self.status_list.as_ref().and_then(|s| s.uri.as_deref()),
+            ),
+        ] {
+            if let Some(uri) = uri.filter(|u| !is_web_url(u)) {
+                return Err(invalid(format!(
+                    "{ctx}: {key} {uri:?} must be an https:// (or http:// for local tests) URL"
+                )));
+            }
         }
         for (key, value) in [
             ("rotate_every", self.rotate_every),
@@ -823,6 +891,11 @@ impl RawKeySet {
             ("jwks_max_age", Some(self.jwks_max_age)),
             ("clock_skew", Some(self.clock_skew)),
             ("stale_if_error", Some(self.stale_if_error)),
+            ("status_list.ttl", self.status_list.as_ref().map(|s| s.ttl)),
+            (
+                "status_list.validity",
+                self.status_list.as_ref().and_then(|s| s.validity),
+            ),
         ] {
             if let Some(value) = value {
                 at_most(&format!("{ctx}: "), key, value, MAX_SPAN)?;
@@ -888,6 +961,37 @@ impl RawKeySet {
             let base = issuer.trim_end_matches('/');
             format!("{base}/keysets/{name}/jwks.json")
         });
+        let status_list = match self.status_list {
+            None => None,
+            Some(raw) => {
+                let ttl = secs(raw.ttl);
+                if ttl < 1 {
+                    return Err(invalid(format!(
+                        "{ctx}: status_list.ttl must be at least 1s"
+                    )));
+                }
+                let validity = raw
+                    .validity
+                    .map_or_else(|| default_status_validity(ttl), secs);
+                if validity < 2 * ttl {
+                    return Err(invalid(format!(
+                        "{ctx}: status_list.validity ({}) must be at least twice its ttl ({}): \
+                         a verifier must be able to cache a list for its ttl before it expires",
+                        human(validity),
+                        human(ttl)
+                    )));
+                }
+                let uri = raw.uri.unwrap_or_else(|| {
+                    let base = issuer.trim_end_matches('/');
+                    format!("{base}/keysets/{name}/statuslists")
+                });
+                Some(StatusListConfig {
+                    ttl,
+                    validity,
+                    uri: uri.trim_end_matches('/').to_owned(),
+                })
+            }
+        };
         Ok(KeySetConfig {
             name,
             issuer,
@@ -897,6 +1001,7 @@ impl RawKeySet {
             timing,
             stale_if_error: secs(self.stale_if_error),
             jwks_uri,
+            status_list,
             backend: self.backend,
         })
     }
@@ -947,6 +1052,7 @@ impl RawClient {
             forbidden_claims: self.forbidden_claims,
             allowed_typ: self.allowed_typ,
             admin: self.admin,
+            revoke_tokens: self.revoke_tokens,
         })
     }
 }

@@ -5,6 +5,7 @@ use crate::config::KeySetConfig;
 use crate::core::clock::Clock;
 use crate::core::lifecycle::{Engine, Event, LifecycleError};
 use crate::core::published::{Published, PublishedKey};
+use crate::core::statuslist::{StatusError, StatusLists};
 use arc_swap::ArcSwap;
 use keyturn_backend::KeyBackend;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -66,12 +67,24 @@ pub struct Past {
     pub unsigned_since: Option<i64>,
 }
 
+/// A status list failure as a lifecycle one: a backend that did not answer is retried,
+/// lists that cannot be trusted stop the key set like a lifecycle document that cannot.
+fn status_error(e: StatusError) -> LifecycleError {
+    match e {
+        StatusError::Backend(e) => LifecycleError::Backend(e),
+        StatusError::Contention(keyset) => LifecycleError::Contention(keyset),
+        e => LifecycleError::Refused(e.to_string()),
+    }
+}
+
 /// A key set in the daemon.
 pub struct KeySet {
     /// Its configuration.
     pub config: KeySetConfig,
     /// Its backend.
     pub backend: Arc<dyn KeyBackend>,
+    /// Its token status lists, if its tokens carry a `status` claim.
+    pub status: Option<Arc<StatusLists>>,
     // Rebuilt by the engine's `on_change` as each document is written or read.
     published: Arc<ArcSwap<Published>>,
     engine: Mutex<Engine>,
@@ -131,6 +144,19 @@ impl KeySet {
             &config,
             engine.doc().clone(),
         )));
+        let status = match &config.status_list {
+            Some(settings) => Some(Arc::new(
+                StatusLists::open(
+                    &config.name,
+                    settings.clone(),
+                    config.timing,
+                    backend.clone(),
+                )
+                .await
+                .map_err(status_error)?,
+            )),
+            None => None,
+        };
         let sealed = AtomicBool::new(engine.is_sealed());
         let (view, view_config) = (published.clone(), config.clone());
         engine.on_change(Box::new(move |doc| {
@@ -139,6 +165,7 @@ impl KeySet {
         Ok(Arc::new(KeySet {
             config,
             backend,
+            status,
             published,
             engine: Mutex::new(engine),
             backend_ok: AtomicBool::new(false),
@@ -321,7 +348,13 @@ impl KeySet {
         let mut engine = self.engine.lock().await;
         let result = async {
             engine.reload().await?;
-            engine.tick(now).await
+            let events = engine.tick(now).await?;
+            // Another replica's status changes: served here within the sync delay, like
+            // its lifecycle steps.
+            if let (Some(status), Some(_)) = (&self.status, self.config.timing.poll_interval()) {
+                status.refresh().await.map_err(status_error)?;
+            }
+            Ok(events)
         }
         .await;
         self.sealed.store(engine.is_sealed(), Ordering::Relaxed);

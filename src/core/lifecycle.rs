@@ -102,6 +102,28 @@ pub async fn seal(
     .map_err(|e| corrupt(e.to_string()))
 }
 
+/// The document a sealed state holds, if its MAC is `backend`'s for `name`: Err says what
+/// is wrong (not sealed, not parsed, a MAC that does not match). For documents that were
+/// sealed from their first write (status lists).
+pub async fn open_sealed(
+    backend: &dyn KeyBackend,
+    name: &str,
+    bytes: &[u8],
+) -> Result<Vec<u8>, Result<BackendError, String>> {
+    let stored = Stored::parse(bytes).map_err(Err)?;
+    let Some(mac) = stored.mac else {
+        return Err(Err("it has no MAC".into()));
+    };
+    let expected = backend
+        .state_mac(name, &stored.document)
+        .await
+        .map_err(Ok)?;
+    if aws_lc_rs::constant_time::verify_slices_are_equal(&expected, &mac).is_err() {
+        return Err(Err("its MAC does not match".into()));
+    }
+    Ok(stored.document)
+}
+
 /// The lifecycle document of one key set.
 ///
 /// Fields this build does not know (written by a newer keyturn sharing the backend) are

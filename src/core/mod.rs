@@ -9,6 +9,7 @@ pub mod keyset;
 pub mod lifecycle;
 pub mod policy;
 pub mod published;
+pub mod statuslist;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod timeline;

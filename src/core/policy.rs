@@ -19,6 +19,7 @@ use crate::config::RESERVED_CLAIMS;
 use crate::config::{human, ClientConfig, KeySetConfig, ALL};
 use crate::core::json::Text;
 use crate::core::json::{push_int, push_str};
+use crate::core::statuslist::Slot;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use serde::de::{Deserializer, MapAccess, Visitor};
@@ -299,6 +300,7 @@ pub fn prepare<'a>(
     now: i64,
     kid: &str,
     jti: String,
+    status: Option<&Slot>,
 ) -> Result<Prepared<'a>, Refusal> {
     let claims = claim_list(req.claims)?;
     check_fixed(&claims, keyset)?;
@@ -311,7 +313,7 @@ pub fn prepare<'a>(
     let mut json = Vec::with_capacity(256);
     write_header(&mut json, keyset.algorithm.as_str(), kid, typ);
     let header_len = json.len();
-    write_claims(&mut json, &claims, &keyset.issuer, now, exp, &jti);
+    write_claims(&mut json, &claims, &keyset.issuer, now, exp, &jti, status);
     let (header, body) = json.split_at(header_len);
     // Room for the signature too: `compact` appends it (RSA-4096: 683 characters).
     let mut signing_input = String::with_capacity((json.len() + 2) * 4 / 3 + 4 + 1 + 683);
@@ -345,7 +347,7 @@ fn check_fixed(claims: &Claims<'_>, keyset: &KeySetConfig) -> Result<(), Refusal
         if claim(claims, reserved).is_some() {
             return Err(unprocessable(
                 "reserved_claim",
-                format!("remove \"{reserved}\": keyturn sets iat, nbf, exp and jti itself (use \"ttl\" for the lifetime)"),
+                format!("remove \"{reserved}\": keyturn sets iat, nbf, exp, jti and status itself (use \"ttl\" for the lifetime)"),
             ));
         }
     }
@@ -575,10 +577,12 @@ fn write_claims(
     now: i64,
     exp: i64,
     jti: &str,
+    status: Option<&Slot>,
 ) {
     enum Ours<'a> {
         Str(&'a str),
         Int(i64),
+        Status(&'a Slot),
     }
     // Sorted by name.
     let ours = [
@@ -587,7 +591,9 @@ fn write_claims(
         ("iss", Ours::Str(iss)),
         ("jti", Ours::Str(jti)),
         ("nbf", Ours::Int(now)),
+        ("status", status.map_or(Ours::Int(0), Ours::Status)),
     ];
+    let ours = &ours[..ours.len() - usize::from(status.is_none())];
     // `{` before the first name, `,` before the others.
     let start = out.len();
     let name = |out: &mut Vec<u8>, name: &str| {
@@ -600,6 +606,13 @@ fn write_claims(
         match value {
             Ours::Str(v) => push_str(out, v),
             Ours::Int(v) => push_int(out, *v),
+            Ours::Status(slot) => {
+                out.extend_from_slice(b"{\"status_list\":{\"idx\":");
+                push_int(out, i64::try_from(slot.idx).unwrap_or(i64::MAX));
+                out.extend_from_slice(b",\"uri\":");
+                push_str(out, &slot.uri);
+                out.extend_from_slice(b"}}");
+            }
         }
     };
     let mut ours = ours.iter().peekable();
@@ -696,6 +709,7 @@ mod tests {
             forbidden_claims: vec!["admin".into()],
             allowed_typ: vec!["JWT".into(), "at+jwt".into()],
             admin: false,
+            revoke_tokens: false,
         };
         (client, config.keysets[0].clone())
     }
@@ -736,7 +750,7 @@ mod tests {
         let (client, ks) = setup();
         let text = r#"{"claims": {"sub": "user:1", "aud": "orders", "scope": "read"},
                        "ttl": "5m", "typ": "at+jwt"}"#;
-        let p = prepare(&req(text), &client, &ks, 1000, "kid1", "j".into()).unwrap();
+        let p = prepare(&req(text), &client, &ks, 1000, "kid1", "j".into(), None).unwrap();
         assert_eq!(p.exp, 1300);
         let (h, c) = p.signing_input.split_once('.').unwrap();
         let h: Value = serde_json::from_slice(&B64.decode(h).unwrap()).unwrap();
@@ -764,26 +778,50 @@ mod tests {
             serde_json::json!({}),
             serde_json::json!({"sub": "u", "a": 1, "iss": "https://auth.example.com"}),
             serde_json::json!({"email": "x@y", "ia": [1, {"b": null}], "isz": true, "jtx": 1.5,
-                               "nbe": "n", "z": {"nested": ["v"]}, "exq": "e", "\u{e9}": 0}),
+                               "nbe": "n", "z": {"nested": ["v"]}, "exq": "e", "\u{e9}": 0,
+                               "sta": 1, "stb": "\"", "statut": 2}),
         ] {
-            let text = body(&claims, None, None);
-            let p = prepare(&req(&text), &client, &ks, 1000, "k", "jid".into()).unwrap();
-            let mut expected = claims.as_object().unwrap().clone();
-            for (k, v) in [
-                ("iss", serde_json::json!("https://auth.example.com")),
-                ("iat", 1000.into()),
-                ("nbf", 1000.into()),
-                ("exp", 1600.into()),
-                ("jti", "jid".into()),
+            for status in [
+                None,
+                Some(Slot {
+                    uri: "https://a.example/s/1".into(),
+                    idx: 77,
+                }),
             ] {
-                expected.insert(k.into(), v);
+                let text = body(&claims, None, None);
+                let p = prepare(
+                    &req(&text),
+                    &client,
+                    &ks,
+                    1000,
+                    "k",
+                    "jid".into(),
+                    status.as_ref(),
+                )
+                .unwrap();
+                let mut expected = claims.as_object().unwrap().clone();
+                for (k, v) in [
+                    ("iss", serde_json::json!("https://auth.example.com")),
+                    ("iat", 1000.into()),
+                    ("nbf", 1000.into()),
+                    ("exp", 1600.into()),
+                    ("jti", "jid".into()),
+                ] {
+                    expected.insert(k.into(), v);
+                }
+                if let Some(slot) = &status {
+                    expected.insert(
+                        "status".into(),
+                        serde_json::json!({"status_list": {"idx": slot.idx, "uri": &*slot.uri}}),
+                    );
+                }
+                let body = p.signing_input.split_once('.').unwrap().1;
+                assert_eq!(
+                    B64.decode(body).unwrap(),
+                    serde_json::to_vec(&expected).unwrap(),
+                    "{claims}"
+                );
             }
-            let body = p.signing_input.split_once('.').unwrap().1;
-            assert_eq!(
-                B64.decode(body).unwrap(),
-                serde_json::to_vec(&expected).unwrap(),
-                "{claims}"
-            );
         }
     }
 
@@ -809,7 +847,7 @@ mod tests {
             None,
             None,
         );
-        let p = prepare(&req(&text), &client, &ks, 0, "k", "j".into()).unwrap();
+        let p = prepare(&req(&text), &client, &ks, 0, "k", "j".into(), None).unwrap();
         assert_eq!(p.exp, 600);
     }
 
@@ -948,7 +986,7 @@ mod tests {
         for (claims, ttl, typ, expected) in cases {
             let text = body(&claims, ttl, typ);
             assert_eq!(
-                code(prepare(&req(&text), &client, &ks, 0, "k", "j".into())),
+                code(prepare(&req(&text), &client, &ks, 0, "k", "j".into(), None)),
                 expected,
                 "{claims} {ttl:?} {typ:?}"
             );
@@ -964,7 +1002,7 @@ mod tests {
         let (client, ks) = setup();
         let sign = |claims: &str| {
             let text = format!(r#"{{"claims": {claims}}}"#);
-            let r = prepare(&req(&text), &client, &ks, 0, "k", "j".into());
+            let r = prepare(&req(&text), &client, &ks, 0, "k", "j".into(), None);
             r.map(|p| {
                 let payload = p.signing_input.split_once('.').unwrap().1;
                 (
@@ -1098,7 +1136,7 @@ mod tests {
         client.allowed_claims = vec![];
         let sign = |client: &ClientConfig, claims: Value| {
             let text = body(&claims, None, None);
-            prepare(&req(&text), client, &ks, 0, "k", "j".into())
+            prepare(&req(&text), client, &ks, 0, "k", "j".into(), None)
                 .map(|_| ())
                 .map_err(|e| (status(e.kind), e.code, e.message))
         };
@@ -1140,10 +1178,10 @@ mod tests {
         let (mut client, ks) = setup();
         client.allowed_claims = vec!["scope".into()];
         let ok = r#"{"claims": {"sub":"user:1","aud":"orders","scope":"x"}}"#;
-        assert!(prepare(&req(ok), &client, &ks, 0, "k", "j".into()).is_ok());
+        assert!(prepare(&req(ok), &client, &ks, 0, "k", "j".into(), None).is_ok());
         let bad = r#"{"claims": {"sub":"user:1","aud":"orders","role":"x"}}"#;
         assert_eq!(
-            code(prepare(&req(bad), &client, &ks, 0, "k", "j".into())),
+            code(prepare(&req(bad), &client, &ks, 0, "k", "j".into(), None)),
             (403, "claim_not_allowed")
         );
     }

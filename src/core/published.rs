@@ -82,6 +82,19 @@ struct Common {
 }
 
 impl Served {
+    /// A signed document served for `max_age` seconds (a status list token), issued at
+    /// `issued` (`Last-Modified`).
+    pub fn token(body: Vec<u8>, content_type: HeaderValue, issued: i64, max_age: i64) -> Self {
+        let at = UNIX_EPOCH + Duration::from_secs(issued.clamp(0, LAST_HTTP_DATE).unsigned_abs());
+        let common = Common {
+            last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(at))
+                .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT")),
+            cache_control: HeaderValue::from_str(&format!("public, max-age={}", max_age.max(0)))
+                .unwrap_or(HeaderValue::from_static("no-cache")),
+        };
+        Served::new(body, issued.max(0).unsigned_abs(), content_type, &common)
+    }
+
     fn new(body: Vec<u8>, version: u64, content_type: HeaderValue, common: &Common) -> Self {
         let hash = digest::digest(&digest::SHA256, &body);
         let etag = format!(

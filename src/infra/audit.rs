@@ -106,6 +106,28 @@ pub struct Record<'a> {
     /// Token expiry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exp: Option<i64>,
+    /// The token's place in a status list and, for a status change, the change.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub status: Option<StatusNote<'a>>,
+}
+
+/// A token's status list entry in an audit line: a signed token's, or a changed one's.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct StatusNote<'a> {
+    /// The list's URI.
+    pub uri: &'a str,
+    /// The index.
+    pub idx: u64,
+    /// The status before a change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old: Option<&'static str>,
+    /// The status after a change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new: Option<&'static str>,
+    /// Written at a start from the state store: the daemon that made the change stopped
+    /// before its line was written (it may have been written after all).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub recovered: bool,
 }
 
 /// A line about keys rather than a token (a lifecycle event, an admin action), as much of
@@ -155,8 +177,10 @@ impl Record<'_> {
             sub,
             aud,
             exp,
+            status,
         } = *self;
-        (jti.is_none() && sub.is_none() && aud.is_none() && exp.is_none()).then(|| LifecycleLine {
+        let token = jti.is_some() || sub.is_some() || aud.is_some() || exp.is_some();
+        (!token && status.is_none()).then(|| LifecycleLine {
             ts,
             event: event.to_owned(),
             keyset: keyset.to_owned(),
@@ -707,6 +731,7 @@ impl Audit {
             sub: None,
             aud: None,
             exp: None,
+            status: None,
         };
         if let Some(shared) = self.shared() {
             if !matches!(shared.push(&record, true), Ok(Some(_))) {
@@ -1146,6 +1171,7 @@ mod tests {
             sub: Some("alice"),
             aud: Some(aud),
             exp: Some(i + 60),
+            status: None,
         }
     }
 

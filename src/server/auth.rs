@@ -144,6 +144,7 @@ mod tests {
             forbidden_claims: vec![],
             allowed_typ: vec![],
             admin: false,
+            revoke_tokens: false,
         }
     }
 

@@ -233,6 +233,9 @@ fn status(e: SignError) -> Status {
         SignError::AuditUnavailable => {
             Status::unavailable("the audit log is not writable; no token was issued")
         }
+        SignError::StatusListsUnavailable => {
+            Status::unavailable("no status list index could be reserved; retry shortly")
+        }
     }
 }
 
@@ -295,6 +298,7 @@ impl Signer {
                 checked.sub.as_deref(),
                 checked.aud.as_ref(),
                 checked.exp,
+                None,
             )
             .await
             .map_err(status)?;

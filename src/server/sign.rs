@@ -15,7 +15,8 @@
 use crate::core::keyset::{CannotSign, KeySet};
 use crate::core::policy::Audience;
 use crate::core::published::{Published, PublishedKey};
-use crate::infra::audit::{Line, Record};
+use crate::core::statuslist::Slot;
+use crate::infra::audit::{Line, Record, StatusNote};
 use crate::server::state::AppState;
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,6 +34,9 @@ pub enum SignError {
     Revoked,
     /// The audit log is not writable.
     AuditUnavailable,
+    /// No status list index could be reserved (the backend's state store did not answer,
+    /// or every list is full).
+    StatusListsUnavailable,
 }
 
 /// One key set's signatures at one instant, with the key active then.
@@ -108,6 +112,21 @@ impl<'a> Transaction<'a> {
         }
     }
 
+    /// Status list entries for `n` tokens (none for a key set without status lists),
+    /// from the blocks this replica holds; a block is reserved when they run out.
+    pub async fn slots(&self, n: usize) -> Result<Vec<Slot>, SignError> {
+        let Some(status) = &self.keyset.status else {
+            return Ok(Vec::new());
+        };
+        status.take(self.now, n).await.map_err(|e| {
+            tracing::error!(keyset = %self.keyset.name(), error = %e, "no status list index for a token");
+            if e.is_retryable() {
+                self.keyset.note_backend(false);
+            }
+            SignError::StatusListsUnavailable
+        })
+    }
+
     /// Queues the audit line of a token signed for `caller`; [`Self::finish`] waits for it.
     pub async fn record(
         &self,
@@ -116,6 +135,7 @@ impl<'a> Transaction<'a> {
         sub: Option<&str>,
         aud: Option<&Audience<'_>>,
         exp: i64,
+        slot: Option<&Slot>,
     ) -> Result<Line, SignError> {
         self.state
             .audit
@@ -129,6 +149,13 @@ impl<'a> Transaction<'a> {
                 sub,
                 aud,
                 exp: Some(exp),
+                status: slot.map(|s| StatusNote {
+                    uri: &s.uri,
+                    idx: s.idx,
+                    old: None,
+                    new: None,
+                    recovered: false,
+                }),
             })
             .await
             .map_err(|()| SignError::AuditUnavailable)

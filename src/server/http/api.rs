@@ -9,6 +9,7 @@ use crate::config::ClientConfig;
 use crate::core::keyset::KeySet;
 use crate::core::lifecycle::LifecycleError;
 use crate::core::policy::{compact, new_jti, prepare, SignRequest};
+use crate::core::statuslist::Slot;
 use crate::infra::audit::Record;
 use crate::server::auth::{identify, AuthFailure, Peer};
 use crate::server::sign::{SignError, Transaction};
@@ -300,12 +301,39 @@ pub struct Signed<'k> {
     pub jti: String,
     /// Its expiry.
     pub exp: i64,
+    /// Its status list entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<StatusRef>,
+}
+
+/// A token's status list entry, as the sign response shows it.
+#[derive(Debug, Serialize)]
+pub struct StatusRef {
+    /// The list's URI.
+    #[serde(serialize_with = "shared_str")]
+    pub uri: Arc<str>,
+    /// The index.
+    pub idx: u64,
+}
+
+fn shared_str<S: serde::Serializer>(s: &Arc<str>, out: S) -> Result<S::Ok, S::Error> {
+    out.serialize_str(s)
+}
+
+impl From<Slot> for StatusRef {
+    fn from(slot: Slot) -> Self {
+        StatusRef {
+            uri: slot.uri,
+            idx: slot.idx,
+        }
+    }
 }
 
 impl Signed<'_> {
     /// At least the size of its JSON, for sizing buffers once.
     fn json_size(&self) -> usize {
-        self.token.len() + self.kid.len() + self.jti.len() + 64
+        let status = self.status.as_ref().map_or(0, |s| s.uri.len() + 48);
+        self.token.len() + self.kid.len() + self.jti.len() + status + 64
     }
 
     /// Appends this as JSON, the bytes `serde_json` would write. The token, kid and jti
@@ -324,6 +352,13 @@ impl Signed<'_> {
         }
         out.extend_from_slice(b",\"exp\":");
         push_int(out, self.exp);
+        if let Some(status) = &self.status {
+            out.extend_from_slice(b",\"status\":{\"uri\":");
+            push_str(out, &status.uri);
+            out.extend_from_slice(b",\"idx\":");
+            push_int(out, i64::try_from(status.idx).unwrap_or(i64::MAX));
+            out.push(b'}');
+        }
         out.push(b'}');
     }
 }
@@ -337,7 +372,16 @@ async fn sign_one(
 ) -> Result<Vec<u8>, ApiError> {
     let tx = Transaction::begin(state, keyset, state.clock.now())?;
     let key = tx.key();
-    let prepared = prepare(req, client, &keyset.config, tx.now(), &key.kid, new_jti()?)?;
+    let slot = tx.slots(1).await?.pop();
+    let prepared = prepare(
+        req,
+        client,
+        &keyset.config,
+        tx.now(),
+        &key.kid,
+        new_jti()?,
+        slot.as_ref(),
+    )?;
     let sig = tx.sign(prepared.signing_input.as_bytes()).await?;
     let line = tx
         .record(
@@ -346,6 +390,7 @@ async fn sign_one(
             prepared.sub.as_deref(),
             prepared.aud.as_ref(),
             prepared.exp,
+            slot.as_ref(),
         )
         .await?;
     tx.finish(line).await?;
@@ -354,6 +399,7 @@ async fn sign_one(
         kid: &key.kid,
         jti: prepared.jti,
         exp: prepared.exp,
+        status: slot.map(StatusRef::from),
     };
     let mut body = Vec::with_capacity(signed.json_size());
     signed.write_json(&mut body);
@@ -547,24 +593,35 @@ async fn sign_items(
         }
         let tx = Transaction::begin(state, keyset, state.clock.now())?;
         let key = tx.key();
+        let mut slots = tx.slots(chunk.len()).await?.into_iter();
         // Policy: each item parsed (serde's line and column count from the item's start)
         // and checked alone.
         let mut tokens: Vec<_> = (first..)
             .zip(chunk)
             .map(|(i, item)| {
+                let slot = slots.next();
                 let req: SignRequest = parse(item).map_err(|e| ApiError {
                     message: format!("item {i}: {}", e.message),
                     ..e
                 })?;
-                let prepared =
-                    prepare(&req, client, &keyset.config, tx.now(), &key.kid, new_jti()?)?;
-                Ok((prepared, Vec::new()))
+                let prepared = prepare(
+                    &req,
+                    client,
+                    &keyset.config,
+                    tx.now(),
+                    &key.kid,
+                    new_jti()?,
+                    slot.as_ref(),
+                )?;
+                Ok((prepared, slot, Vec::new()))
             })
             .collect();
         // Backend: the signatures, back to back. An outage or a revoke fails the batch: no
         // further calls.
         for token in &mut tokens {
-            let Ok((prepared, sig)) = token else { continue };
+            let Ok((prepared, _, sig)) = token else {
+                continue;
+            };
             if slice.elapsed() >= BATCH_SLICE {
                 tokio::task::yield_now().await;
                 slice = Instant::now();
@@ -581,13 +638,14 @@ async fn sign_items(
         let mut last = None;
         for (i, token) in (first..).zip(tokens) {
             let result = match token {
-                Ok((prepared, sig)) => tx
+                Ok((prepared, slot, sig)) => tx
                     .record(
                         &client.name,
                         Some(&prepared.jti),
                         prepared.sub.as_deref(),
                         prepared.aud.as_ref(),
                         prepared.exp,
+                        slot.as_ref(),
                     )
                     .await
                     .map(|line| {
@@ -597,6 +655,7 @@ async fn sign_items(
                             kid: &key.kid,
                             jti: prepared.jti,
                             exp: prepared.exp,
+                            status: slot.map(StatusRef::from),
                         }
                     })
                     .map_err(ApiError::from),
@@ -815,6 +874,7 @@ async fn admin_audit(
         sub: None,
         aud: None,
         exp: None,
+        status: None,
     };
     if state.audit.record(record).await.is_err() {
         tracing::error!(keyset, event, "audit log unavailable for an admin action");
@@ -920,6 +980,7 @@ mod tests {
             kid,
             jti: jti.into(),
             exp: 1_700_000_000,
+            status: None,
         }
     }
 
@@ -930,6 +991,13 @@ mod tests {
             // Not base64url: serde escapes it.
             signed("a\"b\\c\u{1}", "k\n", "é"),
             signed("", "", ""),
+            Signed {
+                status: Some(StatusRef {
+                    uri: "https://a.example/keysets/x/statuslists/3".into(),
+                    idx: 1_048_575,
+                }),
+                ..signed("eyJh.eyJz-_.c2ln", "k", "j")
+            },
         ] {
             let mut ours = Vec::new();
             s.write_json(&mut ours);

@@ -144,6 +144,11 @@ impl From<crate::server::sign::SignError> for ApiError {
                 "audit_unavailable",
                 "the audit log is not writable; no token was issued",
             ),
+            SignError::StatusListsUnavailable => ApiError::retry_after(
+                5,
+                "status_lists_unavailable",
+                "no status list index could be reserved for the token; see the daemon's log",
+            ),
         }
     }
 }
