@@ -147,6 +147,7 @@ fn bench(c: &mut Criterion) {
             now,
             "kid-0123456789",
             new_jti().unwrap(),
+            None,
         )
         .unwrap()
         .signing_input;
@@ -167,6 +168,7 @@ fn bench(c: &mut Criterion) {
                     now,
                     "kid-0123456789",
                     new_jti().unwrap(),
+                    None,
                 )
                 .unwrap()
             })
@@ -179,6 +181,7 @@ fn bench(c: &mut Criterion) {
                 now,
                 "kid-0123456789",
                 new_jti().unwrap(),
+                None,
             )
             .unwrap();
             let sig = ready(backend.sign(&key_name, alg, p.signing_input.as_bytes())).unwrap();
@@ -187,6 +190,7 @@ fn bench(c: &mut Criterion) {
                 kid: "kid-0123456789",
                 jti: p.jti,
                 exp: p.exp,
+                status: None,
             }
         };
         group.bench_function("sign_path", |b| b.iter(|| sign_path(black_box(&req))));

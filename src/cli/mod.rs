@@ -60,8 +60,9 @@ pub struct Connection {
     /// The daemon's API Unix socket (instead of --api).
     #[arg(long, global = true, env = "KEYTURN_SOCKET")]
     pub socket: Option<PathBuf>,
-    /// A file holding the client's bearer token.
-    #[arg(long, global = true, env = "KEYTURN_TOKEN_FILE")]
+    /// A file holding the client's bearer token. Given before the subcommand: after
+    /// `keyturn token ...`, --token-file names the token whose status changes.
+    #[arg(long, env = "KEYTURN_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 }
 
@@ -111,6 +112,13 @@ pub enum Command {
         /// not as an option.
         #[arg(allow_hyphen_values = true)]
         kid: String,
+    },
+    /// Change a token's status in its key set's status list: revoke (final), suspend or
+    /// reinstate (admin client, or one with revoke_tokens = true).
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        action: TokenCommand,
     },
     /// Ask the daemon to sign a token.
     Sign {
@@ -202,6 +210,45 @@ pub enum Command {
         #[arg(long)]
         admin: bool,
     },
+}
+
+/// `keyturn token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Revoke a token for good: verifiers refuse it once they refetch its status list.
+    Revoke(TokenTarget),
+    /// Suspend a token: verifiers refuse it until it is reinstated.
+    Suspend(TokenTarget),
+    /// Reinstate a suspended token.
+    Reinstate(TokenTarget),
+}
+
+/// The token whose status changes: the token itself, or its status list URI and index.
+#[derive(Debug, clap::Args)]
+#[command(group(ArgGroup::new("which").required(true).args(["token", "uri"])))]
+pub struct TokenTarget {
+    /// The key set.
+    pub keyset: String,
+    /// A file holding the token (the daemon checks that it signed it and reads its index).
+    #[arg(long = "token-file", value_name = "FILE", id = "token")]
+    pub token: Option<PathBuf>,
+    /// The status list's URI (the token's status.status_list.uri).
+    #[arg(long, requires = "idx")]
+    pub uri: Option<String>,
+    /// The token's index in that list (status.status_list.idx).
+    #[arg(long, requires = "uri")]
+    pub idx: Option<u64>,
+}
+
+impl TokenCommand {
+    /// The status it sets, and the key set and token it sets it for.
+    fn parts(&self) -> (&'static str, &TokenTarget) {
+        match self {
+            TokenCommand::Revoke(t) => ("revoked", t),
+            TokenCommand::Suspend(t) => ("suspended", t),
+            TokenCommand::Reinstate(t) => ("valid", t),
+        }
+    }
 }
 
 /// `keyturn audit ...`.
@@ -468,6 +515,27 @@ pub async fn run_client(cli: Cli) -> ExitCode {
             }
             Command::Revoke { keyset, kid } => {
                 print_json(&call(conn, Method::POST, &format!("/v1/keysets/{keyset}/keys/{kid}/revoke"), None).await?);
+                Ok(())
+            }
+            Command::Token { action } => {
+                let (status, target) = action.parts();
+                let body = match (&target.token, &target.uri, target.idx) {
+                    (Some(file), _, _) => {
+                        let token = std::fs::read_to_string(file)
+                            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                        serde_json::json!({"token": token.trim(), "status": status})
+                    }
+                    (None, Some(uri), Some(idx)) => serde_json::json!({"uri": uri, "idx": idx, "status": status}),
+                    _ => return Err("give --token-file, or --uri and --idx".into()),
+                };
+                let path = format!("/v1/keysets/{}/token-status", target.keyset);
+                let out = call(conn, Method::POST, &path, Some(body.to_string().into_bytes())).await?;
+                let (uri, idx) = (out["uri"].as_str().unwrap_or_default(), &out["idx"]);
+                if out["changed"].as_bool() == Some(true) {
+                    say!("{uri} index {idx}: {} -> {status}", out["previous"].as_str().unwrap_or_default());
+                } else {
+                    say!("{uri} index {idx}: already {status}");
+                }
                 Ok(())
             }
             Command::Sign { keyset, claims, ttl, typ } => {

@@ -193,9 +193,18 @@ impl KeySet {
         drop(self.engine.lock().await);
     }
 
-    /// Re-reads the state and publishes what it holds.
+    /// Re-reads the state (and the status lists) and publishes what it holds.
     pub async fn refresh(&self) -> Result<(), LifecycleError> {
-        self.engine.lock().await.reload().await.map(drop)
+        self.engine.lock().await.reload().await?;
+        if let Some(status) = &self.status {
+            status.refresh().await.map_err(status_error)?;
+        }
+        Ok(())
+    }
+
+    /// Resolves when a reload has replaced or dropped this key set.
+    pub async fn stopped(&self) {
+        self.stopped.cancelled().await;
     }
 
     /// At a reload that keeps it: checks its withheld records against the backend again

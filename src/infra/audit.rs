@@ -230,6 +230,21 @@ impl Record<'_> {
             out.extend_from_slice(b",\"exp\":");
             push_int(out, exp);
         }
+        if let Some(status) = &self.status {
+            out.extend_from_slice(b",\"uri\":");
+            push_str(out, status.uri);
+            out.extend_from_slice(b",\"idx\":");
+            push_int(out, i64::try_from(status.idx).unwrap_or(i64::MAX));
+            for (key, value) in [(&b",\"old\":"[..], status.old), (b",\"new\":", status.new)] {
+                if let Some(value) = value {
+                    out.extend_from_slice(key);
+                    push_str(out, value);
+                }
+            }
+            if status.recovered {
+                out.extend_from_slice(b",\"recovered\":true");
+            }
+        }
     }
 }
 
@@ -1325,6 +1340,27 @@ mod tests {
             Record {
                 sub: Some("\u{e9}"),
                 ..record(5, "j5", &AUD)
+            },
+            Record {
+                status: Some(StatusNote {
+                    uri: "https://a.example/keysets/x/statuslists/1",
+                    idx: 1_048_575,
+                    old: None,
+                    new: None,
+                    recovered: false,
+                }),
+                ..record(7, "j7", &AUD)
+            },
+            Record {
+                event: "token-status",
+                status: Some(StatusNote {
+                    uri: "u\"",
+                    idx: 0,
+                    old: Some("valid"),
+                    new: Some("revoked"),
+                    recovered: true,
+                }),
+                ..lifecycle
             },
         ];
         for record in cases {

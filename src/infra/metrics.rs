@@ -46,6 +46,12 @@ struct AuthFailureLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusChangeLabels {
+    keyset: String,
+    status: &'static str,
+}
+
 /// The daemon's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -54,6 +60,7 @@ pub struct Metrics {
     backend_seconds: Family<BackendLabels, Histogram>,
     backend_errors: Family<BackendErrorLabels, Counter>,
     auth_failures: Family<AuthFailureLabels, Counter>,
+    status_changes: Family<StatusChangeLabels, Counter>,
     // The series of each (key set, algorithm, outcome) seen, found by a scan with the
     // borrowed name: `Family::get_or_create` wants owned labels, four String allocations
     // per signature. Few key sets, so a Vec; read without writing to shared memory (a lock
@@ -110,8 +117,15 @@ impl Default for Metrics {
             "API requests refused as unauthenticated, by listener and reason",
             auth_failures.clone(),
         );
+        let status_changes = Family::<StatusChangeLabels, Counter>::default();
+        registry.register(
+            "token_status_changes",
+            "Token status changes by key set and new status (revoked, suspended, valid)",
+            status_changes.clone(),
+        );
         Metrics {
             registry,
+            status_changes,
             signatures,
             sign_seconds,
             backend_seconds,
@@ -154,6 +168,16 @@ impl Metrics {
     pub fn auth_failure(&self, listener: &'static str, reason: &'static str) {
         self.auth_failures
             .get_or_create(&AuthFailureLabels { listener, reason })
+            .inc();
+    }
+
+    /// Records one token status change in `keyset` to `status`.
+    pub fn status_change(&self, keyset: &str, status: &'static str) {
+        self.status_changes
+            .get_or_create(&StatusChangeLabels {
+                keyset: keyset.to_owned(),
+                status,
+            })
             .inc();
     }
 

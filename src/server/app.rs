@@ -121,6 +121,9 @@ async fn open_keysets(
                     for e in &events {
                         audit.lifecycle(&ks.name, e);
                     }
+                    if reuse.is_none() {
+                        recover_status_lines(audit, &keyset, audited).await;
+                    }
                     break keyset;
                 }
                 Err(e) if e.is_retryable() => {
@@ -139,6 +142,26 @@ async fn open_keysets(
         list.push(keyset);
     }
     Ok(list)
+}
+
+/// Writes to the audit log, marked `recovered`, the status changes the stored lists
+/// remember from the log's last line on (`audited`; all, for a new log): a daemon that
+/// stopped between a change and its line left them out. A change may have been logged by
+/// another replica, or in the second of the last line already; it is logged again rather
+/// than lost.
+async fn recover_status_lines(audit: &Audit, keyset: &KeySet, audited: Option<i64>) {
+    let Some(status) = &keyset.status else {
+        return;
+    };
+    for change in status.changes_since(audited.unwrap_or(i64::MIN)) {
+        let uri = status.config.list_uri(change.list);
+        let logged =
+            crate::server::http::token_status::record(audit, keyset.name(), &change, &uri, true)
+                .await;
+        if logged.is_err() {
+            tracing::error!(keyset = %keyset.name(), seq = change.seq, "audit log unavailable; a token status change is not logged");
+        }
+    }
 }
 
 /// What a key set's reopened state must be: the running key set's, or the last run's.
@@ -190,6 +213,28 @@ fn refuse_a_fresh_start(
          must be of the same history), or set the new backend up under a new key set name \
          and remove this one once its tokens have expired.{anyway}"
     )))
+}
+
+/// Spawns `keyset`'s maintenance task (its lifecycle, reporting to the audit log) and,
+/// with status lists, the task that keeps them signed and served.
+fn maintain(
+    tasks: &mut JoinSet<()>,
+    state: &Arc<AppState>,
+    keyset: &Arc<KeySet>,
+    shutdown: &CancellationToken,
+) {
+    tasks.spawn(keyset.clone().run(
+        state.clock.clone(),
+        lifecycle_to(state.audit.clone()),
+        shutdown.clone(),
+    ));
+    if keyset.status.is_some() {
+        tasks.spawn(crate::server::statuslists::keep_served(
+            state.clone(),
+            keyset.clone(),
+            shutdown.clone(),
+        ));
+    }
 }
 
 /// Where a key set's maintenance task reports its lifecycle events: the audit log.
@@ -300,11 +345,7 @@ pub async fn run_with_backends(
     let keyset_shutdown = shutdown.child_token();
     let mut maintenance = JoinSet::new();
     for keyset in state.keysets.load().iter() {
-        maintenance.spawn(keyset.clone().run(
-            clock.clone(),
-            lifecycle_to(audit.clone()),
-            keyset_shutdown.clone(),
-        ));
+        maintain(&mut maintenance, &state, keyset, &keyset_shutdown);
     }
 
     log_ready(&config, &bound);
@@ -588,11 +629,7 @@ async fn reload(
                 tracing::warn!(keyset = %keyset.name(), error = %e, "cannot re-read the key set's state after the reload; its first round retries");
             }
         }
-        maintenance.spawn(keyset.clone().run(
-            clock.clone(),
-            lifecycle_to(audit.clone()),
-            keyset_shutdown.clone(),
-        ));
+        maintain(maintenance, state, keyset, keyset_shutdown);
     }
     state.clients.store(Arc::new(new.clients.clone()));
     state.keysets.store(Arc::new(KeySets::new(list.clone())));

@@ -9,5 +9,6 @@ pub mod http;
 pub mod k8s;
 pub mod sign;
 pub mod state;
+pub mod statuslists;
 #[cfg(test)]
 pub(crate) mod testing;

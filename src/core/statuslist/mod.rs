@@ -131,6 +131,8 @@ pub struct StatusLists {
     held: Mutex<Vec<Held>>,
     served: ArcSwap<Vec<ServedList>>,
     changed: Notify,
+    /// Held while the served lists are built (one build at a time).
+    pub building: tokio::sync::Mutex<()>,
 }
 
 impl StatusLists {
@@ -155,6 +157,7 @@ impl StatusLists {
             held: Mutex::new(Vec::new()),
             served: ArcSwap::from_pointee(Vec::new()),
             changed: Notify::new(),
+            building: tokio::sync::Mutex::new(()),
         };
         lists.refresh().await?;
         Ok(lists)

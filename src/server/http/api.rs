@@ -40,6 +40,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/keysets/{name}", get(show_keyset))
         .route("/v1/keysets/{name}/rotate", post(rotate))
         .route("/v1/keysets/{name}/keys/{kid}/revoke", post(revoke))
+        .route(
+            "/v1/keysets/{name}/token-status",
+            post(super::token_status::token_status),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -55,7 +59,7 @@ async fn method_not_allowed() -> ApiError {
 
 /// Path parameters, refused as a JSON error like every other API error (axum's own
 /// rejection is plain text), e.g. a name whose percent-encoding is not UTF-8.
-struct Params<T>(T);
+pub(super) struct Params<T>(pub(super) T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
     for Params<T>
@@ -84,7 +88,7 @@ async fn not_found() -> ApiError {
 /// A client of the configuration in force, shared rather than copied (a `ClientConfig`
 /// holds several vectors and strings; cloning it cost allocations on every request).
 #[derive(Clone)]
-struct Caller {
+pub(super) struct Caller {
     clients: Arc<Vec<ClientConfig>>,
     index: usize,
 }
@@ -99,7 +103,11 @@ impl std::ops::Deref for Caller {
 }
 
 /// The caller, or 401 (logged and counted: [`refused`]).
-fn caller(state: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Caller, ApiError> {
+pub(super) fn caller(
+    state: &AppState,
+    peer: &Peer,
+    headers: &HeaderMap,
+) -> Result<Caller, ApiError> {
     let mut authorization = headers.get_all(header::AUTHORIZATION).iter();
     let bearer = match (authorization.next(), authorization.next()) {
         (None, _) => None,
@@ -140,7 +148,7 @@ fn bearer_token(value: &http::HeaderValue) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-fn keyset(state: &AppState, name: &str) -> Result<Arc<KeySet>, ApiError> {
+pub(super) fn keyset(state: &AppState, name: &str) -> Result<Arc<KeySet>, ApiError> {
     state
         .keysets
         .load()
@@ -231,7 +239,11 @@ pub fn refusal(method: &http::Method, headers: &HeaderMap, has_body: bool) -> Op
 
 /// Reads a JSON body's bytes (its content type checked by [`refusal`]): size limit, read
 /// timeout. [`parse`] reads them.
-async fn json_body(headers: &HeaderMap, body: Body, timeout: Duration) -> Result<Bytes, ApiError> {
+pub(super) async fn json_body(
+    headers: &HeaderMap,
+    body: Body,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -265,7 +277,7 @@ async fn json_body(headers: &HeaderMap, body: Body, timeout: Duration) -> Result
 }
 
 /// Parses a JSON object (UTF-8, syntax, shape), borrowing from `bytes` where `T` does.
-fn parse<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+pub(super) fn parse<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     // serde's derive also takes a struct's fields as an array, in order: not an API form.
     let first = bytes
         .iter()
@@ -440,7 +452,7 @@ fn signing_client(
 
 /// The transport identity the accept loop attached to the request. Signing handlers take
 /// the request whole: the `HeaderMap` and `Extension` extractors would copy the headers.
-fn peer(parts: &http::request::Parts) -> Result<&Peer, ApiError> {
+pub(super) fn peer(parts: &http::request::Parts) -> Result<&Peer, ApiError> {
     parts
         .extensions
         .get::<Arc<Peer>>()

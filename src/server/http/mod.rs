@@ -4,5 +4,6 @@ pub mod api;
 pub mod error;
 pub mod public;
 pub mod serve;
+pub mod token_status;
 
 pub use error::ApiError;

@@ -93,6 +93,8 @@ enum Route<'a> {
     Discovery(Option<&'a str>),
     /// One key of a key set: name and kid.
     Jwk(&'a str, &'a str),
+    /// A status list of a key set: name and the list's number.
+    StatusList(&'a str, &'a str),
     Healthz,
     Readyz,
     Metrics,
@@ -119,10 +121,19 @@ impl<'a> Route<'a> {
         match rest {
             "jwks.json" => Route::Jwks(Some(name)),
             ".well-known/openid-configuration" => Route::Discovery(Some(name)),
-            _ => match rest.strip_prefix("jwks/") {
-                Some(kid) if !kid.is_empty() && !kid.contains('/') => Route::Jwk(name, kid),
-                _ => Route::NotFound,
-            },
+            _ => {
+                let one = |prefix: &str| {
+                    rest.strip_prefix(prefix)
+                        .filter(|s| !s.is_empty() && !s.contains('/'))
+                };
+                if let Some(kid) = one("jwks/") {
+                    Route::Jwk(name, kid)
+                } else if let Some(list) = one("statuslists/") {
+                    Route::StatusList(name, list)
+                } else {
+                    Route::NotFound
+                }
+            }
         }
     }
 
@@ -130,7 +141,11 @@ impl<'a> Route<'a> {
     fn is_document(&self) -> bool {
         matches!(
             self,
-            Route::Jwks(_) | Route::Discovery(_) | Route::Jwk(..) | Route::NotFound
+            Route::Jwks(_)
+                | Route::Discovery(_)
+                | Route::Jwk(..)
+                | Route::StatusList(..)
+                | Route::NotFound
         )
     }
 }
@@ -163,6 +178,7 @@ fn answer(
             published(state, name).map(|p| respond(state, req, &p, &p.discovery))
         }
         Route::Jwk(name, kid) => jwk(state, req, name, kid),
+        Route::StatusList(name, list) => status_list(state, req, name, list),
         Route::Healthz => return plain(StatusCode::OK, TEXT, Bytes::from_static(b"ok\n")),
         Route::Readyz => return readyz(state),
         Route::Metrics => {
@@ -263,6 +279,66 @@ fn jwk(state: &AppState, req: &HeaderMap, name: &str, kid: &str) -> Result<Respo
         )
     })?;
     Ok(respond(state, req, &p, served))
+}
+
+/// A Status List Token, as last built (`server::statuslists`).
+fn status_list(
+    state: &AppState,
+    req: &HeaderMap,
+    name: &str,
+    list: &str,
+) -> Result<Response, ApiError> {
+    let list = decoded(list)?;
+    let keysets = state.keysets.load();
+    let name = decoded(name)?;
+    let keyset = keysets
+        .get(&name)
+        .ok_or_else(|| ApiError::unknown_keyset(&name))?;
+    let unknown = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_status_list",
+            "no status list of that number in this key set",
+        )
+    };
+    let status = keyset.status.as_ref().ok_or_else(unknown)?;
+    // The number as the URIs in tokens write it: digits, no leading zero.
+    let number = Some(list.as_ref())
+        .filter(|n| !n.starts_with('0') && n.len() <= 9 && n.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|n| n.parse::<u32>().ok())
+        .ok_or_else(unknown)?;
+    if status.view().lists.list(number).is_none() {
+        return Err(unknown());
+    }
+    // A replica whose reads of the shared state fail may not know of a change another made.
+    if !keyset.in_sync(state.clock.now()) {
+        return Err(ApiError::retry_after(
+            1,
+            "status_list_unavailable",
+            "this replica has lost touch with the shared state; ask another",
+        ));
+    }
+    let served = status.served();
+    let Some(list) = served.iter().find(|s| s.list == number) else {
+        return Err(ApiError::retry_after(
+            1,
+            "status_list_unavailable",
+            "the status list is being signed; ask again shortly",
+        ));
+    };
+    let served = &list.served;
+    let fresh = req
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|inm| etag_matches(inm, &served.etag));
+    let (status, body, headers) = if fresh {
+        (StatusCode::NOT_MODIFIED, Bytes::new(), &served.not_modified)
+    } else {
+        (StatusCode::OK, served.body.clone(), &served.ok)
+    };
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers.clone();
+    Ok(response)
 }
 
 /// A conditional response over a pre-serialized body and its pre-built headers.
