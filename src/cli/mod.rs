@@ -469,6 +469,9 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                         crate::config::human(t.retention()),
                         t.max_published(crate::config::timing::min_period(&ks.schedule).unwrap_or(1)),
                     );
+                    if let Some(lists) = &ks.status_list {
+                        say!("    {}", crate::core::statuslist::describe(lists, t));
+                    }
                     if let Some(note) = note {
                         say!("    {note}");
                     }

@@ -1202,6 +1202,38 @@ mod tests {
         assert_eq!(ks.backend, BackendConfig::default());
     }
 
+    #[test]
+    fn status_lists_get_their_defaults_and_their_uri_names_one_list() {
+        let with = |table: &str| parse(&format!("{MINIMAL}status_list = {table}\n"));
+        assert_eq!(parse(MINIMAL).unwrap().keysets[0].status_list, None);
+        let lists = with("{}").unwrap().keysets[0].status_list.clone().unwrap();
+        assert_eq!(
+            lists,
+            StatusListConfig {
+                ttl: 300,
+                validity: 3600,
+                uri: "https://auth.example.com/keysets/default/statuslists".into(),
+            }
+        );
+        assert_eq!(lists.list_uri(7), format!("{}/7", lists.uri));
+        assert_eq!(lists.list_of(&lists.list_uri(7)), Some(7));
+        for other in ["/07", "/", "/7/", "/+7", "/1x", "/99999999999", "7"] {
+            assert_eq!(lists.list_of(&format!("{}{other}", lists.uri)), None, "{other}");
+        }
+        let long = with(r#"{ ttl = "1h", uri = "https://status.example.com/x/" }"#).unwrap();
+        let long = long.keysets[0].status_list.clone().unwrap();
+        assert_eq!((long.validity, long.uri.as_str()), (7200, "https://status.example.com/x"));
+        for (table, says) in [
+            (r#"{ ttl = "10m", validity = "15m" }"#, "at least twice its ttl"),
+            (r#"{ ttl = "0s" }"#, "at least 1s"),
+            (r#"{ uri = "ftp://x" }"#, "status_list.uri"),
+            (r#"{ bits = 1 }"#, "unknown field"),
+        ] {
+            let err = with(table).unwrap_err().to_string();
+            assert!(err.contains(says), "{table}: {err}");
+        }
+    }
+
     /// A Vault address or KMS endpoint in plaintext HTTP to a host that is not loopback is
     /// refused at load with the fix, unless the backend table opts in.
     #[test]

@@ -574,6 +574,46 @@ mod tests {
         assert_eq!(full.lists.len(), 1);
     }
 
+    /// At 1,000 tokens/s with a 15-minute max_token_ttl (retention 16 minutes with a
+    /// minute of clock skew) and a 5-minute list ttl, two hours of simulated time: the
+    /// lists never grow past two, and the stored document stays small, whatever the hour.
+    #[test]
+    fn storage_stays_bounded_under_a_steady_token_rate() {
+        let (rate, retention, cool) = (1000u64, 960, 300 + 60);
+        let mut lists = Lists::default();
+        let mut pick = {
+            let mut x = 12345u32;
+            move |n: u32| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 8) % n
+            }
+        };
+        let (mut issued, mut reserved, mut most_lists, mut largest) = (0u64, 0u64, 0, 0);
+        for now in T0..T0 + 7200 {
+            issued += rate;
+            // One replica: a block per 4096 tokens (its lease of a minute never runs out
+            // first at this rate).
+            while reserved * u64::from(BLOCK_SIZE) < issued {
+                lists.sweep(now, cool);
+                lists.reserve(now, retention, &mut pick).unwrap();
+                reserved += 1;
+                // A revocation every 100 blocks (every ~7 minutes).
+                if reserved % 100 == 0 {
+                    let (list, b) = (lists.lists[0].id, lists.lists[0].blocks[0].block);
+                    let _ = lists.set(list, index_in(b, 3), Status::Revoked, now, "ops", None);
+                }
+            }
+            most_lists = most_lists.max(lists.lists.len());
+            if now % 60 == 0 {
+                largest = largest.max(lists.to_bytes().len());
+            }
+        }
+        // In flight: 1000/s over the lease, the retention and the cooling (60 + 960 + 360
+        // s), 1.38 Mi indexes: two lists of 1 Mi.
+        assert_eq!(most_lists, 2);
+        assert!(largest < 64 * 1024, "{largest} bytes");
+    }
+
     #[test]
     fn the_document_reads_back_and_refuses_what_it_cannot_trust() {
         let mut lists = Lists::default();

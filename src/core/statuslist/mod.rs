@@ -27,6 +27,33 @@ pub fn document_name(keyset: &str) -> String {
     format!("_status-{keyset}")
 }
 
+/// How long after its tokens expired a block's cleared entries must be served before its
+/// indexes are handed out again: a verifier's cached copy is `ttl` old at most, and a
+/// replica serves what another wrote within the sync delay.
+fn cooling(config: &StatusListConfig, timing: &Timing) -> i64 {
+    config.ttl + timing.clock_skew + timing.sync_delay
+}
+
+/// The figures `keyturn check-config` prints for a key set's status lists.
+pub fn describe(config: &StatusListConfig, timing: &Timing) -> String {
+    use crate::config::human;
+    // A block is out of use for its lease, its tokens' retention and the cooling.
+    let reuse = doc::LEASE + timing.retention() + cooling(config, timing);
+    format!(
+        "status lists of {} tokens each ({} bits, {} KiB unpacked), served for ttl {} and \
+         valid {}; an index is handed out again {} after its block was reserved, so one list \
+         carries about {} tokens/s (up to {} lists)",
+        doc::LIST_SIZE,
+        doc::BITS,
+        u64::from(doc::LIST_SIZE) * u64::from(doc::BITS) / 8 / 1024,
+        human(config.ttl),
+        human(config.validity),
+        human(reuse),
+        i64::from(doc::LIST_SIZE) / reuse.max(1),
+        doc::MAX_LISTS,
+    )
+}
+
 /// Writes tried before giving up on replicas that keep writing in between.
 const ATTEMPTS: usize = 8;
 
@@ -225,11 +252,8 @@ impl StatusLists {
         self.changed.notify_waiters();
     }
 
-    /// How long after its tokens expired a block's cleared entries must be served before
-    /// its indexes are handed out again: a verifier's cached copy is `ttl` old at most,
-    /// and a replica serves what another wrote within the sync delay.
     fn cooling(&self) -> i64 {
-        self.config.ttl + self.timing.clock_skew + self.timing.sync_delay
+        cooling(&self.config, &self.timing)
     }
 
     /// Applies `change` to the stored lists and writes them (with check-and-set, again on
