@@ -1218,13 +1218,23 @@ mod tests {
         assert_eq!(lists.list_uri(7), format!("{}/7", lists.uri));
         assert_eq!(lists.list_of(&lists.list_uri(7)), Some(7));
         for other in ["/07", "/", "/7/", "/+7", "/1x", "/99999999999", "7"] {
-            assert_eq!(lists.list_of(&format!("{}{other}", lists.uri)), None, "{other}");
+            assert_eq!(
+                lists.list_of(&format!("{}{other}", lists.uri)),
+                None,
+                "{other}"
+            );
         }
         let long = with(r#"{ ttl = "1h", uri = "https://status.example.com/x/" }"#).unwrap();
         let long = long.keysets[0].status_list.clone().unwrap();
-        assert_eq!((long.validity, long.uri.as_str()), (7200, "https://status.example.com/x"));
+        assert_eq!(
+            (long.validity, long.uri.as_str()),
+            (7200, "https://status.example.com/x")
+        );
         for (table, says) in [
-            (r#"{ ttl = "10m", validity = "15m" }"#, "at least twice its ttl"),
+            (
+                r#"{ ttl = "10m", validity = "15m" }"#,
+                "at least twice its ttl",
+            ),
             (r#"{ ttl = "0s" }"#, "at least 1s"),
             (r#"{ uri = "ftp://x" }"#, "status_list.uri"),
             (r#"{ bits = 1 }"#, "unknown field"),

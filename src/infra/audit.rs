@@ -124,6 +124,9 @@ pub struct StatusNote<'a> {
     /// The status after a change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new: Option<&'static str>,
+    /// The change's number in its key set's status lists (the lists remember it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     /// Written at a start from the state store: the daemon that made the change stopped
     /// before its line was written (it may have been written after all).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -241,6 +244,10 @@ impl Record<'_> {
                     push_str(out, value);
                 }
             }
+            if let Some(seq) = status.seq {
+                out.extend_from_slice(b",\"seq\":");
+                push_int(out, i64::try_from(seq).unwrap_or(i64::MAX));
+            }
             if status.recovered {
                 out.extend_from_slice(b",\"recovered\":true");
             }
@@ -312,6 +319,8 @@ struct LogState {
     shown: String,
     /// The last lifecycle lines, oldest first.
     recent: Mutex<std::collections::VecDeque<LifecycleLine>>,
+    /// The token status changes (key set, `seq`) the log's tail held when opened.
+    status_changes: std::collections::HashSet<(String, u64)>,
 }
 
 /// Most bytes of lines queued (about 16k lines); beyond it records wait.
@@ -323,7 +332,7 @@ impl LogState {
         last_ts: Option<i64>,
         opened_lines: u64,
         shown: String,
-        recent: std::collections::VecDeque<LifecycleLine>,
+        (recent, status_changes): Tail,
     ) -> LogState {
         LogState {
             queue: Mutex::new(Queue {
@@ -344,6 +353,7 @@ impl LogState {
             opened_lines,
             shown,
             recent: Mutex::new(recent),
+            status_changes,
         }
     }
 
@@ -607,7 +617,7 @@ impl Audit {
             pending_through: 0,
             taken: Vec::with_capacity(64 * 1024),
         };
-        let recent = recent_lifecycle(&mut chain.file)
+        let recent = read_tail(&mut chain.file)
             .map_err(|e| format!("cannot read audit log {}: {e}", path.display()))?;
         let shared = Arc::new(LogState::new(
             chain,
@@ -661,6 +671,13 @@ impl Audit {
             let recent = shared.recent.lock().unwrap_or_else(PoisonError::into_inner);
             recent.iter().rev().cloned().collect()
         })
+    }
+
+    /// Whether the log held, when opened, the line of `keyset`'s token status change
+    /// number `seq` (searched in its last [`LIFECYCLE_TAIL`] bytes).
+    pub fn has_status_change(&self, keyset: &str, seq: u64) -> bool {
+        self.shared()
+            .is_some_and(|shared| shared.status_changes.contains(&(keyset.to_owned(), seq)))
     }
 
     /// A handle that records nothing (for tests and tools that have no log).
@@ -1044,9 +1061,24 @@ fn last_line(file: &mut File) -> std::io::Result<(String, Option<i64>)> {
 /// of signatures may bury older ones, and the open must stay quick.
 pub const LIFECYCLE_TAIL: u64 = 4 << 20;
 
+/// What the open reads from the end of the log: the recent lifecycle lines, and the token
+/// status changes logged.
+type Tail = (
+    std::collections::VecDeque<LifecycleLine>,
+    std::collections::HashSet<(String, u64)>,
+);
+
+/// A token status change's line, as far as telling whether it was logged goes.
+#[derive(serde::Deserialize)]
+struct StatusLine {
+    event: String,
+    keyset: String,
+    seq: Option<u64>,
+}
+
 /// The last [`RECENT_LIFECYCLE`] lifecycle lines in the final [`LIFECYCLE_TAIL`] bytes of
-/// `file`, oldest first.
-fn recent_lifecycle(file: &mut File) -> std::io::Result<std::collections::VecDeque<LifecycleLine>> {
+/// `file`, oldest first, and the token status changes there (key set, `seq`).
+fn read_tail(file: &mut File) -> std::io::Result<Tail> {
     let len = file.seek(SeekFrom::End(0))?;
     let start = len.saturating_sub(LIFECYCLE_TAIL);
     file.seek(SeekFrom::Start(start))?;
@@ -1073,7 +1105,14 @@ fn recent_lifecycle(file: &mut File) -> std::io::Result<std::collections::VecDeq
         .take(RECENT_LIFECYCLE)
         .collect();
     found.make_contiguous().reverse();
-    Ok(found)
+    let changes = whole
+        .split(|b| *b == b'\n')
+        .filter(|line| memchr::memmem::find(line, b"\"token-status\"").is_some())
+        .filter_map(|line| serde_json::from_slice::<StatusLine>(line).ok())
+        .filter(|l| l.event == "token-status")
+        .filter_map(|l| Some((l.keyset, l.seq?)))
+        .collect();
+    Ok((found, changes))
 }
 
 /// The number of lines in `file`: its newlines, once [`last_line`] has ended a torn last
@@ -1270,15 +1309,20 @@ mod tests {
         }
         std::fs::write(&path, &text).unwrap();
         let mut file = File::open(&path).unwrap();
-        let found = recent_lifecycle(&mut file).unwrap();
+        let (found, changes) = read_tail(&mut file).unwrap();
+        assert!(changes.is_empty());
         assert_eq!(found.len(), RECENT_LIFECYCLE);
         assert_eq!(found.front().unwrap().ts, 5);
         assert_eq!(found.back().unwrap().ts, RECENT_LIFECYCLE as i64 + 4);
         // A line with a token's field is none, even with a lifecycle event's name.
         let token = "{\"ts\":1,\"event\":\"published\",\"keyset\":\"a\",\"sub\":\"alice\",\"prev\":\"x\"}\n";
-        std::fs::write(&path, token).unwrap();
+        // Status changes are found by key set and number; they are no lifecycle lines.
+        let change = "{\"ts\":2,\"event\":\"token-status\",\"caller\":\"ops\",\"keyset\":\"a\",\"uri\":\"u\",\"idx\":3,\"old\":\"valid\",\"new\":\"revoked\",\"seq\":7,\"prev\":\"x\"}\n";
+        std::fs::write(&path, format!("{token}{change}")).unwrap();
         let mut file = File::open(&path).unwrap();
-        assert!(recent_lifecycle(&mut file).unwrap().is_empty());
+        let (found, changes) = read_tail(&mut file).unwrap();
+        assert!(found.is_empty());
+        assert_eq!(changes, [("a".to_owned(), 7)].into_iter().collect());
     }
 
     #[test]
@@ -1347,6 +1391,7 @@ mod tests {
                     idx: 1_048_575,
                     old: None,
                     new: None,
+                    seq: None,
                     recovered: false,
                 }),
                 ..record(7, "j7", &AUD)
@@ -1358,6 +1403,7 @@ mod tests {
                     idx: 0,
                     old: Some("valid"),
                     new: Some("revoked"),
+                    seq: Some(12),
                     recovered: true,
                 }),
                 ..lifecycle

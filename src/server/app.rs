@@ -145,15 +145,17 @@ async fn open_keysets(
 }
 
 /// Writes to the audit log, marked `recovered`, the status changes the stored lists
-/// remember from the log's last line on (`audited`; all, for a new log): a daemon that
-/// stopped between a change and its line left them out. A change may have been logged by
-/// another replica, or in the second of the last line already; it is logged again rather
-/// than lost.
+/// remember from the log's last line on (`audited`; all, for a new log) whose lines the
+/// log does not hold: a daemon that stopped between a change and its line left them out.
+/// A change another replica made is logged here too (each replica's log holds its own).
 async fn recover_status_lines(audit: &Audit, keyset: &KeySet, audited: Option<i64>) {
     let Some(status) = &keyset.status else {
         return;
     };
     for change in status.changes_since(audited.unwrap_or(i64::MIN)) {
+        if audit.has_status_change(keyset.name(), change.seq) {
+            continue;
+        }
         let uri = status.config.list_uri(change.list);
         let logged =
             crate::server::http::token_status::record(audit, keyset.name(), &change, &uri, true)

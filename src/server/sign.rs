@@ -154,6 +154,7 @@ impl<'a> Transaction<'a> {
                     idx: s.idx,
                     old: None,
                     new: None,
+                    seq: None,
                     recovered: false,
                 }),
             })

@@ -10,10 +10,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-struct Tmpfs(std::path::PathBuf);
+pub(crate) struct Tmpfs(pub(crate) std::path::PathBuf);
 
 impl Tmpfs {
-    fn mount(dir: &Path) -> Option<Tmpfs> {
+    pub(crate) fn mount(dir: &Path) -> Option<Tmpfs> {
         let at = dir.join("mnt");
         std::fs::create_dir_all(&at).unwrap();
         let ok = Command::new("mount")

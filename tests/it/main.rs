@@ -20,6 +20,7 @@ mod kms;
 mod leak;
 mod metrics;
 mod pkcs11;
+mod statuslist;
 mod systemd;
 mod tour;
 mod trust;

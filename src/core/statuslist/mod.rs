@@ -259,13 +259,19 @@ impl StatusLists {
     /// Applies `change` to the stored lists and writes them (with check-and-set, again on
     /// the newest document if another replica wrote first), after clearing expired
     /// blocks. `change` returns its result and whether it changed anything; nothing is
-    /// written if neither it nor the clearing did.
+    /// written if neither it nor the clearing did. With `fresh`, the stored lists are read
+    /// first: a change that checks the lists (a status change) must not refuse on an old
+    /// view, which lacks the blocks other replicas reserved since.
     async fn write<T>(
         &self,
         now: i64,
+        fresh: bool,
         mut change: impl FnMut(&mut Lists) -> Result<(T, bool), Refused>,
     ) -> Result<T, StatusError> {
         let mut loaded = self.loaded.lock().await;
+        if fresh {
+            self.reload(&mut loaded).await?;
+        }
         for _ in 0..ATTEMPTS {
             let mut next = loaded.lists.clone();
             let swept = next.sweep(now, self.cooling());
@@ -337,7 +343,7 @@ impl StatusLists {
             return Ok(());
         }
         let (list, block) = self
-            .write(now, |lists| {
+            .write(now, false, |lists| {
                 let picked = lists.reserve(now, retention, &mut |n| random_below(n))?;
                 Ok((picked, true))
             })
@@ -374,7 +380,7 @@ impl StatusLists {
         by: &str,
         jti: Option<&str>,
     ) -> Result<Option<Change>, StatusError> {
-        self.write(now, |lists| {
+        self.write(now, true, |lists| {
             let change = lists.set(list, idx, status, now, by, jti)?;
             let changed = change.is_some();
             Ok((change, changed))

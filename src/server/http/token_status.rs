@@ -132,6 +132,7 @@ pub async fn record(
                 idx: change.idx,
                 old: Some(change.old.name()),
                 new: Some(change.new.name()),
+                seq: Some(change.seq),
                 recovered,
             }),
         })
