@@ -195,10 +195,20 @@ pub async fn sign(
     token: &str,
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
+    post(d, token, &format!("/v1/keysets/{keyset}/sign"), &body).await
+}
+
+/// `POST {path}` on the API with a JSON body; returns (status, body).
+pub async fn post(
+    d: &Daemon,
+    token: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
     let r = http()
-        .post(format!("{}/v1/keysets/{keyset}/sign", d.api))
+        .post(format!("{}{path}", d.api))
         .bearer_auth(token)
-        .json(&body)
+        .json(body)
         .send()
         .await
         .unwrap();

@@ -55,15 +55,22 @@ fn claims(token: &str) -> Value {
 
 /// Changes a token's status through the API: (status, body).
 async fn change(d: &Daemon, token: &str, keyset: &str, body: Value) -> (u16, Value) {
-    let r = http()
-        .post(format!("{}/v1/keysets/{keyset}/token-status", d.api))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    post(
+        d,
+        token,
+        &format!("/v1/keysets/{keyset}/token-status"),
+        &body,
+    )
+    .await
+}
+
+/// Checks that an API answer is the error `code` with HTTP status `status`.
+fn refused((got, body): (u16, Value), status: u16, code: &str) {
+    assert_eq!(
+        (got, body["error"]["code"].as_str()),
+        (status, Some(code)),
+        "{body}"
+    );
 }
 
 /// The list URL and index a signed token's `status` claim holds, checked against the
@@ -131,15 +138,15 @@ async fn revoke_suspend_and_reinstate_on_the_file_backend_survive_a_restart() {
         assert_eq!(status, 200, "{body}");
         signed.push(body);
     }
-    let r = http()
-        .post(format!("{}/v1/keysets/default/sign-batch", d.api))
-        .bearer_auth(&signer_token)
-        .json(&json!({"requests": [{"claims": {"sub": "b1"}}, {"claims": {"sub": "b2"}}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let batch: Value = r.json().await.unwrap();
+    let requests = json!({"requests": [{"claims": {"sub": "b1"}}, {"claims": {"sub": "b2"}}]});
+    let (status, batch) = post(
+        &d,
+        &signer_token,
+        "/v1/keysets/default/sign-batch",
+        &requests,
+    )
+    .await;
+    assert_eq!(status, 200, "{batch}");
     signed.extend(batch["results"].as_array().unwrap().iter().cloned());
     let entries: Vec<(String, u64)> = signed.iter().map(entry).collect();
     let uri = entries[0].0.clone();
@@ -150,17 +157,11 @@ async fn revoke_suspend_and_reinstate_on_the_file_backend_survive_a_restart() {
     assert!(entries.iter().all(|(u, _)| *u == uri));
     let distinct: HashSet<u64> = entries.iter().map(|(_, i)| *i).collect();
     assert_eq!(distinct.len(), entries.len(), "{entries:?}");
-    let (status, body) = sign(
-        &d,
-        "default",
-        &issuer_token,
-        json!({"claims": {"status": {"status_list": {"idx": 0, "uri": uri}}}}),
-    )
-    .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (422, Some("reserved_claim")),
-        "{body}"
+    let reserved = json!({"claims": {"status": {"status_list": {"idx": 0, "uri": uri}}}});
+    refused(
+        sign(&d, "default", &issuer_token, reserved).await,
+        422,
+        "reserved_claim",
     );
 
     // Served: the media type, caching no longer than ttl, CORS, ETag and 304, HEAD.
@@ -217,17 +218,16 @@ async fn revoke_suspend_and_reinstate_on_the_file_backend_survive_a_restart() {
 
     // Who may change a status: revoke_tokens or admin, on key sets it may use.
     let by_token = |t: &Value, s: &str| json!({"token": t["token"], "status": s});
-    let (status, body) = change(
-        &d,
-        &signer_token,
-        "default",
-        by_token(&signed[0], "revoked"),
-    )
-    .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (403, Some("not_allowed")),
-        "{body}"
+    refused(
+        change(
+            &d,
+            &signer_token,
+            "default",
+            by_token(&signed[0], "revoked"),
+        )
+        .await,
+        403,
+        "not_allowed",
     );
 
     // Revoke by token, suspend by URI and index (CLI), reinstate; revoked is final.
@@ -301,17 +301,16 @@ async fn revoke_suspend_and_reinstate_on_the_file_backend_survive_a_restart() {
     let unused = (0..1u64 << 20)
         .find(|i| i % 256 != entries[0].1 % 256 && !distinct.contains(i))
         .unwrap();
-    let (status, body) = change(
-        &d,
-        &ops_token,
-        "default",
-        json!({"uri": uri, "idx": unused, "status": "revoked"}),
-    )
-    .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (404, Some("index_not_in_use")),
-        "{body}"
+    refused(
+        change(
+            &d,
+            &ops_token,
+            "default",
+            json!({"uri": uri, "idx": unused, "status": "revoked"}),
+        )
+        .await,
+        404,
+        "index_not_in_use",
     );
     let (status, _) = change(
         &d,
@@ -323,17 +322,16 @@ async fn revoke_suspend_and_reinstate_on_the_file_backend_survive_a_restart() {
     assert_eq!(status, 404);
     let mut forged = signed[3]["token"].as_str().unwrap().to_owned();
     forged.push('A');
-    let (status, body) = change(
-        &d,
-        &ops_token,
-        "default",
-        json!({"token": forged, "status": "revoked"}),
-    )
-    .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (422, Some("not_our_token")),
-        "{body}"
+    refused(
+        change(
+            &d,
+            &ops_token,
+            "default",
+            json!({"token": forged, "status": "revoked"}),
+        )
+        .await,
+        422,
+        "not_our_token",
     );
 
     // Served at once, as the decoder reads it.
@@ -443,11 +441,10 @@ async fn a_crash_between_a_status_change_and_its_audit_line_loses_neither() {
     }
     assert!(full, "the audit log never filled up");
     let revoke = json!({"uri": uri, "idx": idx, "status": "revoked"});
-    let (status, body) = change(&d, &ops_token, "default", revoke.clone()).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (503, Some("audit_unavailable")),
-        "{body}"
+    refused(
+        change(&d, &ops_token, "default", revoke.clone()).await,
+        503,
+        "audit_unavailable",
     );
     let logged = || {
         std::fs::read_to_string(&audit)
