@@ -59,6 +59,7 @@ fn the_readme_quick_tour_runs_as_written() {
         "etag:",              // its headers
         "keyturn.toml: OK",   // check-config
         "\"sub\": \"alice\"", // the verified claims
+        "valid -> revoked",   // token revoke
         "becomes active",     // plan
         "\"activates_at\"",   // rotate
         "\"revoked\"",        // revoke

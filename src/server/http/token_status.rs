@@ -256,11 +256,9 @@ fn status_error(keyset: &KeySet, e: StatusError) -> ApiError {
         StatusError::Refused(
             r @ (Refused::UnknownList(_) | Refused::OutOfRange { .. } | Refused::NotInUse { .. }),
         ) => ApiError::new(StatusCode::NOT_FOUND, "index_not_in_use", r.to_string()),
-        StatusError::Refused(r @ Refused::Full) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "status_lists_full",
-            r.to_string(),
-        ),
+        StatusError::Refused(r @ Refused::Full) => {
+            ApiError::retry_after(5, "status_lists_unavailable", r.to_string())
+        }
         e @ StatusError::Untrusted { .. } => {
             tracing::error!(keyset = %keyset.name(), error = %e, "token status change refused");
             ApiError::new(
