@@ -190,6 +190,21 @@ pub async fn state_check_and_set(backend: &dyn KeyBackend, prefix: &str) {
     let blob = backend.load_state(&keyset).await.unwrap().unwrap();
     assert_eq!(blob.data, b"{\"n\":2}");
     assert_eq!(blob.version, v2);
+    // A key set's status lists are a second document under a name starting with '_' (no
+    // key set's does): stored and read on their own, the lifecycle document untouched.
+    let lists = format!("_status-{keyset}");
+    let v = backend
+        .store_state(&lists, b"{\"lists\":[]}", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        backend.load_state(&lists).await.unwrap(),
+        Some(crate::StateBlob::new(b"{\"lists\":[]}", v))
+    );
+    assert_eq!(
+        backend.load_state(&keyset).await.unwrap().unwrap().data,
+        b"{\"n\":2}"
+    );
 }
 
 /// State MACs: deterministic, at least 128 bits, and different for another document or
