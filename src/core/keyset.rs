@@ -65,6 +65,9 @@ pub struct Past {
     pub sealed: bool,
     /// Since when no client may sign with it (None: one may, or nothing is known).
     pub unsigned_since: Option<i64>,
+    /// How many token status changes its status lists held (their stored copy must hold
+    /// at least these: an older one would undo changes).
+    pub status_changes: u64,
 }
 
 /// A status list failure as a lifecycle one: a backend that did not answer is retried,
@@ -151,6 +154,7 @@ impl KeySet {
                     settings.clone(),
                     config.timing,
                     backend.clone(),
+                    past.status_changes,
                 )
                 .await
                 .map_err(status_error)?,
@@ -426,7 +430,13 @@ impl KeySet {
             retention: self.retention(),
             sealed: self.sealed.load(Ordering::Relaxed),
             unsigned_since: self.unsigned_since(),
+            status_changes: self.status_changes(),
         }
+    }
+
+    /// How many token status changes its status lists hold (0 without status lists).
+    pub fn status_changes(&self) -> u64 {
+        self.status.as_ref().map_or(0, |s| s.view().lists.seq)
     }
 
     /// Whether its document is stored sealed with the backend's MAC.

@@ -38,6 +38,14 @@ pub struct Entry {
     /// refuses one without (a stripped MAC is no downgrade).
     #[serde(default)]
     pub sealed: bool,
+    /// How many token status changes its status lists held: the next start refuses a
+    /// stored copy with fewer (an older copy put back would undo changes).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub status_changes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What tells a key set's state from another's, or from an older copy of itself.
@@ -113,6 +121,7 @@ impl Ledger {
                             unsigned_since: k.unsigned_since_under(config, now),
                             retention: k.retention(),
                             sealed: k.sealed(),
+                            status_changes: k.status_changes(),
                         },
                     ))
                 })
@@ -188,6 +197,7 @@ mod tests {
             unsigned_since,
             retention: 960,
             sealed: true,
+            status_changes: 0,
         }
     }
 

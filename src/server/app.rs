@@ -98,6 +98,7 @@ async fn open_keysets(
                 retention: entry.retention,
                 sealed: entry.sealed,
                 unsigned_since: entry.unsigned_since,
+                status_changes: entry.status_changes,
             },
             (None, None) => Past::default(),
         };

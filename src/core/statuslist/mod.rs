@@ -163,12 +163,14 @@ pub struct StatusLists {
 }
 
 impl StatusLists {
-    /// Reads key set `keyset`'s lists (none yet is an empty document).
+    /// Reads key set `keyset`'s lists (none yet is an empty document), which must hold at
+    /// least `changes` status changes (what the last run knew of).
     pub async fn open(
         keyset: &str,
         config: StatusListConfig,
         timing: Timing,
         backend: Arc<dyn KeyBackend>,
+        changes: u64,
     ) -> Result<Self, StatusError> {
         let lists = StatusLists {
             keyset: keyset.to_owned(),
@@ -177,7 +179,10 @@ impl StatusLists {
             timing,
             backend,
             loaded: tokio::sync::Mutex::new(Loaded {
-                lists: Lists::default(),
+                lists: Lists {
+                    seq: changes,
+                    ..Lists::default()
+                },
                 version: None,
             }),
             view: ArcSwap::from_pointee(View::default()),
@@ -222,8 +227,11 @@ impl StatusLists {
             how,
         };
         let Some(blob) = self.backend.load_state(&self.name).await? else {
-            if loaded.version.is_some() {
-                return Err(untrusted("they were deleted while keyturn ran".into()));
+            if loaded.version.is_some() || loaded.lists.seq > 0 {
+                return Err(untrusted(format!(
+                    "they are gone from the state store, where {} status changes were made",
+                    loaded.lists.seq
+                )));
             }
             return Ok(false);
         };
@@ -237,6 +245,14 @@ impl StatusLists {
                 Err(how) => untrusted(how),
             })?;
         let lists = Lists::from_bytes(&document).map_err(untrusted)?;
+        // Changes are numbered and the number only grows: a sealed copy from before a
+        // change (a backup put back by whoever can write the state store) would undo it.
+        if lists.seq < loaded.lists.seq {
+            return Err(untrusted(format!(
+                "they hold {} status changes where {} were made: an older copy replaced them",
+                lists.seq, loaded.lists.seq
+            )));
+        }
         loaded.lists = lists;
         loaded.version = Some(blob.version);
         self.publish(loaded);
@@ -419,4 +435,107 @@ fn random_below(n: u32) -> u32 {
     // The system generator does not fail on Linux; a zero draw would still be a valid pick.
     let _ = aws_lc_rs::rand::fill(&mut b);
     (u64::from_le_bytes(b) % u64::from(n.max(1))) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyturn_backend::memory::MemoryBackend;
+
+    const T0: i64 = 1_700_000_000;
+
+    fn settings() -> StatusListConfig {
+        StatusListConfig {
+            ttl: 300,
+            validity: 3600,
+            uri: "https://a.example/keysets/k/statuslists".into(),
+        }
+    }
+
+    async fn open(backend: &Arc<MemoryBackend>) -> StatusLists {
+        let timing = Timing::new(900, 300, 60, true);
+        StatusLists::open("k", settings(), timing, backend.clone(), 0)
+            .await
+            .unwrap()
+    }
+
+    /// Two replicas on one backend: each reserves its own block, so no index is handed
+    /// out twice; a change made on one is read by the other.
+    #[tokio::test]
+    async fn replicas_hand_out_distinct_indexes_and_read_each_others_changes() {
+        let backend = Arc::new(MemoryBackend::new());
+        let (a, b) = (open(&backend).await, open(&backend).await);
+        let from_a = a.take(T0, 100).await.unwrap();
+        let from_b = b.take(T0, 100).await.unwrap();
+        let all: std::collections::HashSet<u64> =
+            from_a.iter().chain(&from_b).map(|s| s.idx).collect();
+        assert_eq!(all.len(), 200);
+        assert_ne!(doc::block_of(from_a[0].idx), doc::block_of(from_b[0].idx));
+        // Drawn at random: not the block's indexes in order.
+        let in_order: Vec<u64> = (0..100)
+            .map(|k| index_in(doc::block_of(from_a[0].idx), k))
+            .collect();
+        assert_ne!(from_a.iter().map(|s| s.idx).collect::<Vec<_>>(), in_order);
+        let idx = from_b[0].idx;
+        let change = a
+            .set(1, idx, Status::Revoked, T0, "ops", None)
+            .await
+            .unwrap();
+        assert_eq!(change.unwrap().old, Status::Valid);
+        assert!(b.refresh().await.unwrap());
+        assert_eq!(b.view().lists.status(1, idx, T0), Ok(Status::Revoked));
+    }
+
+    /// Whoever can write the state store cannot change statuses: an edited document, and
+    /// an older sealed copy put back (which would reinstate a revoked token), are refused.
+    #[tokio::test]
+    async fn edited_and_rolled_back_lists_are_refused() {
+        let backend = Arc::new(MemoryBackend::new());
+        let lists = open(&backend).await;
+        let name = document_name("k");
+        let idx = lists.take(T0, 1).await.unwrap()[0].idx;
+        let before = backend.load_state(&name).await.unwrap().unwrap();
+        lists
+            .set(1, idx, Status::Revoked, T0, "ops", None)
+            .await
+            .unwrap();
+        let after = backend.load_state(&name).await.unwrap().unwrap();
+
+        let rolled_back = backend
+            .store_state(&name, &before.data, Some(after.version))
+            .await
+            .unwrap();
+        let err = lists.refresh().await.unwrap_err().to_string();
+        assert!(err.contains("older copy"), "{err}");
+        assert_eq!(lists.view().lists.status(1, idx, T0), Ok(Status::Revoked));
+
+        let edited = String::from_utf8(after.data.clone()).unwrap().replacen(
+            "\\\"seq\\\":1",
+            "\\\"seq\\\":9",
+            1,
+        );
+        assert_ne!(edited.as_bytes(), after.data);
+        backend
+            .store_state(&name, edited.as_bytes(), Some(rolled_back))
+            .await
+            .unwrap();
+        let err = lists.refresh().await.unwrap_err().to_string();
+        assert!(err.contains("MAC does not match"), "{err}");
+        // A new daemon refuses them from the start; and the older copy, once the last run
+        // recorded that one change was made, or no lists where it was.
+        let timing = Timing::new(900, 300, 60, true);
+        let opened = StatusLists::open("k", settings(), timing, backend.clone(), 0).await;
+        assert!(matches!(opened, Err(StatusError::Untrusted { .. })));
+        let current = backend.load_state(&name).await.unwrap().unwrap().version;
+        backend
+            .store_state(&name, &before.data, Some(current))
+            .await
+            .unwrap();
+        for changes in [0, 1] {
+            let opened = StatusLists::open("k", settings(), timing, backend.clone(), changes).await;
+            assert_eq!(opened.is_ok(), changes == 0, "{changes}");
+        }
+        let gone = StatusLists::open("g", settings(), timing, backend.clone(), 1).await;
+        assert!(matches!(gone, Err(StatusError::Untrusted { .. })));
+    }
 }
