@@ -1,5 +1,5 @@
 //! A small HTTP client for the CLI: the daemon's API over TCP or its Unix socket, and JWKS
-//! URLs over http or https.
+//! and status list URLs over http or https.
 
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -96,7 +96,7 @@ pub async fn request(
     token: Option<&str>,
     json: Option<Vec<u8>>,
 ) -> Result<Response, String> {
-    send(endpoint, method, path, token, json, usize::MAX).await
+    send(endpoint, method, path, token, None, json, usize::MAX).await
 }
 
 async fn send(
@@ -104,6 +104,7 @@ async fn send(
     method: Method,
     path: &str,
     token: Option<&str>,
+    accept: Option<&str>,
     json: Option<Vec<u8>>,
     max_body: usize,
 ) -> Result<Response, String> {
@@ -144,6 +145,9 @@ async fn send(
             );
         if let Some(t) = token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        if let Some(media_type) = accept {
+            req = req.header(header::ACCEPT, media_type);
         }
         let body = match json {
             Some(json) => {
@@ -188,8 +192,9 @@ async fn send(
         .map_err(|_| "timed out".to_owned())?
 }
 
-/// Fetches a URL with GET, reading at most `max_body` bytes of the response body.
-pub async fn get_url(url: &str, max_body: usize) -> Result<Response, String> {
+/// Fetches a URL with GET (asking for the media type `accept`, if given), reading at most
+/// `max_body` bytes of the response body.
+pub async fn get_url(url: &str, accept: Option<&str>, max_body: usize) -> Result<Response, String> {
     let not_web = || {
         format!("{url:?} is not an http:// or https:// URL (e.g. http://127.0.0.1:8390/.well-known/jwks.json)")
     };
@@ -205,6 +210,7 @@ pub async fn get_url(url: &str, max_body: usize) -> Result<Response, String> {
         Method::GET,
         path,
         None,
+        accept,
         None,
         max_body,
     )

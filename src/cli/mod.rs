@@ -134,8 +134,11 @@ pub enum Command {
         #[arg(long)]
         typ: Option<String>,
     },
-    /// Verify a token against a JWKS URL: its signature, its times, and the issuer and
-    /// audience it must have (or --any-issuer and --any-audience to accept any).
+    /// Verify a token against a JWKS URL: its signature, its times, the issuer and
+    /// audience it must have (or --any-issuer and --any-audience to accept any), and, if it
+    /// has a `status` claim, its entry in the status list it names (fetched once, by the
+    /// same URL rule as the JWKS, and signed by a key of the same JWKS): anything but VALID
+    /// is refused.
     #[command(
         group(ArgGroup::new("iss").required(true).args(["issuer", "any_issuer"])),
         group(ArgGroup::new("aud").required(true).args(["audience", "any_audience"]))
@@ -162,9 +165,12 @@ pub enum Command {
         /// Required typ (default JWT).
         #[arg(long, default_value = "JWT")]
         typ: String,
-        /// Tolerated clock skew.
+        /// Tolerated clock skew (also for the status list's `exp`).
         #[arg(long, default_value = "60s")]
         leeway: humantime::Duration,
+        /// Do not fetch the token's status list: a revoked or suspended token is accepted.
+        #[arg(long)]
+        no_status: bool,
     },
     /// Print a key set's JWKS from the daemon's public listener.
     Jwks {
@@ -263,6 +269,39 @@ pub enum AuditCommand {
         #[arg(long, value_name = "COUNT:HASH")]
         head: Option<crate::infra::audit::Head>,
     },
+}
+
+/// The body of `GET url` (a JWKS or a status list): refused before any connection by the
+/// URL rule ([`verify::check_url`]), and past `max_body` bytes as it arrives.
+async fn fetch(
+    url: &str,
+    accept: Option<&str>,
+    max_body: usize,
+) -> Result<hyper::body::Bytes, String> {
+    verify::check_url(url)?;
+    let resp = client::get_url(url, accept, max_body)
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    if !resp.status.is_success() {
+        return Err(format!("GET {url}: {}", resp.status));
+    }
+    Ok(resp.body)
+}
+
+/// The status list at `uri`, verified with `keys` (see [`verify::status_list`]). Fetched
+/// once per run: a verifier that lives longer caches it for its `ttl`.
+async fn fetch_status_list(
+    uri: &str,
+    keys: &[verify::JwksKey],
+    leeway: i64,
+    now: i64,
+) -> Result<crate::core::statuslist::bits::Packed, String> {
+    let cannot = |e: String| format!("the token's status cannot be checked: {e}");
+    let body = fetch(uri, Some(verify::STATUS_LIST_TYPE), verify::MAX_STATUS_LIST)
+        .await
+        .map_err(cannot)?;
+    let jwt = std::str::from_utf8(&body).map_err(|_| cannot(format!("GET {uri}: not text")))?;
+    verify::status_list(jwt, uri, keys, leeway, now).map_err(|e| format!("invalid token: {e}"))
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -560,23 +599,25 @@ pub async fn run_client(cli: Cli) -> ExitCode {
             }
             // --any-issuer and --any-audience leave `issuer` and `audience` unset: clap
             // requires one of each pair.
-            Command::Verify { token, jwks, issuer, audience, typ, leeway, .. } => {
-                crate::cli::verify::check_jwks_url(&jwks)?;
+            Command::Verify { token, jwks, issuer, audience, typ, leeway, no_status, .. } => {
                 let leeway = i64::try_from(leeway.as_secs()).map_err(|_| "--leeway is too large".to_owned())?;
-                let resp = crate::cli::client::get_url(&jwks, crate::cli::verify::MAX_JWKS).await.map_err(|e| format!("GET {jwks}: {e}"))?;
-                if !resp.status.is_success() {
-                    return Err(format!("GET {jwks}: {}", resp.status));
-                }
-                let keys = crate::cli::verify::parse_jwks(&resp.body).map_err(|e| e.to_string())?;
-                let expect = crate::cli::verify::Expect { issuer, audience, typ: Some(typ), leeway };
+                let keys = verify::parse_jwks(&fetch(&jwks, None, verify::MAX_JWKS).await?).map_err(|e| e.to_string())?;
+                let expect = verify::Expect { issuer, audience, typ: Some(typ), leeway };
                 let now = crate::core::clock::Clock::now(&crate::core::clock::SystemClock);
-                let claims = crate::cli::verify::verify(token.trim(), &keys, &expect, now).map_err(|e| format!("invalid token: {e}"))?;
+                let invalid = |e: verify::VerifyError| format!("invalid token: {e}");
+                let claims = verify::verify(token.trim(), &keys, &expect, now).map_err(invalid)?;
+                if no_status {
+                    eprintln!("keyturn: the token's status was not checked (--no-status)");
+                } else if let Some(at) = verify::status_ref(&claims).map_err(invalid)? {
+                    let list = fetch_status_list(&at.uri, &keys, leeway, now).await?;
+                    verify::check_status(&list, &at).map_err(invalid)?;
+                }
                 print_json(&serde_json::Value::Object(claims));
                 Ok(())
             }
             Command::Jwks { keyset, jwks_url } => {
                 let url = format!("{}/keysets/{keyset}/jwks.json", jwks_url.trim_end_matches('/'));
-                let resp = crate::cli::client::get_url(&url, crate::cli::verify::MAX_JWKS).await?;
+                let resp = client::get_url(&url, None, verify::MAX_JWKS).await?;
                 if !resp.status.is_success() {
                     return Err(format!("GET {url}: {}", resp.status));
                 }

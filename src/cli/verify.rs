@@ -8,9 +8,16 @@
 //! 9999, and a header or claims set with a name given twice (in any object) is refused, by
 //! the rule the signing side keeps ([`crate::core::json::strict`]).
 //!
-//! Where the keys come from matters as much: [`check_jwks_url`] refuses plain `http://`
-//! except to this machine, and a JWKS body is read up to [`MAX_JWKS`] only.
+//! Where the keys come from matters as much: [`check_url`] refuses plain `http://` except to
+//! this machine, and a JWKS body is read up to [`MAX_JWKS`] only.
+//!
+//! A token with a `status` claim (draft-ietf-oauth-status-list) is valid only while its
+//! entry in the Status List Token at `status.status_list.uri` is VALID: [`status_ref`]
+//! reads the claim, [`status_list`] verifies the list (fetched by the same URL rule, signed
+//! by a key of the same JWKS) and [`check_status`] reads the token's entry.
 
+use crate::core::statuslist::bits::Packed;
+use crate::core::statuslist::doc::Status;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use keyturn_backend::{Algorithm, Jwk};
@@ -22,6 +29,17 @@ const MAX_TOKEN: usize = 16 * 1024;
 /// Largest JWKS body read: keyturn's own hold at most 50 keys, tens of KiB; a body past
 /// this is refused as it arrives.
 pub const MAX_JWKS: usize = 1 << 20;
+
+/// Largest Status List Token read: keyturn's lists are at most 256 KiB of statuses, which
+/// compress to far less; the same cap as a JWKS.
+pub const MAX_STATUS_LIST: usize = MAX_JWKS;
+
+/// Largest list a Status List Token may inflate to (16 Mi entries of 8 bits): a 1 MiB body
+/// of zlib can inflate to a thousand times its size.
+const MAX_STATUSES: usize = 16 << 20;
+
+/// The media type of a Status List Token in JWT form, and its `typ`.
+pub const STATUS_LIST_TYPE: &str = "application/statuslist+jwt";
 
 /// The latest time claim accepted.
 const MAX_TIME: i64 = crate::core::json::LAST_NUMERIC_DATE;
@@ -47,6 +65,9 @@ pub enum VerifyError {
     /// The JWKS could not be used.
     #[error("bad JWKS: {0}")]
     Jwks(String),
+    /// The token's status is not VALID, or cannot be read.
+    #[error("{0}")]
+    Status(String),
 }
 
 /// A key from a JWKS.
@@ -60,9 +81,10 @@ pub struct JwksKey {
     pub jwk: Jwk,
 }
 
-/// Refuses a JWKS URL whose keys could be replaced on the way, before any connection:
-/// plain `http://` is accepted only to a loopback host ([`keyturn_backend::is_loopback_host`]).
-pub fn check_jwks_url(url: &str) -> Result<(), String> {
+/// Refuses a URL (of a JWKS or a status list) whose answer could be replaced on the way,
+/// before any connection: plain `http://` is accepted only to a loopback host
+/// ([`keyturn_backend::is_loopback_host`]).
+pub fn check_url(url: &str) -> Result<(), String> {
     let Ok(uri) = url.parse::<http::Uri>() else {
         return Ok(()); // not a URL: the fetch says so
     };
@@ -70,9 +92,9 @@ pub fn check_jwks_url(url: &str) -> Result<(), String> {
         && !uri.host().is_some_and(keyturn_backend::is_loopback_host)
     {
         return Err(format!(
-            "{url:?}: keys fetched over plain http from another machine could be replaced on \
-             the way; use https:// (http:// is accepted for loopback hosts only: 127.0.0.0/8, \
-             ::1, localhost)"
+            "{url:?}: what is fetched over plain http from another machine could be replaced \
+             on the way; use https:// (http:// is accepted for loopback hosts only: \
+             127.0.0.0/8, ::1, localhost)"
         ));
     }
     Ok(())
@@ -169,7 +191,18 @@ pub fn verify(
     expect: &Expect,
     now: i64,
 ) -> Result<Map<String, Value>, VerifyError> {
-    if token.len() > MAX_TOKEN {
+    verify_jws(token, MAX_TOKEN, keys, expect, now)
+}
+
+/// [`verify`] for a JWS of at most `max_len` bytes.
+fn verify_jws(
+    token: &str,
+    max_len: usize,
+    keys: &[JwksKey],
+    expect: &Expect,
+    now: i64,
+) -> Result<Map<String, Value>, VerifyError> {
+    if token.len() > max_len {
         return Err(VerifyError::Malformed("token too long"));
     }
     let mut parts = token.split('.');
@@ -284,6 +317,93 @@ pub fn verify(
         }
     }
     Ok(claims)
+}
+
+/// Where a token's status is: its `status.status_list` claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRef {
+    /// The Status List Token's URL (and its `sub`).
+    pub uri: String,
+    /// The token's entry in the list.
+    pub idx: u64,
+}
+
+/// The token's `status.status_list`, if it has a `status` claim. A `status` claim this
+/// verifier cannot read is refused, not ignored: it may be the one that revokes the token.
+pub fn status_ref(claims: &Map<String, Value>) -> Result<Option<StatusRef>, VerifyError> {
+    let Some(status) = claims.get("status") else {
+        return Ok(None);
+    };
+    let list = status.get("status_list");
+    let idx = list.and_then(|l| l.get("idx")).and_then(Value::as_u64);
+    let uri = list.and_then(|l| l.get("uri")).and_then(Value::as_str);
+    match (idx, uri) {
+        (Some(idx), Some(uri)) => Ok(Some(StatusRef {
+            uri: uri.to_owned(),
+            idx,
+        })),
+        _ => Err(VerifyError::Status(
+            "the \"status\" claim is not {\"status_list\": {\"idx\": <non-negative integer>, \
+             \"uri\": <string>}}: the token's status cannot be checked"
+                .into(),
+        )),
+    }
+}
+
+/// Verifies the Status List Token `jwt` fetched from `uri` against `keys` (the JWKS the
+/// token verified with) at `now`: its `typ`, its signature, its `sub` (`uri`), its `exp`, and
+/// a `status_list` of 1, 2, 4 or 8 bits that inflates to at most [`MAX_STATUSES`] bytes.
+/// `exp` is required, where the draft only recommends it: an old copy of a list without
+/// one, showing a token VALID, could be served for ever.
+pub fn status_list(
+    jwt: &str,
+    uri: &str,
+    keys: &[JwksKey],
+    leeway: i64,
+    now: i64,
+) -> Result<Packed, VerifyError> {
+    let refused =
+        |e: &dyn std::fmt::Display| VerifyError::Status(format!("status list {uri}: {e}"));
+    let expect = Expect {
+        typ: Some(STATUS_LIST_TYPE.into()),
+        leeway,
+        ..Expect::default()
+    };
+    let claims =
+        verify_jws(jwt.trim(), MAX_STATUS_LIST, keys, &expect, now).map_err(|e| refused(&e))?;
+    if claims.get("sub").and_then(Value::as_str) != Some(uri) {
+        return Err(refused(&"its sub is not the URI it was fetched from"));
+    }
+    let list = claims.get("status_list");
+    let bits = list.and_then(|l| l.get("bits")).and_then(Value::as_u64);
+    let lst = list.and_then(|l| l.get("lst")).and_then(Value::as_str);
+    let (Some(bits), Some(lst)) = (bits.and_then(|b| u8::try_from(b).ok()), lst) else {
+        return Err(refused(
+            &"\"status_list\" is not {\"bits\": 1, 2, 4 or 8, \"lst\": <string>}",
+        ));
+    };
+    Packed::decode(bits, lst, MAX_STATUSES).map_err(|e| refused(&e))
+}
+
+/// Refuses a token whose entry in `list` is not VALID. An index past the list's end makes
+/// the token invalid, as the draft says.
+pub fn check_status(list: &Packed, at: &StatusRef) -> Result<(), VerifyError> {
+    let StatusRef { uri, idx } = at;
+    let status = match list.get(*idx) {
+        None => format!(
+            "invalid: index {idx} is past the end of status list {uri} ({} entries)",
+            list.len()
+        ),
+        Some(value) => match Status::of(value) {
+            Some(Status::Valid) => return Ok(()),
+            Some(status) => format!("{status} (status list {uri}, index {idx})"),
+            None => format!(
+                "not valid: its status is {value}, application-specific (status list {uri}, \
+                 index {idx})"
+            ),
+        },
+    };
+    Err(VerifyError::Status(format!("the token is {status}")))
 }
 
 #[cfg(test)]
@@ -616,14 +736,14 @@ mod tests {
             "http://[::1]:8390/jwks.json",
             "http://localhost/jwks.json",
         ] {
-            assert_eq!(check_jwks_url(ok), Ok(()), "{ok}");
+            assert_eq!(check_url(ok), Ok(()), "{ok}");
         }
         for refused in [
             "http://jwks.invalid/jwks.json",
             "http://user@jwks.invalid/jwks.json",
             "http://127.0.0.1.invalid/",
         ] {
-            assert!(check_jwks_url(refused).is_err(), "{refused}");
+            assert!(check_url(refused).is_err(), "{refused}");
         }
     }
 
@@ -647,5 +767,169 @@ mod tests {
         );
         assert!(parse_jwks(b"[]").is_err());
         assert!(parse_jwks(b"\xff").is_err());
+    }
+
+    const LIST_URI: &str = "https://iss/keysets/k/statuslists/0";
+
+    /// Statuses 0 (VALID), 1 (INVALID), 2 (SUSPENDED) and 3 at indexes 0 to 3, 2 bits each.
+    fn four_statuses() -> Packed {
+        let mut p = Packed::new(2, 4);
+        for idx in 0..4 {
+            assert!(p.set(idx, idx as u8));
+        }
+        p
+    }
+
+    /// The claims of a Status List Token for [`LIST_URI`] holding [`four_statuses`].
+    fn list_claims() -> Value {
+        serde_json::json!({
+            "exp": 2000, "iat": 1000, "iss": "https://iss", "sub": LIST_URI, "ttl": 300,
+            "status_list": {"bits": 2, "lst": four_statuses().encode()},
+        })
+    }
+
+    fn list_header(f: &Fixture) -> Value {
+        serde_json::json!({"alg": "ES256", "kid": f.kid, "typ": "statuslist+jwt"})
+    }
+
+    fn status_of(claims: Value) -> Result<Option<StatusRef>, VerifyError> {
+        let Value::Object(claims) = claims else {
+            panic!("not an object")
+        };
+        status_ref(&claims)
+    }
+
+    #[test]
+    fn the_status_claim_is_read_or_refused() {
+        assert_eq!(status_of(good_claims()), Ok(None));
+        let at = serde_json::json!({"status_list": {"idx": 7, "uri": LIST_URI}});
+        assert_eq!(
+            status_of(serde_json::json!({"status": at})),
+            Ok(Some(StatusRef {
+                uri: LIST_URI.into(),
+                idx: 7
+            }))
+        );
+        for malformed in [
+            serde_json::json!(null),
+            serde_json::json!("revoked"),
+            serde_json::json!({}),
+            serde_json::json!({"status_list": [7, LIST_URI]}),
+            serde_json::json!({"status_list": {"idx": 7}}),
+            serde_json::json!({"status_list": {"uri": LIST_URI}}),
+            serde_json::json!({"status_list": {"idx": -1, "uri": LIST_URI}}),
+            serde_json::json!({"status_list": {"idx": 1.5, "uri": LIST_URI}}),
+            serde_json::json!({"status_list": {"idx": "7", "uri": LIST_URI}}),
+            serde_json::json!({"status_list": {"idx": 7, "uri": 5}}),
+        ] {
+            assert!(
+                matches!(
+                    status_of(serde_json::json!({"status": malformed})),
+                    Err(VerifyError::Status(m)) if m.contains("\"status\" claim")
+                ),
+                "{malformed}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_status_list_verifies_with_the_jwks_and_decodes() {
+        let f = fixture(KeyType::EcP256);
+        let jwt = token(&f, list_header(&f), list_claims());
+        assert_eq!(
+            status_list(&jwt, LIST_URI, &f.keys, 60, 1500),
+            Ok(four_statuses())
+        );
+        // The media type's long form is the same typ; the exp is read with the leeway.
+        let long = serde_json::json!({"alg": "ES256", "kid": f.kid, "typ": STATUS_LIST_TYPE});
+        let jwt = token(&f, long, list_claims());
+        assert!(status_list(&jwt, LIST_URI, &f.keys, 60, 2060).is_ok());
+    }
+
+    /// Each way a list can be wrong, with the words its refusal must hold.
+    #[test]
+    fn a_wrong_status_list_is_refused() {
+        let f = fixture(KeyType::EcP256);
+        let other = fixture(KeyType::EcP256);
+        let with = |name: &str, value: Value| {
+            let mut claims = list_claims();
+            claims[name] = value;
+            token(&f, list_header(&f), claims)
+        };
+        let mut no_exp = list_claims();
+        no_exp.as_object_mut().unwrap().remove("exp");
+        let typ = |typ: Value| {
+            let mut header = list_header(&f);
+            header["typ"] = typ;
+            token(&f, header, list_claims())
+        };
+        let mut no_typ = list_header(&f);
+        no_typ.as_object_mut().unwrap().remove("typ");
+        let lst = |bits: u64, lst: &str| serde_json::json!({"bits": bits, "lst": lst});
+        let huge = Packed::new(8, (MAX_STATUSES + 1) as u32).encode();
+        for (jwt, now, words) in [
+            (
+                with("sub", LIST_URI.replace("/0", "/1").into()),
+                1500,
+                "sub",
+            ),
+            (with("sub", Value::Null), 1500, "sub"),
+            (typ("JWT".into()), 1500, "typ"),
+            (typ("statuslist+json".into()), 1500, "typ"),
+            (token(&f, no_typ, list_claims()), 1500, "typ"),
+            (token(&f, list_header(&f), list_claims()), 2061, "expired"),
+            (token(&f, list_header(&f), no_exp), 1500, "exp"),
+            (
+                token(&other, list_header(&other), list_claims()),
+                1500,
+                "kid",
+            ),
+            (with("status_list", lst(3, "eNrbuRgAAhcBXQ")), 1500, "bits"),
+            (
+                with("status_list", lst(258, "eNrbuRgAAhcBXQ")),
+                1500,
+                "bits",
+            ),
+            (with("status_list", Value::Null), 1500, "status_list"),
+            (with("status_list", lst(2, "not zlib")), 1500, "lst"),
+            (with("status_list", lst(8, &huge)), 1500, "more than"),
+        ] {
+            match status_list(&jwt, LIST_URI, &f.keys, 60, now) {
+                Err(VerifyError::Status(m)) => assert!(
+                    m.starts_with(&format!("status list {LIST_URI}: ")) && m.contains(words),
+                    "{words}: {m}"
+                ),
+                other => panic!("{words}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_valid_entry_passes() {
+        let list = four_statuses();
+        let at = |idx| StatusRef {
+            uri: LIST_URI.into(),
+            idx,
+        };
+        assert_eq!(check_status(&list, &at(0)), Ok(()));
+        for (idx, words) in [
+            (1, "the token is revoked"),
+            (2, "the token is suspended"),
+            (3, "the token is not valid: its status is 3"),
+            (4, "the token is invalid: index 4 is past the end"),
+            (u64::MAX, "the token is invalid"),
+        ] {
+            match check_status(&list, &at(idx)) {
+                Err(VerifyError::Status(m)) => assert!(m.starts_with(words), "{idx}: {m}"),
+                other => panic!("{idx}: {other:?}"),
+            }
+        }
+        // The draft's 1-bit example, decoded as a verifier receives it: statuses
+        // 1,0,0,1,1,1,0,1, 1,1,0,0,0,1,0,1.
+        let draft = Packed::decode(1, "eNrbuRgAAhcBXQ", MAX_STATUSES).unwrap();
+        let refused: Vec<u64> = (0..16)
+            .filter(|&idx| check_status(&draft, &at(idx)).is_err())
+            .collect();
+        assert_eq!(refused, [0, 3, 4, 5, 7, 8, 9, 13, 15]);
     }
 }

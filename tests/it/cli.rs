@@ -2,6 +2,7 @@
 
 use crate::harness::*;
 use std::process::Command;
+use std::time::Duration;
 
 fn keyturn(args: &[&str], token_file: &std::path::Path, api: &str) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_keyturn"))
@@ -450,4 +451,131 @@ async fn audit_verify_holds_the_log_to_a_head_the_daemon_logged() {
     // A head that is not one: said how to write it.
     let (ok, _, err) = audit_verify(&["--head", "12"]);
     assert!(!ok && err.contains("COUNT:HASH"), "{err}");
+}
+
+/// `keyturn verify` checks a token's entry in the status list the daemon serves: a revoked
+/// or suspended token is refused with its status named, a reinstated one passes again,
+/// `--no-status` skips the check, and a list over plain http to another machine is refused
+/// before any connection. The key set's issuer, and so its lists' URI, is the daemon's own
+/// public listener, whose port is known only once it runs: the key set comes in by a reload.
+#[tokio::test]
+async fn verify_refuses_a_token_its_status_list_does_not_hold_valid() {
+    let dir = private_dir();
+    let (client, token) = token_client(
+        "ops",
+        &["*"],
+        "admin = true\naudiences = [\"orders\"]\nsubject_pattern = \"*\"",
+    );
+    // Its lists are said to be on another machine, over plain http.
+    let remote = keyset_toml(
+        "remote",
+        "ES256",
+        "status_list = { uri = \"http://status.invalid/lists\" }",
+    );
+    let base = format!("{}{remote}{client}", server_toml(dir.path()));
+    let d = Daemon::start(dir.path(), &base);
+    let revocable = keyset_toml("revocable", "ES256", "status_list = { ttl = \"5m\" }")
+        .replace("https://issuer.test/revocable", &d.jwks);
+    std::fs::write(&d.config_path, format!("{base}{revocable}")).unwrap();
+    d.signal("HUP");
+    eventually(Duration::from_secs(30), "the reloaded key set", || async {
+        get_public(&d, "/keysets/revocable/jwks.json").await.0 == 200
+    })
+    .await;
+
+    let token_file = dir.path().join("ops.token");
+    write_secret(&token_file, &token);
+    let run = |args: &[&str]| keyturn(args, &token_file, &d.api);
+    let sign = |keyset: &str| {
+        let (ok, jws, err) = run(&["sign", keyset, "--claims", r#"{"sub":"a","aud":"orders"}"#]);
+        assert!(ok, "{err}");
+        jws.trim().to_owned()
+    };
+    let verify = |jws: &str, keyset: &str, more: &[&str]| {
+        let jwks = format!("{}/keysets/{keyset}/jwks.json", d.jwks);
+        let args = [
+            &[
+                "verify",
+                jws,
+                "--jwks",
+                &jwks,
+                "--any-issuer",
+                "--audience",
+                "orders",
+            ],
+            more,
+        ];
+        run(&args.concat())
+    };
+    let (revoked, suspended) = (sign("revocable"), sign("revocable"));
+    let (uri, idx) = status_of(&suspended);
+    let path = uri.strip_prefix(&d.jwks).unwrap();
+    assert!(path.starts_with("/keysets/revocable/statuslists/"), "{uri}");
+    // The first token made the list; it is served once signed.
+    eventually(
+        Duration::from_secs(30),
+        "the status list served",
+        || async { get_public(&d, path).await.0 == 200 },
+    )
+    .await;
+    for jws in [&revoked, &suspended] {
+        let (ok, out, err) = verify(jws, "revocable", &[]);
+        assert!(ok && out.contains("\"status\""), "{err}");
+    }
+
+    let revoked_file = dir.path().join("revoked.jwt");
+    std::fs::write(&revoked_file, &revoked).unwrap();
+    let (ok, _, err) = run(&[
+        "token",
+        "revoke",
+        "revocable",
+        "--token-file",
+        revoked_file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = verify(&revoked, "revocable", &[]);
+    assert!(!ok && err.contains("the token is revoked"), "{err}");
+    let (ok, out, err) = verify(&revoked, "revocable", &["--no-status"]);
+    assert!(
+        ok && out.contains("\"sub\": \"a\"") && err.contains("--no-status"),
+        "{err}"
+    );
+    // The other token's entry is its own.
+    assert!(verify(&suspended, "revocable", &[]).0);
+
+    let by_index = ["revocable", "--uri", &uri, "--idx", &idx.to_string()];
+    let (ok, _, err) = run(&[&["token", "suspend"], &by_index[..]].concat());
+    assert!(ok, "{err}");
+    let (ok, _, err) = verify(&suspended, "revocable", &[]);
+    assert!(!ok && err.contains("the token is suspended"), "{err}");
+    let (ok, _, err) = run(&[&["token", "reinstate"], &by_index[..]].concat());
+    assert!(ok, "{err}");
+    let (ok, _, err) = verify(&suspended, "revocable", &[]);
+    assert!(ok, "{err}");
+
+    // `.invalid` never resolves: had keyturn tried, the error would be a failed lookup.
+    let elsewhere = sign("remote");
+    let (ok, _, err) = verify(&elsewhere, "remote", &[]);
+    assert!(
+        !ok && err.contains("\"http://status.invalid/lists/")
+            && err.contains("https://")
+            && !err.contains("connect"),
+        "{err}"
+    );
+    assert!(verify(&elsewhere, "remote", &["--no-status"]).0);
+}
+
+/// A token's `status.status_list`: (uri, idx).
+fn status_of(jws: &str) -> (String, u64) {
+    use base64::Engine as _;
+    let claims = jws.split('.').nth(1).unwrap();
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims)
+        .unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&claims).unwrap();
+    let at = &claims["status"]["status_list"];
+    (
+        at["uri"].as_str().unwrap().to_owned(),
+        at["idx"].as_u64().unwrap(),
+    )
 }
