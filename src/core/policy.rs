@@ -784,6 +784,7 @@ mod tests {
             for status in [
                 None,
                 Some(Slot {
+                    list: 1,
                     uri: "https://a.example/s/1".into(),
                     idx: 77,
                 }),

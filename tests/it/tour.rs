@@ -55,15 +55,16 @@ fn the_readme_quick_tour_runs_as_written() {
         "the tour failed:\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
     );
     for shown in [
-        "\"keys\":",          // the JWKS
-        "etag:",              // its headers
-        "keyturn.toml: OK",   // check-config
-        "\"sub\": \"alice\"", // the verified claims
-        "valid -> revoked",   // token revoke
-        "becomes active",     // plan
-        "\"activates_at\"",   // rotate
-        "\"revoked\"",        // revoke
-        "hash chain intact",  // audit verify
+        "\"keys\":",                // the JWKS
+        "etag:",                    // its headers
+        "keyturn.toml: OK",         // check-config
+        "\"sub\": \"alice\"",       // the verified claims
+        "valid -> revoked",         // token revoke
+        "refused, as it should be", // verify after the revoke
+        "becomes active",           // plan
+        "\"activates_at\"",         // rotate
+        "\"revoked\"",              // revoke
+        "hash chain intact",        // audit verify
         "<title>keyturn console</title>",
     ] {
         assert!(
@@ -71,6 +72,10 @@ fn the_readme_quick_tour_runs_as_written() {
             "{shown:?} not in the tour's output:\n{stdout}\n--- stderr\n{stderr}"
         );
     }
+    assert!(
+        stderr.contains("revoked"),
+        "verify named the status:\n{stderr}"
+    );
     // plan --svg drew the timeline.
     let svg = std::fs::read_to_string(dir.path().join("timeline.svg")).unwrap();
     assert!(

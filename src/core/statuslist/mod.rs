@@ -139,6 +139,8 @@ struct Held {
 /// One token's place in a list: what its `status` claim holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slot {
+    /// The list's number.
+    pub list: u32,
     /// The list's URI.
     pub uri: Arc<str>,
     /// The index.
@@ -341,6 +343,7 @@ impl StatusLists {
             while out.len() < n {
                 let Some(k) = h.order.pop() else { break };
                 out.push(Slot {
+                    list: h.list,
                     uri: h.uri.clone(),
                     idx: index_in(h.block, k),
                 });
