@@ -165,8 +165,10 @@ async fn revoke_suspend_and_reinstate_on_the_file_backend_survive_a_restart() {
     );
 
     // Served: the media type, caching no longer than ttl, CORS, ETag and 304, HEAD.
+    // The list is served as soon as a token of it is returned.
     let path = path_of(&uri);
-    let (headers, body) = served(&d, &path).await;
+    let (status, headers, body) = get_public(&d, &path).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(headers["content-type"], "application/statuslist+jwt");
     assert_eq!(headers["cache-control"], "public, max-age=300");
     assert_eq!(headers["access-control-allow-origin"], "*");
