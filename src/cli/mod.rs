@@ -565,7 +565,19 @@ pub async fn run_client(cli: Cli) -> ExitCode {
                     (Some(file), _, _) => {
                         let token = std::fs::read_to_string(file)
                             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-                        serde_json::json!({"token": token.trim(), "status": status})
+                        let token = token.trim();
+                        // Not sent unless it is a token: the client's own credential file
+                        // given here by mistake must not leave.
+                        let jws = token.split('.').count() == 3
+                            && token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                        if !jws {
+                            return Err(format!(
+                                "{} does not hold a compact JWS (the token whose status changes); \
+                                 the client's own token file goes before the subcommand",
+                                file.display()
+                            ));
+                        }
+                        serde_json::json!({"token": token, "status": status})
                     }
                     (None, Some(uri), Some(idx)) => serde_json::json!({"uri": uri, "idx": idx, "status": status}),
                     _ => return Err("give --token-file, or --uri and --idx".into()),

@@ -298,7 +298,7 @@ impl Default for Limits {
 }
 
 /// Claims only keyturn sets.
-pub const RESERVED_CLAIMS: [&str; 5] = ["iat", "nbf", "exp", "jti", "status"];
+pub const RESERVED_CLAIMS: [&str; 4] = ["iat", "nbf", "exp", "jti"];
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -673,6 +673,19 @@ impl RawConfig {
                 return Err(invalid(format!("key set {:?} is defined twice", raw.name)));
             }
             keysets.push(raw.validate()?);
+        }
+        // A list URI names one key set's list: a change through another would miss it.
+        let mut uris = HashSet::new();
+        for ks in &keysets {
+            if let Some(lists) = &ks.status_list {
+                if !uris.insert(lists.uri.as_str()) {
+                    return Err(invalid(format!(
+                        "key set {:?}: its status_list.uri {:?} is another key set's; give \
+                         each key set its own",
+                        ks.name, lists.uri
+                    )));
+                }
+            }
         }
         if let Some((_, ks)) = &server.k8s_signer {
             check_k8s_keyset(ks, &keysets)?;
@@ -1224,6 +1237,12 @@ mod tests {
                 "{other}"
             );
         }
+        let shared = format!(
+            "{MINIMAL}status_list = {{ uri = \"https://s.example/l\" }}\n{}status_list = {{ uri = \"https://s.example/l/\" }}\n",
+            MINIMAL.replace("\"default\"", "\"other\"")
+        );
+        let err = parse(&shared).unwrap_err().to_string();
+        assert!(err.contains("another key set's"), "{err}");
         let long = with(r#"{ ttl = "1h", uri = "https://status.example.com/x/" }"#).unwrap();
         let long = long.keysets[0].status_list.clone().unwrap();
         assert_eq!(

@@ -65,9 +65,9 @@ pub struct Past {
     pub sealed: bool,
     /// Since when no client may sign with it (None: one may, or nothing is known).
     pub unsigned_since: Option<i64>,
-    /// How many token status changes its status lists held (their stored copy must hold
-    /// at least these: an older one would undo changes).
-    pub status_changes: u64,
+    /// How many times its status lists had been written (their stored copy must count at
+    /// least these: an older one would undo changes and reservations).
+    pub status_writes: u64,
 }
 
 /// A status list failure as a lifecycle one: a backend that did not answer is retried,
@@ -76,6 +76,7 @@ fn status_error(e: StatusError) -> LifecycleError {
     match e {
         StatusError::Backend(e) => LifecycleError::Backend(e),
         StatusError::Contention(keyset) => LifecycleError::Contention(keyset),
+        e @ StatusError::Untrusted { .. } => LifecycleError::StatusLists(e.to_string()),
         e => LifecycleError::Refused(e.to_string()),
     }
 }
@@ -154,7 +155,7 @@ impl KeySet {
                     settings.clone(),
                     config.timing,
                     backend.clone(),
-                    past.status_changes,
+                    past.status_writes,
                 )
                 .await
                 .map_err(status_error)?,
@@ -372,9 +373,11 @@ impl KeySet {
         .await;
         self.sealed.store(engine.is_sealed(), Ordering::Relaxed);
         let refused = match &result {
-            Err(e @ (LifecycleError::Replaced { .. } | LifecycleError::Unauthentic { .. })) => {
-                Some(e.to_string())
-            }
+            Err(
+                e @ (LifecycleError::Replaced { .. }
+                | LifecycleError::Unauthentic { .. }
+                | LifecycleError::StatusLists(_)),
+            ) => Some(e.to_string()),
             _ => None,
         };
         *self
@@ -393,7 +396,8 @@ impl KeySet {
                 LifecycleError::Backend(_)
                 | LifecycleError::Contention(_)
                 | LifecycleError::Replaced { .. }
-                | LifecycleError::Unauthentic { .. },
+                | LifecycleError::Unauthentic { .. }
+                | LifecycleError::StatusLists(_),
             ) => self.note_backend(false),
             Err(_) => {}
         }
@@ -430,13 +434,13 @@ impl KeySet {
             retention: self.retention(),
             sealed: self.sealed.load(Ordering::Relaxed),
             unsigned_since: self.unsigned_since(),
-            status_changes: self.status_changes(),
+            status_writes: self.status_writes(),
         }
     }
 
-    /// How many token status changes its status lists hold (0 without status lists).
-    pub fn status_changes(&self) -> u64 {
-        self.status.as_ref().map_or(0, |s| s.view().lists.seq)
+    /// How many times its status lists were written (0 without status lists).
+    pub fn status_writes(&self) -> u64 {
+        self.status.as_ref().map_or(0, |s| s.view().writes)
     }
 
     /// Whether its document is stored sealed with the backend's MAC.

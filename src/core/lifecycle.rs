@@ -489,6 +489,9 @@ pub enum LifecycleError {
     /// Replicas kept overwriting each other; try again.
     #[error("too many concurrent writers on key set {0:?}; try again")]
     Contention(String),
+    /// The key set's stored status lists cannot be trusted (the message says why).
+    #[error("{0}")]
+    StatusLists(String),
     /// A reload is replacing the key set; try again.
     #[error("key set {0:?} is being reloaded; try again")]
     Reloading(String),

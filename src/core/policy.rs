@@ -292,6 +292,84 @@ fn short(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
+/// A sign request that passed its client's policy, not yet a token: taking a status list
+/// entry (or anything else a token costs) waits until the request is known to be good.
+#[derive(Debug)]
+pub struct Checked<'a> {
+    claims: Vec<(Cow<'a, str>, &'a RawValue)>,
+    typ: Cow<'a, str>,
+    now: i64,
+    exp: i64,
+    sub: Option<Cow<'a, str>>,
+    aud: Option<Audience<'a>>,
+}
+
+/// Checks `req` against `client`'s policy for a token of `keyset` issued at `now`.
+pub fn check<'a>(
+    req: &SignRequest<'a>,
+    client: &ClientConfig,
+    keyset: &KeySetConfig,
+    now: i64,
+) -> Result<Checked<'a>, Refusal> {
+    let claims = claim_list(req.claims)?;
+    check_fixed(&claims, keyset)?;
+    let sub = subject(&claims, client)?;
+    let aud = audiences(&claims, client)?;
+    check_extra(&claims, client)?;
+    typ(req, client)?;
+    let typ = req
+        .typ
+        .as_ref()
+        .map_or(Cow::Borrowed("JWT"), |t| t.0.clone());
+    let exp = now.saturating_add(ttl(req, client, keyset)?);
+    Ok(Checked {
+        claims,
+        typ,
+        now,
+        exp,
+        sub,
+        aud,
+    })
+}
+
+impl<'a> Checked<'a> {
+    /// The token to sign with `kid`, with id `jti` and, with status lists, its entry.
+    pub fn render(
+        self,
+        keyset: &KeySetConfig,
+        kid: &str,
+        jti: String,
+        status: Option<&Slot>,
+    ) -> Prepared<'a> {
+        let Checked {
+            claims,
+            typ,
+            now,
+            exp,
+            sub,
+            aud,
+        } = self;
+        // One buffer for both JSON documents, then one string for their base64url.
+        let mut json = Vec::with_capacity(256);
+        write_header(&mut json, keyset.algorithm.as_str(), kid, &typ);
+        let header_len = json.len();
+        write_claims(&mut json, &claims, &keyset.issuer, now, exp, &jti, status);
+        let (header, body) = json.split_at(header_len);
+        // Room for the signature too: `compact` appends it (RSA-4096: 683 characters).
+        let mut signing_input = String::with_capacity((json.len() + 2) * 4 / 3 + 4 + 1 + 683);
+        B64.encode_string(header, &mut signing_input);
+        signing_input.push('.');
+        B64.encode_string(body, &mut signing_input);
+        Prepared {
+            signing_input,
+            jti,
+            exp,
+            sub,
+            aud,
+        }
+    }
+}
+
 /// Checks `req` against `client`'s policy and builds the token to sign with `kid`.
 pub fn prepare<'a>(
     req: &SignRequest<'a>,
@@ -302,31 +380,7 @@ pub fn prepare<'a>(
     jti: String,
     status: Option<&Slot>,
 ) -> Result<Prepared<'a>, Refusal> {
-    let claims = claim_list(req.claims)?;
-    check_fixed(&claims, keyset)?;
-    let sub = subject(&claims, client)?;
-    let aud = audiences(&claims, client)?;
-    check_extra(&claims, client)?;
-    let typ = typ(req, client)?;
-    let exp = now.saturating_add(ttl(req, client, keyset)?);
-    // One buffer for both JSON documents, then one string for their base64url.
-    let mut json = Vec::with_capacity(256);
-    write_header(&mut json, keyset.algorithm.as_str(), kid, typ);
-    let header_len = json.len();
-    write_claims(&mut json, &claims, &keyset.issuer, now, exp, &jti, status);
-    let (header, body) = json.split_at(header_len);
-    // Room for the signature too: `compact` appends it (RSA-4096: 683 characters).
-    let mut signing_input = String::with_capacity((json.len() + 2) * 4 / 3 + 4 + 1 + 683);
-    B64.encode_string(header, &mut signing_input);
-    signing_input.push('.');
-    B64.encode_string(body, &mut signing_input);
-    Ok(Prepared {
-        signing_input,
-        jti,
-        exp,
-        sub,
-        aud,
-    })
+    Ok(check(req, client, keyset, now)?.render(keyset, kid, jti, status))
 }
 
 /// The caller's claims, by name (sorted, as [`claim_list`] returns them).
@@ -347,9 +401,16 @@ fn check_fixed(claims: &Claims<'_>, keyset: &KeySetConfig) -> Result<(), Refusal
         if claim(claims, reserved).is_some() {
             return Err(unprocessable(
                 "reserved_claim",
-                format!("remove \"{reserved}\": keyturn sets iat, nbf, exp, jti and status itself (use \"ttl\" for the lifetime)"),
+                format!("remove \"{reserved}\": keyturn sets iat, nbf, exp and jti itself (use \"ttl\" for the lifetime)"),
             ));
         }
+    }
+    if keyset.status_list.is_some() && claim(claims, "status").is_some() {
+        return Err(unprocessable(
+            "reserved_claim",
+            "remove \"status\": this key set has status lists, and keyturn sets each token's \
+             entry itself",
+        ));
     }
     if let Some(iss) = claim(claims, "iss") {
         if string(iss).as_deref() != Some(keyset.issuer.as_str()) {
@@ -824,6 +885,29 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `status` is keyturn's in a key set with status lists, a claim like any other in one
+    /// without (where a client may be allowed it).
+    #[test]
+    fn status_is_reserved_only_where_status_lists_are_on() {
+        let (mut client, mut ks) = setup();
+        client.allowed_claims = vec![ALL.into()];
+        let text = body(
+            &serde_json::json!({"sub": "user:1", "aud": "orders", "status": 1}),
+            None,
+            None,
+        );
+        assert!(prepare(&req(&text), &client, &ks, 0, "k", "j".into(), None).is_ok());
+        ks.status_list = Some(crate::config::StatusListConfig {
+            ttl: 300,
+            validity: 3600,
+            uri: "https://auth.example.com/keysets/default/statuslists".into(),
+        });
+        assert_eq!(
+            code(prepare(&req(&text), &client, &ks, 0, "k", "j".into(), None)),
+            (422, "reserved_claim")
+        );
     }
 
     #[test]

@@ -38,10 +38,10 @@ pub struct Entry {
     /// refuses one without (a stripped MAC is no downgrade).
     #[serde(default)]
     pub sealed: bool,
-    /// How many token status changes its status lists held: the next start refuses a
-    /// stored copy with fewer (an older copy put back would undo changes).
+    /// How many times its status lists had been written: the next start refuses a stored
+    /// copy that counts fewer (an older copy put back would undo changes).
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub status_changes: u64,
+    pub status_writes: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -121,7 +121,7 @@ impl Ledger {
                             unsigned_since: k.unsigned_since_under(config, now),
                             retention: k.retention(),
                             sealed: k.sealed(),
-                            status_changes: k.status_changes(),
+                            status_writes: k.status_writes(),
                         },
                     ))
                 })
@@ -197,7 +197,7 @@ mod tests {
             unsigned_since,
             retention: 960,
             sealed: true,
-            status_changes: 0,
+            status_writes: 0,
         }
     }
 

@@ -98,7 +98,7 @@ async fn open_keysets(
                 retention: entry.retention,
                 sealed: entry.sealed,
                 unsigned_since: entry.unsigned_since,
-                status_changes: entry.status_changes,
+                status_writes: entry.status_writes,
             },
             (None, None) => Past::default(),
         };
@@ -123,7 +123,7 @@ async fn open_keysets(
                         audit.lifecycle(&ks.name, e);
                     }
                     if reuse.is_none() {
-                        recover_status_lines(audit, &keyset, audited).await;
+                        recover_status_lines(audit, &keyset).await;
                     }
                     break keyset;
                 }
@@ -145,15 +145,16 @@ async fn open_keysets(
     Ok(list)
 }
 
-/// Writes to the audit log, marked `recovered`, the status changes the stored lists
-/// remember from the log's last line on (`audited`; all, for a new log) whose lines the
-/// log does not hold: a daemon that stopped between a change and its line left them out.
-/// A change another replica made is logged here too (each replica's log holds its own).
-async fn recover_status_lines(audit: &Audit, keyset: &KeySet, audited: Option<i64>) {
+/// Writes to the audit log, marked `recovered`, each status change the stored lists
+/// remember (their last 256) whose line the log's tail does not hold: a daemon that
+/// stopped between a change and its line, or whose log was not writable then, left it
+/// out. A change another replica made (logged in that replica's log) is logged here too,
+/// once: every replica's log then holds every change.
+async fn recover_status_lines(audit: &Audit, keyset: &KeySet) {
     let Some(status) = &keyset.status else {
         return;
     };
-    for change in status.changes_since(audited.unwrap_or(i64::MIN)) {
+    for change in status.changes() {
         if audit.has_status_change(keyset.name(), change.seq) {
             continue;
         }

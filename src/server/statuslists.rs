@@ -65,13 +65,13 @@ pub async fn publish(
     let served = status.served();
     let tx = Transaction::begin(state, keyset, now)?;
     let kid = &tx.key().kid;
-    let mut next = Vec::with_capacity(view.lists.lists.len());
+    let mut next = Vec::with_capacity(view.lists.len());
     let mut rebuilt = false;
-    for list in &view.lists.lists {
+    for list in &view.lists {
         let current = served
             .iter()
             .find(|s| s.list == list.id)
-            .filter(|s| s.generation == view.generation && s.kid == *kid && s.refresh_at > now);
+            .filter(|s| s.lst == list.lst && s.kid == *kid && s.refresh_at > now);
         if let Some(current) = current {
             next.push(current.clone());
             continue;
@@ -83,10 +83,11 @@ pub async fn publish(
             "kid": kid,
             "typ": "statuslist+jwt",
         });
+        // No `iss`: it is no token of the issuer's to present, and a relying party that
+        // checks only the signature and `iss` must not take it for one.
         let claims = serde_json::json!({
             "exp": exp,
             "iat": iat,
-            "iss": keyset.config.issuer,
             "status_list": {"bits": BITS, "lst": list.lst},
             "sub": cfg.list_uri(list.id),
             "ttl": cfg.ttl,
@@ -101,7 +102,7 @@ pub async fn publish(
         next.push(ServedList {
             list: list.id,
             served: Served::token(token.into_bytes(), CONTENT_TYPE, iat, cfg.ttl),
-            generation: view.generation,
+            lst: list.lst.clone(),
             kid: kid.clone(),
             refresh_at: exp - cfg.ttl,
         });

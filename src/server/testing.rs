@@ -23,6 +23,11 @@ pub const TOKEN: &str = "kt_in_process_test_token";
 
 impl InProcess {
     pub async fn new(backend: Rigged) -> Self {
+        Self::with(backend, "").await
+    }
+
+    /// As [`InProcess::new`], with `extra` lines in the key set's table.
+    pub async fn with(backend: Rigged, extra: &str) -> Self {
         use crate::config::{Config, Env};
         let hash: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, TOKEN.as_bytes())
             .as_ref()
@@ -33,6 +38,7 @@ impl InProcess {
             &format!(
                 r#"
                 {KEYSET}
+                {extra}
                 [[client]]
                 name = "issuer"
                 token_sha256 = "{hash}"

@@ -523,6 +523,15 @@ async fn verify_refuses_a_token_its_status_list_does_not_hold_valid() {
         assert!(ok && out.contains("\"status\""), "{err}");
     }
 
+    // The client's own token file named as the token to revoke is not sent.
+    let (ok, _, err) = run(&[
+        "token",
+        "revoke",
+        "revocable",
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("does not hold a compact JWS"), "{err}");
     let revoked_file = dir.path().join("revoked.jwt");
     std::fs::write(&revoked_file, &revoked).unwrap();
     let (ok, _, err) = run(&[

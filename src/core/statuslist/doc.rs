@@ -161,6 +161,8 @@ struct Stored {
     #[serde(default)]
     seq: u64,
     #[serde(default)]
+    writes: u64,
+    #[serde(default)]
     changes: Vec<Change>,
 }
 
@@ -200,8 +202,17 @@ pub struct Lists {
     pub lists: Vec<List>,
     /// The last change's number.
     pub seq: u64,
+    /// How many times the lists were written: it only grows, so an older copy put back
+    /// shows.
+    pub writes: u64,
     /// The last [`RECENT_CHANGES`] changes, oldest first.
     pub changes: Vec<Change>,
+}
+
+/// Whether three quarters of a list's blocks are taken: the next list is then made (and
+/// served by every replica) before any token needs it.
+fn crowded(list: &List) -> bool {
+    list.blocks.len() >= (BLOCKS as usize) * 3 / 4
 }
 
 /// The block an index belongs to.
@@ -227,6 +238,9 @@ impl Lists {
         if stored.lists.len() > MAX_LISTS as usize {
             return Err(format!("it holds more than {MAX_LISTS} lists"));
         }
+        if stored.changes.len() > RECENT_CHANGES {
+            return Err(format!("it remembers more than {RECENT_CHANGES} changes"));
+        }
         let mut lists: Vec<List> = Vec::with_capacity(stored.lists.len());
         for l in stored.lists {
             if l.bits != BITS || l.size != LIST_SIZE {
@@ -235,8 +249,11 @@ impl Lists {
                     l.id, l.size, l.bits
                 ));
             }
-            if l.id == 0 || lists.iter().any(|o| o.id == l.id) {
-                return Err(format!("list number {} is 0 or repeated", l.id));
+            if l.id == 0 || l.id > MAX_LISTS || lists.iter().any(|o| o.id == l.id) {
+                return Err(format!(
+                    "list number {} is 0, above {MAX_LISTS} or repeated",
+                    l.id
+                ));
             }
             let max = (LIST_SIZE as usize * BITS as usize) / 8;
             let statuses =
@@ -262,6 +279,7 @@ impl Lists {
         Ok(Lists {
             lists,
             seq: stored.seq,
+            writes: stored.writes,
             changes: stored.changes,
         })
     }
@@ -282,6 +300,7 @@ impl Lists {
                 })
                 .collect(),
             seq: self.seq,
+            writes: self.writes,
             changes: self.changes.clone(),
         };
         // Strings and numbers only: serializing cannot fail.
@@ -322,7 +341,12 @@ impl Lists {
                 changed = true;
             }
         }
-        while self.lists.len() > 1 && self.lists.last().is_some_and(|l| l.blocks.is_empty()) {
+        // A list with no block left goes, unless it is the one made ahead for a crowded
+        // list before it.
+        while let [.., before, last] = self.lists.as_slice() {
+            if !last.blocks.is_empty() || crowded(before) {
+                break;
+            }
             self.lists.pop();
             changed = true;
         }
@@ -368,36 +392,59 @@ impl Lists {
             expires,
             free_at: None,
         });
-        Ok((list.id, block))
+        let (id, spare) = (list.id, crowded(list) && at + 1 == self.lists.len());
+        if spare && id < MAX_LISTS {
+            self.lists.push(List::new(id + 1));
+        }
+        Ok((id, block))
     }
 
     /// Index `idx` of list `list`, checked: it must be handed out (its block reserved and
-    /// its tokens not yet expired at `now`).
-    pub fn status(&self, list: u32, idx: u64, now: i64) -> Result<Status, Refused> {
+    /// its tokens not yet expired at `now`), and, for a token `issued` at a known time
+    /// (with `skew`), by this reservation of its block: one that ended before the token
+    /// was issued, or began after, hands the index to another token.
+    pub fn status(
+        &self,
+        list: u32,
+        idx: u64,
+        now: i64,
+        issued: Option<(i64, i64)>,
+    ) -> Result<Status, Refused> {
         let l = self.list(list).ok_or(Refused::UnknownList(list))?;
         let value = l
             .statuses
             .get(idx)
             .ok_or(Refused::OutOfRange { list, idx })?;
-        match l.block(block_of(idx)) {
-            Some(b) if b.free_at.is_none() && b.expires > now => {}
-            _ => return Err(Refused::NotInUse { list, idx }),
+        let Some(b) = l
+            .block(block_of(idx))
+            .filter(|b| b.free_at.is_none() && b.expires > now)
+        else {
+            return Err(Refused::NotInUse { list, idx });
+        };
+        if let Some((iat, skew)) = issued {
+            let reserved = b.until - LEASE;
+            if iat < reserved - skew || iat > b.until + skew {
+                return Err(Refused::NotInUse { list, idx });
+            }
         }
         Ok(Status::of(value).unwrap_or(Status::Revoked))
     }
 
     /// Sets index `idx` of list `list` to `new` at `now`, for client `by`. Returns the
     /// change, or None if the index already had that status. Revoked is final.
+    /// With `issued`, the change is for the token issued then (see [`Self::status`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn set(
         &mut self,
         list: u32,
         idx: u64,
         new: Status,
         now: i64,
+        issued: Option<(i64, i64)>,
         by: &str,
         jti: Option<&str>,
     ) -> Result<Option<Change>, Refused> {
-        let old = self.status(list, idx, now)?;
+        let old = self.status(list, idx, now, issued)?;
         if old == new {
             return Ok(None);
         }
@@ -499,7 +546,7 @@ mod tests {
         let mut lists = Lists::default();
         let (list, block) = lists.reserve(T0, RETENTION, &mut first).unwrap();
         let idx = index_in(block, 17);
-        let set = |l: &mut Lists, s, at| l.set(list, idx, s, at, "ops", Some("j1"));
+        let set = |l: &mut Lists, s, at| l.set(list, idx, s, at, None, "ops", Some("j1"));
         assert_eq!(
             set(&mut lists, Status::Suspended, T0).unwrap().unwrap().old,
             Status::Valid
@@ -519,24 +566,73 @@ mod tests {
         // Another block's index, another list, past the end, after expiry.
         let other = index_in((block + 1) % BLOCKS, 0);
         assert_eq!(
-            lists.set(list, other, Status::Revoked, T0, "ops", None),
+            lists.set(list, other, Status::Revoked, T0, None, "ops", None),
             Err(Refused::NotInUse { list, idx: other })
         );
         assert_eq!(
-            lists.set(9, idx, Status::Revoked, T0, "ops", None),
+            lists.set(9, idx, Status::Revoked, T0, None, "ops", None),
             Err(Refused::UnknownList(9))
         );
         let past = u64::from(LIST_SIZE) + u64::from(block);
         assert!(matches!(
-            lists.set(list, past, Status::Revoked, T0, "ops", None),
+            lists.set(list, past, Status::Revoked, T0, None, "ops", None),
             Err(Refused::OutOfRange { .. })
         ));
         let expires = T0 + LEASE + RETENTION;
-        assert!(lists.status(list, idx, expires - 1).is_ok());
+        assert!(lists.status(list, idx, expires - 1, None).is_ok());
         assert!(matches!(
-            lists.status(list, idx, expires),
+            lists.status(list, idx, expires, None),
             Err(Refused::NotInUse { .. })
         ));
+    }
+
+    /// A change for a token checks that the token was issued while its block was reserved
+    /// this time: an older token whose index was handed out again changes nothing.
+    #[test]
+    fn a_token_issued_under_another_reservation_of_its_block_is_not_changed() {
+        let mut lists = Lists::default();
+        let (list, block) = lists.reserve(T0, RETENTION, &mut first).unwrap();
+        let idx = index_in(block, 9);
+        for iat in [T0, T0 + 30, T0 + LEASE] {
+            assert!(
+                lists.status(list, idx, T0 + 100, Some((iat, 60))).is_ok(),
+                "{iat}"
+            );
+        }
+        for iat in [T0 - 61, T0 + LEASE + 61] {
+            assert_eq!(
+                lists.set(
+                    list,
+                    idx,
+                    Status::Revoked,
+                    T0 + 100,
+                    Some((iat, 60)),
+                    "ops",
+                    None
+                ),
+                Err(Refused::NotInUse { list, idx }),
+                "{iat}"
+            );
+        }
+        assert_eq!(lists.list(list).unwrap().statuses.get(idx), Some(0));
+    }
+
+    #[test]
+    fn the_next_list_is_made_once_three_quarters_of_the_last_are_taken() {
+        let mut lists = Lists::default();
+        for _ in 0..BLOCKS * 3 / 4 - 1 {
+            lists.reserve(T0, RETENTION, &mut first).unwrap();
+        }
+        assert_eq!(lists.lists.len(), 1);
+        lists.reserve(T0, RETENTION, &mut first).unwrap();
+        assert_eq!(lists.lists.len(), 2, "made ahead");
+        assert!(lists.lists[1].blocks.is_empty());
+        // Kept while the list before is crowded; gone once it is not.
+        assert!(!lists.sweep(T0 + 1, COOL));
+        assert_eq!(lists.lists.len(), 2);
+        lists.sweep(T0 + LEASE + RETENTION, COOL);
+        lists.sweep(T0 + LEASE + RETENTION + COOL, COOL);
+        assert_eq!(lists.lists.len(), 1);
     }
 
     #[test]
@@ -548,7 +644,7 @@ mod tests {
             .unwrap();
         let idx = index_in(block, 5);
         lists
-            .set(list, idx, Status::Revoked, T0, "ops", None)
+            .set(list, idx, Status::Revoked, T0, None, "ops", None)
             .unwrap();
         let expires = T0 + LEASE + RETENTION;
         assert!(!lists.sweep(expires - 1, COOL));
@@ -600,7 +696,15 @@ mod tests {
                 // A revocation every 100 blocks (every ~7 minutes).
                 if reserved % 100 == 0 {
                     let (list, b) = (lists.lists[0].id, lists.lists[0].blocks[0].block);
-                    let _ = lists.set(list, index_in(b, 3), Status::Revoked, now, "ops", None);
+                    let _ = lists.set(
+                        list,
+                        index_in(b, 3),
+                        Status::Revoked,
+                        now,
+                        None,
+                        "ops",
+                        None,
+                    );
                 }
             }
             most_lists = most_lists.max(lists.lists.len());
@@ -619,7 +723,15 @@ mod tests {
         let mut lists = Lists::default();
         let (list, block) = lists.reserve(T0, RETENTION, &mut first).unwrap();
         lists
-            .set(list, index_in(block, 1), Status::Suspended, T0, "ops", None)
+            .set(
+                list,
+                index_in(block, 1),
+                Status::Suspended,
+                T0,
+                None,
+                "ops",
+                None,
+            )
             .unwrap();
         let bytes = lists.to_bytes();
         assert_eq!(Lists::from_bytes(&bytes).unwrap(), lists);
@@ -629,6 +741,7 @@ mod tests {
             ("\"bits\":2", "\"bits\":1"),
             ("\"id\":1", "\"id\":0"),
             (&format!("\"block\":{block}"), "\"block\":256"),
+            ("\"id\":1", "\"id\":65"),
         ] {
             let bad = text.replacen(from, to, 1);
             assert_ne!(bad, text, "{from}");

@@ -18,6 +18,7 @@ use crate::core::published::Served;
 use arc_swap::ArcSwap;
 use doc::{index_in, Change, Lists, Refused, Status, BLOCK_SIZE};
 use keyturn_backend::{BackendError, KeyBackend};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::Notify;
 
@@ -82,6 +83,9 @@ pub enum StatusError {
     /// Replicas kept writing in between.
     #[error("too many concurrent writers on the status lists of key set {0:?}; try again")]
     Contention(String),
+    /// The system's random generator failed: no index is drawn without it.
+    #[error("the system's random number generator failed")]
+    NoRandomness,
 }
 
 impl StatusError {
@@ -101,16 +105,6 @@ struct Loaded {
     version: Option<u64>,
 }
 
-/// What the lists are now, for serving: replaced whole at each change.
-#[derive(Debug, Default)]
-pub struct View {
-    /// Counts the changes this daemon has seen (a served list built from an older one is
-    /// rebuilt).
-    pub generation: u64,
-    /// The lists.
-    pub lists: Lists,
-}
-
 /// A list as the public listener serves it: the signed Status List Token.
 #[derive(Debug, Clone)]
 pub struct ServedList {
@@ -118,8 +112,8 @@ pub struct ServedList {
     pub list: u32,
     /// The token, with its headers.
     pub served: Served,
-    /// The [`View::generation`] it was built from.
-    pub generation: u64,
+    /// The list's `lst` it was built from.
+    pub lst: String,
     /// The key that signed it.
     pub kid: String,
     /// When it must be built again (its `exp` minus its `ttl`: a verifier may cache it for
@@ -156,23 +150,29 @@ pub struct StatusLists {
     timing: Timing,
     backend: Arc<dyn KeyBackend>,
     loaded: tokio::sync::Mutex<Loaded>,
-    view: ArcSwap<View>,
+    // The lists now, for serving: replaced whole at each change.
+    view: ArcSwap<Lists>,
     held: Mutex<Vec<Held>>,
     served: ArcSwap<Vec<ServedList>>,
+    // Since when a served list is known to be older than the list (i64::MAX: none is).
+    unsigned_since: AtomicI64,
     changed: Notify,
     /// Held while the served lists are built (one build at a time).
     pub building: tokio::sync::Mutex<()>,
+    // Held while a block is reserved: the tasks that ran out of indexes together wait for
+    // one reservation instead of making one each.
+    reserving: tokio::sync::Mutex<()>,
 }
 
 impl StatusLists {
-    /// Reads key set `keyset`'s lists (none yet is an empty document), which must hold at
-    /// least `changes` status changes (what the last run knew of).
+    /// Reads key set `keyset`'s lists (none yet is an empty document), which must have
+    /// been written at least `writes` times (what the last run knew of).
     pub async fn open(
         keyset: &str,
         config: StatusListConfig,
         timing: Timing,
         backend: Arc<dyn KeyBackend>,
-        changes: u64,
+        writes: u64,
     ) -> Result<Self, StatusError> {
         let lists = StatusLists {
             keyset: keyset.to_owned(),
@@ -182,23 +182,25 @@ impl StatusLists {
             backend,
             loaded: tokio::sync::Mutex::new(Loaded {
                 lists: Lists {
-                    seq: changes,
+                    writes,
                     ..Lists::default()
                 },
                 version: None,
             }),
-            view: ArcSwap::from_pointee(View::default()),
+            view: ArcSwap::from_pointee(Lists::default()),
             held: Mutex::new(Vec::new()),
             served: ArcSwap::from_pointee(Vec::new()),
+            unsigned_since: AtomicI64::new(i64::MAX),
             changed: Notify::new(),
             building: tokio::sync::Mutex::new(()),
+            reserving: tokio::sync::Mutex::new(()),
         };
         lists.refresh().await?;
         Ok(lists)
     }
 
     /// The lists now.
-    pub fn view(&self) -> Arc<View> {
+    pub fn view(&self) -> Arc<Lists> {
         self.view.load_full()
     }
 
@@ -207,9 +209,19 @@ impl StatusLists {
         self.served.load()
     }
 
-    /// Replaces the served lists (built by the server, which signs them).
+    /// Replaces the served lists (built by the server, which signs them from the lists
+    /// as they are now).
     pub fn set_served(&self, served: Vec<ServedList>) {
         self.served.store(Arc::new(served));
+        self.unsigned_since.store(i64::MAX, Ordering::Relaxed);
+    }
+
+    /// Notes at `now` that a served list is older than the list (a change not signed
+    /// yet), and returns since when one has been, until the lists are signed again.
+    pub fn note_unsigned(&self, now: i64) -> i64 {
+        self.unsigned_since
+            .fetch_min(now, Ordering::Relaxed)
+            .min(now)
     }
 
     /// Resolves when the lists change after this call (a write here, or one read).
@@ -229,10 +241,10 @@ impl StatusLists {
             how,
         };
         let Some(blob) = self.backend.load_state(&self.name).await? else {
-            if loaded.version.is_some() || loaded.lists.seq > 0 {
+            if loaded.version.is_some() || loaded.lists.writes > 0 {
                 return Err(untrusted(format!(
-                    "they are gone from the state store, where {} status changes were made",
-                    loaded.lists.seq
+                    "they are gone from the state store, where they were written {} times",
+                    loaded.lists.writes
                 )));
             }
             return Ok(false);
@@ -247,12 +259,16 @@ impl StatusLists {
                 Err(how) => untrusted(how),
             })?;
         let lists = Lists::from_bytes(&document).map_err(untrusted)?;
-        // Changes are numbered and the number only grows: a sealed copy from before a
-        // change (a backup put back by whoever can write the state store) would undo it.
-        if lists.seq < loaded.lists.seq {
+        // Writes are counted and the count only grows: a sealed copy from before a write
+        // (a backup put back by whoever can write the state store) would undo a status
+        // change or a reservation (an index would be handed out twice). Two versions with
+        // one count are a copy of one of them.
+        let replayed = lists.writes < loaded.lists.writes
+            || (lists.writes == loaded.lists.writes && loaded.version.is_some());
+        if replayed {
             return Err(untrusted(format!(
-                "they hold {} status changes where {} were made: an older copy replaced them",
-                lists.seq, loaded.lists.seq
+                "they were written {} times where {} writes were seen: an older copy replaced them",
+                lists.writes, loaded.lists.writes
             )));
         }
         loaded.lists = lists;
@@ -262,11 +278,7 @@ impl StatusLists {
     }
 
     fn publish(&self, loaded: &Loaded) {
-        let generation = self.view.load().generation + 1;
-        self.view.store(Arc::new(View {
-            generation,
-            lists: loaded.lists.clone(),
-        }));
+        self.view.store(Arc::new(loaded.lists.clone()));
         self.changed.notify_waiters();
     }
 
@@ -297,11 +309,15 @@ impl StatusLists {
             if !swept && !changed {
                 return Ok(out);
             }
+            next.writes += 1;
             let sealed = crate::core::lifecycle::seal(&*self.backend, &self.name, &next.to_bytes())
                 .await
-                .map_err(|e| StatusError::Untrusted {
-                    keyset: self.keyset.clone(),
-                    how: e.to_string(),
+                .map_err(|e| match e {
+                    crate::core::lifecycle::LifecycleError::Backend(e) => StatusError::Backend(e),
+                    e => StatusError::Untrusted {
+                        keyset: self.keyset.clone(),
+                        how: e.to_string(),
+                    },
                 })?;
             match self
                 .backend
@@ -351,26 +367,28 @@ impl StatusLists {
         }
     }
 
-    /// Reserves a block, unless another task did while this one waited for the lists.
+    /// Reserves a block, unless another task did while this one waited.
     async fn reserve(&self, now: i64) -> Result<(), StatusError> {
-        let retention = self.timing.retention();
-        let has_some = || {
+        let _one = self.reserving.lock().await;
+        let has_some = {
             let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
             held.iter().any(|h| h.until > now && !h.order.is_empty())
         };
-        if has_some() {
+        if has_some {
             return Ok(());
         }
+        let mut random = Random::new(BLOCK_SIZE as usize + ATTEMPTS)?;
+        let retention = self.timing.retention();
         let (list, block) = self
             .write(now, false, |lists| {
-                let picked = lists.reserve(now, retention, &mut |n| random_below(n))?;
+                let picked = lists.reserve(now, retention, &mut |n| random.below(n))?;
                 Ok((picked, true))
             })
             .await?;
         // A random order of the block's indexes: each taken is drawn among those left.
         let mut order: Vec<u32> = (0..BLOCK_SIZE).collect();
         for i in (1..order.len()).rev() {
-            let j = random_below(i as u32 + 1) as usize;
+            let j = random.below(i as u32 + 1) as usize;
             order.swap(i, j);
         }
         let uri: Arc<str> = self.config.list_uri(list).into();
@@ -388,56 +406,67 @@ impl StatusLists {
         Ok(())
     }
 
-    /// Sets index `idx` of list `list` to `status` at `now` for client `by`. Returns the
-    /// change (None: the index already had it).
+    /// Sets index `idx` of list `list` to `status` at `now` for client `by`; for the
+    /// token `issued` then, when known (see [`Lists::status`]). Returns the change (None:
+    /// the index already had it).
+    #[allow(clippy::too_many_arguments)]
     pub async fn set(
         &self,
         list: u32,
         idx: u64,
         status: Status,
         now: i64,
+        issued: Option<i64>,
         by: &str,
         jti: Option<&str>,
     ) -> Result<Option<Change>, StatusError> {
+        let issued = issued.map(|iat| (iat, self.timing.clock_skew));
         self.write(now, true, |lists| {
-            let change = lists.set(list, idx, status, now, by, jti)?;
+            let change = lists.set(list, idx, status, now, issued, by, jti)?;
             let changed = change.is_some();
             Ok((change, changed))
         })
         .await
     }
 
-    /// The changes the stored lists remember from `since` on (for audit lines that a
-    /// crash may have left unwritten).
-    pub fn changes_since(&self, since: i64) -> Vec<Change> {
-        let view = self.view();
-        view.lists
-            .changes
-            .iter()
-            .filter(|c| c.at >= since)
-            .cloned()
-            .collect()
+    /// The changes the stored lists remember, oldest first (for audit lines that a crash
+    /// may have left unwritten).
+    pub fn changes(&self) -> Vec<Change> {
+        self.view().changes.clone()
     }
 
-    /// The lists this replica holds blocks of (for `/metrics`): indexes left to hand out.
-    pub fn held_indexes(&self) -> usize {
+    /// The indexes left to hand out in the blocks this replica holds.
+    #[cfg(test)]
+    pub(crate) fn held_indexes(&self) -> usize {
         let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         held.iter().map(|h| h.order.len()).sum()
     }
-
-    /// The list numbers of the blocks this replica holds.
-    pub fn held_lists(&self) -> Vec<u32> {
-        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        held.iter().map(|h| h.list).collect()
-    }
 }
 
-/// A uniformly random number below `n` (n > 0), from the system's CSPRNG.
-fn random_below(n: u32) -> u32 {
-    let mut b = [0u8; 8];
-    // The system generator does not fail on Linux; a zero draw would still be a valid pick.
-    let _ = aws_lc_rs::rand::fill(&mut b);
-    (u64::from_le_bytes(b) % u64::from(n.max(1))) as u32
+/// Random numbers from the system's CSPRNG, drawn once for a reservation.
+struct Random {
+    bytes: Vec<u8>,
+    next: usize,
+}
+
+impl Random {
+    /// Enough for `draws` numbers.
+    fn new(draws: usize) -> Result<Self, StatusError> {
+        let mut bytes = vec![0u8; draws * 8];
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| StatusError::NoRandomness)?;
+        Ok(Random { bytes, next: 0 })
+    }
+
+    /// A number below `n` (n > 0), uniform but for a bias below 2^-32. Past the numbers
+    /// drawn, 0: a valid pick, and never reached (the caller draws enough).
+    fn below(&mut self, n: u32) -> u32 {
+        let Some(b) = self.bytes.get(self.next..self.next + 8) else {
+            return 0;
+        };
+        self.next += 8;
+        let x = u64::from_le_bytes(b.try_into().unwrap_or_default());
+        (x % u64::from(n.max(1))) as u32
+    }
 }
 
 #[cfg(test)]
@@ -481,12 +510,12 @@ mod tests {
         assert_ne!(from_a.iter().map(|s| s.idx).collect::<Vec<_>>(), in_order);
         let idx = from_b[0].idx;
         let change = a
-            .set(1, idx, Status::Revoked, T0, "ops", None)
+            .set(1, idx, Status::Revoked, T0, None, "ops", None)
             .await
             .unwrap();
         assert_eq!(change.unwrap().old, Status::Valid);
         assert!(b.refresh().await.unwrap());
-        assert_eq!(b.view().lists.status(1, idx, T0), Ok(Status::Revoked));
+        assert_eq!(b.view().status(1, idx, T0, None), Ok(Status::Revoked));
     }
 
     /// Whoever can write the state store cannot change statuses: an edited document, and
@@ -499,7 +528,7 @@ mod tests {
         let idx = lists.take(T0, 1).await.unwrap()[0].idx;
         let before = backend.load_state(&name).await.unwrap().unwrap();
         lists
-            .set(1, idx, Status::Revoked, T0, "ops", None)
+            .set(1, idx, Status::Revoked, T0, None, "ops", None)
             .await
             .unwrap();
         let after = backend.load_state(&name).await.unwrap().unwrap();
@@ -510,7 +539,7 @@ mod tests {
             .unwrap();
         let err = lists.refresh().await.unwrap_err().to_string();
         assert!(err.contains("older copy"), "{err}");
-        assert_eq!(lists.view().lists.status(1, idx, T0), Ok(Status::Revoked));
+        assert_eq!(lists.view().status(1, idx, T0, None), Ok(Status::Revoked));
 
         let edited = String::from_utf8(after.data.clone()).unwrap().replacen(
             "\\\"seq\\\":1",
@@ -524,8 +553,9 @@ mod tests {
             .unwrap();
         let err = lists.refresh().await.unwrap_err().to_string();
         assert!(err.contains("MAC does not match"), "{err}");
-        // A new daemon refuses them from the start; and the older copy, once the last run
-        // recorded that one change was made, or no lists where it was.
+        // A new daemon refuses them from the start; and the older copy (written once, by
+        // the reservation), once the last run recorded two writes, or no lists where it
+        // recorded any.
         let timing = Timing::new(900, 300, 60, true);
         let opened = StatusLists::open("k", settings(), timing, backend.clone(), 0).await;
         assert!(matches!(opened, Err(StatusError::Untrusted { .. })));
@@ -534,9 +564,9 @@ mod tests {
             .store_state(&name, &before.data, Some(current))
             .await
             .unwrap();
-        for changes in [0, 1] {
-            let opened = StatusLists::open("k", settings(), timing, backend.clone(), changes).await;
-            assert_eq!(opened.is_ok(), changes == 0, "{changes}");
+        for (writes, ok) in [(1, true), (2, false)] {
+            let opened = StatusLists::open("k", settings(), timing, backend.clone(), writes).await;
+            assert_eq!(opened.is_ok(), ok, "{writes}");
         }
         let gone = StatusLists::open("g", settings(), timing, backend.clone(), 1).await;
         assert!(matches!(gone, Err(StatusError::Untrusted { .. })));

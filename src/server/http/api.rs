@@ -8,7 +8,7 @@ use super::error::ApiError;
 use crate::config::ClientConfig;
 use crate::core::keyset::KeySet;
 use crate::core::lifecycle::LifecycleError;
-use crate::core::policy::{compact, new_jti, prepare, SignRequest};
+use crate::core::policy::{check, compact, new_jti, Checked, SignRequest};
 use crate::core::statuslist::Slot;
 use crate::infra::audit::Record;
 use crate::server::auth::{identify, AuthFailure, Peer};
@@ -384,16 +384,10 @@ async fn sign_one(
 ) -> Result<Vec<u8>, ApiError> {
     let tx = Transaction::begin(state, keyset, state.clock.now())?;
     let key = tx.key();
+    // The policy first: a refused request takes no status list entry.
+    let checked = check(req, client, &keyset.config, tx.now())?;
     let slot = tx.slots(1).await?.pop();
-    let prepared = prepare(
-        req,
-        client,
-        &keyset.config,
-        tx.now(),
-        &key.kid,
-        new_jti()?,
-        slot.as_ref(),
-    )?;
+    let prepared = checked.render(&keyset.config, &key.kid, new_jti()?, slot.as_ref());
     let sig = tx.sign(prepared.signing_input.as_bytes()).await?;
     let line = tx
         .record(
@@ -605,27 +599,26 @@ async fn sign_items(
         }
         let tx = Transaction::begin(state, keyset, state.clock.now())?;
         let key = tx.key();
-        let mut slots = tx.slots(chunk.len()).await?.into_iter();
         // Policy: each item parsed (serde's line and column count from the item's start)
-        // and checked alone.
-        let mut tokens: Vec<_> = (first..)
+        // and checked alone; then status list entries for the items that passed.
+        let checked: Vec<Result<Checked, ApiError>> = (first..)
             .zip(chunk)
             .map(|(i, item)| {
-                let slot = slots.next();
                 let req: SignRequest = parse(item).map_err(|e| ApiError {
                     message: format!("item {i}: {}", e.message),
                     ..e
                 })?;
-                let prepared = prepare(
-                    &req,
-                    client,
-                    &keyset.config,
-                    tx.now(),
-                    &key.kid,
-                    new_jti()?,
-                    slot.as_ref(),
-                )?;
-                Ok((prepared, slot, Vec::new()))
+                Ok(check(&req, client, &keyset.config, tx.now())?)
+            })
+            .collect();
+        let passed = checked.iter().filter(|c| c.is_ok()).count();
+        let mut slots = tx.slots(passed).await?.into_iter();
+        let mut tokens: Vec<_> = checked
+            .into_iter()
+            .map(|c| {
+                let slot = c.is_ok().then(|| slots.next()).flatten();
+                let prepared = c?.render(&keyset.config, &key.kid, new_jti()?, slot.as_ref());
+                Ok::<_, ApiError>((prepared, slot, Vec::new()))
             })
             .collect();
         // Backend: the signatures, back to back. An outage or a revoke fails the batch: no
@@ -1249,5 +1242,31 @@ mod tests {
                 {"token": "t.2.s", "kid": "k", "jti": "j2", "exp": 1_700_000_000},
             ]})
         );
+    }
+
+    /// A request the policy refuses takes no status list entry, alone or in a batch.
+    #[tokio::test]
+    async fn refused_requests_take_no_status_list_entry() {
+        let app = InProcess::with(
+            crate::server::testing::Rigged::default(),
+            "status_list = { ttl = \"5m\" }",
+        )
+        .await;
+        let lists = app.keyset.status.clone().unwrap();
+        let good = serde_json::json!({"claims": {"sub": "a"}});
+        let bad = serde_json::json!({"claims": {"exp": 1}});
+        let (status, answer) = app.post("sign", &good).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert!(answer["status"]["idx"].is_u64(), "{answer}");
+        let left = lists.held_indexes();
+        let (status, _) = app.post("sign", &bad).await.unwrap();
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(lists.held_indexes(), left);
+        let batch = serde_json::json!({"requests": [bad, good, bad]});
+        let (status, answer) = app.post("sign-batch", &batch).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert!(answer["results"][1]["status"]["idx"].is_u64(), "{answer}");
+        assert!(answer["results"][0].get("status").is_none(), "{answer}");
+        assert_eq!(lists.held_indexes(), left - 1);
     }
 }

@@ -307,11 +307,13 @@ fn status_list(
         .filter(|n| !n.starts_with('0') && n.len() <= 9 && n.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|n| n.parse::<u32>().ok())
         .ok_or_else(unknown)?;
-    if status.view().lists.list(number).is_none() {
+    let view = status.view();
+    let Some(current) = view.list(number) else {
         return Err(unknown());
-    }
+    };
+    let now = state.clock.now();
     // A replica whose reads of the shared state fail may not know of a change another made.
-    if !keyset.in_sync(state.clock.now()) {
+    if !keyset.in_sync(now) {
         return Err(ApiError::retry_after(
             1,
             "status_list_unavailable",
@@ -326,6 +328,17 @@ fn status_list(
             "the status list is being signed; ask again shortly",
         ));
     };
+    // A change not signed for longer than a replica may lag, or a list past its `exp`:
+    // serving it would show a revoked token as valid.
+    let grace = keyset.config.timing.sync_delay.max(5);
+    let unsigned = list.lst != current.lst && now - status.note_unsigned(now) > grace;
+    if unsigned || now >= list.refresh_at + status.config.ttl {
+        return Err(ApiError::retry_after(
+            1,
+            "status_list_unavailable",
+            "the status list cannot be signed now; see the daemon's log",
+        ));
+    }
     let served = &list.served;
     let fresh = req
         .get(header::IF_NONE_MATCH)

@@ -32,12 +32,13 @@ struct ChangeRequest {
     status: Status,
 }
 
-/// The entry a request names, and the token's jti when it named the token.
+/// The entry a request names and, when it named the token, its jti and issue time.
 struct Entry {
     list: u32,
     uri: String,
     idx: u64,
     jti: Option<String>,
+    issued: Option<i64>,
 }
 
 pub(super) async fn token_status(
@@ -67,14 +68,15 @@ pub(super) async fn token_status(
     };
     let body = json_body(&parts.headers, body, state.limits.body_timeout).await?;
     let req: ChangeRequest = parse(&body)?;
-    let entry = entry(&keyset, &req)?;
     let now = state.clock.now();
+    let entry = entry(&keyset, &req, now)?;
     let change = status
         .set(
             entry.list,
             entry.idx,
             req.status,
             now,
+            entry.issued,
             &client.name,
             entry.jti.as_deref(),
         )
@@ -92,11 +94,16 @@ pub(super) async fn token_status(
                      logged at the next start",
                 )
             })?;
-        // Served before the answer: a client that reads the list next finds the change.
-        if let Err(e) = crate::server::statuslists::publish(&state, &keyset, &status, now).await {
-            tracing::warn!(keyset = %name, error = ?e, "the changed status list is not signed yet; retried");
-        }
     }
+    // Served before the answer: a client that reads the list next finds the change. If it
+    // cannot be signed now, the answer says so; the list is signed again until it is.
+    let published = match crate::server::statuslists::publish(&state, &keyset, &status, now).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(keyset = %name, error = ?e, "the changed status list is not signed yet; retried");
+            false
+        }
+    };
     let old = change.as_ref().map_or(req.status, |c| c.old);
     let answer = serde_json::json!({
         "uri": entry.uri,
@@ -104,6 +111,7 @@ pub(super) async fn token_status(
         "status": req.status,
         "previous": old,
         "changed": change.is_some(),
+        "published": published,
     });
     Ok(axum::Json(answer).into_response())
 }
@@ -144,11 +152,21 @@ fn invalid(code: &'static str, message: impl Into<String>) -> ApiError {
 }
 
 /// The list entry `req` names: by the token (which must be one this key set signed and
-/// still publishes the key of) or by URI and index.
-fn entry(keyset: &KeySet, req: &ChangeRequest) -> Result<Entry, ApiError> {
-    let (uri, idx, jti) = match (&req.token, &req.uri, req.idx) {
+/// still publishes the key of, not expired at `now`) or by URI and index.
+fn entry(keyset: &KeySet, req: &ChangeRequest, now: i64) -> Result<Entry, ApiError> {
+    let (uri, idx, jti, issued) = match (&req.token, &req.uri, req.idx) {
         (Some(token), None, None) => {
             let claims = signed_claims(keyset, token)?;
+            let time = |name: &str| claims.get(name).and_then(serde_json::Value::as_i64);
+            // Once it expired, its index may be handed out again: the entry would be
+            // another token's.
+            if time("exp").is_none_or(|exp| exp <= now) {
+                return Err(invalid(
+                    "token_expired",
+                    "the token has expired: it no longer verifies, and its status list entry \
+                     may be another token's by now",
+                ));
+            }
             let entry = claims
                 .get("status")
                 .and_then(|s| s.get("status_list"))
@@ -171,9 +189,9 @@ fn entry(keyset: &KeySet, req: &ChangeRequest) -> Result<Entry, ApiError> {
                 .get("jti")
                 .and_then(|j| j.as_str())
                 .map(str::to_owned);
-            (uri.to_owned(), idx, jti)
+            (uri.to_owned(), idx, jti, time("iat"))
         }
-        (None, Some(uri), Some(idx)) => (uri.clone(), idx, None),
+        (None, Some(uri), Some(idx)) => (uri.clone(), idx, None, None),
         _ => {
             return Err(invalid(
                 "invalid_request",
@@ -194,6 +212,7 @@ fn entry(keyset: &KeySet, req: &ChangeRequest) -> Result<Entry, ApiError> {
         uri,
         idx,
         jti,
+        issued,
     })
 }
 
