@@ -316,11 +316,7 @@ pub fn check<'a>(
     let sub = subject(&claims, client)?;
     let aud = audiences(&claims, client)?;
     check_extra(&claims, client)?;
-    typ(req, client)?;
-    let typ = req
-        .typ
-        .as_ref()
-        .map_or(Cow::Borrowed("JWT"), |t| t.0.clone());
+    let typ = typ(req, client)?;
     let exp = now.saturating_add(ttl(req, client, keyset)?);
     Ok(Checked {
         claims,
@@ -547,7 +543,7 @@ fn check_extra(claims: &Claims<'_>, client: &ClientConfig) -> Result<(), Refusal
 }
 
 /// The header's `typ`: `JWT` unless the client's `allowed_typ` allows another.
-fn typ<'r>(req: &'r SignRequest<'_>, client: &ClientConfig) -> Result<&'r str, Refusal> {
+fn typ<'a>(req: &SignRequest<'a>, client: &ClientConfig) -> Result<Cow<'a, str>, Refusal> {
     let typ = req.typ.as_ref().map_or("JWT", |t| &*t.0);
     if typ.is_empty() || typ.len() > 64 || !typ.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(unprocessable(
@@ -574,7 +570,10 @@ fn typ<'r>(req: &'r SignRequest<'_>, client: &ClientConfig) -> Result<&'r str, R
             ),
         ));
     }
-    Ok(typ)
+    Ok(req
+        .typ
+        .as_ref()
+        .map_or(Cow::Borrowed("JWT"), |t| t.0.clone()))
 }
 
 /// The token's lifetime: never above the client's or the key set's limit; the key set's
