@@ -118,25 +118,13 @@ impl<'a> Transaction<'a> {
         let Some(status) = &self.keyset.status else {
             return Ok(Vec::new());
         };
-        let slots = status.take(self.now, n).await.map_err(|e| {
+        status.take(self.now, n).await.map_err(|e| {
             tracing::error!(keyset = %self.keyset.name(), error = %e, "no status list index for a token");
             if e.is_retryable() {
                 self.keyset.note_backend(false);
             }
             SignError::StatusListsUnavailable
-        })?;
-        // A token of a list not served yet (a new list) waits until it is: a verifier
-        // that fetches it at once must find it.
-        let unserved = {
-            let served = status.served();
-            slots
-                .iter()
-                .any(|s| !served.iter().any(|l| l.list == s.list))
-        };
-        if unserved {
-            crate::server::statuslists::publish(self.state, self.keyset, status, self.now).await?;
-        }
-        Ok(slots)
+        })
     }
 
     /// Queues the audit line of a token signed for `caller`; [`Self::finish`] waits for it.

@@ -7,7 +7,7 @@
 use crate::core::keyset::KeySet;
 use crate::core::published::Served;
 use crate::core::statuslist::doc::BITS;
-use crate::core::statuslist::{ServedList, StatusLists};
+use crate::core::statuslist::{ServedList, Slot, StatusLists};
 use crate::server::sign::{SignError, Transaction};
 use crate::server::state::AppState;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -49,6 +49,29 @@ pub async fn keep_served(state: Arc<AppState>, keyset: Arc<KeySet>, shutdown: Ca
             () = tokio::time::sleep(Duration::from_secs(wait.unsigned_abs())) => {}
         }
     }
+}
+
+/// Signs the lists of `slots` that are not served yet (a new list): a verifier that
+/// fetches the list of one of their tokens at once must find it.
+pub async fn serve_new(
+    state: &AppState,
+    keyset: &KeySet,
+    slots: &[Slot],
+    now: i64,
+) -> Result<(), SignError> {
+    let Some(status) = &keyset.status else {
+        return Ok(());
+    };
+    let unserved = {
+        let served = status.served();
+        slots
+            .iter()
+            .any(|s| !served.iter().any(|l| l.list == s.list))
+    };
+    if unserved {
+        publish(state, keyset, status, now).await?;
+    }
+    Ok(())
 }
 
 /// Builds each list whose served token is missing, from older lists, signed by a key that

@@ -14,6 +14,7 @@ use crate::infra::audit::Record;
 use crate::server::auth::{identify, AuthFailure, Peer};
 use crate::server::sign::{SignError, Transaction};
 use crate::server::state::AppState;
+use crate::server::statuslists::serve_new;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -387,6 +388,7 @@ async fn sign_one(
     // The policy first: a refused request takes no status list entry.
     let checked = check(req, client, &keyset.config, tx.now())?;
     let slot = tx.slots(1).await?.pop();
+    serve_new(state, keyset, slot.as_slice(), tx.now()).await?;
     let prepared = checked.render(&keyset.config, &key.kid, new_jti()?, slot.as_ref());
     let sig = tx.sign(prepared.signing_input.as_bytes()).await?;
     let line = tx
@@ -612,7 +614,9 @@ async fn sign_items(
             })
             .collect();
         let passed = checked.iter().filter(|c| c.is_ok()).count();
-        let mut slots = tx.slots(passed).await?.into_iter();
+        let slots = tx.slots(passed).await?;
+        serve_new(state, keyset, &slots, tx.now()).await?;
+        let mut slots = slots.into_iter();
         let mut tokens: Vec<_> = checked
             .into_iter()
             .map(|c| {
