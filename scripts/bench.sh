@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Benchmarks, from a fresh machine, in one run: keyturn (file backend) against OpenBao
 # transit (dev server) and nginx on loopback, keyturn's pkcs11 backend on a SoftHSM token
-# beside its file backend, plus the raw aws-lc-rs primitive, start-up time and memory. Prints a table of rates, latencies and CPU per request, then the HTTP
-# floors (nginx answering the sign and sign-batch requests with no work), the ceilings
-# they put on any signer here, and a bare signer on keyturn's own stack with nothing but
-# the signature (benches/bare.rs); docs/benchmarks.md explains them and shows the latest results.
+# beside its file backend, ES256 with token status lists beside the same key set without,
+# plus the raw aws-lc-rs primitive, start-up time and memory. Prints a table of rates,
+# latencies and CPU per request, then the HTTP floors (nginx answering the sign and
+# sign-batch requests with no work), the ceilings they put on any signer here, and a bare
+# signer on keyturn's own stack with nothing but the signature (benches/bare.rs);
+# docs/benchmarks.md explains them and shows the latest results.
 #
 #   scripts/bench.sh                      # 15 s per wrk run, 32 connections
 #   BENCH_DURATION=5 scripts/bench.sh     # quicker, noisier
@@ -109,27 +111,28 @@ softhsm2-util --init-token --free --label keyturn-bench --pin "$HSM_PIN" --so-pi
 HSM_BACKEND="backend = { type = \"pkcs11\", module = \"/usr/lib/softhsm/libsofthsm2.so\", token_label = \"keyturn-bench\", pin_file = \"$WORK/softhsm/pin\" }"
 
 # ---------------------------------------------------------------------------------------
-# keyturn: four key sets on the file backend, two on the SoftHSM token. "default" (RS256,
+# keyturn: five key sets on the file backend, two on the SoftHSM token. "default" (RS256,
 # RSA-4096, publish lead 1 s) is the JWKS served at /.well-known/jwks.json and the key set
-# rotated under load.
+# rotated under load; "es256-status" is "es256" (same issuer) with token status lists.
 TOKEN=kt_$(new_token)
 ADMIN=kt_$(new_token)
 JWKS_PORT=$(free_port)
 API_PORT=$(free_port)
-keyset() { # name alg extra
-  printf '[[keyset]]\nname = "%s"\nissuer = "https://issuer.test/%s"\nalgorithm = "%s"\n%s\nrotate_every = "24h"\nmax_token_ttl = "10m"\njwks_max_age = "1s"\nclock_skew = "0s"\n\n' "$1" "$1" "$2" "$3"
+keyset() { # name alg extra [issuer's last segment, default: name]
+  printf '[[keyset]]\nname = "%s"\nissuer = "https://issuer.test/%s"\nalgorithm = "%s"\n%s\nrotate_every = "24h"\nmax_token_ttl = "10m"\njwks_max_age = "1s"\nclock_skew = "0s"\n\n' "$1" "${4:-$1}" "$2" "$3"
 }
 {
   printf '[server]\njwks_listen = "127.0.0.1:%s"\napi_listen = "127.0.0.1:%s"\ndata_dir = "%s"\n\n' \
     "$JWKS_PORT" "$API_PORT" "$WORK/data"
   keyset default RS256 'rsa_bits = 4096'
   keyset es256 ES256 ''
+  keyset es256-status ES256 'status_list = { ttl = "5m" }' es256
   keyset eddsa EdDSA ''
   keyset rs256 RS256 'rsa_bits = 2048'
   keyset hsm-es256 ES256 "$HSM_BACKEND"
   keyset hsm-rs256 RS256 "rsa_bits = 2048
 $HSM_BACKEND"
-  printf '[[client]]\nname = "bench"\ntoken_sha256 = "%s"\nkeysets = ["es256", "eddsa", "rs256", "hsm-es256", "hsm-rs256"]\naudiences = ["orders-api"]\nsubject_pattern = "user:*"\nallowed_claims = ["scope"]\n\n' "$(sha256 "$TOKEN")"
+  printf '[[client]]\nname = "bench"\ntoken_sha256 = "%s"\nkeysets = ["es256", "es256-status", "eddsa", "rs256", "hsm-es256", "hsm-rs256"]\naudiences = ["orders-api"]\nsubject_pattern = "user:*"\nallowed_claims = ["scope"]\n\n' "$(sha256 "$TOKEN")"
   printf '[[client]]\nname = "ops"\ntoken_sha256 = "%s"\nkeysets = ["*"]\nadmin = true\n' "$(sha256 "$ADMIN")"
 } >"$WORK/keyturn.toml"
 echo "==> starting keyturn (first start generates the keys)" >&2
@@ -152,6 +155,10 @@ for ks in es256 eddsa rs256; do
   curl -sf -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
     --data-binary @"$WORK/sign.json" "$API/v1/keysets/$ks/sign" >"$WORK/$ks.signed"
 done
+# Status lists on: the token's status list entry is in the response.
+curl -sf -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  --data-binary @"$WORK/sign.json" "$API/v1/keysets/es256-status/sign" >"$WORK/es256-status.signed"
+grep -q '"status":{"uri":' "$WORK/es256-status.signed"
 # A real sign-batch response, for the batch floor.
 curl -sf -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
   --data-binary @"$WORK/batch.json" "$API/v1/keysets/es256/sign-batch" >"$WORK/batch.signed"
@@ -298,6 +305,7 @@ bao_sign() { # key
 declare -A R
 R[kt_es256]=$(kt_sign es256)
 LOADED_RSS=$(rss_kb "$KT_PID")
+R[kt_es256_status]=$(kt_sign es256-status)
 R[kt_eddsa]=$(kt_sign eddsa)
 R[kt_rs256]=$(kt_sign rs256)
 R[kt_hsm_es256]=$(kt_sign hsm-es256)
@@ -314,8 +322,12 @@ BATCH_CONNS=${BENCH_BATCH_CONNECTIONS:-2}
 R[batch_floor]=$(wrk_run "nginx HTTP floor for sign-batch (256 per request, no work)" \
   "http://127.0.0.1:$NGINX_PORT/sign-batch-floor" post.lua "$BATCH_CONNS" "${NGINX_PIDS[*]}" \
   BENCH_BODY="$WORK/batch.json" BENCH_AUTH_VALUE="Bearer $TOKEN")
-R[kt_batch]=$(wrk_run "keyturn sign-batch es256 (256 per request)" "$API/v1/keysets/es256/sign-batch" \
-  post.lua "$BATCH_CONNS" "$KT_PID" BENCH_BODY="$WORK/batch.json" BENCH_AUTH_VALUE="Bearer $TOKEN")
+kt_batch() { # keyset
+  wrk_run "keyturn sign-batch $1 (256 per request)" "$API/v1/keysets/$1/sign-batch" \
+    post.lua "$BATCH_CONNS" "$KT_PID" BENCH_BODY="$WORK/batch.json" BENCH_AUTH_VALUE="Bearer $TOKEN"
+}
+R[kt_batch]=$(kt_batch es256)
+R[kt_batch_status]=$(kt_batch es256-status)
 for alg in ES256 EdDSA RS256; do # the same requests as keyturn's; the body is read, not parsed
   R[bare_$alg]=$(wrk_run "bare signer $alg" "$BARE/$alg" post.lua "$CONNS" "$BARE_PID" \
     BENCH_BODY="$WORK/sign.json" BENCH_AUTH_VALUE="Bearer $TOKEN")
@@ -357,8 +369,10 @@ READY=$(python3 "$ROOT/scripts/bench/ready.py" "$BIN" "$WORK/ready.toml" 10)
 
 # ---------------------------------------------------------------------------------------
 field() { cut -d' ' -f"$2" <<<"${R[$1]}"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2fx", (b > 0 ? a / b : 0)}'; }
+ratio() { awk -v a="$1" -v b="$2" -v d="${3:-2}" 'BEGIN {printf "%." d "fx", (b > 0 ? a / b : 0)}'; } # a/b [decimals]
 us() { awk -v r="$1" 'BEGIN {printf "%.1f", (r > 0 ? 1e6 / r : 0)}'; } # per-signature time of a rate
+tokens() { awk -v r="$(field "$1" 1)" 'BEGIN {printf "%.0f", r * 256}'; }      # a batch run's tokens/s
+token_cpu() { awk -v c="$(field "$1" 4)" 'BEGIN {printf "%.1f", c / 256}'; }   # its CPU per token
 line() { # 12 cells
   printf '| %-26s | %8s | %6s | %6s | %7s | %-22s | %8s | %6s | %6s | %7s | %7s | %-26s |\n' "$@"
 }
@@ -392,10 +406,17 @@ row "sign ES256" kt_es256 "aws-lc-rs, 2 threads" "$ES2" "" "" "$(us "$ES1")" "(1
 row "sign EdDSA" kt_eddsa "aws-lc-rs, 2 threads" "$ED2" "" "" "$(us "$ED1")" ""
 row "sign RS256-2048" kt_rs256 "aws-lc-rs, 2 threads" "$RS2" "" "" "$(us "$RS1")" ">= 0.9x (1 thread: $RS1/s)"
 row "JWKS GET" kt_jwks "nginx static file" "$(field nginx_jwks 1)" "$(field nginx_jwks 2)" "$(field nginx_jwks 3)" "$(field nginx_jwks 4)" ">= 1.0x"
-BATCH_TPS=$(awk -v r="$(field kt_batch 1)" 'BEGIN {printf "%.0f", r * 256}')
-BATCH_CPU=$(awk -v c="$(field kt_batch 4)" 'BEGIN {printf "%.1f", c / 256}')
-line "sign-batch ES256 tokens/s" "$BATCH_TPS" "$(field kt_batch 2)" "$(field kt_batch 3)" "$BATCH_CPU" \
+BATCH_TPS=$(tokens kt_batch)
+line "sign-batch ES256 tokens/s" "$BATCH_TPS" "$(field kt_batch 2)" "$(field kt_batch 3)" "$(token_cpu kt_batch)" \
   "aws-lc-rs, 2 threads" "$ES2" "" "" "$(us "$ES1")" "$(ratio "$BATCH_TPS" "$ES2")" ">= 0.8x ($BATCH_CONNS conns x 256)"
+# Status lists on against off, the same key set otherwise; ratios to three places, against 0.95.
+line "sign ES256, status list" "$(field kt_es256_status 1)" "$(field kt_es256_status 2)" "$(field kt_es256_status 3)" \
+  "$(field kt_es256_status 4)" "without (above)" "$(field kt_es256 1)" "$(field kt_es256 2)" "$(field kt_es256 3)" \
+  "$(field kt_es256 4)" "$(ratio "$(field kt_es256_status 1)" "$(field kt_es256 1)" 3)" ">= 0.95x"
+BATCH_STATUS_TPS=$(tokens kt_batch_status)
+line "sign-batch, status list" "$BATCH_STATUS_TPS" "$(field kt_batch_status 2)" "$(field kt_batch_status 3)" \
+  "$(token_cpu kt_batch_status)" "without (above)" "$BATCH_TPS" "$(field kt_batch 2)" "$(field kt_batch 3)" \
+  "$(token_cpu kt_batch)" "$(ratio "$BATCH_STATUS_TPS" "$BATCH_TPS" 3)" ">= 0.95x (tokens/s)"
 line "sign ES256, RSA-4096 rot." "$(field kt_es256_rot 1)" "$(field kt_es256_rot 2)" "$(field kt_es256_rot 3)" \
   "$(field kt_es256_rot 4)" "steady p99 (above)" "" "" "$(field kt_es256 3)" "" \
   "$(ratio "$(field kt_es256_rot 3)" "$(field kt_es256 3)")" "p99 <= 2x ($ROTATIONS keys made)"
@@ -405,7 +426,7 @@ line "sign ES256, RSA-4096 rot." "$(field kt_es256_rot 1)" "$(field kt_es256_rot
 # time per request adds up, so its rate C on these CPUs, shared with wrk, satisfies
 # 1/C = 1/floor + 1/primitive(2 threads): no signer on this machine can go faster.
 FLOOR=$(field floor 1)
-BATCH_FLOOR=$(awk -v r="$(field batch_floor 1)" 'BEGIN {printf "%.0f", r * 256}')
+BATCH_FLOOR=$(tokens batch_floor)
 ceiling() { awk -v f="${2:-$FLOOR}" -v p="$1" 'BEGIN {printf "%.0f", 1 / (1 / f + 1 / p)}'; }
 echo
 echo "HTTP floor: nginx answers the sign request with a sign-sized response and no work at $FLOOR req/s"
@@ -433,11 +454,11 @@ cel_row "sign EdDSA" "$(field kt_eddsa 1)" "$(field bare_EdDSA 1)" "$ED2" "$(fie
 cel_row "sign RS256-2048" "$(field kt_rs256 1)" "$(field bare_RS256 1)" "$RS2" "$RS2" "primitive" \
   "0.9x primitive: $RS_NEED req/s"
 BATCH_NEED=$(awk -v p="$ES2" 'BEGIN {printf "%.0f", 0.8 * p}')
-BARE_BATCH_TPS=$(awk -v r="$(field bare_batch 1)" 'BEGIN {printf "%.0f", r * 256}')
+BARE_BATCH_TPS=$(tokens bare_batch)
 cel_row "sign-batch ES256" "$BATCH_TPS" "$BARE_BATCH_TPS" "$ES2" "$ES2" "primitive" \
   "0.8x primitive: $BATCH_NEED tokens/s" "$BATCH_FLOOR"
 echo "Bare signer p99 at $CONNS connections, ms: ES256 $(field bare_ES256 3), EdDSA $(field bare_EdDSA 3), RS256 $(field bare_RS256 3);"
-echo "its CPU per request, us: ES256 $(field bare_ES256 4), EdDSA $(field bare_EdDSA 4), RS256 $(field bare_RS256 4), per batch token $(awk -v c="$(field bare_batch 4)" 'BEGIN {printf "%.1f", c / 256}')."
+echo "its CPU per request, us: ES256 $(field bare_ES256 4), EdDSA $(field bare_EdDSA 4), RS256 $(field bare_RS256 4), per batch token $(token_cpu bare_batch)."
 echo
 read -r _ runs median max <<<"$READY"
 echo "keyturn RSS: idle $((IDLE_RSS / 1024)) MB ($IDLE_RSS kB, target <= 20 MB), after ES256 load $((LOADED_RSS / 1024)) MB, peak $((PEAK_RSS / 1024)) MB"

@@ -28,6 +28,9 @@ pub struct Rigged {
     pub fail_reads: AtomicBool,
     /// While set, `store_state` fails with [`BackendError::Unavailable`].
     pub fail_writes: AtomicBool,
+    /// While set, `store_state` lets the other tasks run before it writes, as a remote
+    /// backend's round trip does.
+    pub slow_writes: AtomicBool,
     /// Whether signatures, once made, wait for [`Rigged::released`] before they return.
     pub hold: bool,
     /// With `hold`: sign once released instead (with the key as it is then).
@@ -47,6 +50,7 @@ impl Default for Rigged {
             shared: false,
             fail_reads: AtomicBool::new(false),
             fail_writes: AtomicBool::new(false),
+            slow_writes: AtomicBool::new(false),
             hold: false,
             sign_when_released: false,
             hold_creates: AtomicBool::new(false),
@@ -130,6 +134,9 @@ impl KeyBackend for Rigged {
     ) -> Result<u64, BackendError> {
         if self.fail_writes.load(Ordering::Relaxed) {
             return Err(switched_off("writes"));
+        }
+        if self.slow_writes.load(Ordering::Relaxed) {
+            tokio::task::yield_now().await;
         }
         self.inner.store_state(keyset, data, expected).await
     }
