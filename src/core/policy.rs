@@ -346,7 +346,7 @@ impl<'a> Checked<'a> {
             aud,
         } = self;
         // One buffer for both JSON documents, then one string for their base64url.
-        let mut json = Vec::with_capacity(256);
+        let mut json = Vec::with_capacity(256 + status.map_or(0, |s| s.uri.len() + 64));
         write_header(&mut json, keyset.algorithm.as_str(), kid, &typ);
         let header_len = json.len();
         write_claims(&mut json, &claims, &keyset.issuer, now, exp, &jti, status);
