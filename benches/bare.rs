@@ -13,8 +13,10 @@
 //! `POST /ES256`, `/EdDSA`, `/RS256`: reads the body, signs a typical JWS signing input
 //! with a key made at start, answers `{"token":"<input>.<signature>"}`. `POST /batch`:
 //! 256 ES256 tokens, `{"results":[{"token":...},...]}`, signed in chunks of 16 spread over
-//! the workers as keyturn spreads a batch. Prints `BARE READY` once it listens. Loopback
-//! only; a benchmark tool, not a server to deploy.
+//! the workers as keyturn spreads a batch. `POST /batch-status`: the same with the bytes a
+//! token status list adds (the `status` claim in each token, `"status": {"uri", "idx"}`
+//! in each result): what the longer tokens and answers cost on this stack alone. Prints
+//! `BARE READY` once it listens. Loopback only; a benchmark tool, not a server to deploy.
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
@@ -32,6 +34,14 @@ use std::sync::Arc;
 /// The signing input keyturn's sign request produces (header "." claims, base64url).
 const INPUT: &str = "eyJhbGciOiJFUzI1NiIsImtpZCI6IlRmX2VZZDJ6WHh6R0Z5b3pYd2ZJcXFVUnhyNUtuNFFjNUVuYWN5eFNvRXMiLCJ0eXAiOiJKV1QifQ.eyJzdWIiOiJ1c2VyOjEiLCJhdWQiOiJvcmRlcnMtYXBpIiwiaXNzIjoiaHR0cHM6Ly9pc3N1ZXIudGVzdC9lczI1NiIsImlhdCI6MTgwMDAwMDAwMCwibmJmIjoxODAwMDAwMDAwLCJleHAiOjE4MDAwMDAzMDAsImp0aSI6IkFBQUFBQUFBQUFBQUFBQUFBQUFBQUEifQ";
 
+/// The claims of [`INPUT`] with a status list entry, as keyturn's `es256-status` key set
+/// writes them.
+const STATUS_CLAIMS: &str = r#"{"aud":"orders-api","exp":1800000300,"iat":1800000000,"iss":"https://issuer.test/es256","jti":"AAAAAAAAAAAAAAAAAAAAAA","nbf":1800000000,"status":{"status_list":{"idx":734562,"uri":"https://issuer.test/es256/keysets/es256-status/statuslists/1"}},"sub":"user:1"}"#;
+
+/// A result's status entry, as keyturn's sign answer carries it.
+const STATUS_ENTRY: &str =
+    r#","status":{"uri":"https://issuer.test/es256/keysets/es256-status/statuslists/1","idx":734562}"#;
+
 /// Tokens per `/batch` request: the bench's sign-batch size.
 const BATCH: usize = 256;
 /// Tokens per batch task, as keyturn's sign-batch chunks.
@@ -42,11 +52,25 @@ struct Keys {
     ed: Ed25519KeyPair,
     rsa: RsaKeyPair,
     rng: SystemRandom,
+    /// [`INPUT`]'s header with [`STATUS_CLAIMS`].
+    status_input: String,
 }
 
 impl Keys {
     /// `token` with `<input>.<signature>` appended, or None if the signature failed.
     fn push_token(&self, alg: &str, token: &mut String) -> Option<()> {
+        if alg == "ES256-status" {
+            let input = &self.status_input;
+            let sig = self.ec.sign(&self.rng, input.as_bytes()).ok()?;
+            token.push_str("{\"token\":\"");
+            token.push_str(input);
+            token.push('.');
+            URL_SAFE_NO_PAD.encode_string(sig, token);
+            token.push('"');
+            token.push_str(STATUS_ENTRY);
+            token.push('}');
+            return Some(());
+        }
         let sig = match alg {
             "ES256" => self
                 .ec
@@ -88,7 +112,12 @@ async fn answer(
         return Ok(status(StatusCode::BAD_REQUEST));
     }
     let mut out = String::with_capacity(512);
-    let signed = if path == "batch" {
+    let batch = match path.as_str() {
+        "batch" => Some("ES256"),
+        "batch-status" => Some("ES256-status"),
+        _ => None,
+    };
+    let signed = if let Some(alg) = batch {
         let chunks: Vec<_> = (0..BATCH / CHUNK)
             .map(|_| {
                 let keys = keys.clone();
@@ -98,7 +127,7 @@ async fn answer(
                         if i > 0 {
                             chunk.push(',');
                         }
-                        keys.push_token("ES256", &mut chunk)?;
+                        keys.push_token(alg, &mut chunk)?;
                     }
                     Some(chunk)
                 })
@@ -150,6 +179,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ed: Ed25519KeyPair::generate()?,
         rsa: RsaKeyPair::generate(KeySize::Rsa2048)?,
         rng: SystemRandom::new(),
+        status_input: format!(
+            "{}.{}",
+            INPUT.split('.').next().unwrap_or_default(),
+            URL_SAFE_NO_PAD.encode(STATUS_CLAIMS)
+        ),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

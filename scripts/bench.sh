@@ -334,6 +334,10 @@ for alg in ES256 EdDSA RS256; do # the same requests as keyturn's; the body is r
 done
 R[bare_batch]=$(wrk_run "bare signer, 256 ES256 per request" "$BARE/batch" post.lua "$BATCH_CONNS" "$BARE_PID" \
   BENCH_BODY="$WORK/batch.json" BENCH_AUTH_VALUE="Bearer $TOKEN")
+# The same with the bytes a status list adds to each token and result: the bound on the
+# status-list ratio that the longer tokens and answers alone set on this stack.
+R[bare_batch_status]=$(wrk_run "bare signer, 256 ES256 per request, status claim" "$BARE/batch-status" post.lua \
+  "$BATCH_CONNS" "$BARE_PID" BENCH_BODY="$WORK/batch.json" BENCH_AUTH_VALUE="Bearer $TOKEN")
 kill "$BARE_PID"
 
 # ES256 signing while the RSA-4096 key set rotates: each rotation activates the pending key
@@ -417,6 +421,10 @@ BATCH_STATUS_TPS=$(tokens kt_batch_status)
 line "sign-batch, status list" "$BATCH_STATUS_TPS" "$(field kt_batch_status 2)" "$(field kt_batch_status 3)" \
   "$(token_cpu kt_batch_status)" "without (above)" "$BATCH_TPS" "$(field kt_batch 2)" "$(field kt_batch 3)" \
   "$(token_cpu kt_batch)" "$(ratio "$BATCH_STATUS_TPS" "$BATCH_TPS" 3)" ">= 0.95x (tokens/s)"
+line "  bound: bare, status claim" "$(tokens bare_batch_status)" "$(field bare_batch_status 2)" \
+  "$(field bare_batch_status 3)" "$(token_cpu bare_batch_status)" "bare, without" "$(tokens bare_batch)" \
+  "$(field bare_batch 2)" "$(field bare_batch 3)" "$(token_cpu bare_batch)" \
+  "$(ratio "$(tokens bare_batch_status)" "$(tokens bare_batch)" 3)" "the bytes alone"
 line "sign ES256, RSA-4096 rot." "$(field kt_es256_rot 1)" "$(field kt_es256_rot 2)" "$(field kt_es256_rot 3)" \
   "$(field kt_es256_rot 4)" "steady p99 (above)" "" "" "$(field kt_es256 3)" "" \
   "$(ratio "$(field kt_es256_rot 3)" "$(field kt_es256 3)")" "p99 <= 2x ($ROTATIONS keys made)"
