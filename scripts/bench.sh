@@ -421,7 +421,7 @@ BATCH_STATUS_TPS=$(tokens kt_batch_status)
 line "sign-batch, status list" "$BATCH_STATUS_TPS" "$(field kt_batch_status 2)" "$(field kt_batch_status 3)" \
   "$(token_cpu kt_batch_status)" "without (above)" "$BATCH_TPS" "$(field kt_batch 2)" "$(field kt_batch 3)" \
   "$(token_cpu kt_batch)" "$(ratio "$BATCH_STATUS_TPS" "$BATCH_TPS" 3)" ">= 0.95x (tokens/s)"
-line "  bound: bare, status claim" "$(tokens bare_batch_status)" "$(field bare_batch_status 2)" \
+line "bound: bare, status bytes" "$(tokens bare_batch_status)" "$(field bare_batch_status 2)" \
   "$(field bare_batch_status 3)" "$(token_cpu bare_batch_status)" "bare, without" "$(tokens bare_batch)" \
   "$(field bare_batch 2)" "$(field bare_batch 3)" "$(token_cpu bare_batch)" \
   "$(ratio "$(tokens bare_batch_status)" "$(tokens bare_batch)" 3)" "the bytes alone"
