@@ -39,8 +39,7 @@ const INPUT: &str = "eyJhbGciOiJFUzI1NiIsImtpZCI6IlRmX2VZZDJ6WHh6R0Z5b3pYd2ZJcXF
 const STATUS_CLAIMS: &str = r#"{"aud":"orders-api","exp":1800000300,"iat":1800000000,"iss":"https://issuer.test/es256","jti":"AAAAAAAAAAAAAAAAAAAAAA","nbf":1800000000,"status":{"status_list":{"idx":734562,"uri":"https://issuer.test/es256/keysets/es256-status/statuslists/1"}},"sub":"user:1"}"#;
 
 /// A result's status entry, as keyturn's sign answer carries it.
-const STATUS_ENTRY: &str =
-    r#","status":{"uri":"https://issuer.test/es256/keysets/es256-status/statuslists/1","idx":734562}"#;
+const STATUS_ENTRY: &str = r#","status":{"uri":"https://issuer.test/es256/keysets/es256-status/statuslists/1","idx":734562}"#;
 
 /// Tokens per `/batch` request: the bench's sign-batch size.
 const BATCH: usize = 256;
