@@ -28,6 +28,10 @@ pub const LEASE: i64 = 60;
 pub const MAX_LISTS: u32 = 64;
 /// How many changes the document remembers (for audit lines a crash left unwritten).
 pub const RECENT_CHANGES: usize = 256;
+/// The most bytes a status change may make the stored lists take (sealed): under a
+/// DynamoDB item's 400 KB and Vault's default entry limits, with room left for the block
+/// reservations that signing needs.
+pub const MAX_DOCUMENT: usize = 300_000;
 /// The newest document format this build reads.
 pub const FORMAT: u32 = 1;
 
@@ -100,6 +104,13 @@ pub enum Refused {
     /// Every list is full.
     #[error("all {MAX_LISTS} status lists are full; lower the token rate or max_token_ttl")]
     Full,
+    /// The change would make the stored lists larger than the state store is given.
+    #[error(
+        "the status lists would take {0} bytes stored, above the {MAX_DOCUMENT} a state \
+         store is given: too many live tokens are revoked or suspended at scattered indexes; \
+         revoke the key that signed them instead (every token it signed stops verifying)"
+    )]
+    TooLarge(usize),
 }
 
 /// One block's reservation, as stored.

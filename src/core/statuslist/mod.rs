@@ -59,6 +59,18 @@ pub fn describe(config: &StatusListConfig, timing: &Timing) -> String {
 /// Writes tried before giving up on replicas that keep writing in between.
 const ATTEMPTS: usize = 8;
 
+/// What a write of the stored lists is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// A block for this replica's tokens: on whatever lists it last read (a conflict
+    /// shows a newer one), whatever their size.
+    Reservation,
+    /// A status change: checked against the stored lists as they are now (an old view
+    /// lacks the blocks other replicas reserved since), and refused if it would make them
+    /// larger than `max_document`.
+    Change,
+}
+
 /// Indexes left in the held blocks below which the next block is reserved in the
 /// background. Half a block: at 100,000 tokens a second that leaves 20 ms for the write,
 /// and a replica that signs fewer than this many tokens in a lease holds one block at a time.
@@ -174,6 +186,9 @@ pub struct StatusLists {
     reserving: tokio::sync::Mutex<()>,
     // Set while a reservation ahead runs in the background.
     ahead: AtomicBool,
+    // The most bytes a status change may make the stored lists take (doc::MAX_DOCUMENT;
+    // lower in tests).
+    max_document: usize,
 }
 
 impl StatusLists {
@@ -207,6 +222,7 @@ impl StatusLists {
             building: tokio::sync::Mutex::new(()),
             reserving: tokio::sync::Mutex::new(()),
             ahead: AtomicBool::new(false),
+            max_document: doc::MAX_DOCUMENT,
         };
         lists.refresh().await?;
         Ok(lists)
@@ -302,17 +318,15 @@ impl StatusLists {
     /// Applies `change` to the stored lists and writes them (with check-and-set, again on
     /// the newest document if another replica wrote first), after clearing expired
     /// blocks. `change` returns its result and whether it changed anything; nothing is
-    /// written if neither it nor the clearing did. With `fresh`, the stored lists are read
-    /// first: a change that checks the lists (a status change) must not refuse on an old
-    /// view, which lacks the blocks other replicas reserved since.
+    /// written if neither it nor the clearing did. See [`Write`] for what `kind` adds.
     async fn write<T>(
         &self,
         now: i64,
-        fresh: bool,
+        kind: Write,
         mut change: impl FnMut(&mut Lists) -> Result<(T, bool), Refused>,
     ) -> Result<T, StatusError> {
         let mut loaded = self.loaded.lock().await;
-        if fresh {
+        if kind == Write::Change {
             self.reload(&mut loaded).await?;
         }
         for _ in 0..ATTEMPTS {
@@ -332,6 +346,9 @@ impl StatusLists {
                         how: e.to_string(),
                     },
                 })?;
+            if kind == Write::Change && sealed.len() > self.max_document {
+                return Err(Refused::TooLarge(sealed.len()).into());
+            }
             match self
                 .backend
                 .store_state(&self.name, &sealed, loaded.version)
@@ -421,7 +438,7 @@ impl StatusLists {
         let mut random = Random::new(BLOCK_SIZE as usize + ATTEMPTS)?;
         let retention = self.timing.retention();
         let (list, block) = self
-            .write(now, false, |lists| {
+            .write(now, Write::Reservation, |lists| {
                 let picked = lists.reserve(now, retention, &mut |n| random.below(n))?;
                 Ok((picked, true))
             })
@@ -462,7 +479,7 @@ impl StatusLists {
         jti: Option<&str>,
     ) -> Result<Option<Change>, StatusError> {
         let issued = issued.map(|iat| (iat, self.timing.clock_skew));
-        self.write(now, true, |lists| {
+        self.write(now, Write::Change, |lists| {
             let change = lists.set(list, idx, status, now, issued, by, jti)?;
             let changed = change.is_some();
             Ok((change, changed))
@@ -658,6 +675,33 @@ mod tests {
         assert_eq!(change.unwrap().old, Status::Valid);
         assert!(b.refresh().await.unwrap());
         assert_eq!(b.view().status(1, idx, T0, None), Ok(Status::Revoked));
+    }
+
+    /// A status change that would make the stored lists too large for the state store
+    /// is refused and changes nothing; reservations (signing) go on.
+    #[tokio::test]
+    async fn a_change_that_would_outgrow_the_state_store_is_refused() {
+        let backend = Arc::new(MemoryBackend::new());
+        let timing = Timing::new(900, 300, 60, true);
+        let mut lists = StatusLists::open("k", settings(), timing, backend.clone(), 0)
+            .await
+            .unwrap();
+        lists.max_document = 1;
+        let lists = Arc::new(lists);
+        let idx = lists.take(T0, 1).await.unwrap()[0].idx;
+        let name = document_name("k");
+        let before = backend.load_state(&name).await.unwrap().unwrap();
+        let refused = lists
+            .set(1, idx, Status::Revoked, T0, None, "ops", None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, StatusError::Refused(Refused::TooLarge(n)) if n > 1),
+            "{refused}"
+        );
+        assert_eq!(backend.load_state(&name).await.unwrap().unwrap(), before);
+        assert_eq!(lists.view().status(1, idx, T0, None), Ok(Status::Valid));
+        lists.take(T0, BLOCK_SIZE as usize).await.unwrap();
     }
 
     /// Whoever can write the state store cannot change statuses: an edited document, and

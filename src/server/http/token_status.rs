@@ -275,6 +275,11 @@ fn status_error(keyset: &KeySet, e: StatusError) -> ApiError {
         StatusError::Refused(
             r @ (Refused::UnknownList(_) | Refused::OutOfRange { .. } | Refused::NotInUse { .. }),
         ) => ApiError::new(StatusCode::NOT_FOUND, "index_not_in_use", r.to_string()),
+        StatusError::Refused(r @ Refused::TooLarge(_)) => ApiError::new(
+            StatusCode::CONFLICT,
+            "status_lists_too_large",
+            r.to_string(),
+        ),
         StatusError::Refused(r @ Refused::Full) => {
             ApiError::retry_after(5, "status_lists_unavailable", r.to_string())
         }
