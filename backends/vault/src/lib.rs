@@ -473,22 +473,32 @@ impl KeyBackend for VaultBackend {
         let gone = |e: &vaultrs::error::ClientError| {
             api_error_mentions(e, 400, "no existing key") || api_error_mentions(e, 400, "not found")
         };
-        let mut config = UpdateKeyConfigurationRequest::builder();
-        config.deletion_allowed(true);
-        match vaultrs::transit::key::update(&*client, mount, name, Some(&mut config)).await {
-            Ok(_) => {}
-            Err(e) if gone(&e) => return Ok(()),
-            Err(e) => {
-                return Err(classify(
-                    &format!("allowing deletion of transit key {name:?}"),
-                    e,
-                ))
+        // Racing calls may also get other answers (OpenBao has answered 500 to one of two
+        // configuration updates of one key): each step is tried again, up to three times,
+        // and a key found gone meanwhile counts as destroyed.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut config = UpdateKeyConfigurationRequest::builder();
+            config.deletion_allowed(true);
+            let step = match vaultrs::transit::key::update(&*client, mount, name, Some(&mut config))
+                .await
+            {
+                Ok(_) => match vaultrs::transit::key::delete(&*client, mount, name).await {
+                    Ok(_) => break,
+                    Err(e) => (e, "deleting"),
+                },
+                Err(e) => (e, "allowing deletion of"),
+            };
+            let (e, what) = step;
+            if gone(&e) {
+                return Ok(());
             }
-        }
-        match vaultrs::transit::key::delete(&*client, mount, name).await {
-            Ok(_) => {}
-            Err(e) if gone(&e) => return Ok(()),
-            Err(e) => return Err(classify(&format!("deleting transit key {name:?}"), e)),
+            match vaultrs::transit::key::read(&*client, mount, name).await {
+                Err(e) if status(&e) == Some(404) => return Ok(()),
+                _ if attempts < 3 => continue,
+                _ => return Err(classify(&format!("{what} transit key {name:?}"), e)),
+            }
         }
         tracing::info!(name, "deleted a transit key");
         Ok(())
