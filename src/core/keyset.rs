@@ -5,7 +5,7 @@ use crate::config::KeySetConfig;
 use crate::core::clock::Clock;
 use crate::core::lifecycle::{Engine, Event, LifecycleError};
 use crate::core::published::{Published, PublishedKey};
-use crate::core::statuslist::{StatusError, StatusLists};
+use crate::core::statuslist::StatusLists;
 use arc_swap::ArcSwap;
 use keyturn_backend::KeyBackend;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -68,17 +68,6 @@ pub struct Past {
     /// How many times its status lists had been written (their stored copy must count at
     /// least these: an older one would undo changes and reservations).
     pub status_writes: u64,
-}
-
-/// A status list failure as a lifecycle one: a backend that did not answer is retried,
-/// lists that cannot be trusted stop the key set like a lifecycle document that cannot.
-fn status_error(e: StatusError) -> LifecycleError {
-    match e {
-        StatusError::Backend(e) => LifecycleError::Backend(e),
-        StatusError::Contention(keyset) => LifecycleError::Contention(keyset),
-        e @ StatusError::Untrusted { .. } => LifecycleError::StatusLists(e.to_string()),
-        e => LifecycleError::Refused(e.to_string()),
-    }
 }
 
 /// A key set in the daemon.
@@ -158,7 +147,7 @@ impl KeySet {
                     past.status_writes,
                 )
                 .await
-                .map_err(status_error)?,
+                .map_err(LifecycleError::from)?,
             )),
             None => None,
         };
@@ -202,7 +191,7 @@ impl KeySet {
     pub async fn refresh(&self) -> Result<(), LifecycleError> {
         self.engine.lock().await.reload().await?;
         if let Some(status) = &self.status {
-            status.refresh().await.map_err(status_error)?;
+            status.refresh().await.map_err(LifecycleError::from)?;
         }
         Ok(())
     }
@@ -366,7 +355,7 @@ impl KeySet {
             // Another replica's status changes: served here within the sync delay, like
             // its lifecycle steps.
             if let (Some(status), Some(_)) = (&self.status, self.config.timing.poll_interval()) {
-                status.refresh().await.map_err(status_error)?;
+                status.refresh().await.map_err(LifecycleError::from)?;
             }
             Ok(events)
         }

@@ -15,6 +15,7 @@ pub mod doc;
 
 use crate::config::timing::Timing;
 use crate::config::StatusListConfig;
+use crate::core::lifecycle::LifecycleError;
 use crate::core::published::Served;
 use arc_swap::ArcSwap;
 use doc::{index_in, Change, Lists, Refused, Status, BLOCK_SIZE};
@@ -340,7 +341,7 @@ impl StatusLists {
             let sealed = crate::core::lifecycle::seal(&*self.backend, &self.name, &next.to_bytes())
                 .await
                 .map_err(|e| match e {
-                    crate::core::lifecycle::LifecycleError::Backend(e) => StatusError::Backend(e),
+                    LifecycleError::Backend(e) => StatusError::Backend(e),
                     e => StatusError::Untrusted {
                         keyset: self.keyset.clone(),
                         how: e.to_string(),
@@ -376,9 +377,9 @@ impl StatusLists {
     pub async fn take(self: &Arc<Self>, now: i64, n: usize) -> Result<Vec<Slot>, StatusError> {
         let mut slots = Vec::with_capacity(n);
         loop {
-            self.take_held(now, n, &mut slots);
+            let left_soon = self.take_held(now, n, &mut slots);
             if slots.len() == n {
-                if self.left(now + LEASE_AHEAD) < RESERVE_AHEAD {
+                if left_soon < RESERVE_AHEAD {
                     self.reserve_ahead(now);
                 }
                 return Ok(slots);
@@ -387,7 +388,9 @@ impl StatusLists {
         }
     }
 
-    fn take_held(&self, now: i64, n: usize, out: &mut Vec<Slot>) {
+    /// Takes up to `n` indexes into `out`, under one lock; returns how many the held
+    /// blocks have left whose lease does not end within [`LEASE_AHEAD`].
+    fn take_held(&self, now: i64, n: usize, out: &mut Vec<Slot>) -> usize {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         held.retain(|h| h.until > now && !h.order.is_empty());
         for h in held.iter_mut() {
@@ -400,6 +403,10 @@ impl StatusLists {
                 });
             }
         }
+        held.iter()
+            .filter(|h| h.until > now + LEASE_AHEAD)
+            .map(|h| h.order.len())
+            .sum()
     }
 
     /// Indexes the held blocks can still hand out at `at`.
@@ -498,6 +505,19 @@ impl StatusLists {
     pub(crate) fn held_indexes(&self) -> usize {
         let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         held.iter().map(|h| h.order.len()).sum()
+    }
+}
+
+/// A status list failure as a lifecycle one: a backend that did not answer is retried,
+/// lists that cannot be trusted stop the key set like a lifecycle document that cannot.
+impl From<StatusError> for LifecycleError {
+    fn from(e: StatusError) -> Self {
+        match e {
+            StatusError::Backend(e) => LifecycleError::Backend(e),
+            StatusError::Contention(keyset) => LifecycleError::Contention(keyset),
+            e @ StatusError::Untrusted { .. } => LifecycleError::StatusLists(e.to_string()),
+            e => LifecycleError::Refused(e.to_string()),
+        }
     }
 }
 

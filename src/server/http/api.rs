@@ -833,13 +833,16 @@ async fn show_keyset(
     Ok(Json(keyset_view(&keyset, state.clock.now())))
 }
 
-fn lifecycle_error(keyset: &KeySet, e: LifecycleError) -> ApiError {
+/// A lifecycle (or status list) failure of an admin operation, as the API answers it.
+pub(super) fn lifecycle_error(keyset: &KeySet, e: LifecycleError) -> ApiError {
     match e {
         LifecycleError::Refused(msg) => ApiError::new(StatusCode::CONFLICT, "refused", msg),
         e @ LifecycleError::UnknownKid(_) => {
             ApiError::new(StatusCode::NOT_FOUND, "unknown_kid", e.to_string())
         }
-        e @ (LifecycleError::Replaced { .. } | LifecycleError::Unauthentic { .. }) => {
+        e @ (LifecycleError::Replaced { .. }
+        | LifecycleError::Unauthentic { .. }
+        | LifecycleError::StatusLists(_)) => {
             tracing::error!(keyset = %keyset.name(), error = %e, "admin operation refused");
             keyset.note_backend(false);
             ApiError::new(

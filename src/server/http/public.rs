@@ -339,10 +339,14 @@ fn status_list(
             "the status list cannot be signed now; see the daemon's log",
         ));
     }
-    let served = &list.served;
     let fresh = req
         .get(header::IF_NONE_MATCH)
-        .is_some_and(|inm| etag_matches(inm, &served.etag));
+        .is_some_and(|inm| etag_matches(inm, &list.served.etag));
+    Ok(answer_with(&list.served, fresh))
+}
+
+/// `served` as a `200`, or as a `304` when the client's copy is `fresh`.
+fn answer_with(served: &Served, fresh: bool) -> Response {
     let (status, body, headers) = if fresh {
         (StatusCode::NOT_MODIFIED, Bytes::new(), &served.not_modified)
     } else {
@@ -351,7 +355,7 @@ fn status_list(
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     *response.headers_mut() = headers.clone();
-    Ok(response)
+    response
 }
 
 /// A conditional response over a pre-serialized body and its pre-built headers.
@@ -364,14 +368,7 @@ fn respond(state: &AppState, req: &HeaderMap, p: &Published, served: &Served) ->
             .and_then(|v| httpdate::parse_http_date(v).ok())
             .is_some_and(|since| p.modified <= since),
     };
-    let (status, body, headers) = if fresh {
-        (StatusCode::NOT_MODIFIED, Bytes::new(), &served.not_modified)
-    } else {
-        (StatusCode::OK, served.body.clone(), &served.ok)
-    };
-    let mut response = Response::new(Full::new(body));
-    *response.status_mut() = status;
-    *response.headers_mut() = headers.clone();
+    let mut response = answer_with(served, fresh);
     // Until the change's second is over, dated earlier (see `last_modified`); after, the
     // pre-built header holds, and the clock is no longer read.
     if !p.settled.load(Ordering::Relaxed) {

@@ -283,26 +283,8 @@ fn status_error(keyset: &KeySet, e: StatusError) -> ApiError {
         StatusError::Refused(r @ Refused::Full) => {
             ApiError::retry_after(5, "status_lists_unavailable", r.to_string())
         }
-        e @ StatusError::Untrusted { .. } => {
-            tracing::error!(keyset = %keyset.name(), error = %e, "token status change refused");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "state_replaced",
-                "the key set's stored status lists fail their authentication; an operator \
-                 must restore them (see the daemon's log)",
-            )
-        }
-        e if e.is_retryable() => {
-            keyset.note_backend(false);
-            ApiError::unavailable(5)
-        }
-        e => {
-            tracing::error!(keyset = %keyset.name(), error = %e, "token status change failed");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the change failed; see the daemon's log",
-            )
-        }
+        // Untrusted lists, a backend that did not answer, anything else: as the same
+        // failure of the key set's lifecycle document.
+        e => super::api::lifecycle_error(keyset, e.into()),
     }
 }
